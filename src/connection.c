@@ -1,0 +1,1161 @@
+/*
+ * connection.c -- Connection over a file descriptor.
+ *
+ * Wire format (identical to multiprocessing.connection on every supported
+ * Python): a message of n bytes is a 4-byte big-endian signed length
+ * followed by the payload; when n > 0x7fffffff the 4-byte length is -1 and
+ * an 8-byte big-endian unsigned length follows.  Reads never consume more
+ * than the current message, so the fd can be shared with a stdlib end,
+ * handed to another process, or polled between messages.
+ *
+ * Blocking I/O releases the GIL.  A blocked read(2)/write(2) returns EINTR
+ * when a signal arrives (Python installs its handlers without SA_RESTART);
+ * the loop then runs PyErr_CheckSignals(), so Ctrl-C raises
+ * KeyboardInterrupt.  poll() waits in slices of FASTMP_WAIT_SLICE_NS.
+ */
+#include "fastmp.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "structmember.h"
+
+typedef struct {
+    PyObject_HEAD
+    int fd;                 /* -1 once closed */
+    char readable;
+    char writable;
+    PyObject *weakreflist;
+} ConnectionObject;
+
+/* Messages up to this size are sent with one write of header+payload
+ * copied into a stack buffer: cheaper than writev's iovec setup. */
+#define SMALL_SEND 512
+
+static fastmp_connection_state *
+conn_state(PyObject *self)
+{
+    FASTMP_UNUSED(self);
+    return &fastmp_get_state()->connection;
+}
+
+/* Import the pickling callables and BufferTooShort on first use.
+ * Returns 0, or -1 with an exception set. */
+static int
+conn_load_pickler(fastmp_connection_state *cs)
+{
+    PyObject *mod = NULL, *fp = NULL, *mp = NULL;
+
+    if (cs->dumps != NULL) {
+        return 0;
+    }
+    mod = PyImport_ImportModule("multiprocessing.reduction");
+    if (mod == NULL) {
+        goto error;
+    }
+    fp = PyObject_GetAttrString(mod, "ForkingPickler");
+    if (fp == NULL) {
+        goto error;
+    }
+    mp = PyImport_ImportModule("multiprocessing");
+    if (mp == NULL) {
+        goto error;
+    }
+    if (cs->BufferTooShort == NULL) {
+        cs->BufferTooShort = PyObject_GetAttrString(mp, "BufferTooShort");
+        if (cs->BufferTooShort == NULL) {
+            goto error;
+        }
+    }
+    if (cs->loads == NULL) {
+        cs->loads = PyObject_GetAttrString(fp, "loads");
+        if (cs->loads == NULL) {
+            goto error;
+        }
+    }
+    if (cs->copyreg_table == NULL) {
+        PyObject *copyreg = PyImport_ImportModule("copyreg");
+        if (copyreg == NULL) {
+            goto error;
+        }
+        cs->copyreg_table = PyObject_GetAttrString(copyreg,
+                                                   "dispatch_table");
+        Py_DECREF(copyreg);
+        if (cs->copyreg_table == NULL) {
+            goto error;
+        }
+    }
+    if (cs->extra_reducers == NULL) {
+        cs->extra_reducers = PyObject_GetAttrString(fp, "_extra_reducers");
+        if (cs->extra_reducers == NULL) {
+            goto error;
+        }
+    }
+    if (!PyDict_Check(cs->copyreg_table)
+            || !PyDict_Check(cs->extra_reducers)) {
+        /* Unexpected layout: always go through ForkingPickler.dumps. */
+        cs->pickler_busy = 1;
+    }
+    cs->dumps = PyObject_GetAttrString(fp, "dumps");
+    if (cs->dumps == NULL) {
+        goto error;
+    }
+    Py_DECREF(mod);
+    Py_DECREF(fp);
+    Py_DECREF(mp);
+    return 0;
+error:
+    Py_XDECREF(mod);
+    Py_XDECREF(fp);
+    Py_XDECREF(mp);
+    return -1;
+}
+
+/* Make (or refresh) the reusable pickler.  Returns 0 or -1. */
+static int
+conn_prepare_pickler(fastmp_connection_state *cs)
+{
+    Py_ssize_t n = PyDict_Size(cs->copyreg_table)
+                   + PyDict_Size(cs->extra_reducers);
+    PyObject *table = NULL;
+
+    if (cs->pickler == NULL) {
+        PyObject *io = NULL, *pickle = NULL, *cls = NULL;
+        io = PyImport_ImportModule("io");
+        if (io == NULL) {
+            return -1;
+        }
+        cs->pickler_buf = PyObject_CallMethod(io, "BytesIO", NULL);
+        Py_DECREF(io);
+        if (cs->pickler_buf == NULL) {
+            return -1;
+        }
+        pickle = PyImport_ImportModule("pickle");
+        if (pickle == NULL) {
+            return -1;
+        }
+        cls = PyObject_GetAttrString(pickle, "Pickler");
+        Py_DECREF(pickle);
+        if (cls == NULL) {
+            return -1;
+        }
+        cs->pickler = PyObject_CallFunctionObjArgs(cls, cs->pickler_buf,
+                                                   Py_None, NULL);
+        Py_DECREF(cls);
+        if (cs->pickler == NULL) {
+            return -1;
+        }
+        cs->dispatch_size = -1;
+    }
+    if (n == cs->dispatch_size) {
+        return 0;
+    }
+    table = PyDict_Copy(cs->copyreg_table);
+    if (table == NULL) {
+        return -1;
+    }
+    if (PyDict_Update(table, cs->extra_reducers) < 0
+            || PyObject_SetAttrString(cs->pickler, "dispatch_table",
+                                      table) < 0) {
+        Py_DECREF(table);
+        return -1;
+    }
+    Py_DECREF(table);
+    cs->dispatch_size = n;
+    return 0;
+}
+
+/* Pickle obj as ForkingPickler.dumps does.  Returns a new bytes-like
+ * object, or NULL with an exception set. */
+static PyObject *
+conn_dumps(fastmp_connection_state *cs, PyObject *obj)
+{
+    PyObject *r, *data = NULL;
+
+    if (cs->pickler_busy) {
+        return PyObject_CallOneArg(cs->dumps, obj);
+    }
+    cs->pickler_busy = 1;
+    if (conn_prepare_pickler(cs) < 0) {
+        goto done;
+    }
+    r = PyObject_CallMethod(cs->pickler, "dump", "(O)", obj);
+    if (r != NULL) {
+        Py_DECREF(r);
+        data = PyObject_CallMethod(cs->pickler_buf, "getvalue", NULL);
+    }
+    if (data == NULL) {
+        /* A failed dump leaves a half-written buffer and memo: drop the
+         * pickler and start over with a fresh one next time. */
+        Py_CLEAR(cs->pickler);
+        Py_CLEAR(cs->pickler_buf);
+        goto done;
+    }
+    r = PyObject_CallMethod(cs->pickler, "clear_memo", NULL);
+    Py_XDECREF(r);
+    if (r != NULL) {
+        r = PyObject_CallMethod(cs->pickler_buf, "seek", "i", 0);
+        Py_XDECREF(r);
+    }
+    if (r != NULL) {
+        r = PyObject_CallMethod(cs->pickler_buf, "truncate", NULL);
+        Py_XDECREF(r);
+    }
+    if (r == NULL) {
+        Py_CLEAR(data);
+        /* Start over with a fresh pickler next time. */
+        Py_CLEAR(cs->pickler);
+        Py_CLEAR(cs->pickler_buf);
+    }
+done:
+    cs->pickler_busy = 0;
+    return data;
+}
+
+/* ---------------------------------------------------------------------
+ * raw I/O helpers (called with the GIL; release it around syscalls)
+ * ------------------------------------------------------------------- */
+
+/* Read exactly n bytes into buf.  Returns 0, or -1 with an exception:
+ * EOFError when the peer closed before the first byte, OSError("got end of
+ * file during message") when it closed part way, OSError from errno,
+ * KeyboardInterrupt (or whatever a signal handler raised). */
+static int
+fd_read_exact(int fd, char *buf, size_t n)
+{
+    size_t done = 0;
+
+    while (done < n) {
+        ssize_t r;
+        int err = 0;
+
+        Py_BEGIN_ALLOW_THREADS
+        do {
+            size_t want = n - done;
+            if (want > (size_t)SSIZE_MAX) {
+                want = (size_t)SSIZE_MAX;
+            }
+            r = read(fd, buf + done, want);
+            if (r > 0) {
+                done += (size_t)r;
+            }
+        } while (r > 0 && done < n);
+        if (r < 0) {
+            err = errno;
+        }
+        Py_END_ALLOW_THREADS
+
+        if (done == n) {
+            break;
+        }
+        if (r == 0) {
+            if (done == 0) {
+                PyErr_SetNone(PyExc_EOFError);
+            }
+            else {
+                PyErr_SetString(PyExc_OSError,
+                                "got end of file during message");
+            }
+            return -1;
+        }
+        if (err == EINTR) {
+            if (PyErr_CheckSignals() < 0) {
+                return -1;
+            }
+            continue;
+        }
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
+/* Write the iovecs completely (they are consumed: base/len updated).
+ * Returns 0, or -1 with an exception set (BrokenPipeError when the reader
+ * is gone, KeyboardInterrupt from a signal). */
+static int
+fd_writev_all(int fd, struct iovec *iov, int iovcnt)
+{
+    while (iovcnt > 0) {
+        ssize_t r;
+        int err = 0;
+
+        Py_BEGIN_ALLOW_THREADS
+        for (;;) {
+            r = writev(fd, iov, iovcnt);
+            if (r < 0) {
+                err = errno;
+                break;
+            }
+            while (iovcnt > 0 && (size_t)r >= iov->iov_len) {
+                r -= (ssize_t)iov->iov_len;
+                iov++;
+                iovcnt--;
+            }
+            if (iovcnt == 0) {
+                break;
+            }
+            iov->iov_base = (char *)iov->iov_base + r;
+            iov->iov_len -= (size_t)r;
+        }
+        Py_END_ALLOW_THREADS
+
+        if (iovcnt == 0) {
+            break;
+        }
+        if (err == EINTR) {
+            if (PyErr_CheckSignals() < 0) {
+                return -1;
+            }
+            continue;
+        }
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
+/* Send one framed message.  Returns 0 or -1 with an exception set. */
+static int
+conn_send_frame(int fd, const char *data, size_t n)
+{
+    unsigned char hdr[12];
+    struct iovec iov[2];
+    int hlen;
+
+    if (n > 0x7fffffffu) {
+        uint64_t v = (uint64_t)n;
+        int i;
+        hdr[0] = hdr[1] = hdr[2] = hdr[3] = 0xff;
+        for (i = 0; i < 8; i++) {
+            hdr[4 + i] = (unsigned char)(v >> (56 - 8 * i));
+        }
+        hlen = 12;
+    }
+    else {
+        hdr[0] = (unsigned char)(n >> 24);
+        hdr[1] = (unsigned char)(n >> 16);
+        hdr[2] = (unsigned char)(n >> 8);
+        hdr[3] = (unsigned char)n;
+        hlen = 4;
+    }
+    if (n <= SMALL_SEND) {
+        /* One contiguous write: also the one segment a TCP peer sees. */
+        char small[SMALL_SEND + 4];
+        memcpy(small, hdr, 4);
+        if (n > 0) {
+            memcpy(small + 4, data, n);
+        }
+        iov[0].iov_base = small;
+        iov[0].iov_len = 4 + n;
+        return fd_writev_all(fd, iov, 1);
+    }
+    iov[0].iov_base = hdr;
+    iov[0].iov_len = (size_t)hlen;
+    iov[1].iov_base = (void *)data;
+    iov[1].iov_len = n;
+    return fd_writev_all(fd, iov, 2);
+}
+
+/* Read a frame header.  Returns 0 and the payload size, or -1. */
+static int
+conn_recv_header(int fd, uint64_t *size)
+{
+    unsigned char h[8];
+    int32_t n;
+
+    if (fd_read_exact(fd, (char *)h, 4) < 0) {
+        return -1;
+    }
+    n = (int32_t)(((uint32_t)h[0] << 24) | ((uint32_t)h[1] << 16)
+                  | ((uint32_t)h[2] << 8) | (uint32_t)h[3]);
+    if (n == -1) {
+        uint64_t v = 0;
+        int i;
+        if (fd_read_exact(fd, (char *)h, 8) < 0) {
+            return -1;
+        }
+        for (i = 0; i < 8; i++) {
+            v = (v << 8) | h[i];
+        }
+        *size = v;
+        return 0;
+    }
+    if (n < 0) {
+        /* Never produced by a well-behaved sender. */
+        PyErr_SetString(PyExc_OSError, "bad message length");
+        return -1;
+    }
+    *size = (uint64_t)n;
+    return 0;
+}
+
+/* Read a whole message's payload into a new bytes object. */
+static PyObject *
+conn_recv_payload(int fd, uint64_t size)
+{
+    PyObject *b;
+
+    if (size > (uint64_t)PY_SSIZE_T_MAX) {
+        PyErr_SetString(PyExc_OSError, "bad message length");
+        return NULL;
+    }
+    b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (b == NULL) {
+        return NULL;
+    }
+    if (fd_read_exact(fd, PyBytes_AS_STRING(b), (size_t)size) < 0) {
+        Py_DECREF(b);
+        return NULL;
+    }
+    return b;
+}
+
+/* ---------------------------------------------------------------------
+ * the Connection type
+ * ------------------------------------------------------------------- */
+
+static int
+conn_check_closed(ConnectionObject *self)
+{
+    if (self->fd < 0) {
+        PyErr_SetString(PyExc_OSError, "handle is closed");
+        return -1;
+    }
+    return 0;
+}
+
+static int
+conn_check_readable(ConnectionObject *self)
+{
+    if (conn_check_closed(self) < 0) {
+        return -1;
+    }
+    if (!self->readable) {
+        PyErr_SetString(PyExc_OSError, "connection is write-only");
+        return -1;
+    }
+    return 0;
+}
+
+static int
+conn_check_writable(ConnectionObject *self)
+{
+    if (conn_check_closed(self) < 0) {
+        return -1;
+    }
+    if (!self->writable) {
+        PyErr_SetString(PyExc_OSError, "connection is read-only");
+        return -1;
+    }
+    return 0;
+}
+
+static void
+conn_close_fd(ConnectionObject *self)
+{
+    if (self->fd >= 0) {
+        int fd = self->fd;
+        self->fd = -1;
+        /* Linux frees the descriptor even when close reports EINTR. */
+        (void)close(fd);
+    }
+}
+
+static PyObject *
+conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"handle", "readable", "writable", NULL};
+    PyObject *handle, *idx;
+    int readable = 1, writable = 1;
+    long fd;
+    ConnectionObject *self;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pp:Connection", kwlist,
+                                     &handle, &readable, &writable)) {
+        return NULL;
+    }
+    idx = PyNumber_Index(handle);
+    if (idx == NULL) {
+        return NULL;
+    }
+    fd = PyLong_AsLong(idx);
+    Py_DECREF(idx);
+    if (fd == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "invalid handle");
+        return NULL;
+    }
+    if (fd > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "handle is too large");
+        return NULL;
+    }
+    if (!readable && !writable) {
+        PyErr_SetString(PyExc_ValueError,
+                        "at least one of `readable` and `writable` must be "
+                        "True");
+        return NULL;
+    }
+    self = (ConnectionObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->fd = (int)fd;
+    self->readable = (char)readable;
+    self->writable = (char)writable;
+    self->weakreflist = NULL;
+    return (PyObject *)self;
+}
+
+/* Everything happens in tp_new; __init__ only accepts the same arguments
+ * so that a Python subclass may call super().__init__(handle, ...). */
+static int
+conn_init(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"handle", "readable", "writable", NULL};
+    PyObject *handle;
+    int readable = 1, writable = 1;
+
+    FASTMP_UNUSED(self);
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pp:Connection", kwlist,
+                                     &handle, &readable, &writable)) {
+        return -1;
+    }
+    return 0;
+}
+
+static void
+conn_dealloc(ConnectionObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    conn_close_fd(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+PyDoc_STRVAR(conn_send_bytes_doc,
+"send_bytes($self, /, buf, offset=0, size=None)\n--\n\n"
+"Send the bytes data from a bytes-like object.");
+
+static PyObject *
+conn_send_bytes(ConnectionObject *self, PyObject *const *args,
+                Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *buf = NULL, *ooffset = NULL, *osize = Py_None;
+    Py_ssize_t offset = 0, size, i, nkw;
+    Py_buffer view;
+    int r;
+
+    nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs > 3) {
+        PyErr_Format(PyExc_TypeError,
+                     "send_bytes() takes at most 3 arguments (%zd given)",
+                     nargs + nkw);
+        return NULL;
+    }
+    if (nargs > 0) {
+        buf = args[0];
+    }
+    if (nargs > 1) {
+        ooffset = args[1];
+    }
+    if (nargs > 2) {
+        osize = args[2];
+    }
+    for (i = 0; i < nkw; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        PyObject *v = args[nargs + i];
+        if (PyUnicode_CompareWithASCIIString(k, "buf") == 0 && buf == NULL) {
+            buf = v;
+        }
+        else if (PyUnicode_CompareWithASCIIString(k, "offset") == 0
+                 && ooffset == NULL) {
+            ooffset = v;
+        }
+        else if (PyUnicode_CompareWithASCIIString(k, "size") == 0
+                 && nargs < 3) {
+            osize = v;
+        }
+        else {
+            PyErr_Format(PyExc_TypeError,
+                         "send_bytes() got an unexpected or duplicate "
+                         "keyword argument '%U'", k);
+            return NULL;
+        }
+    }
+    if (buf == NULL) {
+        PyErr_SetString(PyExc_TypeError,
+                        "send_bytes() missing required argument 'buf'");
+        return NULL;
+    }
+    if (conn_check_writable(self) < 0) {
+        return NULL;
+    }
+    if (ooffset != NULL) {
+        offset = PyNumber_AsSsize_t(ooffset, PyExc_OverflowError);
+        if (offset == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    if (PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (offset < 0) {
+        PyErr_SetString(PyExc_ValueError, "offset is negative");
+        goto error;
+    }
+    if (view.len < offset) {
+        PyErr_SetString(PyExc_ValueError, "buffer length < offset");
+        goto error;
+    }
+    if (osize == Py_None) {
+        size = view.len - offset;
+    }
+    else {
+        size = PyNumber_AsSsize_t(osize, PyExc_OverflowError);
+        if (size == -1 && PyErr_Occurred()) {
+            goto error;
+        }
+        if (size < 0) {
+            PyErr_SetString(PyExc_ValueError, "size is negative");
+            goto error;
+        }
+        if (size > view.len - offset) {
+            PyErr_SetString(PyExc_ValueError,
+                            "buffer length < offset + size");
+            goto error;
+        }
+    }
+    r = conn_send_frame(self->fd, (const char *)view.buf + offset,
+                        (size_t)size);
+    PyBuffer_Release(&view);
+    if (r < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+error:
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+PyDoc_STRVAR(conn_send_doc,
+"send($self, obj, /)\n--\n\n"
+"Send a (picklable) object.");
+
+static PyObject *
+conn_send(ConnectionObject *self, PyObject *obj)
+{
+    fastmp_connection_state *cs = conn_state((PyObject *)self);
+    PyObject *data;
+    Py_buffer view;
+    int r;
+
+    if (conn_check_writable(self) < 0) {
+        return NULL;
+    }
+    if (conn_load_pickler(cs) < 0) {
+        return NULL;
+    }
+    data = conn_dumps(cs, obj);
+    if (data == NULL) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        Py_DECREF(data);
+        return NULL;
+    }
+    /* The pickler may have run code that closed us. */
+    if (self->fd < 0) {
+        PyBuffer_Release(&view);
+        Py_DECREF(data);
+        return conn_check_closed(self), NULL;
+    }
+    r = conn_send_frame(self->fd, view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    Py_DECREF(data);
+    if (r < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* The stdlib's reaction to a message longer than maxlength: a duplex
+ * connection stops being readable, a read-only one is closed. */
+static PyObject *
+conn_bad_message_length(ConnectionObject *self)
+{
+    if (self->writable) {
+        self->readable = 0;
+    }
+    else {
+        conn_close_fd(self);
+    }
+    PyErr_SetString(PyExc_OSError, "bad message length");
+    return NULL;
+}
+
+PyDoc_STRVAR(conn_recv_bytes_doc,
+"recv_bytes($self, /, maxlength=None)\n--\n\n"
+"Receive bytes data as a bytes object.");
+
+static PyObject *
+conn_recv_bytes(ConnectionObject *self, PyObject *const *args,
+                Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *omax = Py_None;
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    Py_ssize_t maxlength = -1;
+    uint64_t size;
+
+    if (nargs + nkw > 1) {
+        PyErr_SetString(PyExc_TypeError,
+                        "recv_bytes() takes at most 1 argument");
+        return NULL;
+    }
+    if (nargs == 1) {
+        omax = args[0];
+    }
+    else if (nkw == 1) {
+        if (PyUnicode_CompareWithASCIIString(
+                PyTuple_GET_ITEM(kwnames, 0), "maxlength") != 0) {
+            PyErr_Format(PyExc_TypeError,
+                         "recv_bytes() got an unexpected keyword argument "
+                         "'%U'", PyTuple_GET_ITEM(kwnames, 0));
+            return NULL;
+        }
+        omax = args[0];
+    }
+    if (conn_check_readable(self) < 0) {
+        return NULL;
+    }
+    if (omax != Py_None) {
+        maxlength = PyNumber_AsSsize_t(omax, PyExc_OverflowError);
+        if (maxlength == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (maxlength < 0) {
+            PyErr_SetString(PyExc_ValueError, "negative maxlength");
+            return NULL;
+        }
+    }
+    if (conn_recv_header(self->fd, &size) < 0) {
+        return NULL;
+    }
+    if (maxlength >= 0 && size > (uint64_t)maxlength) {
+        return conn_bad_message_length(self);
+    }
+    return conn_recv_payload(self->fd, size);
+}
+
+PyDoc_STRVAR(conn_recv_bytes_into_doc,
+"recv_bytes_into($self, /, buf, offset=0)\n--\n\n"
+"Receive bytes data into a writeable bytes-like object.\n"
+"Return the number of bytes read.");
+
+static PyObject *
+conn_recv_bytes_into(ConnectionObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buf", "offset", NULL};
+    fastmp_connection_state *cs = conn_state((PyObject *)self);
+    PyObject *buf, *msg, *exc;
+    Py_ssize_t offset = 0;
+    Py_buffer view;
+    uint64_t size;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|n:recv_bytes_into",
+                                     kwlist, &buf, &offset)) {
+        return NULL;
+    }
+    if (conn_check_readable(self) < 0) {
+        return NULL;
+    }
+    if (conn_load_pickler(cs) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    if (offset < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative offset");
+        goto error;
+    }
+    if (offset > view.len) {
+        PyErr_SetString(PyExc_ValueError, "offset too large");
+        goto error;
+    }
+    if (conn_recv_header(self->fd, &size) < 0) {
+        goto error;
+    }
+    if (size <= (uint64_t)(view.len - offset)) {
+        /* Fits: read straight into the caller's buffer, which the view
+         * keeps alive and pinned while the GIL is released. */
+        if (fd_read_exact(self->fd, (char *)view.buf + offset,
+                          (size_t)size) < 0) {
+            goto error;
+        }
+        PyBuffer_Release(&view);
+        return PyLong_FromUnsignedLongLong((unsigned long long)size);
+    }
+    PyBuffer_Release(&view);
+    msg = conn_recv_payload(self->fd, size);
+    if (msg == NULL) {
+        return NULL;
+    }
+    exc = PyObject_CallOneArg(cs->BufferTooShort, msg);
+    Py_DECREF(msg);
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+error:
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+PyDoc_STRVAR(conn_recv_doc,
+"recv($self, /)\n--\n\n"
+"Receive a (picklable) object.");
+
+static PyObject *
+conn_recv(ConnectionObject *self, PyObject *Py_UNUSED(ignored))
+{
+    fastmp_connection_state *cs = conn_state((PyObject *)self);
+    PyObject *b, *res;
+    uint64_t size;
+
+    if (conn_check_readable(self) < 0) {
+        return NULL;
+    }
+    if (conn_load_pickler(cs) < 0) {
+        return NULL;
+    }
+    if (conn_recv_header(self->fd, &size) < 0) {
+        return NULL;
+    }
+    b = conn_recv_payload(self->fd, size);
+    if (b == NULL) {
+        return NULL;
+    }
+    res = PyObject_CallOneArg(cs->loads, b);
+    Py_DECREF(b);
+    return res;
+}
+
+/* Wait until fd is readable (or at EOF/error), at most until d.
+ * Returns 1 ready, 0 timed out, -1 with an exception set. */
+static int
+fd_wait_readable(int fd, const fastmp_deadline *d)
+{
+    struct pollfd pfd;
+    int r, err;
+
+    pfd.fd = fd;
+    pfd.events = POLLIN;
+    pfd.revents = 0;
+    /* First look without releasing the GIL. */
+    r = poll(&pfd, 1, 0);
+    if (r > 0) {
+        return 1;
+    }
+    if (r < 0 && errno != EINTR) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    for (;;) {
+        double left = fastmp_deadline_remaining(d);
+        int ms;
+
+        if (PyErr_CheckSignals() < 0) {
+            return -1;
+        }
+        if (left == 0.0) {
+            return 0;
+        }
+        ms = (int)(FASTMP_WAIT_SLICE_NS / 1000000);
+        if (left > 0 && left * 1000.0 < ms) {
+            ms = (int)(left * 1000.0) + 1;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        r = poll(&pfd, 1, ms);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (r > 0) {
+            return 1;
+        }
+        if (r < 0 && err != EINTR) {
+            errno = err;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+    }
+}
+
+PyDoc_STRVAR(conn_poll_doc,
+"poll($self, /, timeout=0.0)\n--\n\n"
+"Whether there is any input available to be read.");
+
+static PyObject *
+conn_poll(ConnectionObject *self, PyObject *const *args, Py_ssize_t nargs,
+          PyObject *kwnames)
+{
+    fastmp_deadline d;
+    int r;
+    PyObject *timeout = NULL;
+
+    /* poll(timeout=0.0): the stdlib accepts the keyword too. */
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs + nkw > 1) {
+        PyErr_SetString(PyExc_TypeError, "poll() takes at most 1 argument");
+        return NULL;
+    }
+    if (nargs == 1) {
+        timeout = args[0];
+    }
+    else if (nkw == 1) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, 0);
+        if (!PyUnicode_Check(key)
+            || PyUnicode_CompareWithASCIIString(key, "timeout") != 0) {
+            PyErr_Format(PyExc_TypeError,
+                         "poll() got an unexpected keyword argument '%S'",
+                         key);
+            return NULL;
+        }
+        timeout = args[0];
+    }
+    if (conn_check_readable(self) < 0) {
+        return NULL;
+    }
+    if (timeout == NULL) {
+        fastmp_deadline_from_seconds(0.0, &d);
+    }
+    else if (fastmp_deadline_from_object(timeout, &d) < 0) {
+        return NULL;
+    }
+    r = fd_wait_readable(self->fd, &d);
+    if (r < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(r);
+}
+
+PyDoc_STRVAR(conn_fileno_doc,
+"fileno($self, /)\n--\n\n"
+"File descriptor or handle of the connection");
+
+static PyObject *
+conn_fileno(ConnectionObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (conn_check_closed(self) < 0) {
+        return NULL;
+    }
+    return PyLong_FromLong(self->fd);
+}
+
+PyDoc_STRVAR(conn_close_doc,
+"close($self, /)\n--\n\n"
+"Close the connection");
+
+static PyObject *
+conn_close(ConnectionObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->fd >= 0) {
+        int fd = self->fd;
+        self->fd = -1;
+        if (close(fd) < 0 && errno != EINTR) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+conn_enter(ConnectionObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return Py_NewRef(self);
+}
+
+static PyObject *
+conn_exit(ConnectionObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    FASTMP_UNUSED(args);
+    FASTMP_UNUSED(nargs);
+    return conn_close(self, NULL);
+}
+
+static PyObject *
+conn_get_closed(ConnectionObject *self, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(self->fd < 0);
+}
+
+static PyObject *
+conn_get_readable(ConnectionObject *self, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(self->readable);
+}
+
+static PyObject *
+conn_get_writable(ConnectionObject *self, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(self->writable);
+}
+
+static PyObject *
+conn_get_handle(ConnectionObject *self, void *Py_UNUSED(c))
+{
+    if (self->fd < 0) {
+        Py_RETURN_NONE;
+    }
+    return PyLong_FromLong(self->fd);
+}
+
+/* `_handle` mirrors the stdlib's attribute: setting it to None forgets
+ * the descriptor without closing it; setting an int adopts that fd. */
+static int
+conn_set_handle(ConnectionObject *self, PyObject *v, void *Py_UNUSED(c))
+{
+    long fd;
+
+    if (v == NULL || v == Py_None) {
+        self->fd = -1;
+        return 0;
+    }
+    fd = PyLong_AsLong(v);
+    if (fd == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (fd < 0 || fd > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "invalid handle");
+        return -1;
+    }
+    self->fd = (int)fd;
+    return 0;
+}
+
+static PyMethodDef conn_methods[] = {
+    {"send_bytes", (PyCFunction)(void (*)(void))conn_send_bytes,
+     METH_FASTCALL | METH_KEYWORDS, conn_send_bytes_doc},
+    {"send", (PyCFunction)conn_send, METH_O, conn_send_doc},
+    {"recv_bytes", (PyCFunction)(void (*)(void))conn_recv_bytes,
+     METH_FASTCALL | METH_KEYWORDS, conn_recv_bytes_doc},
+    {"recv_bytes_into", (PyCFunction)(void (*)(void))conn_recv_bytes_into,
+     METH_VARARGS | METH_KEYWORDS, conn_recv_bytes_into_doc},
+    {"recv", (PyCFunction)conn_recv, METH_NOARGS, conn_recv_doc},
+    {"poll", (PyCFunction)(void (*)(void))conn_poll,
+     METH_FASTCALL | METH_KEYWORDS, conn_poll_doc},
+    {"fileno", (PyCFunction)conn_fileno, METH_NOARGS, conn_fileno_doc},
+    {"close", (PyCFunction)conn_close, METH_NOARGS, conn_close_doc},
+    {"__enter__", (PyCFunction)conn_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))conn_exit, METH_FASTCALL,
+     NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef conn_getset[] = {
+    {"closed", (getter)conn_get_closed, NULL,
+     "True if the connection is closed", NULL},
+    {"readable", (getter)conn_get_readable, NULL,
+     "True if the connection is readable", NULL},
+    {"writable", (getter)conn_get_writable, NULL,
+     "True if the connection is writable", NULL},
+    {"_handle", (getter)conn_get_handle, (setter)conn_set_handle,
+     "The file descriptor, or None once closed", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef conn_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET,
+     offsetof(ConnectionObject, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+PyDoc_STRVAR(conn_doc,
+"Connection(handle, readable=True, writable=True)\n--\n\n"
+"Connection based on an arbitrary file descriptor (a socket or a pipe),\n"
+"speaking the multiprocessing.connection wire format.");
+
+static PyType_Slot conn_slots[] = {
+    {Py_tp_new, conn_new},
+    {Py_tp_init, conn_init},
+    {Py_tp_dealloc, conn_dealloc},
+    {Py_tp_methods, conn_methods},
+    {Py_tp_getset, conn_getset},
+    {Py_tp_members, conn_members},
+    {Py_tp_doc, (void *)conn_doc},
+    {0, NULL},
+};
+
+static PyType_Spec conn_spec = {
+    .name = "fastmp.connection.Connection",
+    .basicsize = sizeof(ConnectionObject),
+    .itemsize = 0,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = conn_slots,
+};
+
+PyMethodDef fastmp_connection_functions[] = {
+    {NULL, NULL, 0, NULL},
+};
+
+int
+fastmp_connection_exec(PyObject *m, fastmp_state *st)
+{
+    fastmp_connection_state *cs = &st->connection;
+
+    cs->ConnectionType = (PyTypeObject *)PyType_FromModuleAndSpec(
+        m, &conn_spec, NULL);
+    if (cs->ConnectionType == NULL) {
+        return -1;
+    }
+    if (PyModule_AddObject(m, "Connection",
+                           Py_NewRef(cs->ConnectionType)) < 0) {
+        Py_DECREF(cs->ConnectionType);
+        return -1;
+    }
+    return 0;
+}
+
+int
+fastmp_connection_traverse(fastmp_state *st, visitproc visit, void *arg)
+{
+    fastmp_connection_state *cs = &st->connection;
+
+    Py_VISIT(cs->ConnectionType);
+    Py_VISIT(cs->dumps);
+    Py_VISIT(cs->loads);
+    Py_VISIT(cs->BufferTooShort);
+    Py_VISIT(cs->pickler);
+    Py_VISIT(cs->pickler_buf);
+    Py_VISIT(cs->copyreg_table);
+    Py_VISIT(cs->extra_reducers);
+    return 0;
+}
+
+void
+fastmp_connection_clear(fastmp_state *st)
+{
+    fastmp_connection_state *cs = &st->connection;
+
+    Py_CLEAR(cs->ConnectionType);
+    Py_CLEAR(cs->dumps);
+    Py_CLEAR(cs->loads);
+    Py_CLEAR(cs->BufferTooShort);
+    Py_CLEAR(cs->pickler);
+    Py_CLEAR(cs->pickler_buf);
+    Py_CLEAR(cs->copyreg_table);
+    Py_CLEAR(cs->extra_reducers);
+}

@@ -1,0 +1,310 @@
+/*
+ * fastmp.h -- the one header every fastmp C file includes.
+ *
+ * It holds the module state, the shared-arena interface (arena.c), the
+ * platform interface (platform_linux.c: memfd, futex, process identity),
+ * the blocking-wait helper (wait.c) and the small C interface that one area
+ * offers another (SemLock for the synchronized Value/Array wrappers).
+ *
+ * Each area owns a section below, fenced by "area:" comments, and its own
+ * state struct; keep edits inside your own section.
+ */
+#ifndef FASTMP_H
+#define FASTMP_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#if PY_VERSION_HEX < 0x03090000
+#  error "fastmp needs CPython 3.9 or newer"
+#endif
+
+/* ---------------------------------------------------------------------
+ * platform: platform_linux.c.  A port to another OS replaces that file.
+ * ------------------------------------------------------------------- */
+
+/* Create an anonymous shared-memory file of `size` bytes (sparse).
+ * Returns an fd (close-on-exec) or -1 with errno set.  Uses memfd_create,
+ * falling back to an immediately unlinked shm_open segment. */
+int fastmp_platform_shm_anon(const char *tag, uint64_t size);
+
+/* Block while *word == expected, at most until the absolute CLOCK_MONOTONIC
+ * time `until` (NULL: no limit).  Must be called WITHOUT the GIL; never
+ * touches the Python API.  Returns 0 (woken, value differed, or a signal
+ * arrived: the caller re-checks) or ETIMEDOUT; any other value is an errno
+ * from the futex call. */
+int fastmp_platform_futex_wait(uint32_t *word, uint32_t expected,
+                               const struct timespec *until);
+
+/* Wake up to n waiters blocked on word (INT32_MAX: all).  Returns the
+ * number woken or -1 with errno set. */
+int fastmp_platform_futex_wake(uint32_t *word, int n);
+
+/* This process's identity token: its start time in clock ticks since boot
+ * (from /proc/self/stat), cached; re-read after fork.  Never 0. */
+uint64_t fastmp_platform_self_start(void);
+
+/* Is the process (pid, start) alive?  start is the token that process's
+ * fastmp_platform_self_start() returned (0: unknown, pid alone decides).
+ * Returns 1 alive, 0 dead (or pid reused by another process). */
+int fastmp_platform_pid_alive(uint32_t pid, uint64_t start);
+
+/* Cached getpid(), refreshed after fork. */
+uint32_t fastmp_platform_getpid(void);
+
+/* Called in a fork child (from the module's after-fork hook). */
+void fastmp_platform_after_fork_child(void);
+
+/* ---------------------------------------------------------------------
+ * wait: wait.c -- blocking with the GIL released, a monotonic deadline,
+ * prompt Ctrl-C.
+ * ------------------------------------------------------------------- */
+
+/* Longest single futex sleep; between slices signals are checked and the
+ * caller may look for a dead peer. */
+#define FASTMP_WAIT_SLICE_NS (50 * 1000 * 1000)
+
+typedef struct {
+    int forever;             /* 1: no deadline */
+    struct timespec at;      /* absolute CLOCK_MONOTONIC */
+} fastmp_deadline;
+
+/* Fill *d from a Python timeout: Py_None or NULL means forever; a number is
+ * seconds (negative means 0, as the stdlib's SemLock treats it).  Returns 0,
+ * or -1 with TypeError/ValueError/OverflowError set. */
+int fastmp_deadline_from_object(PyObject *timeout, fastmp_deadline *d);
+
+/* Fill *d from seconds (< 0: forever). */
+void fastmp_deadline_from_seconds(double seconds, fastmp_deadline *d);
+
+/* 1 if the deadline has passed. */
+int fastmp_deadline_expired(const fastmp_deadline *d);
+
+/* Seconds left (>= 0), or -1.0 when forever. */
+double fastmp_deadline_remaining(const fastmp_deadline *d);
+
+/* Called WITH the GIL.  Sleeps on the futex `word` while it equals
+ * `expected`, releasing the GIL, for at most one slice and never past the
+ * deadline, then runs PyErr_CheckSignals().  Returns 0 when the caller
+ * should re-check its condition (woken, changed, slice over), 1 when the
+ * deadline has passed, -1 with an exception set (KeyboardInterrupt from a
+ * signal handler, or OSError). */
+int fastmp_wait_futex(uint32_t *word, uint32_t expected,
+                      const fastmp_deadline *d);
+
+/* ---------------------------------------------------------------------
+ * arena: arena.c -- process-shared memory carved into blocks.
+ *
+ * Segments are memfd files mapped MAP_SHARED.  A block is (segment,
+ * offset).  Blocks carry a process-shared reference count: the creating
+ * object holds one, every process that maps an object (after fork, or when
+ * it is rebuilt from a pickle in a spawned child) takes one, and the last
+ * release returns the block to its segment's free list.
+ * ------------------------------------------------------------------- */
+
+typedef struct fastmp_segment_object fastmp_segment_object;
+
+/* A process-local handle on one block.  Embed it in any Python object that
+ * owns arena memory and register it with fastmp_block_track() so that a
+ * fork child takes its own reference. */
+typedef struct fastmp_block {
+    fastmp_segment_object *seg;   /* strong ref (a Python object) */
+    uint64_t offset;              /* of the user data within the segment */
+    void *ptr;                    /* seg base + offset */
+    size_t size;                  /* usable bytes */
+    int released;                 /* this process's reference is gone */
+    struct fastmp_block *prev, *next;   /* tracking list (process-local) */
+} fastmp_block;
+
+/* Blocks are aligned to this (enough for long double and SIMD loads). */
+#define FASTMP_BLOCK_ALIGN 16
+
+/* Allocate `size` zeroed bytes of shared memory.  On success fills *b
+ * (reference count 1, tracked) and returns 0; on failure returns -1 with
+ * MemoryError/OSError set.  Needs the GIL. */
+int fastmp_block_alloc(size_t size, fastmp_block *b);
+
+/* Take a new reference on the block at (seg, offset) -- used when an
+ * object is rebuilt in a spawned child.  Validates offset/size against the
+ * segment; returns 0, or -1 with ValueError set.  Tracks *b. */
+int fastmp_block_attach(PyObject *seg, uint64_t offset, size_t size,
+                        fastmp_block *b);
+
+/* Drop this process's reference (idempotent) and untrack.  Frees the block
+ * when it was the last reference anywhere.  Needs the GIL. */
+void fastmp_block_release(fastmp_block *b);
+
+/* The Segment object that holds b, as a new reference (for pickling). */
+PyObject *fastmp_block_segment(const fastmp_block *b);
+
+/* Check a Python object is a Segment. */
+int fastmp_segment_check(PyObject *o);
+
+/* ---------------------------------------------------------------------
+ * area: semlock (semlock.c)
+ * ------------------------------------------------------------------- */
+
+typedef struct {
+    PyTypeObject *SemLockType;
+    PyObject *AbandonedLockWarning;
+} fastmp_semlock_state;
+
+/* For other areas (the synchronized Value/Array wrappers): if `lock` is a
+ * fastmp SemLock, or an object whose `_semlock` attribute is one, return
+ * that C object (borrowed), else NULL without an exception. */
+PyObject *fastmp_semlock_unwrap(PyObject *lock);
+
+/* Acquire (blocking, no timeout) / release a SemLock returned by
+ * fastmp_semlock_unwrap.  0 on success, -1 with an exception set. */
+int fastmp_semlock_enter(PyObject *semlock);
+int fastmp_semlock_exit(PyObject *semlock);
+
+/* end area: semlock */
+
+/* ---------------------------------------------------------------------
+ * area: sharedctypes (sharedctypes.c)
+ * ------------------------------------------------------------------- */
+
+typedef struct {
+    PyTypeObject *BlockType;          /* a Block of arena memory */
+    PyTypeObject *SyncBaseType;       /* SynchronizedBase */
+    PyTypeObject *SyncType;           /* Synchronized (values, atomics) */
+    PyTypeObject *SyncArrayType;      /* SynchronizedArray */
+    PyTypeObject *SyncStringType;     /* SynchronizedString (char arrays) */
+} fastmp_sharedctypes_state;
+
+/* end area: sharedctypes */
+
+/* ---------------------------------------------------------------------
+ * area: shm (shm.c) -- SharedMemory, ShareableList
+ * ------------------------------------------------------------------- */
+
+typedef struct {
+    PyTypeObject *MappingType;        /* _ShmMapping: one mmap of a segment */
+    PyTypeObject *ListCoreType;       /* _ShareableListCore */
+    PyObject *struct_error;           /* struct.error */
+} fastmp_shm_state;
+
+/* end area: shm */
+
+/* ---------------------------------------------------------------------
+ * area: connection (connection.c)
+ * ------------------------------------------------------------------- */
+
+typedef struct {
+    PyTypeObject *ConnectionType;
+    /* Filled lazily on first use (importing multiprocessing.reduction at
+     * module exec would slow down `import fastmp`). */
+    PyObject *dumps;          /* reduction.ForkingPickler.dumps */
+    PyObject *loads;          /* reduction.ForkingPickler.loads */
+    PyObject *BufferTooShort; /* multiprocessing.BufferTooShort */
+    /* A reusable C pickler writing into a BytesIO, with a dispatch table
+     * equal to ForkingPickler's (copyreg's table + its extra reducers),
+     * rebuilt when either table changes size.  `pickler_busy` guards
+     * reentrant use (a reducer that sends): the nested call falls back to
+     * `dumps`. */
+    PyObject *pickler;
+    PyObject *pickler_buf;
+    PyObject *copyreg_table;
+    PyObject *extra_reducers;
+    Py_ssize_t dispatch_size;
+    int pickler_busy;
+} fastmp_connection_state;
+
+/* end area: connection */
+
+/* ---------------------------------------------------------------------
+ * area: ring (ring.c) -- the Queue ring buffer
+ * ------------------------------------------------------------------- */
+
+typedef struct {
+    PyTypeObject *RingType;       /* _Ring, base of fastmp.queues.Queue */
+    PyObject *dumps;              /* ForkingPickler.dumps */
+    PyObject *plain_dumps;        /* the C pickler's dumps */
+    PyObject *protocol;           /* its protocol argument */
+    PyObject *loads;              /* the C unpickler's loads */
+    PyObject *Empty;              /* queue.Empty */
+    PyObject *Full;               /* queue.Full */
+} fastmp_ring_state;
+
+/* end area: ring */
+
+/* ---------------------------------------------------------------------
+ * module state (module.c)
+ * ------------------------------------------------------------------- */
+
+typedef struct {
+    PyTypeObject *SegmentType;
+    PyObject *alloc_segment;      /* arena.c: the pool segment to carve */
+    fastmp_semlock_state semlock;
+    fastmp_sharedctypes_state sharedctypes;
+    fastmp_shm_state shm;
+    fastmp_connection_state connection;
+    fastmp_ring_state ring;
+} fastmp_state;
+
+/* The module state of the one fastmp._fastmp module imported in this
+ * interpreter (set in the exec slot).  For code that has no module at
+ * hand (dealloc of a heap type reaches it through the type instead). */
+fastmp_state *fastmp_get_state(void);
+
+/* Per-area exec hooks: create types, add them to the module.  Return 0,
+ * or -1 with an exception set.  traverse/clear visit the area's state. */
+int fastmp_arena_exec(PyObject *m, fastmp_state *st);
+int fastmp_semlock_exec(PyObject *m, fastmp_state *st);
+int fastmp_sharedctypes_exec(PyObject *m, fastmp_state *st);
+int fastmp_shm_exec(PyObject *m, fastmp_state *st);
+int fastmp_connection_exec(PyObject *m, fastmp_state *st);
+int fastmp_ring_exec(PyObject *m, fastmp_state *st);
+
+int fastmp_semlock_traverse(fastmp_state *st, visitproc visit, void *arg);
+int fastmp_sharedctypes_traverse(fastmp_state *st, visitproc visit,
+                                 void *arg);
+int fastmp_shm_traverse(fastmp_state *st, visitproc visit, void *arg);
+int fastmp_connection_traverse(fastmp_state *st, visitproc visit, void *arg);
+int fastmp_ring_traverse(fastmp_state *st, visitproc visit, void *arg);
+void fastmp_semlock_clear(fastmp_state *st);
+void fastmp_sharedctypes_clear(fastmp_state *st);
+void fastmp_shm_clear(fastmp_state *st);
+void fastmp_connection_clear(fastmp_state *st);
+void fastmp_ring_clear(fastmp_state *st);
+
+/* Module-level functions each area contributes (NULL-terminated arrays,
+ * concatenated by module.c).  An area without functions provides a
+ * table holding only the sentinel. */
+extern PyMethodDef fastmp_arena_functions[];
+extern PyMethodDef fastmp_semlock_functions[];
+extern PyMethodDef fastmp_sharedctypes_functions[];
+extern PyMethodDef fastmp_shm_functions[];
+extern PyMethodDef fastmp_connection_functions[];
+extern PyMethodDef fastmp_ring_functions[];
+
+/* ---------------------------------------------------------------------
+ * small helpers
+ * ------------------------------------------------------------------- */
+
+/* Compatibility for 3.9 (Py_NewRef arrived in 3.10). */
+#if PY_VERSION_HEX < 0x030A0000
+static inline PyObject *
+fastmp_newref(PyObject *o)
+{
+    Py_INCREF(o);
+    return o;
+}
+#  define Py_NewRef(o) fastmp_newref((PyObject *)(o))
+#endif
+
+#define FASTMP_UNUSED(x) ((void)(x))
+
+/* Py_TPFLAGS_IMMUTABLETYPE arrived in 3.10. */
+#ifdef Py_TPFLAGS_IMMUTABLETYPE
+#  define FASTMP_TPFLAGS_IMMUTABLE Py_TPFLAGS_IMMUTABLETYPE
+#else
+#  define FASTMP_TPFLAGS_IMMUTABLE 0
+#endif
+
+#endif /* FASTMP_H */

@@ -1,0 +1,250 @@
+/*
+ * platform_linux.c -- the OS interface: anonymous shared memory, futexes
+ * and process identity.  Nothing here touches the Python API; a port to
+ * another OS replaces this file.
+ */
+#ifndef _GNU_SOURCE
+#  define _GNU_SOURCE 1
+#endif
+#include "fastmp.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef MFD_CLOEXEC
+#  define MFD_CLOEXEC 0x0001U
+#endif
+
+static int
+memfd_create_compat(const char *name, unsigned int flags)
+{
+#ifdef SYS_memfd_create
+    return (int)syscall(SYS_memfd_create, name, flags);
+#else
+    FASTMP_UNUSED(name);
+    FASTMP_UNUSED(flags);
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+/* Fallback where memfd is missing (old kernels, some sandboxes): a named
+ * POSIX segment, unlinked at once so nothing is left in /dev/shm. */
+static int
+shm_open_anon(void)
+{
+    char name[64];
+    for (int attempt = 0; attempt < 100; attempt++) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        snprintf(name, sizeof(name), "/fastmp-%ld-%lx-%d", (long)getpid(),
+                 (unsigned long)ts.tv_nsec, attempt);
+        int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd >= 0) {
+            shm_unlink(name);
+            return fd;
+        }
+        if (errno != EEXIST) {
+            return -1;
+        }
+    }
+    errno = EEXIST;
+    return -1;
+}
+
+int
+fastmp_platform_shm_anon(const char *tag, uint64_t size)
+{
+    int fd = memfd_create_compat(tag, MFD_CLOEXEC);
+    if (fd < 0) {
+        if (errno != ENOSYS && errno != EPERM && errno != EINVAL) {
+            return -1;
+        }
+        fd = shm_open_anon();
+        if (fd < 0) {
+            return -1;
+        }
+    }
+    if (ftruncate(fd, (off_t)size) < 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+int
+fastmp_platform_futex_wait(uint32_t *word, uint32_t expected,
+                           const struct timespec *until)
+{
+    /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC timeout.  Not
+     * FUTEX_PRIVATE_FLAG: the word lives in MAP_SHARED memory and the
+     * waker is another process. */
+    long r = syscall(SYS_futex, word, FUTEX_WAIT_BITSET, expected, until,
+                     NULL, FUTEX_BITSET_MATCH_ANY);
+    if (r == 0) {
+        return 0;
+    }
+    switch (errno) {
+    case EAGAIN:     /* *word != expected */
+    case EINTR:      /* a signal: the caller checks for handlers */
+        return 0;
+    case ETIMEDOUT:
+        return ETIMEDOUT;
+    default:
+        return errno;
+    }
+}
+
+int
+fastmp_platform_futex_wake(uint32_t *word, int n)
+{
+    return (int)syscall(SYS_futex, word, FUTEX_WAKE, n, NULL, NULL, 0);
+}
+
+static uint32_t cached_pid = 0;
+static uint64_t cached_start = 0;
+
+/* Field 22 of /proc/<pid>/stat: start time in clock ticks after boot.
+ * Returns 0 when the process does not exist or the file is unreadable. */
+static uint64_t
+read_start_time(uint32_t pid)
+{
+    char path[64];
+    char buf[1024];
+    if (pid == 0) {
+        snprintf(path, sizeof(path), "/proc/self/stat");
+    }
+    else {
+        snprintf(path, sizeof(path), "/proc/%u/stat", pid);
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return 0;
+    }
+    ssize_t n;
+    do {
+        n = read(fd, buf, sizeof(buf) - 1);
+    } while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n <= 0) {
+        return 0;
+    }
+    buf[n] = '\0';
+    /* The command name (field 2) may hold spaces and parentheses: skip to
+     * the last ')'. */
+    char *p = strrchr(buf, ')');
+    if (p == NULL) {
+        return 0;
+    }
+    p++;
+    /* Now at " S ppid ...": field 3 is the first token; we want field 22,
+     * i.e. the 20th token from here. */
+    for (int field = 3; field < 22; field++) {
+        while (*p == ' ') {
+            p++;
+        }
+        while (*p != ' ' && *p != '\0') {
+            p++;
+        }
+        if (*p == '\0') {
+            return 0;
+        }
+    }
+    while (*p == ' ') {
+        p++;
+    }
+    char *end;
+    unsigned long long v = strtoull(p, &end, 10);
+    if (end == p) {
+        return 0;
+    }
+    /* A process started in the first tick would read 0; keep 0 meaning
+     * "unknown". */
+    return (uint64_t)v + 1;
+}
+
+/* Is pid a zombie (dead but not yet reaped)?  A zombie holds no locks. */
+static int
+is_zombie(uint32_t pid)
+{
+    char path[64];
+    char buf[512];
+    snprintf(path, sizeof(path), "/proc/%u/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return 0;
+    }
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0) {
+        return 0;
+    }
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    return p != NULL && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
+}
+
+uint32_t
+fastmp_platform_getpid(void)
+{
+    if (cached_pid == 0) {
+        cached_pid = (uint32_t)getpid();
+    }
+    return cached_pid;
+}
+
+uint64_t
+fastmp_platform_self_start(void)
+{
+    if (cached_start == 0) {
+        cached_start = read_start_time(0);
+        if (cached_start == 0) {
+            cached_start = 1;
+        }
+    }
+    return cached_start;
+}
+
+void
+fastmp_platform_after_fork_child(void)
+{
+    cached_pid = (uint32_t)getpid();
+    cached_start = 0;
+}
+
+int
+fastmp_platform_pid_alive(uint32_t pid, uint64_t start)
+{
+    if (pid == 0) {
+        return 0;
+    }
+    if (kill((pid_t)pid, 0) < 0 && errno == ESRCH) {
+        return 0;
+    }
+    if (is_zombie(pid)) {
+        return 0;
+    }
+    if (start > 1) {
+        uint64_t now = read_start_time(pid);
+        /* 0: vanished between the checks, or /proc unreadable -- trust
+         * kill() above in the latter case. */
+        if (now != 0 && now != start) {
+            return 0;       /* the pid was reused */
+        }
+        if (now == 0 && kill((pid_t)pid, 0) < 0 && errno == ESRCH) {
+            return 0;
+        }
+    }
+    return 1;
+}

@@ -1,0 +1,1213 @@
+/*
+ * ring.c -- the Queue ring buffer: a multi-producer multi-consumer byte
+ * ring in process-shared memory, with futex waits.
+ *
+ * One arena block holds a ring_header followed (page aligned) by the ring
+ * data.  The data area is reserved large (RING_CAPACITY bytes, a sparse
+ * memfd segment of its own): pages cost memory only once written.  The
+ * ring in use is the first `cap` bytes of it: it starts at RING_MIN_CAP
+ * (so a busy queue keeps reusing the same warm pages), doubles when an
+ * item does not fit (moving the wrapped part up), and when the queue
+ * drains it falls back to RING_KEEP bytes and gives the pages above back
+ * (MADV_REMOVE).  So an unbounded queue never blocks in put() short of
+ * RING_CAPACITY pending bytes, and items of any size up to that go
+ * through.
+ *
+ * Records: an 8-byte length, then the pickled item, padded to 8 bytes.  A
+ * record may wrap around the end of the data area.
+ *
+ * All queue-wide state changes happen under one robust lock (holder pid +
+ * start token; a waiter takes over from a dead holder).  The state the
+ * lock protects lives in two slots; the holder writes the slot that is not
+ * current and publishes it with a single store of `cur`, so a process that
+ * dies at any point inside the critical section leaves the previous,
+ * consistent state: a half-written item is never visible, a half-read item
+ * stays in the queue.
+ */
+#ifndef _GNU_SOURCE
+#  define _GNU_SOURCE 1
+#endif
+#include "fastmp.h"
+
+#include <errno.h>
+#include <string.h>
+#include <structmember.h>
+#include <sys/mman.h>
+
+#define RING_CAPACITY (UINT64_C(4) << 30)      /* bytes, sparse */
+#define RING_PAGE 4096
+#define RING_MIN_CAP (UINT64_C(64) << 10)      /* initial ring */
+#define RING_KEEP (UINT64_C(4) << 20)          /* kept when drained */
+#define RING_HEADER_BYTES RING_PAGE
+#define LOCK_CONTENDED UINT32_C(0x80000000)
+#define LOCK_PID_MASK UINT32_C(0x7fffffff)
+#define LOCK_SPINS 200
+#define RING_SPIN_NS 50000                     /* get: watch before sleeping */
+#define LOCK_SLICE_NS (20 * 1000 * 1000)
+#define RING_MAGIC UINT64_C(0x666d7071726e6731)    /* "fmpqrng1" */
+
+/* The state the queue lock protects (see ring_header.slot). */
+typedef struct {
+    uint64_t head;          /* offset in [0, cap) of the oldest record */
+    uint64_t tail;          /* offset in [0, cap) after the newest one */
+    uint64_t used;          /* bytes of records from head to tail */
+    uint64_t cap;           /* ring size in use: a power of two */
+    uint64_t nitems;        /* records between head and tail */
+    uint64_t unfinished;    /* JoinableQueue: puts minus task_done()s */
+} ring_slot;
+
+/* The shared header, at the start of the queue's arena block.
+ *
+ *   magic, capacity, maxsize, joinable: written once by the creator
+ *       before the queue is visible to any other process; read-only.
+ *   lock: 0 when free, else the holder's pid, with LOCK_CONTENDED set
+ *       when someone may sleep on it (CAS; futex).  lock_start: the
+ *       holder's start token, stored right after its CAS.  A waiter that
+ *       finds the holder dead (twice, a slice apart, to skip the window
+ *       between the CAS and the token store) takes the lock over; the
+ *       dead holder's half-done work is simply not published (below).
+ *   slot[2], cur: written only under `lock`: the holder fills
+ *       slot[!cur] and publishes it with one release store of `cur`.
+ *       A holder that dies before that store leaves slot[cur] intact.
+ *   put_seq, get_seq, done_seq: futex words, bumped atomically after a
+ *       put, a get, and when `unfinished` reaches 0.  A process that dies
+ *       before its bump delays sleepers by at most one wait slice.
+ *   getters, putters, joiners: atomic counts of sleepers, so that put/get
+ *       make no wake-up syscall when nobody sleeps.  A process killed while
+ *       asleep leaves its count raised: only extra wake-ups follow. */
+typedef struct {
+    uint64_t magic;
+    uint64_t capacity;
+    uint64_t maxsize;
+    uint32_t joinable;
+    uint32_t lock;
+    uint64_t lock_start;
+    uint32_t cur;
+    uint32_t put_seq;
+    uint32_t get_seq;
+    uint32_t done_seq;
+    uint32_t getters;
+    uint32_t putters;
+    uint32_t joiners;
+    uint32_t pad;
+    ring_slot slot[2];
+} ring_header;
+
+_Static_assert(sizeof(ring_header) <= RING_HEADER_BYTES, "ring header");
+
+typedef struct {
+    PyObject_HEAD
+    fastmp_block blk;
+    ring_header *h;
+    char *data;             /* RING_PAGE aligned */
+    uint64_t cap;
+    int closed;             /* process-local, as the stdlib's _closed */
+    int used;               /* this process has put: close() ends reads */
+    int reader_closed;      /* empty() raises OSError, as the stdlib's */
+    PyObject *weakreflist;
+} RingObject;
+
+/* ---- the robust queue lock --------------------------------------- */
+
+static inline void
+cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static inline void
+lock_took(ring_header *h)
+{
+    __atomic_store_n(&h->lock_start, fastmp_platform_self_start(),
+                     __ATOMIC_RELEASE);
+}
+
+/* Try to take the lock without sleeping.  Returns 1 on success. */
+static inline int
+lock_try(ring_header *h, uint32_t me)
+{
+    uint32_t v = 0;
+    if (__atomic_compare_exchange_n(&h->lock, &v, me, 0, __ATOMIC_ACQUIRE,
+                                    __ATOMIC_RELAXED)) {
+        lock_took(h);
+        return 1;
+    }
+    for (int i = 0; i < LOCK_SPINS; i++) {
+        cpu_relax();
+        v = __atomic_load_n(&h->lock, __ATOMIC_RELAXED);
+        if (v == 0 && __atomic_compare_exchange_n(&h->lock, &v, me, 0,
+                                                  __ATOMIC_ACQUIRE,
+                                                  __ATOMIC_RELAXED)) {
+            lock_took(h);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Take the lock, sleeping on it.  Runs WITHOUT the GIL and never touches
+ * the Python API.  The wait is bounded: holders never block while holding
+ * the lock, and a dead holder is detected within two slices.  Returns 0,
+ * or an errno from the futex call. */
+static int
+lock_slow(ring_header *h, uint32_t me)
+{
+    uint32_t suspect = 0;
+    uint64_t suspect_start = 0;
+    for (;;) {
+        uint32_t v = __atomic_load_n(&h->lock, __ATOMIC_RELAXED);
+        if (v == 0) {
+            /* Keep the contended bit: others may still sleep. */
+            if (__atomic_compare_exchange_n(&h->lock, &v,
+                                            me | LOCK_CONTENDED, 0,
+                                            __ATOMIC_ACQUIRE,
+                                            __ATOMIC_RELAXED)) {
+                lock_took(h);
+                return 0;
+            }
+            continue;
+        }
+        if (!(v & LOCK_CONTENDED)) {
+            if (!__atomic_compare_exchange_n(&h->lock, &v,
+                                             v | LOCK_CONTENDED, 0,
+                                             __ATOMIC_RELAXED,
+                                             __ATOMIC_RELAXED)) {
+                continue;
+            }
+            v |= LOCK_CONTENDED;
+        }
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += LOCK_SLICE_NS;
+        if (until.tv_nsec >= 1000000000) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000;
+        }
+        int r = fastmp_platform_futex_wait(&h->lock, v, &until);
+        if (r != 0 && r != ETIMEDOUT) {
+            return r;
+        }
+        if (r != ETIMEDOUT) {
+            continue;
+        }
+        /* A long wait: is the holder still alive? */
+        uint32_t now = __atomic_load_n(&h->lock, __ATOMIC_ACQUIRE);
+        uint64_t start = __atomic_load_n(&h->lock_start, __ATOMIC_ACQUIRE);
+        uint32_t pid = now & LOCK_PID_MASK;
+        if (now == 0 || pid == me) {
+            suspect = 0;
+            continue;
+        }
+        if (fastmp_platform_pid_alive(pid, start)) {
+            suspect = 0;
+            continue;
+        }
+        if (suspect != now || suspect_start != start) {
+            suspect = now;
+            suspect_start = start;
+            continue;
+        }
+        if (__atomic_compare_exchange_n(&h->lock, &now, me | LOCK_CONTENDED,
+                                        0, __ATOMIC_ACQUIRE,
+                                        __ATOMIC_RELAXED)) {
+            lock_took(h);
+            return 0;
+        }
+        suspect = 0;
+    }
+}
+
+/* Take the lock (called with the GIL).  Returns 0, or -1 with OSError
+ * set. */
+static int
+ring_lock(ring_header *h)
+{
+    uint32_t me = fastmp_platform_getpid();
+    if (lock_try(h, me)) {
+        return 0;
+    }
+    int r;
+    Py_BEGIN_ALLOW_THREADS
+    r = lock_slow(h, me);
+    Py_END_ALLOW_THREADS
+    if (r != 0) {
+        errno = r;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
+static inline void
+ring_unlock(ring_header *h)
+{
+    uint32_t old = __atomic_exchange_n(&h->lock, 0, __ATOMIC_RELEASE);
+    if (old & LOCK_CONTENDED) {
+        (void)fastmp_platform_futex_wake(&h->lock, 1);
+    }
+}
+
+/* ---- the slots ------------------------------------------------------ */
+
+static inline ring_slot *
+slot_cur(ring_header *h)
+{
+    return &h->slot[__atomic_load_n(&h->cur, __ATOMIC_ACQUIRE) & 1];
+}
+
+/* Under the lock: a copy of the current slot to modify. */
+static inline ring_slot *
+slot_next(ring_header *h)
+{
+    uint32_t c = __atomic_load_n(&h->cur, __ATOMIC_RELAXED) & 1;
+    h->slot[c ^ 1] = h->slot[c];
+    return &h->slot[c ^ 1];
+}
+
+static inline void
+slot_publish(ring_header *h)
+{
+    uint32_t c = __atomic_load_n(&h->cur, __ATOMIC_RELAXED) & 1;
+    __atomic_store_n(&h->cur, c ^ 1, __ATOMIC_RELEASE);
+}
+
+/* ---- data copies -------------------------------------------------- */
+
+static inline uint64_t
+rec_bytes(uint64_t n)
+{
+    return 8 + ((n + 7) & ~UINT64_C(7));
+}
+
+/* Copy n bytes in at offset `off` of a ring of `cap` bytes (wrapping);
+ * returns the offset after them. */
+static uint64_t
+ring_write(RingObject *q, uint64_t cap, uint64_t off, const char *src,
+           uint64_t n)
+{
+    uint64_t first = cap - off;
+    if (first >= n) {
+        memcpy(q->data + off, src, n);
+    }
+    else {
+        memcpy(q->data + off, src, first);
+        memcpy(q->data, src + first, n - first);
+    }
+    return (off + n) & (cap - 1);
+}
+
+static uint64_t
+ring_read(RingObject *q, uint64_t cap, uint64_t off, char *dst, uint64_t n)
+{
+    uint64_t first = cap - off;
+    if (first >= n) {
+        memcpy(dst, q->data + off, n);
+    }
+    else {
+        memcpy(dst, q->data + off, first);
+        memcpy(dst + first, q->data, n - first);
+    }
+    return (off + n) & (cap - 1);
+}
+
+/* Under the lock, on the unpublished slot s: make room for `need` more
+ * bytes by doubling the ring.  The wrapped part [0, tail) moves up to
+ * [cap, cap + tail), above the old ring, where nothing published lives,
+ * so a process dying here leaves the published state intact.  Returns 0
+ * when the reservation is exhausted. */
+static int
+ring_grow(RingObject *q, ring_slot *s, uint64_t need)
+{
+    uint64_t newcap = s->cap;
+    while (s->used + need > newcap) {
+        newcap *= 2;
+    }
+    if (newcap > q->cap) {
+        return 0;
+    }
+    if (s->used == 0) {
+        s->head = s->tail = 0;
+    }
+    else if (s->tail <= s->head) {
+        memcpy(q->data + s->cap, q->data, s->tail);
+        s->tail += s->cap;
+    }
+    s->cap = newcap;
+    return 1;
+}
+
+/* ---- module state helpers ------------------------------------------ */
+
+static inline fastmp_ring_state *
+ring_state(void)
+{
+    return &fastmp_get_state()->ring;
+}
+
+static int
+ring_check_setup(fastmp_ring_state *rs)
+{
+    if (rs->loads == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "fastmp.queues has not been imported");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- object life ------------------------------------------------- */
+
+static int
+ring_map(RingObject *q)
+{
+    uintptr_t p = (uintptr_t)q->blk.ptr;
+    q->h = (ring_header *)p;
+    uintptr_t d = (p + RING_HEADER_BYTES + RING_PAGE - 1)
+                  & ~(uintptr_t)(RING_PAGE - 1);
+    q->data = (char *)d;
+    q->cap = q->h->capacity;
+    if (q->h->magic != RING_MAGIC || q->cap == 0
+        || (d - p) + q->cap > q->blk.size) {
+        PyErr_SetString(PyExc_ValueError, "invalid shared queue reference");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"maxsize", "joinable", "attach", NULL};
+    Py_ssize_t maxsize = 0;
+    int joinable = 0;
+    PyObject *attach = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|npO:_Ring", kwlist,
+                                     &maxsize, &joinable, &attach)) {
+        return NULL;
+    }
+    RingObject *q = (RingObject *)type->tp_alloc(type, 0);
+    if (q == NULL) {
+        return NULL;
+    }
+    q->weakreflist = NULL;
+    if (attach == Py_None) {
+        size_t size = RING_HEADER_BYTES + RING_PAGE + RING_CAPACITY;
+        if (fastmp_block_alloc(size, &q->blk) < 0) {
+            goto error;
+        }
+        ring_header *h = (ring_header *)q->blk.ptr;
+        h->capacity = RING_CAPACITY;
+        h->slot[0].cap = RING_MIN_CAP;
+        h->maxsize = maxsize > 0 ? (uint64_t)maxsize : 0;
+        h->joinable = joinable ? 1 : 0;
+        __atomic_store_n(&h->magic, RING_MAGIC, __ATOMIC_RELEASE);
+    }
+    else {
+        PyObject *seg;
+        unsigned long long off, size;
+        if (!PyArg_ParseTuple(attach, "OKK:_Ring", &seg, &off, &size)) {
+            goto error;
+        }
+        if (fastmp_block_attach(seg, off, (size_t)size, &q->blk) < 0) {
+            goto error;
+        }
+    }
+    if (ring_map(q) < 0) {
+        goto error;
+    }
+    return (PyObject *)q;
+
+error:
+    Py_DECREF(q);
+    return NULL;
+}
+
+static void
+ring_dealloc(RingObject *q)
+{
+    PyTypeObject *tp = Py_TYPE(q);
+    if (PyType_IS_GC(tp)) {
+        PyObject_GC_UnTrack(q);
+    }
+    if (q->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)q);
+    }
+    fastmp_block_release(&q->blk);
+    tp->tp_free(q);
+    Py_DECREF(tp);
+}
+
+static int
+ring_check_open(RingObject *q)
+{
+    if (q->closed) {
+        PyErr_Format(PyExc_ValueError, "Queue %R is closed", (PyObject *)q);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- put --------------------------------------------------------- */
+
+static inline int
+plain_scalar(PyObject *o)
+{
+    return o == Py_None || PyLong_CheckExact(o) || PyFloat_CheckExact(o)
+           || PyUnicode_CheckExact(o) || PyBytes_CheckExact(o)
+           || PyBool_Check(o);
+}
+
+/* `budget` bounds the work spent looking (elements visited). */
+static int
+plain_walk(PyObject *o, int depth, int *budget)
+{
+    if (--*budget < 0) {
+        return 0;
+    }
+    if (plain_scalar(o)) {
+        return 1;
+    }
+    if (depth >= 3) {
+        return 0;
+    }
+    if (PyTuple_CheckExact(o)) {
+        Py_ssize_t n = PyTuple_GET_SIZE(o);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (!plain_walk(PyTuple_GET_ITEM(o, i), depth + 1, budget)) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    if (PyList_CheckExact(o)) {
+        Py_ssize_t n = PyList_GET_SIZE(o);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (!plain_walk(PyList_GET_ITEM(o, i), depth + 1, budget)) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    if (PyDict_CheckExact(o)) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(o, &pos, &k, &v)) {
+            if (!plain_scalar(k) || !plain_walk(v, depth + 1, budget)) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    return 0;
+}
+
+/* Is `o` made only of values whose pickle cannot depend on reducers (so
+ * the C pickler's plain dumps gives exactly ForkingPickler's bytes)?
+ * Builtin scalars, and small tuples, lists and dicts of them. */
+static inline int
+plain_value(PyObject *o)
+{
+    int budget = 64;
+    return plain_walk(o, 0, &budget);
+}
+
+/* Pickle obj in the caller: a new reference to a buffer-exporting
+ * object, or NULL with the pickling error set. */
+static PyObject *
+ring_pickle(fastmp_ring_state *rs, PyObject *obj)
+{
+    if (plain_value(obj)) {
+        PyObject *args[2] = {obj, rs->protocol};
+        return PyObject_Vectorcall(rs->plain_dumps, args, 2, NULL);
+    }
+    return PyObject_CallOneArg(rs->dumps, obj);
+}
+
+/* Wait on a futex word, GIL released, sliced.  Returns like
+ * fastmp_wait_futex. */
+static int
+ring_sleep(uint32_t *word, uint32_t seen, uint32_t *sleepers,
+           const fastmp_deadline *d)
+{
+    int r = fastmp_wait_futex(word, seen, d);
+    __atomic_sub_fetch(sleepers, 1, __ATOMIC_SEQ_CST);
+    return r;
+}
+
+static PyObject *
+ring_put_impl(RingObject *q, PyObject *obj, int block, PyObject *timeout)
+{
+    fastmp_ring_state *rs = ring_state();
+    if (ring_check_open(q) < 0 || ring_check_setup(rs) < 0) {
+        return NULL;
+    }
+    q->used = 1;
+    PyObject *pickled = ring_pickle(rs, obj);
+    if (pickled == NULL) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(pickled, &view, PyBUF_SIMPLE) < 0) {
+        Py_DECREF(pickled);
+        return NULL;
+    }
+    ring_header *h = q->h;
+    uint64_t n = (uint64_t)view.len;
+    uint64_t need = rec_bytes(n);
+    fastmp_deadline d;
+    int have_deadline = 0, last = 0;
+    if (need > q->cap || n > q->cap) {
+        PyErr_SetString(PyExc_ValueError, "item too large for a queue");
+        goto error;
+    }
+    for (;;) {
+        if (ring_lock(h) < 0) {
+            goto error;
+        }
+        ring_slot *cs = slot_cur(h);
+        int full = h->maxsize != 0 && cs->nitems >= h->maxsize;
+        ring_slot *s = NULL;
+        if (!full) {
+            s = slot_next(h);
+            full = s->used + need > s->cap && !ring_grow(q, s, need);
+        }
+        if (!full) {
+            uint64_t len = n;
+            uint64_t off = ring_write(q, s->cap, s->tail,
+                                      (const char *)&len, 8);
+            ring_write(q, s->cap, off, view.buf, n);
+            s->tail = (s->tail + need) & (s->cap - 1);
+            s->used += need;
+            s->nitems++;
+            if (h->joinable) {
+                s->unfinished++;
+            }
+            slot_publish(h);
+            __atomic_add_fetch(&h->put_seq, 1, __ATOMIC_SEQ_CST);
+            ring_unlock(h);
+            if (__atomic_load_n(&h->getters, __ATOMIC_SEQ_CST) != 0) {
+                (void)fastmp_platform_futex_wake(&h->put_seq, 1);
+            }
+            PyBuffer_Release(&view);
+            Py_DECREF(pickled);
+            Py_RETURN_NONE;
+        }
+        if (!block || last) {
+            ring_unlock(h);
+            PyErr_SetNone(rs->Full);
+            goto error;
+        }
+        uint32_t seen = __atomic_load_n(&h->get_seq, __ATOMIC_SEQ_CST);
+        __atomic_add_fetch(&h->putters, 1, __ATOMIC_SEQ_CST);
+        ring_unlock(h);
+        if (!have_deadline) {
+            if (fastmp_deadline_from_object(timeout, &d) < 0) {
+                __atomic_sub_fetch(&h->putters, 1, __ATOMIC_SEQ_CST);
+                goto error;
+            }
+            have_deadline = 1;
+        }
+        int r = ring_sleep(&h->get_seq, seen, &h->putters, &d);
+        if (r < 0) {
+            goto error;
+        }
+        if (r == 1) {
+            last = 1;
+        }
+    }
+
+error:
+    PyBuffer_Release(&view);
+    Py_DECREF(pickled);
+    return NULL;
+}
+
+/* ---- get --------------------------------------------------------- */
+
+/* Without the GIL: spin while *word == seen, for at most RING_SPIN_NS.
+ * Returns 1 if it changed. */
+static int
+spin_until_changed(uint32_t *word, uint32_t seen)
+{
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        for (int i = 0; i < 64; i++) {
+            if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != seen) {
+                return 1;
+            }
+            cpu_relax();
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        int64_t ns = (int64_t)(t.tv_sec - t0.tv_sec) * 1000000000
+                     + (t.tv_nsec - t0.tv_nsec);
+        if (ns > RING_SPIN_NS) {
+            return 0;
+        }
+    }
+}
+
+/* Take the oldest record out as bytes.  Returns a new reference, Py_None
+ * (borrowed, not increfed) when empty and not waiting, or NULL with an
+ * exception set. */
+static PyObject *
+ring_get_bytes(RingObject *q, int block, PyObject *timeout)
+{
+    fastmp_ring_state *rs = ring_state();
+    ring_header *h = q->h;
+    fastmp_deadline d;
+    int have_deadline = 0, last = 0, spun = 0;
+    for (;;) {
+        if (ring_lock(h) < 0) {
+            return NULL;
+        }
+        ring_slot *cs = slot_cur(h);
+        if (cs->nitems != 0) {
+            uint64_t len;
+            uint64_t off = ring_read(q, cs->cap, cs->head, (char *)&len, 8);
+            if (len > cs->used - 8) {
+                /* Cannot happen unless the memory was overwritten. */
+                ring_unlock(h);
+                PyErr_SetString(PyExc_OSError, "queue memory corrupted");
+                return NULL;
+            }
+            PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+            if (b == NULL) {
+                ring_unlock(h);
+                return NULL;
+            }
+            ring_read(q, cs->cap, off, PyBytes_AS_STRING(b), len);
+            ring_slot *s = slot_next(h);
+            s->head = (s->head + rec_bytes(len)) & (s->cap - 1);
+            s->used -= rec_bytes(len);
+            s->nitems--;
+            uint64_t oldcap = s->cap;
+            if (s->nitems == 0) {
+                /* Drained: start again at offset 0 (warm pages), and
+                 * shrink a ring that grew large. */
+                s->head = s->tail = 0;
+                if (s->cap > RING_KEEP) {
+                    s->cap = RING_KEEP;
+                }
+            }
+            slot_publish(h);
+            if (s->cap < oldcap) {
+                /* Only after the smaller ring is published: nothing
+                 * published lives above it any more. */
+                (void)madvise(q->data + s->cap, (size_t)(oldcap - s->cap),
+                              MADV_REMOVE);
+            }
+            __atomic_add_fetch(&h->get_seq, 1, __ATOMIC_SEQ_CST);
+            ring_unlock(h);
+            if (__atomic_load_n(&h->putters, __ATOMIC_SEQ_CST) != 0) {
+                (void)fastmp_platform_futex_wake(&h->get_seq, 1);
+            }
+            return b;
+        }
+        if (!block || last) {
+            ring_unlock(h);
+            PyErr_SetNone(rs->Empty);
+            return NULL;
+        }
+        uint32_t seen = __atomic_load_n(&h->put_seq, __ATOMIC_SEQ_CST);
+        if (!spun) {
+            /* A producer on another CPU usually delivers within a few
+             * microseconds: watch for it briefly before sleeping, which
+             * spares both sides a futex syscall per item. */
+            spun = 1;
+            ring_unlock(h);
+            int arrived;
+            Py_BEGIN_ALLOW_THREADS
+            arrived = spin_until_changed(&h->put_seq, seen);
+            Py_END_ALLOW_THREADS
+            if (arrived) {
+                continue;
+            }
+            if (ring_lock(h) < 0) {
+                return NULL;
+            }
+            if (slot_cur(h)->nitems != 0) {
+                ring_unlock(h);
+                continue;
+            }
+            seen = __atomic_load_n(&h->put_seq, __ATOMIC_SEQ_CST);
+        }
+        __atomic_add_fetch(&h->getters, 1, __ATOMIC_SEQ_CST);
+        ring_unlock(h);
+        if (!have_deadline) {
+            if (fastmp_deadline_from_object(timeout, &d) < 0) {
+                __atomic_sub_fetch(&h->getters, 1, __ATOMIC_SEQ_CST);
+                return NULL;
+            }
+            have_deadline = 1;
+        }
+        int r = ring_sleep(&h->put_seq, seen, &h->getters, &d);
+        if (r < 0) {
+            return NULL;
+        }
+        if (r == 1) {
+            last = 1;
+        }
+    }
+}
+
+static PyObject *
+ring_get_impl(RingObject *q, int block, PyObject *timeout)
+{
+    fastmp_ring_state *rs = ring_state();
+    if (ring_check_open(q) < 0 || ring_check_setup(rs) < 0) {
+        return NULL;
+    }
+    PyObject *b = ring_get_bytes(q, block, timeout);
+    if (b == NULL) {
+        return NULL;
+    }
+    PyObject *res = PyObject_CallOneArg(rs->loads, b);
+    Py_DECREF(b);
+    return res;
+}
+
+/* Parse (obj, block=True, timeout=None) / (block=True, timeout=None). */
+static int
+parse_block_timeout(PyObject *const *args, Py_ssize_t nargs,
+                    PyObject *kwnames, Py_ssize_t npos, const char *fname,
+                    PyObject **out)
+{
+    /* out[0..npos-1] positional-required, then block, timeout. */
+    Py_ssize_t total = npos + 2;
+    for (Py_ssize_t i = 0; i < total; i++) {
+        out[i] = NULL;
+    }
+    if (nargs > total) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s() takes at most %zd arguments (%zd given)", fname,
+                     total, nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        out[i] = args[i];
+    }
+    if (kwnames != NULL) {
+        static const char *names[] = {"obj", "block", "timeout"};
+        Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+        for (Py_ssize_t k = 0; k < nkw; k++) {
+            PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+            Py_ssize_t idx = -1;
+            for (Py_ssize_t j = 0; j < total; j++) {
+                const char *nm = names[j + (npos == 0 ? 1 : 0)];
+                if (PyUnicode_CompareWithASCIIString(key, nm) == 0) {
+                    idx = j;
+                    break;
+                }
+            }
+            if (idx < 0) {
+                PyErr_Format(PyExc_TypeError,
+                             "%s() got an unexpected keyword argument '%U'",
+                             fname, key);
+                return -1;
+            }
+            if (out[idx] != NULL) {
+                PyErr_Format(PyExc_TypeError,
+                             "%s() got multiple values for argument '%U'",
+                             fname, key);
+                return -1;
+            }
+            out[idx] = args[nargs + k];
+        }
+    }
+    for (Py_ssize_t i = 0; i < npos; i++) {
+        if (out[i] == NULL) {
+            PyErr_Format(PyExc_TypeError,
+                         "%s() missing required argument 'obj'", fname);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+ring_put(RingObject *q, PyObject *const *args, Py_ssize_t nargs,
+         PyObject *kwnames)
+{
+    PyObject *a[3];
+    if (parse_block_timeout(args, nargs, kwnames, 1, "put", a) < 0) {
+        return NULL;
+    }
+    int block = 1;
+    if (a[1] != NULL && (block = PyObject_IsTrue(a[1])) < 0) {
+        return NULL;
+    }
+    return ring_put_impl(q, a[0], block, a[2]);
+}
+
+static PyObject *
+ring_get(RingObject *q, PyObject *const *args, Py_ssize_t nargs,
+         PyObject *kwnames)
+{
+    PyObject *a[2];
+    if (nargs == 0 && kwnames == NULL) {
+        return ring_get_impl(q, 1, NULL);
+    }
+    if (parse_block_timeout(args, nargs, kwnames, 0, "get", a) < 0) {
+        return NULL;
+    }
+    int block = 1;
+    if (a[0] != NULL && (block = PyObject_IsTrue(a[0])) < 0) {
+        return NULL;
+    }
+    return ring_get_impl(q, block, a[1]);
+}
+
+static PyObject *
+ring_put_nowait(RingObject *q, PyObject *obj)
+{
+    return ring_put_impl(q, obj, 0, NULL);
+}
+
+static PyObject *
+ring_get_nowait(RingObject *q, PyObject *Py_UNUSED(ignored))
+{
+    return ring_get_impl(q, 0, NULL);
+}
+
+/* SimpleQueue: put(obj) / get(), no closed check (the stdlib's SimpleQueue
+ * raises OSError from its closed pipe; ours raises the same type). */
+static PyObject *
+ring_simple_put(RingObject *q, PyObject *obj)
+{
+    if (q->closed) {
+        PyErr_SetString(PyExc_OSError, "handle is closed");
+        return NULL;
+    }
+    return ring_put_impl(q, obj, 1, NULL);
+}
+
+static PyObject *
+ring_simple_get(RingObject *q, PyObject *Py_UNUSED(ignored))
+{
+    if (q->closed) {
+        PyErr_SetString(PyExc_OSError, "handle is closed");
+        return NULL;
+    }
+    return ring_get_impl(q, 1, NULL);
+}
+
+/* ---- inspection -------------------------------------------------- */
+
+static int
+ring_snapshot(RingObject *q, ring_slot *out)
+{
+    if (ring_lock(q->h) < 0) {
+        return -1;
+    }
+    *out = *slot_cur(q->h);
+    ring_unlock(q->h);
+    return 0;
+}
+
+static PyObject *
+ring_qsize(RingObject *q, PyObject *Py_UNUSED(ignored))
+{
+    ring_slot s;
+    if (ring_snapshot(q, &s) < 0) {
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(s.nitems);
+}
+
+static PyObject *
+ring_empty(RingObject *q, PyObject *Py_UNUSED(ignored))
+{
+    ring_slot s;
+    if (q->reader_closed) {
+        PyErr_SetString(PyExc_OSError, "handle is closed");
+        return NULL;
+    }
+    if (ring_snapshot(q, &s) < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(s.nitems == 0);
+}
+
+static PyObject *
+ring_full(RingObject *q, PyObject *Py_UNUSED(ignored))
+{
+    ring_slot s;
+    if (ring_snapshot(q, &s) < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(q->h->maxsize != 0 && s.nitems >= q->h->maxsize);
+}
+
+/* Queue.close(): the stdlib closes its reader only once the queue was
+ * used (a put started the feeder thread) in this process. */
+static PyObject *
+ring_close(RingObject *q, PyObject *Py_UNUSED(ignored))
+{
+    q->closed = 1;
+    if (q->used) {
+        q->reader_closed = 1;
+    }
+    Py_RETURN_NONE;
+}
+
+/* SimpleQueue.close(): both pipe ends close at once in the stdlib. */
+static PyObject *
+ring_close_all(RingObject *q, PyObject *Py_UNUSED(ignored))
+{
+    q->closed = 1;
+    q->reader_closed = 1;
+    Py_RETURN_NONE;
+}
+
+/* ---- JoinableQueue ---------------------------------------------- */
+
+static PyObject *
+ring_task_done(RingObject *q, PyObject *Py_UNUSED(ignored))
+{
+    ring_header *h = q->h;
+    if (ring_lock(h) < 0) {
+        return NULL;
+    }
+    ring_slot *cs = slot_cur(h);
+    if (cs->unfinished == 0) {
+        ring_unlock(h);
+        PyErr_SetString(PyExc_ValueError,
+                        "task_done() called too many times");
+        return NULL;
+    }
+    ring_slot *s = slot_next(h);
+    s->unfinished--;
+    int zero = s->unfinished == 0;
+    slot_publish(h);
+    if (zero) {
+        __atomic_add_fetch(&h->done_seq, 1, __ATOMIC_SEQ_CST);
+    }
+    ring_unlock(h);
+    if (zero && __atomic_load_n(&h->joiners, __ATOMIC_SEQ_CST) != 0) {
+        (void)fastmp_platform_futex_wake(&h->done_seq, INT32_MAX);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+ring_join(RingObject *q, PyObject *Py_UNUSED(ignored))
+{
+    ring_header *h = q->h;
+    fastmp_deadline d;
+    d.forever = 1;
+    for (;;) {
+        if (ring_lock(h) < 0) {
+            return NULL;
+        }
+        if (slot_cur(h)->unfinished == 0) {
+            ring_unlock(h);
+            Py_RETURN_NONE;
+        }
+        uint32_t seen = __atomic_load_n(&h->done_seq, __ATOMIC_SEQ_CST);
+        __atomic_add_fetch(&h->joiners, 1, __ATOMIC_SEQ_CST);
+        ring_unlock(h);
+        if (ring_sleep(&h->done_seq, seen, &h->joiners, &d) < 0) {
+            return NULL;
+        }
+    }
+}
+
+/* For tests: take the queue lock and keep it (a process that then dies
+ * plays a holder killed inside a critical section). */
+static PyObject *
+ring_debug_hold_lock(RingObject *q, PyObject *Py_UNUSED(ignored))
+{
+    if (ring_lock(q->h) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* ---- pickling support -------------------------------------------- */
+
+static PyObject *
+ring_shared_ref(RingObject *q, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *seg = fastmp_block_segment(&q->blk);
+    if (seg == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("(NKK)", seg, (unsigned long long)q->blk.offset,
+                         (unsigned long long)q->blk.size);
+}
+
+static PyObject *
+ring_get_maxsize(RingObject *q, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(q->h->maxsize);
+}
+
+static PyObject *
+ring_get_closed(RingObject *q, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(q->closed);
+}
+
+static PyObject *
+ring_get_unfinished(RingObject *q, void *Py_UNUSED(closure))
+{
+    ring_slot s;
+    if (ring_snapshot(q, &s) < 0) {
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(s.unfinished);
+}
+
+static PyMethodDef ring_methods[] = {
+    {"put", (PyCFunction)(void (*)(void))ring_put,
+     METH_FASTCALL | METH_KEYWORDS,
+     "put($self, /, obj, block=True, timeout=None)\n--\n\n"
+     "Put obj into the queue.  The item is pickled here and is in shared "
+     "memory when this returns."},
+    {"get", (PyCFunction)(void (*)(void))ring_get,
+     METH_FASTCALL | METH_KEYWORDS,
+     "get($self, /, block=True, timeout=None)\n--\n\n"
+     "Remove and return an item from the queue."},
+    {"put_nowait", (PyCFunction)ring_put_nowait, METH_O,
+     "put_nowait($self, obj, /)\n--\n\nput(obj, False)."},
+    {"get_nowait", (PyCFunction)ring_get_nowait, METH_NOARGS,
+     "get_nowait($self, /)\n--\n\nget(False)."},
+    {"qsize", (PyCFunction)ring_qsize, METH_NOARGS,
+     "qsize($self, /)\n--\n\nThe exact number of items in the queue."},
+    {"empty", (PyCFunction)ring_empty, METH_NOARGS,
+     "empty($self, /)\n--\n\nTrue if the queue is empty."},
+    {"full", (PyCFunction)ring_full, METH_NOARGS,
+     "full($self, /)\n--\n\nTrue if the queue holds maxsize items."},
+    {"_close", (PyCFunction)ring_close, METH_NOARGS,
+     "_close($self, /)\n--\n\nMark closed in this process."},
+    {"_close_all", (PyCFunction)ring_close_all, METH_NOARGS,
+     "_close_all($self, /)\n--\n\nSimpleQueue.close."},
+    {"_simple_put", (PyCFunction)ring_simple_put, METH_O,
+     "_simple_put($self, obj, /)\n--\n\nSimpleQueue.put."},
+    {"_simple_get", (PyCFunction)ring_simple_get, METH_NOARGS,
+     "_simple_get($self, /)\n--\n\nSimpleQueue.get."},
+    {"_task_done", (PyCFunction)ring_task_done, METH_NOARGS,
+     "_task_done($self, /)\n--\n\nJoinableQueue.task_done."},
+    {"_join", (PyCFunction)ring_join, METH_NOARGS,
+     "_join($self, /)\n--\n\nJoinableQueue.join."},
+    {"_debug_hold_lock", (PyCFunction)ring_debug_hold_lock, METH_NOARGS,
+     "_debug_hold_lock($self, /)\n--\n\nTake the queue lock and keep it "
+     "(tests only)."},
+    {"_shared_ref", (PyCFunction)ring_shared_ref, METH_NOARGS,
+     "_shared_ref($self, /)\n--\n\n(segment, offset, size) for pickling."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef ring_getset[] = {
+    {"_maxsize", (getter)ring_get_maxsize, NULL, "maxsize (0: none)", NULL},
+    {"_closed", (getter)ring_get_closed, NULL, "closed in this process",
+     NULL},
+    {"_unfinished_tasks_count", (getter)ring_get_unfinished, NULL,
+     "JoinableQueue: unfinished tasks", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef ring_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(RingObject, weakreflist),
+     READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot ring_slots[] = {
+    {Py_tp_new, ring_new},
+    {Py_tp_dealloc, ring_dealloc},
+    {Py_tp_methods, ring_methods},
+    {Py_tp_getset, ring_getset},
+    {Py_tp_members, ring_members},
+    {Py_tp_doc, "_Ring(maxsize=0, joinable=False, attach=None)\n--\n\n"
+                "A queue's ring buffer in shared memory (base of "
+                "fastmp.queues.Queue)."},
+    {0, NULL},
+};
+
+static PyType_Spec ring_spec = {
+    .name = "fastmp._fastmp._Ring",
+    .basicsize = sizeof(RingObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = ring_slots,
+};
+
+/* ---- module level ------------------------------------------------ */
+
+static PyObject *
+ring_setup(PyObject *module, PyObject *args)
+{
+    FASTMP_UNUSED(module);
+    PyObject *dumps, *plain_dumps, *protocol, *loads, *empty, *full;
+    if (!PyArg_ParseTuple(args, "OOOOOO:_ring_setup", &dumps, &plain_dumps,
+                          &protocol, &loads, &empty, &full)) {
+        return NULL;
+    }
+    fastmp_ring_state *rs = ring_state();
+    Py_XDECREF(rs->dumps);
+    rs->dumps = Py_NewRef(dumps);
+    Py_XDECREF(rs->plain_dumps);
+    rs->plain_dumps = Py_NewRef(plain_dumps);
+    Py_XDECREF(rs->protocol);
+    rs->protocol = Py_NewRef(protocol);
+    Py_XDECREF(rs->loads);
+    rs->loads = Py_NewRef(loads);
+    Py_XDECREF(rs->Empty);
+    rs->Empty = Py_NewRef(empty);
+    Py_XDECREF(rs->Full);
+    rs->Full = Py_NewRef(full);
+    Py_RETURN_NONE;
+}
+
+PyMethodDef fastmp_ring_functions[] = {
+    {"_ring_setup", ring_setup, METH_VARARGS,
+     "_ring_setup(dumps, plain_dumps, protocol, loads, Empty, Full, /)\n"
+     "--\n\nGive the queue code its pickler and exception types."},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+fastmp_ring_exec(PyObject *m, fastmp_state *st)
+{
+    st->ring.RingType = (PyTypeObject *)PyType_FromModuleAndSpec(
+        m, &ring_spec, NULL);
+    if (st->ring.RingType == NULL) {
+        return -1;
+    }
+    if (PyModule_AddType(m, st->ring.RingType) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+int
+fastmp_ring_traverse(fastmp_state *st, visitproc visit, void *arg)
+{
+    fastmp_ring_state *rs = &st->ring;
+    Py_VISIT(rs->RingType);
+    Py_VISIT(rs->dumps);
+    Py_VISIT(rs->plain_dumps);
+    Py_VISIT(rs->protocol);
+    Py_VISIT(rs->loads);
+    Py_VISIT(rs->Empty);
+    Py_VISIT(rs->Full);
+    return 0;
+}
+
+void
+fastmp_ring_clear(fastmp_state *st)
+{
+    fastmp_ring_state *rs = &st->ring;
+    Py_CLEAR(rs->RingType);
+    Py_CLEAR(rs->dumps);
+    Py_CLEAR(rs->plain_dumps);
+    Py_CLEAR(rs->protocol);
+    Py_CLEAR(rs->loads);
+    Py_CLEAR(rs->Empty);
+    Py_CLEAR(rs->Full);
+}

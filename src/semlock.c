@@ -1,0 +1,1436 @@
+/*
+ * semlock.c -- SemLock: locks and semaphores on futex words in the arena.
+ *
+ * One SemLock is one arena block holding a `shared_sem` (below).  Two
+ * modes share the layout:
+ *
+ *   mutex mode (kind RECURSIVE_MUTEX, or SEMAPHORE with maxvalue 1: Lock,
+ *   RLock, BoundedSemaphore(1)): `word` is 0 when the lock is free, else
+ *   the pid of the process holding it (FASTMP_SEM_NOBODY when it is held
+ *   by nobody in particular: created with value 0).  One CAS both takes
+ *   the lock and records the holder.
+ *
+ *   counting mode (every other semaphore): `word` is the semaphore's
+ *   value; the holder table `slots` records, per process, how many units
+ *   it holds, so that units of a dead process can be given back.
+ *
+ * Waiters sleep on `word` with fastmp_wait_futex (GIL released, 50 ms
+ * slices, Ctrl-C checked); a releaser only calls futex wake when
+ * `nwaiters` says someone may sleep.  Between slices a waiter checks
+ * whether the holder(s) it waits on are still alive (pid + start token,
+ * so pid reuse cannot fool it) and takes over what a dead one held,
+ * emitting fastmp.AbandonedLockWarning.  See docs/dead-holders.md.
+ */
+#include "fastmp.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <string.h>
+#include <structmember.h>
+
+#define SEMLOCK_RECURSIVE_MUTEX 0
+#define SEMLOCK_SEMAPHORE 1
+#define SEM_VALUE_MAX_ INT_MAX
+#define FASTMP_SEM_NOBODY UINT32_C(0xffffffff)
+#define SEM_NSLOTS 12
+#ifndef SPIN_TRIES
+#  define SPIN_TRIES 64
+#endif
+
+/* One process's units of a counting semaphore.
+ *
+ *   pid: 0 when free; claimed with a CAS 0 -> pid by the process itself,
+ *       set back to 0 by that process (dealloc) or by a waiter that found
+ *       the process dead (after taking its units).
+ *   start: written by the owner right after claiming (0 = not yet known:
+ *       liveness is then decided by pid alone for that short window).
+ *   units: atomic; incremented by the owner on acquire, decremented by
+ *       any releasing process (its own slot first, else another's: a
+ *       release pays back a unit whoever took it), exchanged to 0 by a
+ *       recovering waiter.
+ *
+ * A process that dies between taking a unit from `word` and recording it
+ * here loses that unit (as the stdlib would); it is never counted twice. */
+typedef struct {
+    uint32_t pid;
+    uint32_t units;
+    uint64_t start;
+} sem_slot;
+
+/* The process-shared part of a SemLock (an arena block).
+ *
+ *   word: see the file comment; changed only by atomic CAS/exchange.
+ *   nwaiters: atomic count of processes/threads inside a blocking wait.
+ *   holder_start: mutex mode only: the holder's start token, written by
+ *       the holder right after its CAS and reset to 0 before it releases
+ *       (so a waiter never pairs a new holder's pid with an old token).
+ *   init: counting mode: the initial value; at most `init` units are
+ *       tracked as held (units created by release() beyond the initial
+ *       value are signals, never "held", so never recovered).
+ *   tracked: atomic sum of slots[].units.
+ *   kind, maxvalue: written once at creation, read-only afterwards.
+ *   user: four ints exported through the buffer protocol (Barrier keeps
+ *       its state there); written by Python code holding this lock.
+ *
+ * A process that dies holding the lock leaves `word` (mutex mode) or its
+ * slot (counting mode) pointing at its pid: the next waiter recovers it. */
+typedef struct {
+    uint32_t word;
+    uint32_t nwaiters;
+    uint64_t holder_start;
+    uint32_t kind;
+    uint32_t maxvalue;
+    uint32_t init;
+    uint32_t tracked;
+    sem_slot slots[SEM_NSLOTS];
+    int32_t user[4];
+} shared_sem;
+
+typedef struct SemLockObject {
+    PyObject_HEAD
+    fastmp_block blk;
+    shared_sem *sem;
+    int kind;
+    int maxvalue;
+    int mutex;                  /* mutex mode */
+    int count;                  /* process-local recursion/acquire count */
+    unsigned long last_tid;
+    uint32_t slot_pid;          /* slot cache: valid when == our pid */
+    int slot_idx;
+    uint32_t count_pid;         /* process `count` belongs to */
+    PyObject *name;
+    PyObject *weakreflist;
+    PyObject *dict;             /* instance attributes (subtypes) */
+    /* Process-local list of objects whose process holds a slot, so that
+     * a normal exit can clear them (see forget_my_slot). */
+    struct SemLockObject *held_prev, *held_next;
+    int in_held;
+} SemLockObject;
+
+static SemLockObject *held_head = NULL;
+
+static void
+held_add(SemLockObject *o)
+{
+    if (o->in_held) {
+        return;
+    }
+    o->in_held = 1;
+    o->held_prev = NULL;
+    o->held_next = held_head;
+    if (held_head != NULL) {
+        held_head->held_prev = o;
+    }
+    held_head = o;
+}
+
+static void
+held_remove(SemLockObject *o)
+{
+    if (!o->in_held) {
+        return;
+    }
+    if (o->held_prev != NULL) {
+        o->held_prev->held_next = o->held_next;
+    }
+    else {
+        held_head = o->held_next;
+    }
+    if (o->held_next != NULL) {
+        o->held_next->held_prev = o->held_prev;
+    }
+    o->held_prev = o->held_next = NULL;
+    o->in_held = 0;
+}
+
+/* `count` is per process: a fork child starts at 0 (the stdlib resets it
+ * from an after-fork hook; a pid check does the same without one). */
+static inline void
+fork_check(SemLockObject *o)
+{
+    uint32_t me = fastmp_platform_getpid();
+    if (o->count_pid != me) {
+        o->count_pid = me;
+        o->count = 0;
+    }
+}
+
+#define ISMINE(o) (fork_check(o), (o)->count > 0 \
+                   && PyThread_get_thread_ident() == (o)->last_tid)
+
+static PyObject *
+module_warning(void)
+{
+    fastmp_state *st = fastmp_get_state();
+    return st != NULL ? st->semlock.AbandonedLockWarning : NULL;
+}
+
+/* ---- mutex mode -------------------------------------------------- */
+
+static inline int
+mutex_try(SemLockObject *self, uint32_t me)
+{
+    uint32_t expected = 0;
+    if (__atomic_compare_exchange_n(&self->sem->word, &expected, me, 0,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+        __atomic_store_n(&self->sem->holder_start,
+                         fastmp_platform_self_start(), __ATOMIC_RELEASE);
+        return 1;
+    }
+    return 0;
+}
+
+static inline void
+mutex_release(SemLockObject *self)
+{
+    shared_sem *s = self->sem;
+    __atomic_store_n(&s->holder_start, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&s->word, 0, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&s->nwaiters, __ATOMIC_SEQ_CST) != 0) {
+        (void)fastmp_platform_futex_wake(&s->word, 1);
+    }
+}
+
+/* Take the mutex from a dead holder.  1 if taken, 0 otherwise. */
+static int
+mutex_recover(SemLockObject *self, uint32_t me)
+{
+    shared_sem *s = self->sem;
+    uint32_t v = __atomic_load_n(&s->word, __ATOMIC_ACQUIRE);
+    if (v == 0 || v == FASTMP_SEM_NOBODY || v == me) {
+        return 0;
+    }
+    uint64_t start = __atomic_load_n(&s->holder_start, __ATOMIC_ACQUIRE);
+    if (__atomic_load_n(&s->word, __ATOMIC_ACQUIRE) != v) {
+        return 0;
+    }
+    if (fastmp_platform_pid_alive(v, start)) {
+        return 0;
+    }
+    if (!__atomic_compare_exchange_n(&s->word, &v, me, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_RELAXED)) {
+        return 0;
+    }
+    __atomic_store_n(&s->holder_start, fastmp_platform_self_start(),
+                     __ATOMIC_RELEASE);
+    return 1;
+}
+
+/* ---- counting mode ----------------------------------------------- */
+
+static inline int
+count_try(shared_sem *s)
+{
+    uint32_t v = __atomic_load_n(&s->word, __ATOMIC_RELAXED);
+    while (v != 0) {
+        if (__atomic_compare_exchange_n(&s->word, &v, v - 1, 1,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Our slot's index, claiming one if needed; -1 when the table is full. */
+static int
+my_slot(SemLockObject *self, int claim)
+{
+    shared_sem *s = self->sem;
+    uint32_t me = fastmp_platform_getpid();
+    uint64_t start = fastmp_platform_self_start();
+    if (self->slot_pid == me
+        && __atomic_load_n(&s->slots[self->slot_idx].pid, __ATOMIC_ACQUIRE)
+           == me) {
+        /* (Re-checked: another object on the same block in this process
+         * may have cleared the slot when it was deallocated.) */
+        return self->slot_idx;
+    }
+    for (int i = 0; i < SEM_NSLOTS; i++) {
+        if (__atomic_load_n(&s->slots[i].pid, __ATOMIC_ACQUIRE) == me
+            && __atomic_load_n(&s->slots[i].start, __ATOMIC_ACQUIRE)
+               == start) {
+            self->slot_pid = me;
+            self->slot_idx = i;
+            held_add(self);
+            return i;
+        }
+    }
+    if (!claim) {
+        return -1;
+    }
+    for (int i = 0; i < SEM_NSLOTS; i++) {
+        uint32_t expected = 0;
+        if (__atomic_compare_exchange_n(&s->slots[i].pid, &expected, me, 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+            __atomic_store_n(&s->slots[i].start, start, __ATOMIC_RELEASE);
+            self->slot_pid = me;
+            self->slot_idx = i;
+            held_add(self);
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* Record one unit taken by this process (if within the tracked budget). */
+static void
+count_track(SemLockObject *self)
+{
+    shared_sem *s = self->sem;
+    uint32_t t = __atomic_load_n(&s->tracked, __ATOMIC_RELAXED);
+    do {
+        if (t >= s->init) {
+            return;
+        }
+    } while (!__atomic_compare_exchange_n(&s->tracked, &t, t + 1, 1,
+                                          __ATOMIC_ACQ_REL, __ATOMIC_RELAXED));
+    int i = my_slot(self, 1);
+    if (i < 0) {
+        __atomic_sub_fetch(&s->tracked, 1, __ATOMIC_ACQ_REL);
+        return;
+    }
+    __atomic_add_fetch(&s->slots[i].units, 1, __ATOMIC_ACQ_REL);
+}
+
+static int
+slot_take_one(sem_slot *sl)
+{
+    uint32_t u = __atomic_load_n(&sl->units, __ATOMIC_ACQUIRE);
+    while (u != 0) {
+        if (__atomic_compare_exchange_n(&sl->units, &u, u - 1, 1,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A unit came back: pay it off our own slot, else anyone's. */
+static void
+count_untrack(SemLockObject *self)
+{
+    shared_sem *s = self->sem;
+    if (__atomic_load_n(&s->tracked, __ATOMIC_ACQUIRE) == 0) {
+        return;
+    }
+    int i = my_slot(self, 0);
+    if (i >= 0 && slot_take_one(&s->slots[i])) {
+        __atomic_sub_fetch(&s->tracked, 1, __ATOMIC_ACQ_REL);
+        return;
+    }
+    for (i = 0; i < SEM_NSLOTS; i++) {
+        if (slot_take_one(&s->slots[i])) {
+            __atomic_sub_fetch(&s->tracked, 1, __ATOMIC_ACQ_REL);
+            return;
+        }
+    }
+}
+
+/* Give back the units of dead processes.  Returns the number of units
+ * recovered. */
+static uint32_t
+count_recover(SemLockObject *self)
+{
+    shared_sem *s = self->sem;
+    uint32_t total = 0;
+    for (int i = 0; i < SEM_NSLOTS; i++) {
+        sem_slot *sl = &s->slots[i];
+        uint32_t pid = __atomic_load_n(&sl->pid, __ATOMIC_ACQUIRE);
+        if (pid == 0) {
+            continue;
+        }
+        uint64_t start = __atomic_load_n(&sl->start, __ATOMIC_ACQUIRE);
+        if (fastmp_platform_pid_alive(pid, start)) {
+            continue;
+        }
+        uint32_t u = __atomic_exchange_n(&sl->units, 0, __ATOMIC_ACQ_REL);
+        if (u != 0) {
+            __atomic_sub_fetch(&s->tracked, u, __ATOMIC_ACQ_REL);
+            __atomic_add_fetch(&s->word, u, __ATOMIC_ACQ_REL);
+            total += u;
+        }
+        __atomic_store_n(&sl->start, 0, __ATOMIC_RELEASE);
+        (void)__atomic_compare_exchange_n(&sl->pid, &pid, 0, 0,
+                                          __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+    }
+    if (total > 1) {
+        (void)fastmp_platform_futex_wake(&s->word, (int)total - 1);
+    }
+    return total;
+}
+
+/* ---- acquire/release core ---------------------------------------- */
+
+static int
+warn_abandoned(SemLockObject *self)
+{
+    PyObject *cat = module_warning();
+    return PyErr_WarnFormat(cat != NULL ? cat : PyExc_RuntimeWarning, 1,
+                            "%s was held by a process that died; the "
+                            "state it protects may be inconsistent",
+                            self->mutex ? "lock" : "semaphore");
+}
+
+/* Try once with the GIL held.  1 acquired, 0 not. */
+static inline int
+try_once(SemLockObject *self)
+{
+    if (self->mutex) {
+        return mutex_try(self, fastmp_platform_getpid());
+    }
+    if (count_try(self->sem)) {
+        count_track(self);
+        return 1;
+    }
+    return 0;
+}
+
+static void
+ts_add(struct timespec *ts, long ns)
+{
+    ts->tv_nsec += ns;
+    while (ts->tv_nsec >= 1000000000L) {
+        ts->tv_nsec -= 1000000000L;
+        ts->tv_sec += 1;
+    }
+}
+
+/* 1 when the time in *next has come (and moves *next one slice on). */
+static int
+check_due(struct timespec *next)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (now.tv_sec < next->tv_sec
+        || (now.tv_sec == next->tv_sec && now.tv_nsec < next->tv_nsec)) {
+        return 0;
+    }
+    *next = now;
+    ts_add(next, FASTMP_WAIT_SLICE_NS);
+    return 1;
+}
+
+/* Returns 1 acquired, 0 timed out, -1 exception. */
+static int
+acquire_slow(SemLockObject *self, const fastmp_deadline *d)
+{
+    shared_sem *s = self->sem;
+    int result = -1;
+    struct timespec next_check;
+    clock_gettime(CLOCK_MONOTONIC, &next_check);
+    ts_add(&next_check, FASTMP_WAIT_SLICE_NS);
+    __atomic_add_fetch(&s->nwaiters, 1, __ATOMIC_SEQ_CST);
+    for (;;) {
+        uint32_t v = __atomic_load_n(&s->word, __ATOMIC_SEQ_CST);
+        int free_now = self->mutex ? (v == 0) : (v != 0);
+        if (free_now) {
+            if (try_once(self)) {
+                result = 1;
+                break;
+            }
+            continue;
+        }
+        int r = fastmp_wait_futex(&s->word, v, d);
+        if (r < 0) {
+            break;
+        }
+        if (try_once(self)) {
+            result = 1;
+            break;
+        }
+        /* The holder may be dead.  Looking costs syscalls, so do it at
+         * most once per wait slice, however often we are woken. */
+        if (r == 0 && !check_due(&next_check)) {
+            continue;
+        }
+        if (self->mutex) {
+            if (mutex_recover(self, fastmp_platform_getpid())) {
+                if (warn_abandoned(self) < 0) {
+                    mutex_release(self);
+                    break;
+                }
+                result = 1;
+                break;
+            }
+        }
+        else if (count_recover(self) != 0) {
+            if (warn_abandoned(self) < 0) {
+                break;
+            }
+            if (try_once(self)) {
+                result = 1;
+                break;
+            }
+        }
+        if (r == 1) {
+            result = 0;
+            break;
+        }
+    }
+    __atomic_sub_fetch(&s->nwaiters, 1, __ATOMIC_SEQ_CST);
+    return result;
+}
+
+static inline void
+note_acquired(SemLockObject *self)
+{
+    self->count++;
+    self->last_tid = PyThread_get_thread_ident();
+}
+
+/* Returns 1 acquired, 0 not, -1 exception. */
+static int
+do_acquire(SemLockObject *self, int blocking, PyObject *timeout)
+{
+    fork_check(self);
+    if (self->kind == SEMLOCK_RECURSIVE_MUTEX && ISMINE(self)) {
+        self->count++;
+        return 1;
+    }
+    fastmp_deadline d;
+    if (blocking && timeout != NULL && timeout != Py_None) {
+        if (fastmp_deadline_from_object(timeout, &d) < 0) {
+            return -1;
+        }
+    }
+    else {
+        d.forever = 1;
+    }
+    if (try_once(self)) {
+        note_acquired(self);
+        return 1;
+    }
+    if (!blocking) {
+        return 0;
+    }
+    /* A brief spin: a holder on the other core may be about to leave. */
+    for (int i = 0; i < SPIN_TRIES; i++) {
+        if (try_once(self)) {
+            note_acquired(self);
+            return 1;
+        }
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+    int r = acquire_slow(self, &d);
+    if (r == 1) {
+        note_acquired(self);
+    }
+    return r;
+}
+
+/* Returns 0 or -1 with an exception set. */
+static int
+do_release(SemLockObject *self)
+{
+    shared_sem *s = self->sem;
+    fork_check(self);
+    if (self->kind == SEMLOCK_RECURSIVE_MUTEX) {
+        if (!ISMINE(self)) {
+            PyErr_SetString(PyExc_AssertionError,
+                            "attempt to release recursive lock not owned "
+                            "by thread");
+            return -1;
+        }
+        if (self->count > 1) {
+            self->count--;
+            return 0;
+        }
+        self->count--;
+        mutex_release(self);
+        return 0;
+    }
+    if (self->mutex) {
+        if (__atomic_load_n(&s->word, __ATOMIC_ACQUIRE) == 0) {
+            PyErr_SetString(PyExc_ValueError,
+                            "semaphore or lock released too many times");
+            return -1;
+        }
+        mutex_release(self);
+        self->count--;
+        return 0;
+    }
+    uint32_t v = __atomic_load_n(&s->word, __ATOMIC_RELAXED);
+    do {
+        if ((int64_t)v >= (int64_t)self->maxvalue) {
+            PyErr_SetString(PyExc_ValueError,
+                            self->maxvalue == SEM_VALUE_MAX_
+                                ? "semaphore value overflow"
+                                : "semaphore or lock released too many "
+                                  "times");
+            return -1;
+        }
+    } while (!__atomic_compare_exchange_n(&s->word, &v, v + 1, 1,
+                                          __ATOMIC_SEQ_CST,
+                                          __ATOMIC_RELAXED));
+    count_untrack(self);
+    if (__atomic_load_n(&s->nwaiters, __ATOMIC_SEQ_CST) != 0) {
+        (void)fastmp_platform_futex_wake(&s->word, 1);
+    }
+    self->count--;
+    return 0;
+}
+
+/* ---- the Python type --------------------------------------------- */
+
+static SemLockObject *
+semlock_alloc(PyTypeObject *type, int kind, int maxvalue, PyObject *name)
+{
+    SemLockObject *self = (SemLockObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->kind = kind;
+    self->maxvalue = maxvalue;
+    self->mutex = (kind == SEMLOCK_RECURSIVE_MUTEX || maxvalue == 1);
+    self->name = Py_NewRef(name);
+    self->slot_idx = -1;
+    return self;
+}
+
+static PyObject *semlock_create(PyTypeObject *type, int kind, int value,
+                                int maxvalue, PyObject *name);
+
+static PyObject *
+semlock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"kind", "value", "maxvalue", "name", "unlink",
+                             NULL};
+    int kind, value, maxvalue, unlink;
+    PyObject *name;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiiOp:SemLock", kwlist,
+                                     &kind, &value, &maxvalue, &name,
+                                     &unlink)) {
+        return NULL;
+    }
+    if (kind != SEMLOCK_RECURSIVE_MUTEX && kind != SEMLOCK_SEMAPHORE) {
+        PyErr_SetString(PyExc_ValueError, "unrecognized kind");
+        return NULL;
+    }
+    return semlock_create(type, kind, value, maxvalue, name);
+}
+
+/* A new SemLock of `type` with a fresh shared block. */
+static PyObject *
+semlock_create(PyTypeObject *type, int kind, int value, int maxvalue,
+               PyObject *name)
+{
+    if (value < 0 || maxvalue < 0 || value > maxvalue) {
+        errno = EINVAL;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (name != Py_None && !PyUnicode_Check(name)) {
+        PyErr_SetString(PyExc_TypeError, "name must be a str or None");
+        return NULL;
+    }
+    SemLockObject *self = semlock_alloc(type, kind, maxvalue, name);
+    if (self == NULL) {
+        return NULL;
+    }
+    if (fastmp_block_alloc(sizeof(shared_sem), &self->blk) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    shared_sem *s = self->sem = (shared_sem *)self->blk.ptr;
+    s->kind = (uint32_t)kind;
+    s->maxvalue = (uint32_t)maxvalue;
+    s->init = (uint32_t)value;
+    if (self->mutex) {
+        s->word = value > 0 ? 0 : FASTMP_SEM_NOBODY;
+    }
+    else {
+        s->word = (uint32_t)value;
+    }
+    return (PyObject *)self;
+}
+
+static PyObject *
+semlock_rebuild(PyObject *cls, PyObject *args)
+{
+    PyObject *seg, *name;
+    unsigned long long offset;
+    int kind, maxvalue;
+    if (!PyArg_ParseTuple(args, "OKiiO:_rebuild", &seg, &offset, &kind,
+                          &maxvalue, &name)) {
+        return NULL;
+    }
+    if ((kind != SEMLOCK_RECURSIVE_MUTEX && kind != SEMLOCK_SEMAPHORE)
+        || maxvalue < 0) {
+        PyErr_SetString(PyExc_ValueError, "invalid SemLock state");
+        return NULL;
+    }
+    SemLockObject *self = semlock_alloc((PyTypeObject *)cls, kind, maxvalue,
+                                        name);
+    if (self == NULL) {
+        return NULL;
+    }
+    if (fastmp_block_attach(seg, offset, sizeof(shared_sem), &self->blk)
+        < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->sem = (shared_sem *)self->blk.ptr;
+    if (self->sem->kind != (uint32_t)kind
+        || self->sem->maxvalue != (uint32_t)maxvalue) {
+        Py_DECREF(self);
+        PyErr_SetString(PyExc_ValueError, "invalid SemLock state");
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+/* Forget this process's units on the way out (counting mode): units a
+ * process still holds when it lets go of the lock normally are lost, as
+ * with the stdlib, never recovered later as phantom units. */
+static void
+forget_my_slot(SemLockObject *self)
+{
+    if (self->sem == NULL || self->mutex) {
+        return;
+    }
+    int i = my_slot(self, 0);
+    if (i < 0) {
+        return;
+    }
+    sem_slot *sl = &self->sem->slots[i];
+    uint32_t u = __atomic_exchange_n(&sl->units, 0, __ATOMIC_ACQ_REL);
+    if (u != 0) {
+        __atomic_sub_fetch(&self->sem->tracked, u, __ATOMIC_ACQ_REL);
+    }
+    __atomic_store_n(&sl->start, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&sl->pid, 0, __ATOMIC_RELEASE);
+    self->slot_pid = 0;
+}
+
+static void
+semlock_dealloc(SemLockObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    if (self->in_held) {
+        if (self->sem != NULL && self->blk.seg != NULL) {
+            forget_my_slot(self);
+        }
+        held_remove(self);
+    }
+    self->sem = NULL;
+    fastmp_block_release(&self->blk);
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->dict);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static int
+semlock_traverse(SemLockObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->name);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int
+semlock_clear(SemLockObject *self)
+{
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static PyObject *
+semlock_acquire(SemLockObject *self, PyObject *const *args,
+                Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *block = NULL, *timeout = NULL;
+    if (nargs > 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "acquire() takes at most 2 arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    if (nargs >= 1) {
+        block = args[0];
+    }
+    if (nargs == 2) {
+        timeout = args[1];
+    }
+    if (kwnames != NULL) {
+        Py_ssize_t nk = PyTuple_GET_SIZE(kwnames);
+        for (Py_ssize_t i = 0; i < nk; i++) {
+            PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+            PyObject *v = args[nargs + i];
+            if (PyUnicode_CompareWithASCIIString(k, "block") == 0
+                && block == NULL) {
+                block = v;
+            }
+            else if (PyUnicode_CompareWithASCIIString(k, "timeout") == 0
+                     && timeout == NULL) {
+                timeout = v;
+            }
+            else {
+                PyErr_Format(PyExc_TypeError,
+                             "acquire() got an unexpected or repeated "
+                             "keyword argument '%U'", k);
+                return NULL;
+            }
+        }
+    }
+    int blocking = 1;
+    if (block != NULL) {
+        blocking = PyObject_IsTrue(block);
+        if (blocking < 0) {
+            return NULL;
+        }
+    }
+    if (timeout != NULL && timeout != Py_None && !blocking) {
+        /* Validate the type like the stdlib does, then ignore it. */
+        double t = PyFloat_AsDouble(timeout);
+        if (t == -1.0 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    int r = do_acquire(self, blocking, timeout);
+    if (r < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(r);
+}
+
+static PyObject *
+semlock_release(SemLockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (do_release(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+semlock_enter(SemLockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    int r = do_acquire(self, 1, NULL);
+    if (r < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(r);
+}
+
+static PyObject *
+semlock_exit(SemLockObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    FASTMP_UNUSED(args);
+    if (nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "__exit__ takes at most 3 arguments");
+        return NULL;
+    }
+    if (do_release(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+semlock_count(SemLockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    fork_check(self);
+    return PyLong_FromLong((long)self->count);
+}
+
+static PyObject *
+semlock_is_mine(SemLockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(ISMINE(self));
+}
+
+static long
+get_value(SemLockObject *self)
+{
+    uint32_t v = __atomic_load_n(&self->sem->word, __ATOMIC_ACQUIRE);
+    if (self->mutex) {
+        return v == 0 ? 1 : 0;
+    }
+    return (long)v;
+}
+
+static PyObject *
+semlock_get_value(SemLockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLong(get_value(self));
+}
+
+static PyObject *
+semlock_is_zero(SemLockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(get_value(self) == 0);
+}
+
+static PyObject *
+semlock_after_fork(SemLockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    self->count = 0;
+    self->slot_pid = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+semlock_state(SemLockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *seg = fastmp_block_segment(&self->blk);
+    if (seg == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("(NKiiO)", seg, (unsigned long long)self->blk.offset,
+                         self->kind, self->maxvalue, self->name);
+}
+
+static PyObject *
+semlock_get_kind(SemLockObject *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromLong(self->kind);
+}
+
+static PyObject *
+semlock_get_maxvalue(SemLockObject *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromLong(self->maxvalue);
+}
+
+static PyObject *
+semlock_get_handle(SemLockObject *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromUnsignedLongLong((unsigned long long)self->blk.offset);
+}
+
+static PyObject *
+semlock_get_self(SemLockObject *self, void *Py_UNUSED(c))
+{
+    return Py_NewRef((PyObject *)self);
+}
+
+static PyObject *
+semlock_get_name(SemLockObject *self, void *Py_UNUSED(c))
+{
+    return Py_NewRef(self->name);
+}
+
+static int
+semlock_getbuffer(SemLockObject *self, Py_buffer *view, int flags)
+{
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->sem->user,
+                             (Py_ssize_t)sizeof(self->sem->user), 0, flags);
+}
+
+static void
+semlock_releasebuffer(SemLockObject *self, Py_buffer *view)
+{
+    FASTMP_UNUSED(self);
+    FASTMP_UNUSED(view);
+}
+
+#define SEMLOCK_METHODS \
+    {"acquire", (PyCFunction)(void (*)(void))semlock_acquire, \
+     METH_FASTCALL | METH_KEYWORDS, \
+     "acquire($self, /, block=True, timeout=None)\n--\n\n" \
+     "Acquire the semaphore/lock."}, \
+    {"release", (PyCFunction)semlock_release, METH_NOARGS, \
+     "release($self, /)\n--\n\nRelease the semaphore/lock."}, \
+    {"__enter__", (PyCFunction)semlock_enter, METH_NOARGS, \
+     "__enter__($self, /)\n--\n\nEnter the semaphore/lock."}, \
+    {"__exit__", (PyCFunction)(void (*)(void))semlock_exit, METH_FASTCALL, \
+     "__exit__($self, *args, /)\n--\n\nExit the semaphore/lock."}, \
+    {"_count", (PyCFunction)semlock_count, METH_NOARGS, \
+     "_count($self, /)\n--\n\nNum of `acquire()`s minus num of " \
+     "`release()`s for this process."}, \
+    {"_is_mine", (PyCFunction)semlock_is_mine, METH_NOARGS, \
+     "_is_mine($self, /)\n--\n\nWhether the lock is owned by this " \
+     "thread."}, \
+    {"_get_value", (PyCFunction)semlock_get_value, METH_NOARGS, \
+     "_get_value($self, /)\n--\n\nGet the value of the semaphore."}, \
+    {"_is_zero", (PyCFunction)semlock_is_zero, METH_NOARGS, \
+     "_is_zero($self, /)\n--\n\nReturn whether semaphore has value zero."}, \
+    {"_after_fork", (PyCFunction)semlock_after_fork, METH_NOARGS, \
+     "_after_fork($self, /)\n--\n\nRezero the net acquisition count after " \
+     "fork()."}, \
+    {"_state", (PyCFunction)semlock_state, METH_NOARGS, \
+     "_state($self, /)\n--\n\n(segment, offset, kind, maxvalue, name): " \
+     "what _rebuild takes; pickle only while spawning a child."}, \
+    {"_rebuild", (PyCFunction)semlock_rebuild, METH_VARARGS | METH_CLASS, \
+     "_rebuild(segment, offset, kind, maxvalue, name, /)\n--\n\n" \
+     "Attach to an existing SemLock (in a child process)."},
+
+/* For the stdlib-named subtypes: helpers kept in fastmp/synchronize.py
+ * (cold paths: repr and pickling). */
+static PyObject *
+call_sync_helper(const char *helper, PyObject *self)
+{
+    PyObject *mod = PyImport_ImportModule("fastmp.synchronize");
+    if (mod == NULL) {
+        return NULL;
+    }
+    PyObject *r = PyObject_CallMethod(mod, helper, "O", self);
+    Py_DECREF(mod);
+    return r;
+}
+
+static PyObject *
+semlock_repr_helper(PyObject *self)
+{
+    return call_sync_helper("_repr", self);
+}
+
+static PyObject *
+semlock_reduce(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return call_sync_helper("_reduce", self);
+}
+
+#define SEMLOCK_SUB_METHODS \
+    {"locked", (PyCFunction)semlock_is_zero, METH_NOARGS, \
+     "locked($self, /)\n--\n\nReturn True if it cannot be acquired now."}, \
+    {"__reduce__", (PyCFunction)semlock_reduce, METH_NOARGS, \
+     "__reduce__($self, /)\n--\n\nPickle (only while spawning a child)."},
+
+static PyMethodDef semlock_methods[] = {
+    SEMLOCK_METHODS
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef lock_methods[] = {
+    SEMLOCK_METHODS
+    SEMLOCK_SUB_METHODS
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef sem_methods[] = {
+    SEMLOCK_METHODS
+    SEMLOCK_SUB_METHODS
+    {"get_value", (PyCFunction)semlock_get_value, METH_NOARGS,
+     "get_value($self, /)\n--\n\nThe semaphore's current value."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef semlock_getset[] = {
+    {"kind", (getter)semlock_get_kind, NULL, "the kind", NULL},
+    {"maxvalue", (getter)semlock_get_maxvalue, NULL, "the maximum value",
+     NULL},
+    {"handle", (getter)semlock_get_handle, NULL,
+     "an integer naming the lock (its arena offset)", NULL},
+    {"name", (getter)semlock_get_name, NULL, "the name (or None)", NULL},
+    {"_semlock", (getter)semlock_get_self, NULL,
+     "the object itself (the stdlib wraps a separate SemLock)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef semlock_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET,
+     offsetof(SemLockObject, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMemberDef sub_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET,
+     offsetof(SemLockObject, weakreflist), READONLY, NULL},
+    {"__dictoffset__", T_PYSSIZET, offsetof(SemLockObject, dict), READONLY,
+     NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot semlock_slots[] = {
+    {Py_tp_new, semlock_new},
+    {Py_tp_dealloc, semlock_dealloc},
+    {Py_tp_traverse, semlock_traverse},
+    {Py_tp_clear, semlock_clear},
+    {Py_tp_methods, semlock_methods},
+    {Py_tp_getset, semlock_getset},
+    {Py_tp_members, semlock_members},
+    {Py_bf_getbuffer, semlock_getbuffer},
+    {Py_bf_releasebuffer, semlock_releasebuffer},
+    {Py_tp_doc, "SemLock(kind, value, maxvalue, name, unlink)\n--\n\n"
+                "Semaphore/Mutex type on a futex word in shared memory."},
+    {0, NULL},
+};
+
+static PyType_Spec semlock_spec = {
+    .name = "fastmp._fastmp.SemLock",
+    .basicsize = sizeof(SemLockObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC
+             | FASTMP_TPFLAGS_IMMUTABLE,
+    .slots = semlock_slots,
+};
+
+/* ---- the stdlib-named types: Lock, RLock, Semaphore, BoundedSemaphore.
+ * C subtypes (not Python subclasses) so that method calls on them get the
+ * interpreter's fast paths for C methods; `ctx` is accepted and unused. */
+
+static PyObject *
+lock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ctx", NULL};
+    PyObject *ctx = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$O:Lock", kwlist, &ctx)) {
+        return NULL;
+    }
+    return semlock_create(type, SEMLOCK_SEMAPHORE, 1, 1, Py_None);
+}
+
+static PyObject *
+rlock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ctx", NULL};
+    PyObject *ctx = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$O:RLock", kwlist,
+                                     &ctx)) {
+        return NULL;
+    }
+    return semlock_create(type, SEMLOCK_RECURSIVE_MUTEX, 1, 1, Py_None);
+}
+
+static PyObject *
+semaphore_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"value", "ctx", NULL};
+    PyObject *ctx = NULL;
+    int value = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|i$O:Semaphore", kwlist,
+                                     &value, &ctx)) {
+        return NULL;
+    }
+    return semlock_create(type, SEMLOCK_SEMAPHORE, value, SEM_VALUE_MAX_,
+                          Py_None);
+}
+
+static PyObject *
+bounded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"value", "ctx", NULL};
+    PyObject *ctx = NULL;
+    int value = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|i$O:BoundedSemaphore",
+                                     kwlist, &value, &ctx)) {
+        return NULL;
+    }
+    return semlock_create(type, SEMLOCK_SEMAPHORE, value, value, Py_None);
+}
+
+#define SUB_SLOTS(newfunc, methods, doc) \
+    {Py_tp_new, newfunc}, \
+    {Py_tp_traverse, semlock_traverse}, \
+    {Py_tp_clear, semlock_clear}, \
+    {Py_tp_repr, semlock_repr_helper}, \
+    {Py_tp_methods, methods}, \
+    {Py_tp_members, sub_members}, \
+    {Py_tp_doc, doc}, \
+    {0, NULL},
+
+static PyType_Slot lock_slots[] = {
+    SUB_SLOTS(lock_new, lock_methods,
+              "Lock(*, ctx=None)\n--\n\nA non-recursive lock shared by "
+              "processes.")
+};
+static PyType_Slot rlock_slots[] = {
+    SUB_SLOTS(rlock_new, lock_methods,
+              "RLock(*, ctx=None)\n--\n\nA recursive lock shared by "
+              "processes.")
+};
+static PyType_Slot semaphore_slots[] = {
+    SUB_SLOTS(semaphore_new, sem_methods,
+              "Semaphore(value=1, *, ctx=None)\n--\n\nA semaphore shared "
+              "by processes.")
+};
+static PyType_Slot bounded_slots[] = {
+    SUB_SLOTS(bounded_new, sem_methods,
+              "BoundedSemaphore(value=1, *, ctx=None)\n--\n\nA bounded "
+              "semaphore shared by processes.")
+};
+
+#define SUB_FLAGS (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE \
+                   | Py_TPFLAGS_HAVE_GC)
+
+static PyType_Spec sub_specs[] = {
+    {"fastmp.synchronize.Lock", sizeof(SemLockObject), 0, SUB_FLAGS,
+     lock_slots},
+    {"fastmp.synchronize.RLock", sizeof(SemLockObject), 0, SUB_FLAGS,
+     rlock_slots},
+    {"fastmp.synchronize.Semaphore", sizeof(SemLockObject), 0, SUB_FLAGS,
+     semaphore_slots},
+    {"fastmp.synchronize.BoundedSemaphore", sizeof(SemLockObject), 0,
+     SUB_FLAGS, bounded_slots},
+};
+
+/* ---- Event: a flag on a futex word ------------------------------
+ *
+ * The same shared block as a SemLock (so pickling is shared), created as
+ * a counting semaphore with maxvalue 0: `word` is the flag (0 unset,
+ * 1 set; plain atomic stores), `nwaiters` counts sleepers so that set()
+ * only wakes when someone sleeps.  Nobody holds anything, so a process
+ * dying inside any method leaves nothing to recover. */
+
+static PyObject *
+event_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ctx", NULL};
+    PyObject *ctx = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$O:Event", kwlist,
+                                     &ctx)) {
+        return NULL;
+    }
+    return semlock_create(type, SEMLOCK_SEMAPHORE, 0, 0, Py_None);
+}
+
+static PyObject *
+event_is_set(SemLockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(
+        __atomic_load_n(&self->sem->word, __ATOMIC_ACQUIRE) != 0);
+}
+
+static PyObject *
+event_set(SemLockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    shared_sem *s = self->sem;
+    __atomic_store_n(&s->word, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&s->nwaiters, __ATOMIC_SEQ_CST) != 0) {
+        if (fastmp_platform_futex_wake(&s->word, INT32_MAX) < 0) {
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+event_clear(SemLockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    __atomic_store_n(&self->sem->word, 0, __ATOMIC_SEQ_CST);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+event_wait(SemLockObject *self, PyObject *const *args, Py_ssize_t nargs,
+           PyObject *kwnames)
+{
+    shared_sem *s = self->sem;
+    PyObject *timeout = nargs >= 1 ? args[0] : NULL;
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError,
+                     "wait() takes at most 1 argument (%zd given)", nargs);
+        return NULL;
+    }
+    if (kwnames != NULL) {
+        if (PyTuple_GET_SIZE(kwnames) != 1 || timeout != NULL
+            || PyUnicode_CompareWithASCIIString(
+                   PyTuple_GET_ITEM(kwnames, 0), "timeout") != 0) {
+            PyErr_SetString(PyExc_TypeError,
+                            "wait() got an unexpected keyword argument");
+            return NULL;
+        }
+        timeout = args[nargs];
+    }
+    fastmp_deadline d;
+    if (fastmp_deadline_from_object(timeout, &d) < 0) {
+        return NULL;
+    }
+    if (__atomic_load_n(&s->word, __ATOMIC_ACQUIRE) != 0) {
+        Py_RETURN_TRUE;
+    }
+    __atomic_add_fetch(&s->nwaiters, 1, __ATOMIC_SEQ_CST);
+    int r = 0;
+    while (__atomic_load_n(&s->word, __ATOMIC_SEQ_CST) == 0) {
+        r = fastmp_wait_futex(&s->word, 0, &d);
+        if (r != 0) {
+            break;
+        }
+    }
+    __atomic_sub_fetch(&s->nwaiters, 1, __ATOMIC_SEQ_CST);
+    if (r < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(__atomic_load_n(&s->word, __ATOMIC_ACQUIRE) != 0);
+}
+
+static PyMethodDef event_methods[] = {
+    {"is_set", (PyCFunction)event_is_set, METH_NOARGS,
+     "is_set($self, /)\n--\n\nReturn True if the flag is set."},
+    {"set", (PyCFunction)event_set, METH_NOARGS,
+     "set($self, /)\n--\n\nSet the flag and wake every waiter."},
+    {"clear", (PyCFunction)event_clear, METH_NOARGS,
+     "clear($self, /)\n--\n\nReset the flag."},
+    {"wait", (PyCFunction)(void (*)(void))event_wait,
+     METH_FASTCALL | METH_KEYWORDS,
+     "wait($self, /, timeout=None)\n--\n\nBlock until the flag is set "
+     "or the timeout passes; return the flag."},
+    {"_state", (PyCFunction)semlock_state, METH_NOARGS,
+     "_state($self, /)\n--\n\nWhat _rebuild takes."},
+    {"_rebuild", (PyCFunction)semlock_rebuild, METH_VARARGS | METH_CLASS,
+     "_rebuild(segment, offset, kind, maxvalue, name, /)\n--\n\n"
+     "Attach to an existing Event (in a child process)."},
+    {"__reduce__", (PyCFunction)semlock_reduce, METH_NOARGS,
+     "__reduce__($self, /)\n--\n\nPickle (only while spawning a child)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot event_slots[] = {
+    {Py_tp_new, event_new},
+    {Py_tp_dealloc, semlock_dealloc},
+    {Py_tp_traverse, semlock_traverse},
+    {Py_tp_clear, semlock_clear},
+    {Py_tp_repr, semlock_repr_helper},
+    {Py_tp_methods, event_methods},
+    {Py_tp_members, sub_members},
+    {Py_tp_doc, "Event(*, ctx=None)\n--\n\nAn event shared by processes."},
+    {0, NULL},
+};
+
+static PyType_Spec event_spec = {
+    "fastmp.synchronize.Event", sizeof(SemLockObject), 0, SUB_FLAGS,
+    event_slots,
+};
+
+/* Clear this process's holder slots in every counting semaphore it used:
+ * run when a process ends normally, so its units are not recovered as
+ * phantom units after it is gone. */
+static PyObject *
+semlock_forget_all(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    FASTMP_UNUSED(module);
+    for (SemLockObject *o = held_head; o != NULL; o = o->held_next) {
+        if (o->sem != NULL) {
+            forget_my_slot(o);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+PyMethodDef fastmp_semlock_functions[] = {
+    {"_semlock_forget_all", semlock_forget_all, METH_NOARGS,
+     "_semlock_forget_all($module, /)\n--\n\n"
+     "Forget the semaphore units this process holds (normal exit)."},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+fastmp_semlock_exec(PyObject *m, fastmp_state *st)
+{
+    PyObject *t = PyType_FromModuleAndSpec(m, &semlock_spec, NULL);
+    if (t == NULL) {
+        return -1;
+    }
+    st->semlock.SemLockType = (PyTypeObject *)t;
+    PyObject *d = ((PyTypeObject *)t)->tp_dict;
+    PyObject *v = PyLong_FromLong(SEM_VALUE_MAX_);
+    if (v == NULL || PyDict_SetItemString(d, "SEM_VALUE_MAX", v) < 0) {
+        Py_XDECREF(v);
+        return -1;
+    }
+    Py_DECREF(v);
+    PyType_Modified((PyTypeObject *)t);
+    if (PyModule_AddObject(m, "SemLock", Py_NewRef(t)) < 0) {
+        Py_DECREF(t);
+        return -1;
+    }
+    PyObject *ev = PyType_FromModuleAndSpec(m, &event_spec, NULL);
+    if (ev == NULL) {
+        return -1;
+    }
+    if (PyModule_AddObject(m, "Event", ev) < 0) {
+        Py_DECREF(ev);
+        return -1;
+    }
+    PyObject *sembase = NULL;
+    for (size_t i = 0; i < sizeof(sub_specs) / sizeof(sub_specs[0]); i++) {
+        /* BoundedSemaphore derives from Semaphore, as in the stdlib. */
+        PyObject *base = (i == 3 && sembase != NULL) ? sembase : t;
+        /* A tuple: 3.9 accepts no bare type here. */
+        PyObject *bases = PyTuple_Pack(1, base);
+        if (bases == NULL) {
+            return -1;
+        }
+        PyObject *sub = PyType_FromModuleAndSpec(m, &sub_specs[i], bases);
+        Py_DECREF(bases);
+        if (sub == NULL) {
+            return -1;
+        }
+        const char *short_name = strrchr(sub_specs[i].name, '.') + 1;
+        if (i == 2) {
+            sembase = sub;
+        }
+        if (PyModule_AddObject(m, short_name, sub) < 0) {
+            Py_DECREF(sub);
+            return -1;
+        }
+    }
+    st->semlock.AbandonedLockWarning = PyErr_NewExceptionWithDoc(
+        "fastmp.AbandonedLockWarning",
+        "A lock or semaphore was taken over from a process that died while "
+        "holding it; the state it protects may be inconsistent.",
+        PyExc_RuntimeWarning, NULL);
+    if (st->semlock.AbandonedLockWarning == NULL) {
+        return -1;
+    }
+    if (PyModule_AddObject(m, "AbandonedLockWarning",
+                           Py_NewRef(st->semlock.AbandonedLockWarning)) < 0) {
+        Py_DECREF(st->semlock.AbandonedLockWarning);
+        return -1;
+    }
+    if (PyModule_AddIntConstant(m, "RECURSIVE_MUTEX",
+                                SEMLOCK_RECURSIVE_MUTEX) < 0
+        || PyModule_AddIntConstant(m, "SEMAPHORE", SEMLOCK_SEMAPHORE) < 0
+        || PyModule_AddIntConstant(m, "SEM_VALUE_MAX", SEM_VALUE_MAX_) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+int
+fastmp_semlock_traverse(fastmp_state *st, visitproc visit, void *arg)
+{
+    Py_VISIT(st->semlock.SemLockType);
+    Py_VISIT(st->semlock.AbandonedLockWarning);
+    return 0;
+}
+
+void
+fastmp_semlock_clear(fastmp_state *st)
+{
+    Py_CLEAR(st->semlock.SemLockType);
+    Py_CLEAR(st->semlock.AbandonedLockWarning);
+}
+
+PyObject *
+fastmp_semlock_unwrap(PyObject *lock)
+{
+    fastmp_state *st = fastmp_get_state();
+    if (st == NULL || st->semlock.SemLockType == NULL || lock == NULL) {
+        return NULL;
+    }
+    if (PyObject_TypeCheck(lock, st->semlock.SemLockType)) {
+        return lock;
+    }
+    PyObject *inner = PyObject_GetAttrString(lock, "_semlock");
+    if (inner == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    /* Borrowed: `lock` keeps its _semlock alive. */
+    Py_DECREF(inner);
+    if (PyObject_TypeCheck(inner, st->semlock.SemLockType)) {
+        return inner;
+    }
+    return NULL;
+}
+
+int
+fastmp_semlock_enter(PyObject *semlock)
+{
+    int r = do_acquire((SemLockObject *)semlock, 1, NULL);
+    return r < 0 ? -1 : 0;
+}
+
+int
+fastmp_semlock_exit(PyObject *semlock)
+{
+    return do_release((SemLockObject *)semlock);
+}
