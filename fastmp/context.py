@@ -1,0 +1,278 @@
+"""Contexts: the stdlib's context classes with fastmp's primitives.
+
+Process launching (fork, spawn, forkserver popen machinery) is the
+stdlib's; every synchronisation and data object a context creates is
+fastmp's.  A name fastmp does not implement yet falls through to the
+stdlib's implementation, unless FASTMP_NO_FALLBACK=1 is set, in which case
+it raises ImportError.
+
+The Process classes here are subclasses of the stdlib's, bound to fastmp's
+own default context: ``fastmp.set_start_method('spawn')`` followed by
+``fastmp.Process(...).start()`` uses spawn, whatever the stdlib's default
+context says.
+"""
+import importlib
+import os
+import sys
+from multiprocessing import context as _std
+
+# Re-exported so code written against multiprocessing.context finds them.
+from multiprocessing.context import (  # noqa: F401
+    AuthenticationError,
+    BaseContext,
+    BufferTooShort,
+    ProcessError,
+    TimeoutError,
+    assert_spawning,
+    get_spawning_popen,
+    reduction,
+    set_spawning_popen,
+)
+
+from . import _arena  # noqa: F401  (registers pickling and fork hooks)
+
+__all__ = ()
+
+
+def _no_fallback():
+    return os.environ.get("FASTMP_NO_FALLBACK", "") not in ("", "0")
+
+
+def _fastmp_module(name):
+    """Import fastmp.<name>, or the stdlib's module when fastmp lacks it."""
+    try:
+        return importlib.import_module("fastmp." + name)
+    except ModuleNotFoundError as e:
+        if e.name != "fastmp." + name:
+            raise
+        if _no_fallback():
+            raise ImportError(
+                "fastmp has no %r and FASTMP_NO_FALLBACK is set" % name,
+                name="fastmp." + name) from None
+        from . import _alias
+        return _alias.stdlib_module(name)
+
+
+#
+# Process classes bound to fastmp's contexts
+#
+
+def _bootstrap_start_method(proc):
+    # A child's default context is the one that started it (the stdlib
+    # does the same for its own default context in _bootstrap).
+    method = proc._start_method or proc.__dict__.pop("_fastmp_method", None)
+    if method is not None:
+        _force_start_method(method)
+
+
+class Process(_std.Process):
+    """A process object started through fastmp's default context."""
+
+    _start_method = None
+
+    @staticmethod
+    def _Popen(process_obj):
+        ctx = _default_context.get_context()
+        # Travels with the pickled object, for the child's default context.
+        process_obj._fastmp_method = ctx._name
+        try:
+            return ctx.Process._Popen(process_obj)
+        finally:
+            process_obj.__dict__.pop("_fastmp_method", None)
+
+    if hasattr(_std.Process, "_after_fork"):
+        @staticmethod
+        def _after_fork():
+            return _default_context.get_context().Process._after_fork()
+
+    def _bootstrap(self, *args, **kwds):
+        _bootstrap_start_method(self)
+        return super()._bootstrap(*args, **kwds)
+
+
+class ForkProcess(_std.ForkProcess):
+    def _bootstrap(self, *args, **kwds):
+        _bootstrap_start_method(self)
+        return super()._bootstrap(*args, **kwds)
+
+
+class SpawnProcess(_std.SpawnProcess):
+    def _bootstrap(self, *args, **kwds):
+        _bootstrap_start_method(self)
+        return super()._bootstrap(*args, **kwds)
+
+
+class ForkServerProcess(_std.ForkServerProcess):
+    @staticmethod
+    def _Popen(process_obj):
+        # Have the forkserver import fastmp once, so that its children do
+        # not each import it again when they unpickle this object.
+        from multiprocessing import forkserver
+        server = getattr(forkserver, "_forkserver", None)
+        preload = getattr(server, "_preload_modules", None)
+        if isinstance(preload, list) and "fastmp.context" not in preload:
+            server._preload_modules = preload + ["fastmp.context"]
+        return _std.ForkServerProcess._Popen(process_obj)
+
+    def _bootstrap(self, *args, **kwds):
+        _bootstrap_start_method(self)
+        return super()._bootstrap(*args, **kwds)
+
+
+class _FastmpContextMixin:
+    """Factory methods returning fastmp objects bound to this context."""
+
+    def get_context(self, method=None):
+        if method is None:
+            return self
+        try:
+            ctx = _concrete_contexts[method]
+        except KeyError:
+            raise ValueError("cannot find context for %r" % method) from None
+        ctx._check_available()
+        return ctx
+
+    def Lock(self):
+        """Returns a non-recursive lock object"""
+        return _fastmp_module("synchronize").Lock(ctx=self.get_context())
+
+    def RLock(self):
+        """Returns a recursive lock object"""
+        return _fastmp_module("synchronize").RLock(ctx=self.get_context())
+
+    def Condition(self, lock=None):
+        """Returns a condition object"""
+        return _fastmp_module("synchronize").Condition(
+            lock, ctx=self.get_context())
+
+    def Semaphore(self, value=1):
+        """Returns a semaphore object"""
+        return _fastmp_module("synchronize").Semaphore(
+            value, ctx=self.get_context())
+
+    def BoundedSemaphore(self, value=1):
+        """Returns a bounded semaphore object"""
+        return _fastmp_module("synchronize").BoundedSemaphore(
+            value, ctx=self.get_context())
+
+    def Event(self):
+        """Returns an event object"""
+        return _fastmp_module("synchronize").Event(ctx=self.get_context())
+
+    def Barrier(self, parties, action=None, timeout=None):
+        """Returns a barrier object"""
+        return _fastmp_module("synchronize").Barrier(
+            parties, action, timeout, ctx=self.get_context())
+
+    def Queue(self, maxsize=0):
+        """Returns a queue object"""
+        return _fastmp_module("queues").Queue(maxsize, ctx=self.get_context())
+
+    def JoinableQueue(self, maxsize=0):
+        """Returns a queue object"""
+        return _fastmp_module("queues").JoinableQueue(
+            maxsize, ctx=self.get_context())
+
+    def SimpleQueue(self):
+        """Returns a queue object"""
+        return _fastmp_module("queues").SimpleQueue(ctx=self.get_context())
+
+    def Pipe(self, duplex=True):
+        """Returns two connection object connected by a pipe"""
+        return _fastmp_module("connection").Pipe(duplex)
+
+    def RawValue(self, typecode_or_type, *args):
+        """Returns a shared object"""
+        return _fastmp_module("sharedctypes").RawValue(typecode_or_type, *args)
+
+    def RawArray(self, typecode_or_type, size_or_initializer):
+        """Returns a shared array"""
+        return _fastmp_module("sharedctypes").RawArray(
+            typecode_or_type, size_or_initializer)
+
+    def Value(self, typecode_or_type, *args, lock=True):
+        """Returns a synchronized shared object"""
+        return _fastmp_module("sharedctypes").Value(
+            typecode_or_type, *args, lock=lock, ctx=self.get_context())
+
+    def Array(self, typecode_or_type, size_or_initializer, *, lock=True):
+        """Returns a synchronized shared array"""
+        return _fastmp_module("sharedctypes").Array(
+            typecode_or_type, size_or_initializer, lock=lock,
+            ctx=self.get_context())
+
+    def Manager(self):
+        """Returns a manager associated with a running server process"""
+        m = _fastmp_module("managers").SyncManager(ctx=self.get_context())
+        m.start()
+        return m
+
+    def Pool(self, processes=None, initializer=None, initargs=(),
+             maxtasksperchild=None):
+        """Returns a process pool object"""
+        return _fastmp_module("pool").Pool(
+            processes, initializer, initargs, maxtasksperchild,
+            context=self.get_context())
+
+
+class ForkContext(_FastmpContextMixin, _std.ForkContext):
+    Process = ForkProcess
+
+
+class SpawnContext(_FastmpContextMixin, _std.SpawnContext):
+    Process = SpawnProcess
+
+
+class ForkServerContext(_FastmpContextMixin, _std.ForkServerContext):
+    Process = ForkServerProcess
+
+
+_concrete_contexts = {
+    "fork": ForkContext(),
+    "spawn": SpawnContext(),
+    "forkserver": ForkServerContext(),
+}
+
+
+class DefaultContext(_FastmpContextMixin, _std.DefaultContext):
+    """The default context: follows the running Python's default method."""
+
+    Process = Process
+
+    def get_context(self, method=None):
+        if method is None:
+            if self._actual_context is None:
+                self._actual_context = self._default_context
+            return self._actual_context
+        return super().get_context(method)
+
+    def set_start_method(self, method, force=False):
+        if self._actual_context is not None and not force:
+            raise RuntimeError("context has already been set")
+        if method is None and force:
+            self._actual_context = None
+            return
+        self._actual_context = self.get_context(method)
+
+
+# The running Python's default start method (forkserver on Linux from 3.14).
+_default_context = DefaultContext(
+    _concrete_contexts[_std._default_context._default_context._name])
+
+
+def _force_start_method(method):
+    _default_context._actual_context = _concrete_contexts[method]
+
+
+def __getattr__(name):
+    # Anything else the stdlib's context module has (private helpers that
+    # the stdlib's own modules import from ``multiprocessing.context``).
+    try:
+        return getattr(_std, name)
+    except AttributeError:
+        raise AttributeError(
+            "module %r has no attribute %r" % (__name__, name)) from None
+
+
+if sys.platform == "win32":  # pragma: no cover
+    raise ImportError("fastmp does not support Windows yet")

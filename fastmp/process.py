@@ -1,0 +1,27 @@
+"""Process objects: the stdlib's, shared with fastmp.
+
+fastmp starts processes with the stdlib's machinery, so there is one
+process tree: ``current_process()``, ``active_children()`` and
+``parent_process()`` see processes started by either package.  The Process
+classes a context hands out are in ``fastmp.context``.
+"""
+from multiprocessing import process as _std
+from multiprocessing.process import (  # noqa: F401
+    BaseProcess,
+    active_children,
+    current_process,
+    parent_process,
+)
+
+__all__ = ["BaseProcess", "current_process", "active_children",
+           "parent_process"]
+
+
+def __getattr__(name):
+    # Private names (_children, _current_process, AuthenticationString,
+    # ORIGINAL_DIR, ...) are the stdlib's own objects.
+    try:
+        return getattr(_std, name)
+    except AttributeError:
+        raise AttributeError(
+            "module %r has no attribute %r" % (__name__, name)) from None

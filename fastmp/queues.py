@@ -1,0 +1,137 @@
+"""Queue, JoinableQueue and SimpleQueue on a ring buffer in shared memory.
+
+The stdlib's queues send pickles through a pipe from a feeder thread;
+fastmp's pickle in the caller and copy the bytes into a ring buffer in
+shared memory (``fastmp._fastmp._Ring``), so:
+
+* an unpicklable item raises in ``put()``;
+* once ``put()`` returns, the item is in shared memory: it survives the
+  putter's exit or death, and a process that put data may be joined
+  before anyone reads it;
+* ``qsize()`` is exact;
+* there is no feeder thread: ``close()`` only stops this process from
+  using the queue, ``join_thread()`` and ``cancel_join_thread()`` have
+  nothing to wait for.  See docs/queues.md.
+"""
+import pickle
+import sys
+import types
+from multiprocessing import context, reduction
+from queue import Empty, Full
+
+from . import _fastmp
+
+# The stdlib's order.
+__all__ = ["Queue", "SimpleQueue", "JoinableQueue"]  # noqa: RUF022
+
+# Plain values (None, numbers, str, bytes, and small tuples, lists and
+# dicts of them) take the C pickler directly: no reducer can apply to
+# them, so the bytes are ForkingPickler's.
+_fastmp._ring_setup(reduction.ForkingPickler.dumps, pickle.dumps, None,
+                    pickle.loads, Empty, Full)
+
+
+def _rebuild(cls, ref):
+    return _fastmp._Ring.__new__(cls, 0, False, ref)
+
+
+def _queue_args(maxsize=0, *, ctx):
+    return maxsize
+
+
+class Queue(_fastmp._Ring):
+    """A process-shared FIFO queue (the stdlib's multiprocessing.Queue)."""
+
+    def __new__(cls, *args, **kwargs):
+        if cls in (Queue, JoinableQueue):
+            maxsize = _queue_args(*args, **kwargs)
+        else:
+            # A subclass with a signature of its own (concurrent.futures'
+            # _SafeQueue passes max_size= and more); its __init__ checks
+            # the arguments.
+            maxsize = args[0] if args else kwargs.get(
+                "maxsize", kwargs.get("max_size", 0))
+        return _fastmp._Ring.__new__(cls, maxsize, cls._joinable)
+
+    def __init__(self, maxsize=0, *, ctx):
+        self._ctx = ctx
+
+    _joinable = False
+
+    def __reduce__(self):
+        context.assert_spawning(self)
+        return _rebuild, (type(self), self._shared_ref())
+
+    def close(self):
+        """Stop using the queue from this process.
+
+        Items already put stay in the queue for the other processes."""
+        self._close()
+
+    def join_thread(self):
+        """Nothing to wait for: put() has already stored every item."""
+        assert self._closed, self
+
+    def cancel_join_thread(self):
+        """Nothing to cancel: there is no feeder thread."""
+
+    __class_getitem__ = classmethod(types.GenericAlias)
+
+
+class JoinableQueue(Queue):
+    """A Queue with task_done() and join()."""
+
+    _joinable = True
+    task_done = _fastmp._Ring._task_done
+    join = _fastmp._Ring._join
+
+
+def _stdlib_caller():
+    """Is the code asking for a SimpleQueue part of the stdlib?
+
+    The stdlib's Pool and ProcessPoolExecutor use their SimpleQueue's pipe
+    ends directly (``_reader``, ``_writer``, ``_rlock``) and wait on the
+    reader's file descriptor, which a ring buffer does not have; they get
+    the stdlib's SimpleQueue (made with the fastmp context, so its lock is
+    fastmp's)."""
+    f = sys._getframe(2)
+    for _ in range(6):
+        if f is None:
+            return False
+        name = f.f_globals.get("__name__", "")
+        if not name.startswith("fastmp"):
+            return name.startswith(("multiprocessing.", "concurrent.futures"))
+        f = f.f_back
+    return False
+
+
+class SimpleQueue(_fastmp._Ring):
+    """A simplified queue: put(), get(), empty(), close()."""
+
+    def __new__(cls, *, ctx=None):
+        if ctx is None and cls is SimpleQueue:
+            # Unpickling, by name, a stdlib SimpleQueue made for a stdlib
+            # Pool (see _stdlib_caller): under ``python -m fastmp`` the
+            # name multiprocessing.queues.SimpleQueue resolves here.
+            from ._alias import stdlib_module
+            return object.__new__(stdlib_module("queues").SimpleQueue)
+        if cls is SimpleQueue and _stdlib_caller():
+            from ._alias import stdlib_module
+            return stdlib_module("queues").SimpleQueue(ctx=ctx)
+        return _fastmp._Ring.__new__(cls, 0, False)
+
+    def __init__(self, *, ctx):
+        self._ctx = ctx
+
+    def __reduce__(self):
+        context.assert_spawning(self)
+        return _rebuild, (type(self), self._shared_ref())
+
+    get = _fastmp._Ring._simple_get
+    put = _fastmp._Ring._simple_put
+
+    def close(self):
+        """Stop using the queue from this process."""
+        self._close_all()
+
+    __class_getitem__ = classmethod(types.GenericAlias)
