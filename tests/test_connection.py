@@ -1,0 +1,508 @@
+"""Connection and Pipe: parity with the stdlib, interop, signals, leaks."""
+import array
+import gc
+import multiprocessing
+import multiprocessing.connection as std_connection
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import fastmp
+import fastmp.connection as fast_connection
+from conftest import ROOT, is_fastmp
+
+
+def conn_mod(ctx):
+    return fast_connection if is_fastmp(ctx) else std_connection
+
+
+# --- helpers run in children (module level for spawn/forkserver) -------
+
+def _echo(conn):
+    while True:
+        try:
+            obj = conn.recv()
+        except EOFError:
+            break
+        if obj is None:
+            break
+        conn.send(obj)
+    conn.close()
+
+
+def _echo_bytes(conn):
+    while True:
+        b = conn.recv_bytes()
+        if not b:
+            break
+        conn.send_bytes(b)
+    conn.close()
+
+
+def _send_through(outer):
+    inner = outer.recv()
+    inner.send(("from child", os.getpid()))
+    inner.close()
+    outer.close()
+
+
+def _writer(w, n):
+    for i in range(n):
+        w.send(i)
+    w.close()
+
+
+# --- basic API ----------------------------------------------------------
+
+def test_type_and_names(ctx):
+    a, b = ctx.Pipe()
+    mod = conn_mod(ctx)
+    assert isinstance(a, mod.Connection)
+    assert type(a).__name__ == "Connection"
+    assert "Connection object at" in repr(a)
+    assert set(mod.__all__) == {"Client", "Listener", "Pipe", "wait"}
+    a.close()
+    b.close()
+
+
+def test_duplex_roundtrip(ctx):
+    a, b = ctx.Pipe()
+    for obj in (None, 1, "x" * 3, [1, (2, 3)], {"k": b"v"}, 2.5,
+                list(range(10000))):
+        a.send(obj)
+        assert b.recv() == obj
+        b.send(obj)
+        assert a.recv() == obj
+    assert a.readable and a.writable and not a.closed
+    a.close()
+    b.close()
+
+
+def test_simplex(ctx):
+    r, w = ctx.Pipe(duplex=False)
+    assert r.readable and not r.writable
+    assert w.writable and not w.readable
+    w.send_bytes(b"abc")
+    assert r.recv_bytes() == b"abc"
+    with pytest.raises(OSError, match="connection is read-only"):
+        r.send(1)
+    with pytest.raises(OSError, match="connection is write-only"):
+        w.recv()
+    with pytest.raises(OSError, match="connection is write-only"):
+        w.poll()
+    r.close()
+    w.close()
+
+
+def test_send_bytes_offset_size(ctx):
+    a, b = ctx.Pipe()
+    msg = b"0123456789"
+    a.send_bytes(msg, 3)
+    assert b.recv_bytes() == b"3456789"
+    a.send_bytes(msg, 2, 4)
+    assert b.recv_bytes() == b"2345"
+    a.send_bytes(msg, size=2)
+    assert b.recv_bytes() == b"01"
+    a.send_bytes(msg, 10)
+    assert b.recv_bytes() == b""
+    arr = array.array("i", range(4))
+    a.send_bytes(arr, 4, 8)
+    assert b.recv_bytes() == arr.tobytes()[4:12]
+    with pytest.raises(ValueError, match="offset is negative"):
+        a.send_bytes(msg, -1)
+    with pytest.raises(ValueError, match="buffer length < offset"):
+        a.send_bytes(msg, 11)
+    with pytest.raises(ValueError, match="size is negative"):
+        a.send_bytes(msg, 0, -1)
+    with pytest.raises(ValueError, match=r"buffer length < offset \+ size"):
+        a.send_bytes(msg, 5, 6)
+    with pytest.raises(TypeError):
+        a.send_bytes("text")
+    assert not b.poll()
+    a.close()
+    b.close()
+
+
+def test_recv_bytes_into(ctx):
+    a, b = ctx.Pipe()
+    buf = bytearray(20)
+    a.send_bytes(b"hello")
+    assert b.recv_bytes_into(buf) == 5
+    assert bytes(buf[:5]) == b"hello"
+    a.send_bytes(b"world")
+    assert b.recv_bytes_into(buf, 8) == 5
+    assert bytes(buf[8:13]) == b"world"
+    arr = array.array("i", [0] * 4)
+    a.send_bytes(array.array("i", [7, 8]))
+    assert b.recv_bytes_into(arr, 4) == 8
+    assert list(arr) == [0, 7, 8, 0]
+    a.send_bytes(b"x" * 100)
+    with pytest.raises(multiprocessing.BufferTooShort) as ei:
+        b.recv_bytes_into(bytearray(10))
+    assert ei.value.args[0] == b"x" * 100
+    with pytest.raises(ValueError, match="negative offset"):
+        b.recv_bytes_into(buf, -1)
+    with pytest.raises(ValueError, match="offset too large"):
+        b.recv_bytes_into(buf, 21)
+    a.close()
+    b.close()
+
+
+def test_recv_bytes_maxlength(ctx):
+    a, b = ctx.Pipe()
+    a.send_bytes(b"x" * 100)
+    with pytest.raises(ValueError, match="negative maxlength"):
+        b.recv_bytes(-1)
+    a.send_bytes(b"y" * 5)
+    # the 100-byte message comes first: too long for maxlength=10
+    with pytest.raises(OSError, match="bad message length"):
+        b.recv_bytes(maxlength=10)
+    assert not b.readable          # duplex: stops being readable
+    assert not b.closed
+    a.close()
+    b.close()
+    r, w = ctx.Pipe(duplex=False)
+    w.send_bytes(b"z" * 100)
+    with pytest.raises(OSError, match="bad message length"):
+        r.recv_bytes(10)
+    assert r.closed                # read-only end is closed
+    w.close()
+
+
+def test_closed_and_context_manager(ctx):
+    a, b = ctx.Pipe()
+    with a:
+        assert not a.closed
+    assert a.closed
+    a.close()                      # idempotent
+    for call in (a.fileno, a.recv, lambda: a.send(1), a.poll,
+                 a.recv_bytes, lambda: a.send_bytes(b"")):
+        with pytest.raises(OSError, match="handle is closed"):
+            call()
+    with pytest.raises(EOFError):
+        b.recv()
+    assert b.poll(0)               # EOF counts as readable
+    b.close()
+
+
+def test_eof_and_broken_pipe(ctx):
+    a, b = ctx.Pipe()
+    b.close()
+    with pytest.raises(OSError):
+        for _ in range(100):
+            a.send_bytes(b"x" * 65536)
+    a.close()
+
+
+def test_poll_timeout(ctx):
+    a, b = ctx.Pipe()
+    assert b.poll() is False
+    t = time.monotonic()
+    assert b.poll(0.2) is False
+    assert 0.15 < time.monotonic() - t < 2
+    assert b.poll(-1) is False
+    a.send(1)
+    assert b.poll(None) is True
+    assert b.poll(0) is True
+    assert b.recv() == 1
+    a.close()
+    b.close()
+
+
+def test_subclass(ctx):
+    Connection = conn_mod(ctx).Connection
+
+    class Sub(Connection):
+        def __init__(self, handle, readable=True, writable=True):
+            super().__init__(handle, readable, writable)
+            self.extra = 1
+
+    r, w = os.pipe()
+    a = Sub(r, writable=False)
+    b = Sub(w, readable=False)
+    b.send_bytes(b"sub")
+    assert a.recv_bytes() == b"sub" and a.extra == 1
+    a.close()
+    b.close()
+
+
+def test_invalid_handles(ctx):
+    Connection = conn_mod(ctx).Connection
+    with pytest.raises((ValueError, OSError)):
+        Connection(-1)
+    fd = os.dup(0)
+    with pytest.raises(ValueError):
+        Connection(fd, readable=False, writable=False)
+    os.close(fd)
+    conn = Connection(44977608)
+    try:
+        # the stdlib reports an invalid fd as "ready"; either is accepted
+        try:
+            conn.poll()
+        except (ValueError, OSError):
+            pass
+    finally:
+        conn._handle = None
+    assert conn.closed
+
+
+def test_large_message(ctx):
+    a, b = ctx.Pipe()
+    p = ctx.Process(target=_echo_bytes, args=(b,))
+    p.start()
+    b.close()
+    data = os.urandom(3 << 20)
+    a.send_bytes(data)
+    assert a.recv_bytes() == data
+    a.send_bytes(b"")
+    p.join(30)
+    assert p.exitcode == 0
+    a.close()
+
+
+def test_child_echo(ctx):
+    a, b = ctx.Pipe()
+    p = ctx.Process(target=_echo, args=(b,))
+    p.start()
+    b.close()
+    for obj in (1, "two", [3.0], {4: 4}):
+        a.send(obj)
+        assert a.recv() == obj
+    a.send(None)
+    p.join(30)
+    assert p.exitcode == 0
+    a.close()
+
+
+def test_simplex_to_child(ctx):
+    r, w = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_writer, args=(w, 50))
+    p.start()
+    w.close()
+    got = []
+    while True:
+        try:
+            got.append(r.recv())
+        except EOFError:
+            break
+    p.join(30)
+    assert got == list(range(50))
+    r.close()
+
+
+def test_connection_over_connection(ctx):
+    # _TestPicklingConnections: a Connection sent through another one.
+    outer_a, outer_b = ctx.Pipe()
+    inner_a, inner_b = ctx.Pipe()
+    p = ctx.Process(target=_send_through, args=(outer_b,))
+    p.start()
+    outer_a.send(inner_b)
+    inner_b.close()
+    msg, pid = inner_a.recv()
+    assert msg == "from child" and pid == p.pid
+    p.join(30)
+    assert p.exitcode == 0
+    for c in (outer_a, outer_b, inner_a):
+        c.close()
+
+
+def test_fd_transfer(ctx):
+    # reduction.send_handle needs the duplex Connection to be a socket.
+    from multiprocessing import reduction
+    a, b = ctx.Pipe()
+    r, w = os.pipe()
+    reduction.send_handle(a, w, os.getpid())
+    fd = reduction.recv_handle(b)
+    os.write(fd, b"ok")
+    assert os.read(r, 2) == b"ok"
+    for f in (r, w, fd):
+        os.close(f)
+    a.close()
+    b.close()
+
+
+# --- wire interop with the stdlib ---------------------------------------
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("size", [0, 1, 100, 16384, 16385, 1 << 20])
+@pytest.mark.parametrize("fast_sends", [True, False])
+def test_interop_with_stdlib(size, fast_sends):
+    s1, s2 = socket.socketpair()
+    fast = fast_connection.Connection(s1.detach())
+    std = std_connection.Connection(s2.detach())
+    tx, rx = (fast, std) if fast_sends else (std, fast)
+    payload = os.urandom(size)
+
+    def send_all():
+        tx.send_bytes(payload)
+        tx.send({"n": size, "b": payload[:10]})
+        tx.send_bytes(payload)
+
+    t = threading.Thread(target=send_all)
+    t.start()
+    assert rx.recv_bytes() == payload
+    assert rx.recv() == {"n": size, "b": payload[:10]}
+    buf = bytearray(size + 3)
+    assert rx.recv_bytes_into(buf, 3) == size
+    assert bytes(buf[3:]) == payload
+    t.join()
+    fast.close()
+    std.close()
+
+
+def test_wire_format_bytes():
+    r, w = os.pipe()
+    c = fast_connection.Connection(w, readable=False)
+    c.send_bytes(b"abc")
+    assert os.read(r, 100) == b"\x00\x00\x00\x03abc"
+    c.close()
+    os.close(r)
+
+
+def test_stdlib_connection_pickled_to_fastmp_child(fctx):
+    a, b = std_connection.Pipe()
+    p = fctx.Process(target=_echo, args=(b,))
+    p.start()
+    b.close()
+    a.send("x")
+    assert a.recv() == "x"
+    a.send(None)
+    p.join(30)
+    assert p.exitcode == 0
+    a.close()
+
+
+# --- wait ---------------------------------------------------------------
+
+def _sleep_then_send(conn, delay):
+    time.sleep(delay)
+    conn.send("late")
+    conn.close()
+
+
+def test_wait_mixed_objects(ctx):
+    mod = conn_mod(ctx)
+    a, b = ctx.Pipe()
+    sa, sb = std_connection.Pipe()
+    s1, s2 = socket.socketpair()
+    r, w = os.pipe()
+    assert mod.wait([b, sb, s2, r], timeout=0) == []
+    a.send(1)
+    sa.send(2)
+    s1.send(b"x")
+    os.write(w, b"y")
+    ready = mod.wait([b, sb, s2, r], timeout=5)
+    assert set(map(id, ready)) == set(map(id, [b, sb, s2, r]))
+    p = ctx.Process(target=time.sleep, args=(0.1,))
+    p.start()
+    assert mod.wait([p.sentinel], timeout=10) == [p.sentinel]
+    p.join()
+    for o in (a, b, sa, sb, s1, s2):
+        o.close()
+    os.close(r)
+    os.close(w)
+
+
+def test_wait_timeout_and_wakeup(ctx):
+    mod = conn_mod(ctx)
+    a, b = ctx.Pipe()
+    t = time.monotonic()
+    assert mod.wait([b], 0.2) == []
+    assert time.monotonic() - t >= 0.15
+    p = ctx.Process(target=_sleep_then_send, args=(a, 0.2))
+    p.start()
+    assert mod.wait([b], 20) == [b]
+    assert b.recv() == "late"
+    p.join()
+    a.close()
+    b.close()
+
+
+# --- Ctrl-C in blocked recv / poll / wait (fastmp) ----------------------
+
+_BLOCKER = textwrap.dedent("""
+    import sys, time
+    sys.path.append(%(root)r)
+    import fastmp
+    a, b = fastmp.Pipe(%(duplex)s)
+    reader = a
+    print("READY", flush=True)
+    t = time.monotonic()
+    try:
+        %(call)s
+    except KeyboardInterrupt:
+        print("KI %%.3f" %% (time.monotonic() - t), flush=True)
+    """)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("call,duplex", [
+    ("reader.recv()", True),
+    ("reader.recv_bytes()", False),
+    ("reader.recv_bytes_into(bytearray(10))", True),
+    ("reader.poll(None)", True),
+    ("reader.poll(100)", False),
+    ("fastmp.connection.wait([reader], 100)", True),
+])
+def test_ctrl_c_interrupts_blocking_call(call, duplex):
+    src = _BLOCKER % {"root": ROOT, "call": call, "duplex": duplex}
+    p = subprocess.Popen([sys.executable, "-c", src], stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        assert p.stdout.readline().strip() == "READY"
+        time.sleep(0.3)
+        sent = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        line = p.stdout.readline()
+        elapsed = time.monotonic() - sent
+        assert line.startswith("KI"), line
+        assert elapsed < 0.5 + 0.5       # generous for a loaded machine
+        assert p.wait(10) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+# --- leaks --------------------------------------------------------------
+
+def _nfds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("duplex", [True, False])
+def test_pipe_leak(duplex):
+    gc.collect()
+    before = _nfds()
+    for i in range(10000):
+        a, b = fastmp.Pipe(duplex)
+        if i % 2:
+            b.send_bytes(b"x")
+            a.close()
+            b.close()
+        else:
+            del a, b               # closed by dealloc
+    gc.collect()
+    assert _nfds() <= before + 2
+
+
+def test_poll_timeout_keyword(ctx):
+    # The stdlib's poll() takes timeout as a keyword as well.
+    a, b = ctx.Pipe()
+    try:
+        assert a.poll(timeout=0.01) is False
+        b.send("x")
+        assert a.poll(timeout=None) is True
+        with pytest.raises(TypeError):
+            a.poll(tmeout=1)
+    finally:
+        a.close()
+        b.close()

@@ -1,0 +1,446 @@
+"""``python -m fastmp``: runs unchanged multiprocessing scripts on fastmp,
+in the parent and in every child, under each start method."""
+import importlib.machinery
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import METHODS, ROOT
+
+import fastmp
+from fastmp import _alias
+
+
+def _env(**extra):
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join(
+        # Where the fastmp under test was imported from (the installed
+        # package, or the source tree of an in-place build).
+        [os.path.dirname(os.path.dirname(fastmp.__file__))]
+        + [p for p in [e.get("PYTHONPATH")] if p])
+    e.pop("FASTMP_NO_FALLBACK", None)
+    e.update(extra)
+    return e
+
+
+def run_fastmp(tmp_path, source, *args, env=None, opts=(), timeout=120):
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
+    cmd = [sys.executable, "-m", "fastmp", *opts, str(script), *args]
+    return subprocess.run(cmd, capture_output=True, text=True,
+                          env=_env(**(env or {})), cwd=str(tmp_path),
+                          timeout=timeout)
+
+
+def fastmp_has(name):
+    return importlib.machinery.PathFinder.find_spec(
+        "fastmp." + name, fastmp.__path__) is not None
+
+
+MISSING = sorted(n for n in _alias.MIRRORED if not fastmp_has(n))
+PRESENT = sorted(n for n in _alias.MIRRORED if fastmp_has(n))
+
+IDENTITY = """
+    import json, os, sys
+    import multiprocessing
+    import multiprocessing.context
+    from multiprocessing import Process, current_process
+    SUBS = %r
+
+    def identity():
+        import multiprocessing
+        out = {"top": multiprocessing.__name__,
+               "process_cls": Process.__module__,
+               "main": __name__}
+        for sub in SUBS:
+            mod = __import__("multiprocessing." + sub, fromlist=["x"])
+            out[sub] = mod.__name__
+            out[sub + ":sysmod"] = sys.modules["multiprocessing." + sub].__name__
+        return out
+
+    def child(conn):
+        conn.send(identity())
+        conn.close()
+
+    if __name__ == "__main__":
+        results = {"parent": identity()}
+        for m in %r:
+            ctx = multiprocessing.get_context(m)
+            r, w = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=child, args=(w,))
+            p.start()
+            w.close()
+            results[m] = r.recv()
+            p.join()
+            assert p.exitcode == 0
+        print(json.dumps(results))
+"""
+
+
+def test_identity_parent_and_children(tmp_path):
+    subs = sorted(_alias.MIRRORED)
+    r = run_fastmp(tmp_path, IDENTITY % (subs, METHODS))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert set(res) == {"parent", *METHODS}
+    for where, ident in res.items():
+        assert ident["top"] == "fastmp", where
+        assert ident["process_cls"] == "fastmp.context", where
+        assert ident["main"] == ("__main__" if where in ("parent", "fork")
+                                 else "__mp_main__"), where
+        for sub in subs:
+            # fastmp's module where fastmp has one, the stdlib's otherwise.
+            want = ("fastmp." if sub in PRESENT else "multiprocessing.") + sub
+            assert ident[sub] == want, (where, sub)
+            assert ident[sub + ":sysmod"] == want, (where, sub)
+
+
+def test_nested_spawn_children_stay_aliased(tmp_path):
+    r = run_fastmp(tmp_path, """
+        import multiprocessing as mp
+
+        def grandchild(conn):
+            import multiprocessing
+            conn.send(multiprocessing.__name__)
+
+        def child(conn):
+            ctx = mp.get_context("spawn")
+            p = ctx.Process(target=grandchild, args=(conn,))
+            p.start()
+            p.join()
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("forkserver")
+            r, w = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=child, args=(w,))
+            p.start()
+            print(r.recv())
+            p.join()
+            print(p.exitcode)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["fastmp", "0"]
+
+
+def test_argv_main_and_exit_code(tmp_path):
+    r = run_fastmp(tmp_path, """
+        import sys, os
+        print(__name__, os.path.basename(sys.argv[0]), sys.argv[1:])
+        print(os.path.basename(sys.path[0]) == os.path.basename(
+            os.path.dirname(os.path.abspath(__file__))))
+        sys.exit(7)
+    """, "a", "--b")
+    assert r.returncode == 7, r.stderr
+    assert r.stdout.splitlines() == ["__main__ script.py ['a', '--b']",
+                                     "True"]
+
+
+def test_traceback_like_python(tmp_path):
+    src = """
+        def f():
+            raise ValueError("boom")
+        f()
+    """
+    r = run_fastmp(tmp_path, src)
+    plain = subprocess.run([sys.executable, str(tmp_path / "script.py")],
+                           capture_output=True, text=True, cwd=str(tmp_path))
+    assert r.returncode == plain.returncode == 1
+    assert r.stderr == plain.stderr
+    assert "fastmp" not in r.stderr
+
+
+def test_stdout_flushed_before_children_finalize(tmp_path):
+    # Buffered output of the parent comes before the output a non-daemon
+    # child prints while the parent's atexit handlers join it, exactly as
+    # with plain python.
+    src = """
+        import multiprocessing, time
+        def f():
+            time.sleep(0.3)
+            print("child")
+        if __name__ == "__main__":
+            multiprocessing.Process(target=f).start()
+            print("parent")
+    """
+    r = run_fastmp(tmp_path, src, env={"PYTHONUNBUFFERED": ""})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["parent", "child"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_start_method_option(tmp_path, method):
+    r = run_fastmp(tmp_path, """
+        import multiprocessing
+        def f(conn):
+            conn.send(multiprocessing.get_start_method())
+        if __name__ == "__main__":
+            print(multiprocessing.get_start_method())
+            r, w = multiprocessing.Pipe(duplex=False)
+            p = multiprocessing.Process(target=f, args=(w,))
+            p.start()
+            print(r.recv())
+            p.join()
+    """, opts=["--start-method", method])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [method, method]
+
+
+def test_script_may_still_set_start_method(tmp_path):
+    r = run_fastmp(tmp_path, """
+        import multiprocessing
+        if __name__ == "__main__":
+            multiprocessing.set_start_method("spawn")
+            print(multiprocessing.get_start_method())
+    """, opts=["--start-method=forkserver"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["spawn"]
+
+
+def test_module_option(tmp_path):
+    (tmp_path / "mymod.py").write_text(textwrap.dedent("""
+        import sys, multiprocessing
+        def f():
+            import multiprocessing
+            assert multiprocessing.__name__ == "fastmp"
+        if __name__ == "__main__":
+            p = multiprocessing.get_context("spawn").Process(target=f)
+            p.start(); p.join()
+            print(multiprocessing.__name__, sys.argv[1:], p.exitcode)
+    """))
+    r = subprocess.run([sys.executable, "-m", "fastmp", "-m", "mymod", "x"],
+                       capture_output=True, text=True, env=_env(),
+                       cwd=str(tmp_path), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["fastmp", "['x']", "0"]
+
+
+def test_usage_errors(tmp_path):
+    for args in ([], ["--start-method"], ["--start-method", "bogus", "x.py"],
+                 ["--bogus", "x.py"]):
+        r = subprocess.run([sys.executable, "-m", "fastmp", *args],
+                           capture_output=True, text=True, env=_env(),
+                           cwd=str(tmp_path), timeout=60)
+        assert r.returncode != 0, args
+        assert r.stdout == ""
+    r = subprocess.run([sys.executable, "-m", "fastmp", "missing.py"],
+                       capture_output=True, text=True, env=_env(),
+                       cwd=str(tmp_path), timeout=60)
+    assert r.returncode == 2
+    assert "can't open file" in r.stderr
+
+
+FALLTHROUGH = """
+    import multiprocessing
+    import multiprocessing.{sub} as mod
+    from multiprocessing import Process
+    def f():
+        pass
+    if __name__ == "__main__":
+        p = Process(target=f); p.start(); p.join(5)
+        print(mod.__name__, p.exitcode)
+"""
+
+
+@pytest.mark.skipif(not MISSING, reason="fastmp implements every module")
+def test_fall_through_to_stdlib(tmp_path):
+    sub = MISSING[0]
+    r = run_fastmp(tmp_path, FALLTHROUGH.format(sub=sub))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["multiprocessing." + sub, "0"]
+
+
+@pytest.mark.skipif(not MISSING, reason="fastmp implements every module")
+def test_no_fallback_refuses_missing_module(tmp_path):
+    for sub in MISSING:
+        r = run_fastmp(tmp_path, FALLTHROUGH.format(sub=sub),
+                       env={"FASTMP_NO_FALLBACK": "1"})
+        assert r.returncode == 1, (sub, r.stderr)
+        assert "ModuleNotFoundError" in r.stderr, (sub, r.stderr)
+        assert "FASTMP_NO_FALLBACK" in r.stderr
+        r = run_fastmp(tmp_path, """
+            import multiprocessing
+            try:
+                from multiprocessing import {sub}
+            except ImportError:
+                print("ImportError")
+            try:
+                multiprocessing.{sub}
+            except AttributeError:
+                print("AttributeError")
+        """.format(sub=sub), env={"FASTMP_NO_FALLBACK": "1"})
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["ImportError", "AttributeError"], sub
+
+
+def test_no_fallback_factory_raises(tmp_path):
+    missing = [n for n in ("queues", "connection", "synchronize")
+               if n in MISSING]
+    if not missing:
+        pytest.skip("fastmp implements queues, connection and synchronize")
+    call = {"queues": "multiprocessing.Queue()",
+            "connection": "multiprocessing.Pipe()",
+            "synchronize": "multiprocessing.Lock()"}[missing[0]]
+    r = run_fastmp(tmp_path, """
+        import multiprocessing
+        try:
+            %s
+        except ImportError as e:
+            print("ImportError")
+    """ % call, env={"FASTMP_NO_FALLBACK": "1"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["ImportError"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_no_fallback_process_api(tmp_path, method):
+    # Process, join(timeout), terminate, sentinel: everything that needs
+    # only what fastmp provides works with no fall-through, in every child.
+    r = run_fastmp(tmp_path, """
+        import time, sys
+        import multiprocessing
+        from multiprocessing import Process
+        def f(x):
+            import multiprocessing
+            assert multiprocessing.__name__ == "fastmp"
+            time.sleep(x)
+        if __name__ == "__main__":
+            ctx = multiprocessing.get_context(%r)
+            p = ctx.Process(target=f, args=(30,)); p.start()
+            p.join(0.1)
+            assert p.is_alive()
+            p.terminate(); p.join()
+            q = ctx.Process(target=f, args=(0,)); q.start(); q.join(30)
+            print(p.exitcode, q.exitcode)
+    """ % method, env={"FASTMP_NO_FALLBACK": "1"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["-15", "0"]
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_in_join(tmp_path):
+    # Ctrl-C while the script waits in join(): KeyboardInterrupt, and the
+    # same exit status as plain python, within a bound.
+    import signal
+    import time
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing, time
+        def f():
+            time.sleep(60)
+        if __name__ == "__main__":
+            p = multiprocessing.Process(target=f, daemon=True)
+            p.start()
+            print("READY", flush=True)
+            p.join()
+    """))
+    codes = []
+    for cmd in ([sys.executable, "-m", "fastmp", str(script)],
+                [sys.executable, str(script)]):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env=_env(), cwd=str(tmp_path))
+        assert proc.stdout.readline().strip() == "READY"
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail("%s did not stop on SIGINT" % cmd)
+        assert time.monotonic() - t0 < 5
+        assert "KeyboardInterrupt" in err
+        codes.append(proc.returncode)
+    assert codes[0] == codes[1]
+
+
+@pytest.mark.timeout(300)
+def test_cpython_suite_runner():
+    # The conformance runner itself: one small class, its last line, and
+    # the honesty table (a class counts only when its objects are fastmp's).
+    pytest.importorskip("test._test_multiprocessing")
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests", "cpython_suite.py"),
+         "--start-method", "fork", "--classes",
+         "_TestSubclassingProcess", "--timeout", "60"],
+        capture_output=True, text=True, env=_env(), timeout=280)
+    lines = r.stdout.strip().splitlines()
+    assert lines[-1].startswith("3 passed, 0 failed, 0 skipped, 0 not "), \
+        r.stdout + r.stderr
+    assert "_TestSubclassingProcess" in r.stdout
+    row = [ln for ln in lines
+           if ln.strip().startswith("_TestSubclassingProcess")]
+    assert len(row) == 1 and row[0].rstrip().endswith("fastmp"), lines
+    assert r.returncode == 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fastmp_module_built_on_stdlib_namesake(tmp_path, method):
+    # A fastmp module that reuses its stdlib namesake (here a pool.py that
+    # wraps multiprocessing.pool) gets the stdlib's module, not itself, and
+    # the stdlib objects it hands out still pickle to every child.
+    import shutil
+    pkg = tmp_path / "site" / "fastmp"
+    shutil.copytree(os.path.dirname(fastmp.__file__), str(pkg),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    if (pkg / "pool.py").exists():
+        pytest.skip("fastmp has its own pool module")
+    (pkg / "pool.py").write_text(textwrap.dedent("""
+        import multiprocessing.pool as _std
+        Pool = _std.Pool
+    """))
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing, multiprocessing.pool
+        def sq(x):
+            return x * x
+        if __name__ == "__main__":
+            print(multiprocessing.pool.__name__,
+                  multiprocessing.pool._std.__name__)
+            with multiprocessing.Pool(2) as p:
+                print(p.map(sq, range(5)))
+    """))
+    env = _env(PYTHONPATH=str(tmp_path / "site"))
+    r = subprocess.run([sys.executable, "-m", "fastmp", "--start-method",
+                        method, str(script)], capture_output=True,
+                       text=True, env=env, cwd=str(tmp_path), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["fastmp.pool multiprocessing.pool",
+                                     "[0, 1, 4, 9, 16]"]
+
+
+_EXECUTOR_SCRIPT = '''
+import concurrent.futures, multiprocessing, sys
+
+def square(x):
+    return x * x
+
+if __name__ == "__main__":
+    m = sys.argv[1]
+    ctx = multiprocessing.get_context(m)
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        print(list(ex.map(square, range(5))))
+    with ctx.Pool(2) as p:
+        print(p.map(square, range(5)))
+    print(multiprocessing.__name__)
+'''
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_stdlib_pools_under_python_m_fastmp(tmp_path, method):
+    # ProcessPoolExecutor and the stdlib's Pool subclass or drive
+    # multiprocessing.queues objects by name; under aliasing those names are
+    # fastmp's, and both must still work in every start method.
+    script = tmp_path / "pools.py"
+    script.write_text(_EXECUTOR_SCRIPT)
+    r = subprocess.run([sys.executable, "-m", "fastmp", str(script), method],
+                       cwd=str(tmp_path), capture_output=True, text=True,
+                       timeout=170)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:3] == ["[0, 1, 4, 9, 16]",
+                                        "[0, 1, 4, 9, 16]", "fastmp"]

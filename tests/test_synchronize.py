@@ -1,0 +1,420 @@
+"""Parity tests for Lock, RLock, Semaphore, BoundedSemaphore, Condition,
+Event and Barrier: every test runs against the stdlib and fastmp under
+fork, spawn and forkserver."""
+import pickle
+import re
+import sys
+import threading
+import time
+
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# ---- helpers run in children (module level for spawn/forkserver) ----
+
+def _count_under_lock(lock, counter, n):
+    for _ in range(n):
+        with lock:
+            v = counter.value
+            time.sleep(0)
+            counter.value = v + 1
+
+
+def _hold_sem(sem, inside, peak, guard, release_evt):
+    with sem:
+        with guard:
+            inside.value += 1
+            peak.value = max(peak.value, inside.value)
+        release_evt.wait(60)
+        with guard:
+            inside.value -= 1
+
+
+def _cond_waiter(cond, ready, woken):
+    with cond:
+        ready.release()
+        if cond.wait(10):
+            woken.release()
+
+
+def _event_setter(evt, delay):
+    time.sleep(delay)
+    evt.set()
+
+
+def _barrier_party(barrier, out):
+    try:
+        i = barrier.wait(10)
+        out.put(("ok", i))
+    except Exception as e:  # noqa: BLE001 (report any failure to parent)
+        out.put(("err", type(e).__name__))
+
+
+def _release_from_child(sem):
+    sem.release()
+
+
+def _try_acquire(lock, q):
+    q.put(lock.acquire(False))
+
+
+# ---- Lock ----
+
+def test_lock_basic(ctx):
+    lock = ctx.Lock()
+    assert lock.acquire() is True
+    assert lock.acquire(False) is False
+    assert lock.acquire(timeout=0.01) is False
+    assert lock.release() is None
+    with pytest.raises((ValueError, threading.ThreadError)):
+        lock.release()
+    with lock:
+        assert lock.acquire(False) is False
+    assert lock.acquire(block=False) is True
+    lock.release()
+
+
+def test_lock_locked(ctx):
+    lock = ctx.Lock()
+    if not hasattr(lock, "locked"):
+        pytest.skip("locked() arrived in the stdlib in 3.14")
+    assert lock.locked() is False
+    lock.acquire()
+    assert lock.locked() is True
+    lock.release()
+    assert lock.locked() is False
+
+
+def test_lock_repr(ctx):
+    lock = ctx.Lock()
+    assert repr(lock) == "<Lock(owner=None)>"
+    lock.acquire()
+    assert repr(lock) == "<Lock(owner=MainProcess)>"
+    lock.release()
+
+
+def test_rlock_basic_and_repr(ctx):
+    lock = ctx.RLock()
+    assert repr(lock) == "<RLock(None, 0)>"
+    assert lock.acquire() and lock.acquire() and lock.acquire()
+    assert repr(lock) == "<RLock(MainProcess, 3)>"
+    assert lock._semlock._count() == 3
+    assert lock._semlock._is_mine()
+    for _ in range(3):
+        lock.release()
+    assert lock._semlock._count() == 0
+    with pytest.raises((AssertionError, RuntimeError)):
+        lock.release()
+    with lock, lock:
+        pass
+
+
+def test_rlock_release_other_thread(ctx):
+    lock = ctx.RLock()
+    lock.acquire()
+    err = []
+
+    def other():
+        try:
+            lock.release()
+        except AssertionError as e:
+            err.append(str(e))
+        err.append(lock.acquire(False))
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert err == ["attempt to release recursive lock not owned by thread",
+                   False]
+    assert "SomeOtherThread" not in repr(lock)
+    lock.release()
+
+
+def test_lock_timeout_honoured(ctx):
+    lock = ctx.Lock()
+    lock.acquire()
+    t0 = time.monotonic()
+    assert lock.acquire(True, 0.2) is False
+    dt = time.monotonic() - t0
+    assert 0.15 <= dt < 2.0
+    assert lock.acquire(True, -1) is False   # negative: no wait
+    lock.release()
+
+
+def test_lock_bad_timeout_type(ctx):
+    lock = ctx.Lock()
+    lock.acquire()
+    with pytest.raises(TypeError):
+        lock.acquire(True, "x")
+    lock.release()
+
+
+def test_lock_mutual_exclusion(ctx):
+    lock = ctx.Lock()
+    counter = ctx.RawValue("i", 0) if hasattr(ctx, "RawValue") else None
+    ps = [ctx.Process(target=_count_under_lock, args=(lock, counter, 200))
+          for _ in range(2)]
+    for p in ps:
+        p.start()
+    _count_under_lock(lock, counter, 200)
+    for p in ps:
+        p.join(30)
+        assert p.exitcode == 0
+    assert counter.value == 600
+
+
+def test_lock_seen_from_child(ctx):
+    lock = ctx.Lock()
+    q = ctx.SimpleQueue()
+    lock.acquire()
+    p = ctx.Process(target=_try_acquire, args=(lock, q))
+    p.start()
+    assert q.get() is False
+    p.join(30)
+    lock.release()
+    p = ctx.Process(target=_try_acquire, args=(lock, q))
+    p.start()
+    assert q.get() is True
+    p.join(30)
+
+
+# ---- Semaphore ----
+
+def test_semaphore_basic(ctx):
+    sem = ctx.Semaphore(2)
+    assert repr(sem) == "<Semaphore(value=2)>"
+    assert sem.acquire() and sem.acquire()
+    assert sem.get_value() == 0
+    assert sem.acquire(False) is False
+    assert sem.acquire(timeout=0.05) is False
+    sem.release()
+    assert sem.get_value() == 1
+    sem.release()
+    sem.release()           # unbounded: above the initial value is fine
+    assert sem.get_value() == 3
+
+
+def test_bounded_semaphore(ctx):
+    sem = ctx.BoundedSemaphore(2)
+    assert repr(sem) == "<BoundedSemaphore(value=2, maxvalue=2)>"
+    sem.acquire()
+    sem.release()
+    with pytest.raises(ValueError,
+                       match="semaphore or lock released too many times"):
+        sem.release()
+
+
+def test_semaphore_bad_arguments(ctx):
+    with pytest.raises(OSError):
+        ctx.Semaphore(-1)
+    with pytest.raises(TypeError):
+        ctx.Semaphore("a")
+    with pytest.raises(TypeError):
+        ctx.Semaphore(1.5)
+
+
+def test_semaphore_released_by_other_process(ctx):
+    sem = ctx.Semaphore(0)
+    p = ctx.Process(target=_release_from_child, args=(sem,))
+    p.start()
+    assert sem.acquire(timeout=30) is True
+    p.join(30)
+
+
+def test_semaphore_limits_holders(ctx):
+    sem = ctx.Semaphore(2)
+    guard = ctx.Lock()
+    inside = ctx.RawValue("i", 0)
+    peak = ctx.RawValue("i", 0)
+    go = ctx.Event()
+    ps = [ctx.Process(target=_hold_sem,
+                      args=(sem, inside, peak, guard, go))
+          for _ in range(3)]
+    for p in ps:
+        p.start()
+    # Two holders get in, however slowly the children start; the third
+    # stays out while they hold the semaphore.
+    deadline = time.monotonic() + 60
+    while inside.value < 2:
+        assert time.monotonic() < deadline, "two holders never got in"
+        time.sleep(0.01)
+    time.sleep(0.3)
+    assert inside.value == 2
+    go.set()
+    for p in ps:
+        p.join(60)
+        assert p.exitcode == 0
+    assert peak.value == 2
+    assert inside.value == 0
+    assert sem.get_value() == 2
+
+
+# ---- Condition ----
+
+def test_condition_repr_and_errors(ctx):
+    cond = ctx.Condition()
+    assert re.fullmatch(r"<Condition\(<RLock\(None, 0\)>, 0\)>", repr(cond))
+    with pytest.raises(AssertionError):
+        cond.wait(0.01)
+    with pytest.raises(AssertionError):
+        cond.notify()
+    with cond:
+        assert cond.wait(0.05) is False
+        assert cond.wait_for(lambda: 7) == 7
+        assert cond.wait_for(lambda: 0, timeout=0.05) == 0
+
+
+def test_condition_notify_across_processes(ctx):
+    cond = ctx.Condition()
+    ready = ctx.Semaphore(0)
+    woken = ctx.Semaphore(0)
+    ps = [ctx.Process(target=_cond_waiter, args=(cond, ready, woken))
+          for _ in range(2)]
+    for p in ps:
+        p.start()
+    for _ in ps:
+        assert ready.acquire(timeout=30)
+    with cond:      # both are now inside wait()
+        cond.notify()
+    assert woken.acquire(timeout=10)
+    assert not woken.acquire(timeout=0.1)
+    with cond:
+        cond.notify_all()
+    assert woken.acquire(timeout=10)
+    for p in ps:
+        p.join(30)
+        assert p.exitcode == 0
+
+
+# ---- Event ----
+
+def test_event(ctx):
+    evt = ctx.Event()
+    has_repr = type(evt).__repr__ is not object.__repr__   # 3.10+
+    assert not has_repr or re.fullmatch(r"<Event at 0x[0-9a-f]+ unset>",
+                                        repr(evt))
+    assert evt.is_set() is False
+    assert evt.wait(0.05) is False
+    evt.set()
+    assert evt.is_set() is True
+    assert evt.wait() is True
+    assert not has_repr or re.fullmatch(r"<Event at 0x[0-9a-f]+ set>",
+                                        repr(evt))
+    evt.clear()
+    assert evt.wait(0) is False
+
+
+def test_event_set_by_child(ctx):
+    evt = ctx.Event()
+    p = ctx.Process(target=_event_setter, args=(evt, 0.1))
+    p.start()
+    assert evt.wait(30) is True
+    p.join(30)
+
+
+# ---- Barrier ----
+
+def test_barrier_across_processes(ctx):
+    barrier = ctx.Barrier(3)
+    assert barrier.parties == 3 and barrier.n_waiting == 0
+    assert not barrier.broken
+    q = ctx.SimpleQueue()
+    ps = [ctx.Process(target=_barrier_party, args=(barrier, q))
+          for _ in range(2)]
+    for p in ps:
+        p.start()
+    me = barrier.wait(30)
+    got = sorted([q.get(), q.get()])
+    for p in ps:
+        p.join(30)
+    assert sorted([me] + [i for _, i in got]) == [0, 1, 2]
+    assert [s for s, _ in got] == ["ok", "ok"]
+
+
+def test_barrier_action_timeout_abort_reset(ctx):
+    hits = []
+    barrier = ctx.Barrier(1, action=lambda: hits.append(1))
+    assert barrier.wait() == 0
+    assert hits == [1]
+    b2 = ctx.Barrier(2, timeout=0.05)
+    with pytest.raises(threading.BrokenBarrierError):
+        b2.wait()
+    assert b2.broken
+    b2.reset()
+    assert not b2.broken
+    b2.abort()
+    with pytest.raises(threading.BrokenBarrierError):
+        b2.wait()
+    assert "Barrier" in repr(b2)
+    if type(b2).__repr__ is not object.__repr__:     # 3.11+
+        assert repr(b2).endswith(": broken>")
+
+
+def test_barrier_abort_wakes_child(ctx):
+    barrier = ctx.Barrier(3)
+    q = ctx.SimpleQueue()
+    p = ctx.Process(target=_barrier_party, args=(barrier, q))
+    p.start()
+    deadline = time.monotonic() + 30
+    while barrier.n_waiting == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    barrier.abort()
+    assert q.get() == ("err", "BrokenBarrierError")
+    p.join(30)
+
+
+# ---- pickling ----
+
+@pytest.mark.parametrize("factory", ["Lock", "RLock", "Semaphore",
+                                     "BoundedSemaphore", "Condition",
+                                     "Event"])
+def test_pickling_outside_spawning_raises(ctx, factory):
+    obj = getattr(ctx, factory)()
+    with pytest.raises(RuntimeError, match="inheritance"):
+        pickle.dumps(obj)
+
+
+def test_get_value_and_is_zero(ctx):
+    for obj in (ctx.Semaphore(3), ctx.Lock(), ctx.RLock()):
+        sl = obj._semlock
+        start = sl._get_value()
+        assert not sl._is_zero()
+        obj.acquire()
+        assert sl._get_value() == start - 1
+        obj.release()
+    sem = ctx.Semaphore(0)
+    assert sem._semlock._is_zero()
+    assert sem._semlock.kind == 1 and ctx.RLock()._semlock.kind == 0
+    assert ctx.Lock()._semlock.maxvalue == 1
+    assert ctx.BoundedSemaphore(4)._semlock.maxvalue == 4
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
+def test_after_fork_resets_count(ctx):
+    lock = ctx.RLock()
+    lock.acquire()
+    lock._semlock._after_fork()
+    assert lock._semlock._count() == 0
+    assert not lock._semlock._is_mine()
+
+
+def test_semlock_attributes(ctx):
+    sl = ctx.Lock()._semlock
+    assert isinstance(sl.handle, int)
+    assert sl.name is None or isinstance(sl.name, str)
+    mod = sys.modules[type(ctx.Lock()).__module__]
+    assert mod.SEM_VALUE_MAX == 2147483647
+    assert ctx.Semaphore(1)._semlock.maxvalue == mod.SEM_VALUE_MAX
+
+
+def test_locked_everywhere(ctx):
+    if not hasattr(ctx.Lock(), "locked"):
+        pytest.skip("locked() arrived in the stdlib in 3.14")
+    for obj in (ctx.Lock(), ctx.RLock(), ctx.Semaphore(1),
+                ctx.BoundedSemaphore(1)):
+        assert obj.locked() is False
+        obj.acquire()
+        assert obj.locked() is True
+        obj.release()
