@@ -1,0 +1,760 @@
+"""Benchmark cases: one function per operation, over the public API only.
+
+Each case is registered with ``@case(...)`` and is called as
+``fn(mp, impl)`` in a fresh interpreter (see ``_worker.py``), where ``mp``
+is the implementation module (``multiprocessing`` or ``fastmp``; ``None``
+for a peer such as faster-fifo) and ``impl`` its name.  It returns either
+
+* a ``Bench(run, close)``: ``run(n)`` performs the operation ``n`` times and
+  returns the elapsed wall time in seconds; the worker calibrates ``n`` to
+  the target duration; ``close()`` tears down helper processes; or
+* a ``Direct(per_op, n)``: a per-op time the case measured itself (used by
+  the import-time case, which times fresh interpreters).
+
+A case whose API the implementation lacks raises ``NotAvailable(reason)``;
+the table then shows n/a for it.  A case may run a stated stdlib baseline
+instead (``baseline=``), e.g. the atomic ``add(1)`` is compared against the
+stdlib's locked increment.
+
+Two-process cases use the fork start method: helper processes are started
+once, outside the timed region, and are driven through a control pipe
+(``Workers``); per-op time is total wall time over total operations.
+"""
+import importlib
+import os
+import statistics
+import subprocess
+import sys
+import time
+from itertools import repeat
+
+perf = time.perf_counter
+
+CASES = {}
+
+
+class NotAvailable(Exception):
+    """The implementation lacks the API this case measures."""
+
+
+class Bench:
+    def __init__(self, run, close=None):
+        self.run = run
+        self.close = close or (lambda: None)
+
+
+class Direct:
+    def __init__(self, per_op, n):
+        self.per_op = per_op
+        self.n = n
+
+
+class Case:
+    def __init__(self, fn, name, group, desc, goal, goal_text, peers,
+                 baseline, max_n, min_target, nbytes):
+        self.fn = fn
+        self.name = name
+        self.group = group
+        self.desc = desc
+        self.goal = goal            # minimum ratio stdlib/fastmp, or None
+        self.goal_text = goal_text  # as stated in DESIGN.md section 4
+        self.peers = tuple(peers)   # extra implementations (e.g. faster_fifo)
+        self.baseline = baseline    # what the stdlib column runs instead
+        self.max_n = max_n          # cap on the calibrated iteration count
+        self.min_target = min_target  # floor on the measurement duration
+        self.nbytes = nbytes        # payload per op, for a throughput note
+
+
+def case(name, group, desc, goal=None, goal_text="", peers=(),
+         baseline=None, max_n=10 ** 8, min_target=0.0, nbytes=None):
+    def register(fn):
+        CASES[name] = Case(fn, name, group, desc, goal, goal_text, peers,
+                           baseline, max_n, min_target, nbytes)
+        return fn
+    return register
+
+
+def submodule(mp, name):
+    """``<impl>.<name>``, or the stdlib's module when the impl lacks it.
+
+    This mirrors what fastmp's contexts do for factories: a module fastmp
+    does not provide yet falls through to the stdlib's.
+    """
+    try:
+        return importlib.import_module(mp.__name__ + "." + name)
+    except ModuleNotFoundError as e:
+        if e.name != mp.__name__ + "." + name:
+            raise
+        return importlib.import_module("multiprocessing." + name)
+
+
+def loop_bench(op):
+    """A Bench that calls ``op()`` n times."""
+    def run(n):
+        t0 = perf()
+        for _ in repeat(None, n):
+            op()
+        return perf() - t0
+    return Bench(run)
+
+
+# ---------------------------------------------------------------------------
+# Helper processes driven through a control pipe (fork start method).
+
+def _serve(conn, target, args):
+    while True:
+        n = conn.recv()
+        if n is None:
+            break
+        target(n, *args)
+        conn.send(True)
+    conn.close()
+
+
+class Workers:
+    """``count`` forked helpers, each running ``target(n, *args)`` on demand.
+
+    The control channel is the stdlib's Pipe in both implementations, so it
+    costs the same for both and is outside the measured primitive.
+    """
+
+    def __init__(self, ctx, target, args=(), count=1):
+        import multiprocessing as std
+        self.conns = []
+        self.procs = []
+        for _ in range(count):
+            a, b = std.Pipe()
+            p = ctx.Process(target=_serve, args=(b, target, args),
+                            daemon=True)
+            p.start()
+            b.close()
+            self.conns.append(a)
+            self.procs.append(p)
+
+    def start(self, n):
+        """Ask every helper for n operations (an int or one per helper)."""
+        ns = n if isinstance(n, (list, tuple)) else [n] * len(self.conns)
+        for c, k in zip(self.conns, ns):
+            c.send(k)
+
+    def wait(self):
+        for c in self.conns:
+            c.recv()
+
+    def close(self):
+        for c in self.conns:
+            try:
+                c.send(None)
+            except OSError:
+                pass
+        for p in self.procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
+def fork_ctx(mp):
+    return mp.get_context("fork")
+
+
+# ---------------------------------------------------------------------------
+# Issue 2: locks, events, process start, import time.
+
+@case("lock", "locks", "Lock acquire+release, uncontended",
+      goal=2.0, goal_text=">= 2x")
+def _lock(mp, impl):
+    lk = mp.Lock()
+    acq, rel = lk.acquire, lk.release
+
+    def op():
+        acq()
+        rel()
+    return loop_bench(op)
+
+
+@case("rlock_with", "locks", "`with RLock`", goal=4.0, goal_text=">= 4x")
+def _rlock_with(mp, impl):
+    lk = mp.RLock()
+
+    def run(n):
+        t0 = perf()
+        for _ in repeat(None, n):
+            with lk:
+                pass
+        return perf() - t0
+    return Bench(run)
+
+
+@case("semaphore", "locks", "Semaphore acquire+release, uncontended")
+def _semaphore(mp, impl):
+    s = mp.Semaphore(3)
+    acq, rel = s.acquire, s.release
+
+    def op():
+        acq()
+        rel()
+    return loop_bench(op)
+
+
+def _lock_contend(n, lk):
+    acq, rel = lk.acquire, lk.release
+    for _ in repeat(None, n):
+        acq()
+        rel()
+
+
+@case("lock_contended", "locks",
+      "two processes contending on one Lock (per acquire+release)",
+      goal=1.5, goal_text=">= 1.5x")
+def _lock_contended(mp, impl):
+    ctx = fork_ctx(mp)
+    lk = ctx.Lock()
+    w = Workers(ctx, _lock_contend, (lk,))
+
+    def run(n):
+        t0 = perf()
+        w.start(n)
+        _lock_contend(n, lk)
+        w.wait()
+        return (perf() - t0) / 2
+    return Bench(run, w.close)
+
+
+def _event_echo(n, e1, e2):
+    for _ in repeat(None, n):
+        e1.wait()
+        e1.clear()
+        e2.set()
+
+
+@case("event_handoff", "locks",
+      "Event set/wait handoff between two processes (round trip)")
+def _event_handoff(mp, impl):
+    ctx = fork_ctx(mp)
+    e1, e2 = ctx.Event(), ctx.Event()
+    w = Workers(ctx, _event_echo, (e1, e2))
+
+    def run(n):
+        t0 = perf()
+        w.start(n)
+        for _ in repeat(None, n):
+            e1.set()
+            e2.wait()
+            e2.clear()
+        w.wait()
+        return perf() - t0
+    return Bench(run, w.close)
+
+
+@case("lock_create", "locks", "Lock creation (create and drop)",
+      goal=10.0, goal_text=">= 10x")
+def _lock_create(mp, impl):
+    Lock = mp.Lock
+
+    def op():
+        Lock()
+    return loop_bench(op)
+
+
+def _noop():
+    pass
+
+
+def _process_case(method):
+    def fn(mp, impl):
+        if method not in mp.get_all_start_methods():
+            raise NotAvailable(f"{method} not available")
+        ctx = mp.get_context(method)
+        # Warm up (starts the forkserver, imports in the parent).
+        p = ctx.Process(target=_noop)
+        p.start()
+        p.join()
+
+        def run(n):
+            t0 = perf()
+            for _ in repeat(None, n):
+                p = ctx.Process(target=_noop)
+                p.start()
+                p.join()
+            return perf() - t0
+        return Bench(run)
+    return fn
+
+
+for _m in ("fork", "spawn", "forkserver"):
+    case("process_" + _m, "process", f"Process start+join ({_m})",
+         goal=1.0, goal_text="no slower", max_n=2000)(_process_case(_m))
+
+
+def _interp_time(argv, env):
+    t0 = perf()
+    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+    return perf() - t0
+
+
+@case("import", "process",
+      "`import X` in a fresh interpreter, minus `python -c pass`",
+      goal=1.0, goal_text="no slower")
+def _import(mp, impl):
+    pairs = int(os.environ.get("FASTMP_BENCH_IMPORT_PAIRS", "10"))
+    env = dict(os.environ)
+    py = sys.executable
+    imp, base = [], []
+    for _ in range(pairs):
+        imp.append(_interp_time([py, "-c", "import " + impl], env))
+        base.append(_interp_time([py, "-c", "pass"], env))
+    return Direct(max(statistics.median(imp) - statistics.median(base),
+                      1e-9), pairs)
+
+
+# ---------------------------------------------------------------------------
+# Issue 3: shared ctypes and shared memory.
+
+@case("value_read", "shared", "`Value('i').value` read",
+      goal=4.0, goal_text=">= 4x")
+def _value_read(mp, impl):
+    v = mp.Value("i", 7)
+
+    def run(n):
+        t0 = perf()
+        for _ in repeat(None, n):
+            _ = v.value
+        return perf() - t0
+    return Bench(run)
+
+
+@case("value_write", "shared", "`Value('i').value = x` write")
+def _value_write(mp, impl):
+    v = mp.Value("i", 7)
+
+    def run(n):
+        t0 = perf()
+        for _ in repeat(None, n):
+            v.value = 3
+        return perf() - t0
+    return Bench(run)
+
+
+def _locked_incr(n, v):
+    lk = v.get_lock()
+    for _ in repeat(None, n):
+        with lk:
+            v.value += 1
+
+
+@case("value_locked_incr", "shared",
+      "`with v.get_lock(): v.value += 1`", goal=5.0, goal_text=">= 5x")
+def _value_locked_incr(mp, impl):
+    v = mp.Value("i", 0)
+
+    def run(n):
+        t0 = perf()
+        _locked_incr(n, v)
+        return perf() - t0
+    return Bench(run)
+
+
+@case("value_atomic_add", "shared",
+      "atomic `v.add(1)` (stdlib column: locked `+= 1`)",
+      goal=15.0, goal_text=">= 15x the locked stdlib increment",
+      baseline="with v.get_lock(): v.value += 1")
+def _value_atomic_add(mp, impl):
+    v = mp.Value("i", 0)
+    if impl == "multiprocessing":
+        def locked(n):
+            t0 = perf()
+            _locked_incr(n, v)
+            return perf() - t0
+        return Bench(locked)
+    add = getattr(v, "add", None)
+    if add is None:
+        raise NotAvailable("Value has no add()")
+
+    def run(n):
+        t0 = perf()
+        for _ in repeat(None, n):
+            add(1)
+        return perf() - t0
+    return Bench(run)
+
+
+@case("array_getitem", "shared", "`Array('d', 1000)[i]`",
+      goal=10.0, goal_text=">= 10x")
+def _array_getitem(mp, impl):
+    a = mp.Array("d", 1000)
+
+    def run(n):
+        t0 = perf()
+        for _ in repeat(None, n):
+            a[500]
+        return perf() - t0
+    return Bench(run)
+
+
+@case("array_slice_read", "shared", "`Array('i', 1000)[:]`",
+      goal=10.0, goal_text=">= 10x")
+def _array_slice_read(mp, impl):
+    a = mp.Array("i", 1000)
+
+    def run(n):
+        t0 = perf()
+        for _ in repeat(None, n):
+            a[:]
+        return perf() - t0
+    return Bench(run)
+
+
+@case("array_slice_assign", "shared",
+      "`Array('i', 1000)[:] = list_of_1000`")
+def _array_slice_assign(mp, impl):
+    a = mp.Array("i", 1000)
+    data = list(range(1000))
+
+    def run(n):
+        t0 = perf()
+        for _ in repeat(None, n):
+            a[:] = data
+        return perf() - t0
+    return Bench(run)
+
+
+@case("value_contended_incr", "shared",
+      "two processes incrementing a Value under its lock (per increment)",
+      goal=3.0, goal_text=">= 3x")
+def _value_contended_incr(mp, impl):
+    ctx = fork_ctx(mp)
+    v = ctx.Value("i", 0)
+    w = Workers(ctx, _locked_incr, (v,))
+
+    def run(n):
+        start = v.value
+        t0 = perf()
+        w.start(n)
+        _locked_incr(n, v)
+        w.wait()
+        dt = perf() - t0
+        if (v.value - start - 2 * n) % 2 ** 32:  # 'i' wraps at 32 bits
+            raise AssertionError("lost increments")
+        return dt / 2
+    return Bench(run, w.close)
+
+
+@case("shareable_list_getset", "shared", "`sl[i] = sl[i]` on a ShareableList",
+      goal=10.0, goal_text=">= 10x")
+def _shareable_list(mp, impl):
+    sm = submodule(mp, "shared_memory")
+    sl = sm.ShareableList([1, 2.5, "abc", b"xyz", None, 12345])
+
+    def run(n):
+        t0 = perf()
+        for _ in repeat(None, n):
+            sl[5] = sl[5]
+        return perf() - t0
+
+    def close():
+        sl.shm.close()
+        sl.shm.unlink()
+    return Bench(run, close)
+
+
+@case("shm_create", "shared", "`SharedMemory` create+close+unlink (4 KiB)",
+      goal=2.0, goal_text=">= 2x")
+def _shm_create(mp, impl):
+    SharedMemory = submodule(mp, "shared_memory").SharedMemory
+
+    def op():
+        s = SharedMemory(create=True, size=4096)
+        s.close()
+        s.unlink()
+    return loop_bench(op)
+
+
+@case("shm_attach", "shared", "`SharedMemory(name=...)` attach+close")
+def _shm_attach(mp, impl):
+    SharedMemory = submodule(mp, "shared_memory").SharedMemory
+    owner = SharedMemory(create=True, size=4096)
+    name = owner.name
+
+    def op():
+        SharedMemory(name=name).close()
+
+    def close():
+        owner.close()
+        owner.unlink()
+    return Bench(loop_bench(op).run, close)
+
+
+# ---------------------------------------------------------------------------
+# Issue 4: connections and queues.
+
+SMALL = (1, "ab", 2.5)
+
+
+def _echo(n, conn):
+    recv, send = conn.recv, conn.send
+    for _ in repeat(None, n):
+        send(recv())
+
+
+@case("pipe_pingpong", "connection",
+      "Pipe round trip, small object, two processes",
+      goal=2.5, goal_text=">= 2.5x")
+def _pipe_pingpong(mp, impl):
+    ctx = fork_ctx(mp)
+    a, b = ctx.Pipe()
+    w = Workers(ctx, _echo, (b,))
+    send, recv = a.send, a.recv
+
+    def run(n):
+        t0 = perf()
+        w.start(n)
+        for _ in repeat(None, n):
+            send(SMALL)
+            recv()
+        w.wait()
+        return perf() - t0
+    return Bench(run, w.close)
+
+
+def _sink_bytes(n, conn):
+    recv = conn.recv_bytes
+    for _ in repeat(None, n):
+        recv()
+    conn.send_bytes(b"k")
+
+
+def _bytes_case(size, label, goal=None, goal_text=""):
+    def fn(mp, impl):
+        ctx = fork_ctx(mp)
+        a, b = ctx.Pipe()
+        w = Workers(ctx, _sink_bytes, (b,))
+        payload = b"x" * size
+        send = a.send_bytes
+
+        def run(n):
+            t0 = perf()
+            w.start(n)
+            for _ in repeat(None, n):
+                send(payload)
+            a.recv_bytes()
+            w.wait()
+            return perf() - t0
+        return Bench(run, w.close)
+    case("send_bytes_" + label, "connection",
+         f"Pipe `send_bytes`/`recv_bytes` {label}, two processes",
+         goal=goal, goal_text=goal_text,
+         max_n=10 ** 7 if size < 2 ** 20 else 2000, nbytes=size)(fn)
+
+
+_bytes_case(1024, "1KiB")
+_bytes_case(64 * 1024, "64KiB")
+_bytes_case(1024 * 1024, "1MiB", goal=3.0, goal_text=">= 3x")
+_bytes_case(64 * 1024 * 1024, "64MiB")
+
+
+def _consume(n, q):
+    get = q.get
+    for _ in repeat(None, n):
+        get()
+
+
+def _produce(n, q, item):
+    put = q.put
+    for _ in repeat(None, n):
+        put(item)
+
+
+def _queue_1to1(item):
+    def fn(mp, impl):
+        ctx = fork_ctx(mp)
+        q = ctx.Queue()
+        w = Workers(ctx, _consume, (q,))
+
+        def run(n):
+            t0 = perf()
+            w.start(n)
+            _produce(n, q, item)
+            w.wait()
+            return perf() - t0
+        return Bench(run, w.close)
+    return fn
+
+
+case("queue_1to1_small", "queue",
+     "Queue, 1 producer -> 1 consumer process, small items (per item)",
+     goal=5.0, goal_text=">= 5x")(_queue_1to1(SMALL))
+case("queue_1to1_1MiB", "queue",
+     "Queue, 1 producer -> 1 consumer process, 1 MiB items (per item)",
+     max_n=2000, nbytes=1 << 20)(_queue_1to1(b"x" * (1 << 20)))
+
+
+def _split(n, k):
+    return [n // k + (1 if i < n % k else 0) for i in range(k)]
+
+
+def _many_to_many(make_queue, ctx, producers, consumers, item):
+    q = make_queue()
+    prod = Workers(ctx, _produce, (q, item), producers)
+    cons = Workers(ctx, _consume, (q,), consumers)
+
+    def run(n):
+        done = max(n, producers * consumers)
+        t0 = perf()
+        cons.start(_split(done, consumers))
+        prod.start(_split(done, producers))
+        prod.wait()
+        cons.wait()
+        return (perf() - t0) * n / done
+
+    def close():
+        prod.close()
+        cons.close()
+    return Bench(run, close)
+
+
+@case("queue_4to4", "queue",
+      "Queue, 4 producers -> 4 consumers, small items (per item)",
+      goal=5.0, goal_text=">= 5x", min_target=0.2)
+def _queue_4to4(mp, impl):
+    ctx = fork_ctx(mp)
+    return _many_to_many(ctx.Queue, ctx, 4, 4, SMALL)
+
+
+def _consume_done(n, q):
+    get, done = q.get, q.task_done
+    for _ in repeat(None, n):
+        get()
+        done()
+
+
+@case("joinable_queue", "queue",
+      "JoinableQueue put / get+task_done (other process) / join (per item)")
+def _joinable(mp, impl):
+    ctx = fork_ctx(mp)
+    q = ctx.JoinableQueue()
+    w = Workers(ctx, _consume_done, (q,))
+
+    def run(n):
+        t0 = perf()
+        w.start(n)
+        _produce(n, q, SMALL)
+        q.join()
+        w.wait()
+        return perf() - t0
+    return Bench(run, w.close)
+
+
+# faster-fifo's own many-to-many comparison: 20 producers, 20 consumers,
+# messages are (i,) * 5 tuples, consumers take one message per get().
+FF_PRODUCERS = 20
+FF_CONSUMERS = 20
+FF_MSG = (12345,) * 5
+
+
+def _ff_queue():
+    import faster_fifo
+    return faster_fifo.Queue(1000 * 1000)
+
+
+def _ff_consume(n, q):
+    get = q.get
+    for _ in repeat(None, n):
+        get(True, 60.0)
+
+
+def _ff_produce(n, q):
+    put = q.put
+    for _ in repeat(None, n):
+        put(FF_MSG, True, 60.0)
+
+
+@case("fasterfifo_20to20", "queue",
+      "faster-fifo's workload: 20 producers -> 20 consumers, (i,)*5 "
+      "tuples, one get() per message (per message)",
+      goal_text="ahead of faster-fifo", peers=("faster_fifo",),
+      min_target=0.5)
+def _fasterfifo(mp, impl):
+    if impl == "faster_fifo":
+        try:
+            make = _ff_queue
+            make().close()
+        except ImportError:
+            raise NotAvailable("faster-fifo is not installed")
+        import multiprocessing as std
+        ctx = std.get_context("fork")
+    else:
+        ctx = fork_ctx(mp)
+        make = ctx.Queue
+    q = make()
+    prod = Workers(ctx, _ff_produce, (q,), FF_PRODUCERS)
+    cons = Workers(ctx, _ff_consume, (q,), FF_CONSUMERS)
+
+    def run(n):
+        done = max(n, FF_PRODUCERS * FF_CONSUMERS)
+        t0 = perf()
+        cons.start(_split(done, FF_CONSUMERS))
+        prod.start(_split(done, FF_PRODUCERS))
+        prod.wait()
+        cons.wait()
+        return (perf() - t0) * n / done
+
+    def close():
+        prod.close()
+        cons.close()
+    return Bench(run, close)
+
+
+# ---------------------------------------------------------------------------
+# Extras: Pool and Manager (fall through to the stdlib until fastmp has them).
+
+def _trivial(x):
+    return x
+
+
+@case("pool_map", "extras", "`Pool(2).map` of a trivial function (per item)",
+      goal=2.0, goal_text=">= 2x", min_target=0.3)
+def _pool_map(mp, impl):
+    pool = fork_ctx(mp).Pool(2)
+    pool.map(_trivial, range(100))
+
+    def run(n):
+        data = range(n)
+        t0 = perf()
+        pool.map(_trivial, data)
+        return perf() - t0
+
+    def close():
+        pool.terminate()
+        pool.join()
+    return Bench(run, close)
+
+
+@case("pool_apply_async", "extras",
+      "`Pool.apply_async(f, (x,)).get()` round trip",
+      goal=5.0, goal_text=">= 5x")
+def _pool_apply(mp, impl):
+    pool = fork_ctx(mp).Pool(2)
+    pool.apply(_trivial, (1,))
+    apply_async = pool.apply_async
+
+    def op():
+        apply_async(_trivial, (1,)).get()
+
+    def close():
+        pool.terminate()
+        pool.join()
+    return Bench(loop_bench(op).run, close)
+
+
+@case("manager_dict", "extras", "`Manager().dict()` set+get (per pair)",
+      goal=3.0, goal_text=">= 3x")
+def _manager_dict(mp, impl):
+    m = fork_ctx(mp).Manager()
+    d = m.dict()
+
+    def op():
+        d["k"] = 1
+        d["k"]
+
+    return Bench(loop_bench(op).run, m.shutdown)
