@@ -162,6 +162,15 @@ PyObject *fastmp_semlock_unwrap(PyObject *lock);
  * fastmp_semlock_unwrap.  0 on success, -1 with an exception set. */
 int fastmp_semlock_enter(PyObject *semlock);
 int fastmp_semlock_exit(PyObject *semlock);
+/* Lock-free reads of data a mutex (Lock, RLock) protects.  `word` is 0
+ * while the mutex is free; `gen` grows by one at every release, before
+ * `word` goes back to 0.  A reader loads gen, then word (0, or it must
+ * lock), copies the data, issues an acquire fence, and keeps the copy if
+ * word is still 0 and gen unchanged: no critical section overlapped it.
+ * Returns 0 (pointers unset) for a counting semaphore.  The pointers stay
+ * valid while the SemLock object lives. */
+int fastmp_semlock_seq(PyObject *semlock, const uint32_t **word,
+                       const uint32_t **gen);
 
 /* end area: semlock */
 
@@ -169,12 +178,18 @@ int fastmp_semlock_exit(PyObject *semlock);
  * area: sharedctypes (sharedctypes.c)
  * ------------------------------------------------------------------- */
 
+#define FASTMP_SMALL_INT_MIN (-5)
+#define FASTMP_SMALL_INT_MAX 256
+
 typedef struct {
     PyTypeObject *BlockType;          /* a Block of arena memory */
     PyTypeObject *SyncBaseType;       /* SynchronizedBase */
     PyTypeObject *SyncType;           /* Synchronized (values, atomics) */
     PyTypeObject *SyncArrayType;      /* SynchronizedArray */
     PyTypeObject *SyncStringType;     /* SynchronizedString (char arrays) */
+    /* The interpreter's cached ints -5..256, held here so that building
+     * a list from an array of small values needs no call per element. */
+    PyObject *small_ints[FASTMP_SMALL_INT_MAX - FASTMP_SMALL_INT_MIN + 1];
 } fastmp_sharedctypes_state;
 
 /* end area: sharedctypes */

@@ -71,6 +71,9 @@ typedef struct {
  *   kind, maxvalue: written once at creation, read-only afterwards.
  *   user: four ints exported through the buffer protocol (Barrier keeps
  *       its state there); written by Python code holding this lock.
+ *   gen: mutex mode only: bumped by the holder as it releases, before
+ *       `word` goes back to 0.  Readers of data the mutex protects use it
+ *       as a sequence count (fastmp_semlock_seq).
  *
  * A process that dies holding the lock leaves `word` (mutex mode) or its
  * slot (counting mode) pointing at its pid: the next waiter recovers it. */
@@ -84,6 +87,7 @@ typedef struct {
     uint32_t tracked;
     sem_slot slots[SEM_NSLOTS];
     int32_t user[4];
+    uint32_t gen;
 } shared_sem;
 
 typedef struct SemLockObject {
@@ -185,6 +189,7 @@ mutex_release(SemLockObject *self)
 {
     shared_sem *s = self->sem;
     __atomic_store_n(&s->holder_start, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&s->gen, s->gen + 1, __ATOMIC_RELAXED);
     __atomic_store_n(&s->word, 0, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&s->nwaiters, __ATOMIC_SEQ_CST) != 0) {
         (void)fastmp_platform_futex_wake(&s->word, 1);
@@ -586,6 +591,16 @@ semlock_alloc(PyTypeObject *type, int kind, int maxvalue, PyObject *name)
     self->mutex = (kind == SEMLOCK_RECURSIVE_MUTEX || maxvalue == 1);
     self->name = Py_NewRef(name);
     self->slot_idx = -1;
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+    /* 3.11 specializes `lock.acquire()` on an object with an instance
+     * dict only once that dict exists (3.12 copes with a missing one);
+     * without it every call pays a full method lookup. */
+    self->dict = PyDict_New();
+    if (self->dict == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+#endif
     return self;
 }
 
@@ -1433,4 +1448,19 @@ int
 fastmp_semlock_exit(PyObject *semlock)
 {
     return do_release((SemLockObject *)semlock);
+}
+
+/* The words a lock-free reader of data this mutex protects checks (see
+ * fastmp_semlock_seq in fastmp.h).  0 when this is not a mutex. */
+int
+fastmp_semlock_seq(PyObject *semlock, const uint32_t **word,
+                   const uint32_t **gen)
+{
+    SemLockObject *self = (SemLockObject *)semlock;
+    if (!self->mutex) {
+        return 0;
+    }
+    *word = &self->sem->word;
+    *gen = &self->sem->gen;
+    return 1;
 }

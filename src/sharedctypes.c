@@ -335,6 +335,8 @@ typedef struct {
     PyObject *acquire_m;    /* lock.acquire (slow path) */
     PyObject *release_m;    /* lock.release (slow path) */
     PyObject *semlock;      /* fastmp SemLock inside `lock`, or NULL */
+    const uint32_t *seq_word;   /* its words for lock-free reads, or NULL */
+    const uint32_t *seq_gen;
     char *ptr;              /* data address in this process */
     Py_ssize_t nbytes;
     Py_ssize_t length;      /* elements (arrays), 1 for values */
@@ -393,6 +395,49 @@ sync_unlock(SyncObject *s)
     return r;
 }
 
+/* Copy n elements of sz bytes, `stride` bytes apart, out of shared memory
+ * as one consistent snapshot.  While the lock is a free fastmp mutex this
+ * takes no lock at all (see fastmp_semlock_seq): a writer that
+ * interferes makes the copy start again, and after a few tries, or with
+ * any other lock, the copy is made under the lock. */
+static void
+gather(char *dst, const char *src, Py_ssize_t n, Py_ssize_t sz,
+       Py_ssize_t stride)
+{
+    if (stride == sz) {
+        memcpy(dst, src, n * sz);
+        return;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        memcpy(dst + k * sz, src + k * stride, sz);
+    }
+}
+
+static int
+sync_gather(SyncObject *s, char *dst, const char *src, Py_ssize_t n,
+            Py_ssize_t sz, Py_ssize_t stride)
+{
+    if (s->seq_word != NULL) {
+        for (int tries = 0; tries < 4; tries++) {
+            uint32_t gen = __atomic_load_n(s->seq_gen, __ATOMIC_ACQUIRE);
+            if (__atomic_load_n(s->seq_word, __ATOMIC_ACQUIRE) != 0) {
+                break;
+            }
+            gather(dst, src, n, sz, stride);
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+            if (__atomic_load_n(s->seq_word, __ATOMIC_RELAXED) == 0
+                && __atomic_load_n(s->seq_gen, __ATOMIC_RELAXED) == gen) {
+                return 0;
+            }
+        }
+    }
+    if (sync_lock(s) < 0) {
+        return -1;
+    }
+    gather(dst, src, n, sz, stride);
+    return sync_unlock(s);
+}
+
 static int
 sync_init(SyncObject *self, PyObject *args, PyObject *kwds)
 {
@@ -435,6 +480,11 @@ sync_init(SyncObject *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->release_m, rel);
     PyObject *sl = fastmp_semlock_unwrap(lock);
     Py_XSETREF(self->semlock, sl == NULL ? NULL : Py_NewRef(sl));
+    self->seq_word = self->seq_gen = NULL;
+    if (sl != NULL
+        && !fastmp_semlock_seq(sl, &self->seq_word, &self->seq_gen)) {
+        self->seq_word = self->seq_gen = NULL;
+    }
     if (PyErr_Occurred()) {
         PyErr_Clear();
     }
@@ -480,6 +530,7 @@ sync_clear(SyncObject *self)
     Py_CLEAR(self->acquire_m);
     Py_CLEAR(self->release_m);
     Py_CLEAR(self->semlock);
+    self->seq_word = self->seq_gen = NULL;
     self->ptr = NULL;
     self->code = 0;
     self->itemsize = 0;
@@ -753,11 +804,8 @@ value_get(SyncObject *self, void *Py_UNUSED(closure))
         return sync_locked_getattr(self, "value");
     }
     char tmp[16];
-    if (sync_lock(self) < 0) {
-        return NULL;
-    }
-    memcpy(tmp, self->ptr, self->itemsize);
-    if (sync_unlock(self) < 0) {
+    if (sync_gather(self, tmp, self->ptr, 1, self->itemsize,
+                    self->itemsize) < 0) {
         return NULL;
     }
     return elem_unpack(self->code, tmp);
@@ -1053,11 +1101,8 @@ array_item(SyncObject *self, Py_ssize_t i)
         return r;
     }
     char tmp[16];
-    if (sync_lock(self) < 0) {
-        return NULL;
-    }
-    memcpy(tmp, self->ptr + i * self->itemsize, self->itemsize);
-    if (sync_unlock(self) < 0) {
+    if (sync_gather(self, tmp, self->ptr + i * self->itemsize, 1,
+                    self->itemsize, self->itemsize) < 0) {
         return NULL;
     }
     return elem_unpack(self->code, tmp);
@@ -1099,7 +1144,9 @@ array_ass_item(SyncObject *self, Py_ssize_t i, PyObject *v)
 }
 
 /* Fill `list` (n fresh slots) from n packed elements: one tight loop per
- * element type, since this is the hot part of `arr[:]`. */
+ * element type, since this is the hot part of `arr[:]`.  Integers in the
+ * interpreter's small-int range come from the table in the module state
+ * (the very objects PyLong_FromLong would return). */
 #define UNPACK_LOOP(ctype, make)                                        \
     do {                                                                \
         for (Py_ssize_t k = 0; k < n; k++) {                            \
@@ -1115,18 +1162,44 @@ array_ass_item(SyncObject *self, Py_ssize_t i, PyObject *v)
         return 0;                                                       \
     } while (0)
 
+static inline PyObject *
+int_from_long(PyObject *const *small, long v)
+{
+    if (v >= FASTMP_SMALL_INT_MIN && v <= FASTMP_SMALL_INT_MAX) {
+        return Py_NewRef(small[v - FASTMP_SMALL_INT_MIN]);
+    }
+    return PyLong_FromLong(v);
+}
+
+static inline PyObject *
+int_from_ulong(PyObject *const *small, unsigned long v)
+{
+    if (v <= (unsigned long)FASTMP_SMALL_INT_MAX) {
+        return Py_NewRef(small[(long)v - FASTMP_SMALL_INT_MIN]);
+    }
+    return PyLong_FromUnsignedLong(v);
+}
+
+#define INT_S(x) int_from_long(small, (long)(x))
+#define INT_U(x) int_from_ulong(small, (unsigned long)(x))
+
 static int
 unpack_list(int code, const char *buf, Py_ssize_t n, PyObject *list)
 {
+    fastmp_state *st = fastmp_get_state();
+    if (st == NULL) {
+        return -1;
+    }
+    PyObject *const *small = st->sharedctypes.small_ints;
     switch (code) {
-    case 'b': UNPACK_LOOP(signed char, PyLong_FromLong);
-    case 'B': UNPACK_LOOP(unsigned char, PyLong_FromLong);
-    case 'h': UNPACK_LOOP(short, PyLong_FromLong);
-    case 'H': UNPACK_LOOP(unsigned short, PyLong_FromLong);
-    case 'i': UNPACK_LOOP(int, PyLong_FromLong);
-    case 'I': UNPACK_LOOP(unsigned int, PyLong_FromUnsignedLong);
-    case 'l': UNPACK_LOOP(long, PyLong_FromLong);
-    case 'L': UNPACK_LOOP(unsigned long, PyLong_FromUnsignedLong);
+    case 'b': UNPACK_LOOP(signed char, INT_S);
+    case 'B': UNPACK_LOOP(unsigned char, INT_U);
+    case 'h': UNPACK_LOOP(short, INT_S);
+    case 'H': UNPACK_LOOP(unsigned short, INT_U);
+    case 'i': UNPACK_LOOP(int, INT_S);
+    case 'I': UNPACK_LOOP(unsigned int, INT_U);
+    case 'l': UNPACK_LOOP(long, INT_S);
+    case 'L': UNPACK_LOOP(unsigned long, INT_U);
     case 'q': UNPACK_LOOP(long long, PyLong_FromLongLong);
     case 'Q': UNPACK_LOOP(unsigned long long, PyLong_FromUnsignedLongLong);
     case 'f': UNPACK_LOOP(float, PyFloat_FromDouble);
@@ -1146,6 +1219,8 @@ unpack_list(int code, const char *buf, Py_ssize_t n, PyObject *list)
     return 0;
 }
 #undef UNPACK_LOOP
+#undef INT_S
+#undef INT_U
 
 static PyObject *
 array_subscript(SyncObject *self, PyObject *key)
@@ -1192,18 +1267,8 @@ array_subscript(SyncObject *self, PyObject *key)
     if (list == NULL) {
         goto error;
     }
-    if (sync_lock(self) < 0) {
-        goto error;
-    }
-    if (step == 1) {
-        memcpy(buf, self->ptr + start * sz, n * sz);
-    }
-    else {
-        for (Py_ssize_t k = 0, j = start; k < n; k++, j += step) {
-            memcpy(buf + k * sz, self->ptr + j * sz, sz);
-        }
-    }
-    if (sync_unlock(self) < 0) {
+    if (sync_gather(self, buf, self->ptr + start * sz, n, sz,
+                    step * sz) < 0) {
         goto error;
     }
     if (unpack_list(self->code, buf, n, list) < 0) {
@@ -1437,6 +1502,12 @@ fastmp_sharedctypes_exec(PyObject *m, fastmp_state *st)
     if (s->SyncStringType == NULL) {
         return -1;
     }
+    for (long v = FASTMP_SMALL_INT_MIN; v <= FASTMP_SMALL_INT_MAX; v++) {
+        s->small_ints[v - FASTMP_SMALL_INT_MIN] = PyLong_FromLong(v);
+        if (s->small_ints[v - FASTMP_SMALL_INT_MIN] == NULL) {
+            return -1;
+        }
+    }
     return 0;
 }
 
@@ -1449,6 +1520,9 @@ fastmp_sharedctypes_traverse(fastmp_state *st, visitproc visit, void *arg)
     Py_VISIT(s->SyncType);
     Py_VISIT(s->SyncArrayType);
     Py_VISIT(s->SyncStringType);
+    for (int i = 0; i <= FASTMP_SMALL_INT_MAX - FASTMP_SMALL_INT_MIN; i++) {
+        Py_VISIT(s->small_ints[i]);
+    }
     return 0;
 }
 
@@ -1461,4 +1535,7 @@ fastmp_sharedctypes_clear(fastmp_state *st)
     Py_CLEAR(s->SyncType);
     Py_CLEAR(s->SyncArrayType);
     Py_CLEAR(s->SyncStringType);
+    for (int i = 0; i <= FASTMP_SMALL_INT_MAX - FASTMP_SMALL_INT_MIN; i++) {
+        Py_CLEAR(s->small_ints[i]);
+    }
 }

@@ -287,6 +287,44 @@ def test_acquire_release_and_with(ctx):
     lock.release()
 
 
+def _pair_writer(arr, val, rounds, started):
+    raw_arr, raw_val = arr.get_obj(), val.get_obj()
+    started.set()
+    for k in range(1, rounds + 1):
+        with arr.get_lock():        # a two-step update under the lock
+            raw_arr[0] = k
+            raw_arr[1] = k
+        with val.get_lock():
+            raw_val.value = -k
+            raw_val.value = k
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize('locktype', ['RLock', 'Lock'])
+def test_reads_never_see_half_an_update(ctx, locktype):
+    """A locked read (v.value, a[i], a[:], a[::2]) never sees a
+    multi-step update made under the same lock half done."""
+    arr = ctx.Array('i', 4, lock=getattr(ctx, locktype)())
+    val = ctx.Value('i', 0, lock=getattr(ctx, locktype)())
+    started = ctx.Event()
+    rounds = 5000
+    p = ctx.Process(target=_pair_writer, args=(arr, val, rounds, started))
+    p.start()
+    assert started.wait(60)
+    seen = 0
+    while p.is_alive() or seen == 0:
+        a, b = arr[:2]
+        assert a == b
+        c = arr[::1]
+        assert c[0] == c[1]
+        assert val.value >= 0
+        seen += 1
+    p.join(60)
+    assert p.exitcode == 0
+    assert arr[:2] == [rounds, rounds]
+    assert arr[0] == arr[1] == val.value == rounds
+
+
 def test_get_obj_shares_memory(ctx):
     arr = ctx.Array('i', 4)
     obj = arr.get_obj()
