@@ -212,6 +212,17 @@ mutex_recover(SemLockObject *self, uint32_t me)
     if (fastmp_platform_pid_alive(v, start)) {
         return 0;
     }
+    /* Claim the takeover by clearing the dead holder's token: of several
+     * waiters that judged it dead, one wins this CAS.  (Without the claim
+     * a second waiter could pair our pid, once `word` names us, with the
+     * old token, judge us dead too and take the lock from under us.)  In
+     * the meantime a token of 0 makes pid alone decide: we read as alive.
+     * With no token to claim, the CAS on `word` alone decides. */
+    if (start != 0
+        && !__atomic_compare_exchange_n(&s->holder_start, &start, 0, 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+        return 0;
+    }
     if (!__atomic_compare_exchange_n(&s->word, &v, me, 0, __ATOMIC_ACQ_REL,
                                      __ATOMIC_RELAXED)) {
         return 0;

@@ -656,9 +656,17 @@ sl_lock(sl_trailer *tr)
             return 0;
         }
         if (++spins % 256 == 0) {
-            uint64_t start = __atomic_load_n(&tr->start, __ATOMIC_RELAXED);
-            if (__atomic_load_n(&tr->lock, __ATOMIC_RELAXED) == cur
+            /* A writer that died inside is taken over.  The takeover is
+             * claimed by clearing the dead writer's token first, so that
+             * no other spinner pairs the new holder's pid with the old
+             * token (token 0 means: judge by pid alone). */
+            uint64_t start = __atomic_load_n(&tr->start, __ATOMIC_ACQUIRE);
+            if (__atomic_load_n(&tr->lock, __ATOMIC_ACQUIRE) == cur
                 && !fastmp_platform_pid_alive(cur, start)
+                && (start == 0
+                    || __atomic_compare_exchange_n(&tr->start, &start, 0, 0,
+                                                   __ATOMIC_ACQ_REL,
+                                                   __ATOMIC_RELAXED))
                 && __atomic_compare_exchange_n(&tr->lock, &cur, me, 0,
                                                __ATOMIC_ACQUIRE,
                                                __ATOMIC_RELAXED)) {
@@ -681,6 +689,7 @@ sl_lock(sl_trailer *tr)
 static void
 sl_unlock(sl_trailer *tr)
 {
+    __atomic_store_n(&tr->start, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&tr->lock, 0, __ATOMIC_RELEASE);
 }
 
