@@ -413,6 +413,21 @@ gather(char *dst, const char *src, Py_ssize_t n, Py_ssize_t sz,
     }
 }
 
+/* The reverse of gather: n packed elements from src out to shared
+ * memory at dst, `stride` bytes apart (the caller holds the lock). */
+static void
+scatter(char *dst, const char *src, Py_ssize_t n, Py_ssize_t sz,
+        Py_ssize_t stride)
+{
+    if (stride == sz) {
+        memcpy(dst, src, n * sz);
+        return;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        memcpy(dst + k * stride, src + k * sz, sz);
+    }
+}
+
 static int
 sync_gather(SyncObject *s, char *dst, const char *src, Py_ssize_t n,
             Py_ssize_t sz, Py_ssize_t stride)
@@ -481,9 +496,9 @@ sync_init(SyncObject *self, PyObject *args, PyObject *kwds)
     PyObject *sl = fastmp_semlock_unwrap(lock);
     Py_XSETREF(self->semlock, sl == NULL ? NULL : Py_NewRef(sl));
     self->seq_word = self->seq_gen = NULL;
-    if (sl != NULL
-        && !fastmp_semlock_seq(sl, &self->seq_word, &self->seq_gen)) {
-        self->seq_word = self->seq_gen = NULL;
+    if (sl != NULL) {
+        /* Leaves both NULL for a counting semaphore. */
+        (void)fastmp_semlock_seq(sl, &self->seq_word, &self->seq_gen);
     }
     if (PyErr_Occurred()) {
         PyErr_Clear();
@@ -1349,14 +1364,7 @@ array_ass_subscript(SyncObject *self, PyObject *key, PyObject *v)
         goto done;
     }
     if (r == 0) {
-        if (step == 1) {
-            memcpy(self->ptr + start * sz, buf, n * sz);
-        }
-        else {
-            for (Py_ssize_t k = 0, j = start; k < n; k++, j += step) {
-                memcpy(self->ptr + j * sz, buf + k * sz, sz);
-            }
-        }
+        scatter(self->ptr + start * sz, buf, n, sz, step * sz);
     }
     else if (v == NULL) {
         r = PyObject_DelItem(self->obj, key);
