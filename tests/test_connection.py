@@ -6,6 +6,7 @@ import multiprocessing.connection as std_connection
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -99,6 +100,34 @@ def test_simplex(ctx):
         w.poll()
     r.close()
     w.close()
+
+
+@pytest.mark.parametrize("duplex", [True, False])
+def test_frames_arriving_in_pieces(ctx, duplex):
+    # A reader waiting for a frame gets its header and payload a byte at a
+    # time, with pauses between; short and long waits alternate.
+    a, b = ctx.Pipe(duplex)
+    reader, writer = a, b
+    frames = [struct.pack("!i", len(p)) + p
+              for p in (b"hello", b"", b"x" * 300, b"world")]
+
+    def dribble():
+        for k, frame in enumerate(frames):
+            time.sleep(0.05 if k % 2 else 0.001)
+            for i in range(len(frame)):
+                os.write(writer.fileno(), frame[i:i + 1])
+                if i < 8:
+                    time.sleep(0.002)
+
+    t = threading.Thread(target=dribble)
+    t.start()
+    try:
+        got = [reader.recv_bytes() for _ in frames]
+    finally:
+        t.join()
+    assert got == [b"hello", b"", b"x" * 300, b"world"]
+    a.close()
+    b.close()
 
 
 def test_send_bytes_offset_size(ctx):
