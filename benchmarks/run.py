@@ -98,6 +98,10 @@ def run_worker(name, impl, target, repeats, env):
     except (IndexError, ValueError):
         tail = (err.strip().splitlines() or ["no output"])[-1]
         res = {"error": f"exit code {proc.returncode}: {tail}"}
+    if "error" in res and err.strip():
+        # The table has room for one line; the whole story goes here.
+        print(f"--- {name} [{impl}] failed; its stderr:\n{err.rstrip()}\n---",
+              file=sys.stderr, flush=True)
     return res
 
 

@@ -162,6 +162,9 @@ PyObject *fastmp_semlock_unwrap(PyObject *lock);
  * fastmp_semlock_unwrap.  0 on success, -1 with an exception set. */
 int fastmp_semlock_enter(PyObject *semlock);
 int fastmp_semlock_exit(PyObject *semlock);
+/* 1 when the calling thread holds this SemLock and it is recursive (an
+ * RLock): what it protects may then be used without taking it again. */
+int fastmp_semlock_held_by_me(PyObject *semlock);
 /* Lock-free reads of data a mutex (Lock, RLock) protects.  `word` is 0
  * while the mutex is free; `gen` grows by one at every release, before
  * `word` goes back to 0.  A reader loads gen, then word (0, or it must

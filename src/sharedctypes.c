@@ -345,10 +345,16 @@ typedef struct {
     PyObject *weakreflist;
 } SyncObject;
 
+/* Take the lock.  Returns 0 when taken, 1 when this thread already held
+ * it (a fastmp RLock: nothing to take or give back), -1 with an exception
+ * set.  Pass the result to sync_unlock. */
 static inline int
 sync_lock(SyncObject *s)
 {
     if (s->semlock != NULL) {
+        if (fastmp_semlock_held_by_me(s->semlock)) {
+            return 1;
+        }
         return fastmp_semlock_enter(s->semlock);
     }
     PyObject *r = PyObject_CallNoArgs(s->acquire_m);
@@ -363,11 +369,14 @@ sync_lock(SyncObject *s)
  * under the lock) in place; returns -1 if releasing failed or an exception
  * was already pending. */
 static inline int
-sync_unlock(SyncObject *s)
+sync_unlock(SyncObject *s, int held)
 {
     PyObject *et = NULL, *ev = NULL, *tb = NULL;
     int pending = PyErr_Occurred() != NULL;
     int r;
+    if (held == 1) {
+        return pending ? -1 : 0;
+    }
     if (pending) {
         PyErr_Fetch(&et, &ev, &tb);
     }
@@ -446,11 +455,12 @@ sync_gather(SyncObject *s, char *dst, const char *src, Py_ssize_t n,
             }
         }
     }
-    if (sync_lock(s) < 0) {
+    int held = sync_lock(s);
+    if (held < 0) {
         return -1;
     }
     gather(dst, src, n, sz, stride);
-    return sync_unlock(s);
+    return sync_unlock(s, held);
 }
 
 static int
@@ -671,11 +681,12 @@ sync_exit(SyncObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 sync_locked_getattr(SyncObject *self, const char *name)
 {
-    if (sync_ready(self) < 0 || sync_lock(self) < 0) {
+    int held;
+    if (sync_ready(self) < 0 || (held = sync_lock(self)) < 0) {
         return NULL;
     }
     PyObject *r = PyObject_GetAttrString(self->obj, name);
-    if (sync_unlock(self) < 0) {
+    if (sync_unlock(self, held) < 0) {
         Py_XDECREF(r);
         return NULL;
     }
@@ -685,11 +696,12 @@ sync_locked_getattr(SyncObject *self, const char *name)
 static int
 sync_locked_setattr(SyncObject *self, const char *name, PyObject *v)
 {
-    if (sync_ready(self) < 0 || sync_lock(self) < 0) {
+    int held;
+    if (sync_ready(self) < 0 || (held = sync_lock(self)) < 0) {
         return -1;
     }
     int r = PyObject_SetAttrString(self->obj, name, v);
-    if (sync_unlock(self) < 0) {
+    if (sync_unlock(self, held) < 0) {
         return -1;
     }
     return r;
@@ -841,11 +853,12 @@ value_set(SyncObject *self, PyObject *v, void *Py_UNUSED(closure))
     if (r > 0) {
         return sync_locked_setattr(self, "value", v);
     }
-    if (sync_lock(self) < 0) {
+    int held = sync_lock(self);
+    if (held < 0) {
         return -1;
     }
     memcpy(self->ptr, tmp, self->itemsize);
-    return sync_unlock(self);
+    return sync_unlock(self, held);
 }
 
 /* ---- atomics ------------------------------------------------------ */
@@ -1105,11 +1118,12 @@ array_item(SyncObject *self, Py_ssize_t i)
         return NULL;
     }
     if (self->code == 0) {
-        if (sync_lock(self) < 0) {
+        int held = sync_lock(self);
+        if (held < 0) {
             return NULL;
         }
         PyObject *r = PySequence_GetItem(self->obj, i);
-        if (sync_unlock(self) < 0) {
+        if (sync_unlock(self, held) < 0) {
             Py_XDECREF(r);
             return NULL;
         }
@@ -1143,19 +1157,20 @@ array_ass_item(SyncObject *self, Py_ssize_t i, PyObject *v)
     if (r < 0) {
         return -1;
     }
-    if (sync_lock(self) < 0) {
+    int held = sync_lock(self);
+    if (held < 0) {
         return -1;
     }
     if (r > 0) {
         r = v == NULL ? PySequence_DelItem(self->obj, i)
                       : PySequence_SetItem(self->obj, i, v);
-        if (sync_unlock(self) < 0) {
+        if (sync_unlock(self, held) < 0) {
             return -1;
         }
         return r;
     }
     memcpy(self->ptr + i * self->itemsize, tmp, self->itemsize);
-    return sync_unlock(self);
+    return sync_unlock(self, held);
 }
 
 /* Fill `list` (n fresh slots) from n packed elements: one tight loop per
@@ -1259,11 +1274,12 @@ array_subscript(SyncObject *self, PyObject *key)
     }
     Py_ssize_t n = PySlice_AdjustIndices(self->length, &start, &stop, step);
     if (self->code == 0 || self->code == 'c') {
-        if (sync_lock(self) < 0) {
+        int held = sync_lock(self);
+        if (held < 0) {
             return NULL;
         }
         PyObject *r = PyObject_GetItem(self->obj, key);
-        if (sync_unlock(self) < 0) {
+        if (sync_unlock(self, held) < 0) {
             Py_XDECREF(r);
             return NULL;
         }
@@ -1359,7 +1375,8 @@ array_ass_subscript(SyncObject *self, PyObject *key, PyObject *v)
             }
         }
     }
-    if (sync_lock(self) < 0) {
+    int held = sync_lock(self);
+    if (held < 0) {
         r = -1;
         goto done;
     }
@@ -1372,7 +1389,7 @@ array_ass_subscript(SyncObject *self, PyObject *key, PyObject *v)
     else {
         r = PyObject_SetItem(self->obj, key, seq != NULL ? seq : v);
     }
-    if (sync_unlock(self) < 0) {
+    if (sync_unlock(self, held) < 0) {
         r = -1;
     }
 done:

@@ -5,6 +5,8 @@ import gc
 import os
 import sys
 
+import time
+
 import pytest
 
 from conftest import is_fastmp
@@ -285,6 +287,33 @@ def test_acquire_release_and_with(ctx):
     w.release()
     assert lock.acquire(False)
     lock.release()
+
+
+def test_lock_held_by_another_thread_is_waited_for(ctx):
+    # The owner thread re-enters freely; any other thread of the same
+    # process waits for it, for every kind of access.
+    import threading
+    v = ctx.Value('i', 0)
+    a = ctx.Array('i', 3)
+    holding, done = threading.Event(), []
+
+    def other():
+        holding.wait(10)
+        v.value = 5
+        a[:] = [5, 5, 5]
+        done.append((v.value, a[:]))
+
+    t = threading.Thread(target=other)
+    t.start()
+    with v.get_lock(), a.get_lock():
+        holding.set()
+        v.value = 1
+        a[0] = 1
+        time.sleep(0.3)
+        assert done == []
+        assert (v.value, a[0]) == (1, 1)
+    t.join(10)
+    assert done == [(5, [5, 5, 5])]
 
 
 def _pair_writer(arr, val, rounds, started):

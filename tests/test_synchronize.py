@@ -132,6 +132,46 @@ def test_rlock_release_other_thread(ctx):
     lock.release()
 
 
+@pytest.mark.parametrize("factory", ["Lock", "RLock", "Semaphore",
+                                     "BoundedSemaphore"])
+def test_context_manager_protocol(ctx, factory):
+    import contextlib
+    make = getattr(ctx, factory)
+    # A lock made in the `with` line itself lives until the block ends.
+    with make() as entered:
+        assert entered is True
+    lk = make()
+    # Looked up on the type, __enter__/__exit__ take the lock explicitly.
+    cls = type(lk)
+    assert cls.__enter__(lk) is True
+    assert lk._semlock._is_zero()
+    assert cls.__exit__(lk, None, None, None) is None
+    assert not lk._semlock._is_zero()
+    # Bound: the lock is __self__, two bindings compare equal.
+    assert lk.__enter__.__self__ is lk
+    assert lk.__enter__ == lk.__enter__
+    assert lk.__enter__ != lk.__exit__
+    assert lk.__enter__() is True
+    with pytest.raises(TypeError):
+        lk.__exit__(None, None, None, None)
+    lk.__exit__()
+    with pytest.raises(TypeError):
+        lk.__enter__(1)
+    # contextlib drives the protocol through the type.
+    with contextlib.ExitStack() as stack:
+        assert stack.enter_context(lk) is True
+        if factory in ("Lock", "BoundedSemaphore"):
+            assert lk.acquire(False) is False
+    assert lk.acquire(False) is True
+    lk.release()
+    # An exception in the block releases and propagates.
+    with pytest.raises(KeyError):
+        with lk:
+            raise KeyError("x")
+    assert lk.acquire(False) is True
+    lk.release()
+
+
 def test_lock_timeout_honoured(ctx):
     lock = ctx.Lock()
     lock.acquire()
