@@ -46,7 +46,14 @@ int fastmp_platform_futex_wake(uint32_t *word, int n);
 
 /* This process's identity token: its start time in clock ticks since boot
  * (from /proc/self/stat), cached; re-read after fork.  Never 0. */
-uint64_t fastmp_platform_self_start(void);
+extern uint64_t fastmp_platform_cached_start;
+uint64_t fastmp_platform_self_start_slow(void);
+static inline uint64_t
+fastmp_platform_self_start(void)
+{
+    uint64_t s = fastmp_platform_cached_start;
+    return s != 0 ? s : fastmp_platform_self_start_slow();
+}
 
 /* Is the process (pid, start) alive?  start is the token that process's
  * fastmp_platform_self_start() returned (0: unknown, pid alone decides).
@@ -54,7 +61,14 @@ uint64_t fastmp_platform_self_start(void);
 int fastmp_platform_pid_alive(uint32_t pid, uint64_t start);
 
 /* Cached getpid(), refreshed after fork. */
-uint32_t fastmp_platform_getpid(void);
+extern uint32_t fastmp_platform_cached_pid;
+uint32_t fastmp_platform_getpid_slow(void);
+static inline uint32_t
+fastmp_platform_getpid(void)
+{
+    uint32_t p = fastmp_platform_cached_pid;
+    return p != 0 ? p : fastmp_platform_getpid_slow();
+}
 
 /* Called in a fork child (from the module's after-fork hook). */
 void fastmp_platform_after_fork_child(void);

@@ -112,8 +112,9 @@ fastmp_platform_futex_wake(uint32_t *word, int n)
     return (int)syscall(SYS_futex, word, FUTEX_WAKE, n, NULL, NULL, 0);
 }
 
-static uint32_t cached_pid = 0;
-static uint64_t cached_start = 0;
+/* Read through the inline helpers in fastmp.h. */
+uint32_t fastmp_platform_cached_pid = 0;
+uint64_t fastmp_platform_cached_start = 0;
 
 /* Field 22 of /proc/<pid>/stat: start time in clock ticks after boot.
  * Returns 0 when the process does not exist or the file is unreadable. */
@@ -196,31 +197,31 @@ is_zombie(uint32_t pid)
 }
 
 uint32_t
-fastmp_platform_getpid(void)
+fastmp_platform_getpid_slow(void)
 {
-    if (cached_pid == 0) {
-        cached_pid = (uint32_t)getpid();
+    if (fastmp_platform_cached_pid == 0) {
+        fastmp_platform_cached_pid = (uint32_t)getpid();
     }
-    return cached_pid;
+    return fastmp_platform_cached_pid;
 }
 
 uint64_t
-fastmp_platform_self_start(void)
+fastmp_platform_self_start_slow(void)
 {
-    if (cached_start == 0) {
-        cached_start = read_start_time(0);
-        if (cached_start == 0) {
-            cached_start = 1;
+    if (fastmp_platform_cached_start == 0) {
+        fastmp_platform_cached_start = read_start_time(0);
+        if (fastmp_platform_cached_start == 0) {
+            fastmp_platform_cached_start = 1;
         }
     }
-    return cached_start;
+    return fastmp_platform_cached_start;
 }
 
 void
 fastmp_platform_after_fork_child(void)
 {
-    cached_pid = (uint32_t)getpid();
-    cached_start = 0;
+    fastmp_platform_cached_pid = (uint32_t)getpid();
+    fastmp_platform_cached_start = 0;
 }
 
 int

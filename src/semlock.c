@@ -37,37 +37,47 @@
 #  define SPIN_TRIES 64
 #endif
 
-/* One process's units of a counting semaphore.
+/* One process's record of the units of a counting semaphore it holds.
  *
  *   pid: 0 when free; claimed with a CAS 0 -> pid by the process itself,
- *       set back to 0 by that process (dealloc) or by a waiter that found
- *       the process dead (after taking its units).
+ *       set back to 0 by that process (forget_my_slot) or by a waiter that
+ *       found the process dead (after taking its units).
+ *   taken: written only by the owning process, under its GIL, with plain
+ *       atomic stores (no read-modify-write, so no locked instruction):
+ *       +1 for each tracked acquire, -1 when the owner pays a unit back
+ *       itself.  Set equal to `paid` when the slot is claimed.
+ *   paid: units paid back on the owner's behalf: CAS +1 by a release in
+ *       another process, CAS up to `taken` by a waiter recovering a dead
+ *       owner's units or by the owner forgetting its slot.
  *   start: written by the owner right after claiming (0 = not yet known:
  *       liveness is then decided by pid alone for that short window).
- *   units: atomic; incremented by the owner on acquire, decremented by
- *       any releasing process (its own slot first, else another's: a
- *       release pays back a unit whoever took it), exchanged to 0 by a
- *       recovering waiter.
  *
+ * The owner holds taken - paid units (mod 2^32).  An owner's release can
+ * race another process paying the same unit; the difference then drops
+ * below 0, which counts as 0: that unit is lost, never recovered twice.
  * A process that dies between taking a unit from `word` and recording it
- * here loses that unit (as the stdlib would); it is never counted twice. */
+ * here loses that unit (as the stdlib would). */
 typedef struct {
     uint32_t pid;
-    uint32_t units;
+    uint32_t taken;
+    uint32_t paid;
+    uint32_t unused_;
     uint64_t start;
 } sem_slot;
 
 /* The process-shared part of a SemLock (an arena block).
  *
- *   word: see the file comment; changed only by atomic CAS/exchange.
+ *   word: see the file comment.  Mutex mode: changed only by atomic
+ *       CAS/exchange.  Counting mode: changed together with `tracked`,
+ *       by one 64-bit CAS on `pair`.
+ *   tracked: counting mode: the units recorded as held in slots; at most
+ *       `init` (units created by release() beyond the initial value are
+ *       signals, never "held", so never recovered).
  *   nwaiters: atomic count of processes/threads inside a blocking wait.
  *   holder_start: mutex mode only: the holder's start token, written by
  *       the holder right after its CAS and reset to 0 before it releases
  *       (so a waiter never pairs a new holder's pid with an old token).
- *   init: counting mode: the initial value; at most `init` units are
- *       tracked as held (units created by release() beyond the initial
- *       value are signals, never "held", so never recovered).
- *   tracked: atomic sum of slots[].units.
+ *   init: counting mode: the initial value.
  *   kind, maxvalue: written once at creation, read-only afterwards.
  *   user: four ints exported through the buffer protocol (Barrier keeps
  *       its state there); written by Python code holding this lock.
@@ -78,17 +88,33 @@ typedef struct {
  * A process that dies holding the lock leaves `word` (mutex mode) or its
  * slot (counting mode) pointing at its pid: the next waiter recovers it. */
 typedef struct {
-    uint32_t word;
+    union {
+        struct {
+            uint32_t word;
+            uint32_t tracked;
+        };
+        uint64_t pair;
+    };
     uint32_t nwaiters;
-    uint64_t holder_start;
     uint32_t kind;
+    uint64_t holder_start;
     uint32_t maxvalue;
     uint32_t init;
-    uint32_t tracked;
     sem_slot slots[SEM_NSLOTS];
     int32_t user[4];
     uint32_t gen;
 } shared_sem;
+
+/* `pair` from and to (word, tracked). */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#  define PAIR(w, t) ((uint64_t)(uint32_t)(w) | ((uint64_t)(uint32_t)(t) << 32))
+#  define PAIR_WORD(p) ((uint32_t)(p))
+#  define PAIR_TRACKED(p) ((uint32_t)((p) >> 32))
+#else
+#  define PAIR(w, t) ((uint64_t)(uint32_t)(t) | ((uint64_t)(uint32_t)(w) << 32))
+#  define PAIR_WORD(p) ((uint32_t)((p) >> 32))
+#  define PAIR_TRACKED(p) ((uint32_t)(p))
+#endif
 
 typedef struct SemLockObject {
     PyObject_HEAD
@@ -234,17 +260,33 @@ mutex_recover(SemLockObject *self, uint32_t me)
 
 /* ---- counting mode ----------------------------------------------- */
 
+/* Take a unit from `word`, counting it in `tracked` while that stays
+ * within `init`.  0 none free, 1 taken, 2 taken and tracked. */
 static inline int
-count_try(shared_sem *s)
+count_take(shared_sem *s)
 {
-    uint32_t v = __atomic_load_n(&s->word, __ATOMIC_RELAXED);
-    while (v != 0) {
-        if (__atomic_compare_exchange_n(&s->word, &v, v - 1, 1,
+    uint64_t p = __atomic_load_n(&s->pair, __ATOMIC_RELAXED);
+    for (;;) {
+        uint32_t v = PAIR_WORD(p), t = PAIR_TRACKED(p);
+        if (v == 0) {
+            return 0;
+        }
+        int track = t < s->init;
+        if (__atomic_compare_exchange_n(&s->pair, &p,
+                                        PAIR(v - 1, t + (uint32_t)track), 1,
                                         __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
-            return 1;
+            return 1 + track;
         }
     }
-    return 0;
+}
+
+/* Units slot `sl` holds (0 when the difference is negative). */
+static inline uint32_t
+slot_held(sem_slot *sl)
+{
+    int32_t d = (int32_t)(__atomic_load_n(&sl->taken, __ATOMIC_ACQUIRE)
+                          - __atomic_load_n(&sl->paid, __ATOMIC_ACQUIRE));
+    return d > 0 ? (uint32_t)d : 0;
 }
 
 /* Our slot's index, claiming one if needed; -1 when the table is full. */
@@ -275,10 +317,14 @@ my_slot(SemLockObject *self, int claim)
         return -1;
     }
     for (int i = 0; i < SEM_NSLOTS; i++) {
+        sem_slot *sl = &s->slots[i];
         uint32_t expected = 0;
-        if (__atomic_compare_exchange_n(&s->slots[i].pid, &expected, me, 0,
+        if (__atomic_compare_exchange_n(&sl->pid, &expected, me, 0,
                                         __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
-            __atomic_store_n(&s->slots[i].start, start, __ATOMIC_RELEASE);
+            __atomic_store_n(&sl->taken,
+                             __atomic_load_n(&sl->paid, __ATOMIC_ACQUIRE),
+                             __ATOMIC_RELEASE);
+            __atomic_store_n(&sl->start, start, __ATOMIC_RELEASE);
             self->slot_pid = me;
             self->slot_idx = i;
             held_add(self);
@@ -288,58 +334,113 @@ my_slot(SemLockObject *self, int claim)
     return -1;
 }
 
-/* Record one unit taken by this process (if within the tracked budget). */
+/* Record a tracked unit (count_take returned 2) in our slot. */
 static void
 count_track(SemLockObject *self)
 {
     shared_sem *s = self->sem;
-    uint32_t t = __atomic_load_n(&s->tracked, __ATOMIC_RELAXED);
-    do {
-        if (t >= s->init) {
-            return;
-        }
-    } while (!__atomic_compare_exchange_n(&s->tracked, &t, t + 1, 1,
-                                          __ATOMIC_ACQ_REL, __ATOMIC_RELAXED));
     int i = my_slot(self, 1);
     if (i < 0) {
-        __atomic_sub_fetch(&s->tracked, 1, __ATOMIC_ACQ_REL);
+        /* No slot free: the unit is not tracked after all. */
+        __atomic_fetch_sub(&s->pair, PAIR(0, 1), __ATOMIC_ACQ_REL);
         return;
     }
-    __atomic_add_fetch(&s->slots[i].units, 1, __ATOMIC_ACQ_REL);
+    sem_slot *sl = &s->slots[i];
+    __atomic_store_n(&sl->taken,
+                     __atomic_load_n(&sl->taken, __ATOMIC_RELAXED) + 1,
+                     __ATOMIC_RELEASE);
 }
 
+/* A unit is coming back: pay it off our own slot, else anyone's.  Returns
+ * the slot paid (*own tells whose), or -1 when none was (nothing tracked,
+ * or no slot holds anything).  count_unpay undoes it. */
 static int
-slot_take_one(sem_slot *sl)
-{
-    uint32_t u = __atomic_load_n(&sl->units, __ATOMIC_ACQUIRE);
-    while (u != 0) {
-        if (__atomic_compare_exchange_n(&sl->units, &u, u - 1, 1,
-                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-            return 1;
-        }
-    }
-    return 0;
-}
-
-/* A unit came back: pay it off our own slot, else anyone's. */
-static void
-count_untrack(SemLockObject *self)
+count_pay(SemLockObject *self, int *own)
 {
     shared_sem *s = self->sem;
+    *own = 0;
     if (__atomic_load_n(&s->tracked, __ATOMIC_ACQUIRE) == 0) {
-        return;
+        return -1;
     }
-    int i = my_slot(self, 0);
-    if (i >= 0 && slot_take_one(&s->slots[i])) {
-        __atomic_sub_fetch(&s->tracked, 1, __ATOMIC_ACQ_REL);
-        return;
-    }
-    for (i = 0; i < SEM_NSLOTS; i++) {
-        if (slot_take_one(&s->slots[i])) {
-            __atomic_sub_fetch(&s->tracked, 1, __ATOMIC_ACQ_REL);
-            return;
+    int mine = my_slot(self, 0);
+    if (mine >= 0) {
+        sem_slot *sl = &s->slots[mine];
+        if (slot_held(sl) > 0) {
+            __atomic_store_n(&sl->taken,
+                             __atomic_load_n(&sl->taken, __ATOMIC_RELAXED)
+                                 - 1,
+                             __ATOMIC_RELEASE);
+            *own = 1;
+            return mine;
         }
     }
+    for (int i = 0; i < SEM_NSLOTS; i++) {
+        sem_slot *sl = &s->slots[i];
+        if (i == mine) {
+            continue;
+        }
+        uint32_t pd = __atomic_load_n(&sl->paid, __ATOMIC_ACQUIRE);
+        while ((int32_t)(__atomic_load_n(&sl->taken, __ATOMIC_ACQUIRE) - pd)
+               > 0) {
+            if (__atomic_compare_exchange_n(&sl->paid, &pd, pd + 1, 1,
+                                            __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE)) {
+                return i;
+            }
+        }
+    }
+    return -1;
+}
+
+static void
+count_unpay(shared_sem *s, int i, int own)
+{
+    sem_slot *sl = &s->slots[i];
+    if (own) {
+        __atomic_store_n(&sl->taken,
+                         __atomic_load_n(&sl->taken, __ATOMIC_RELAXED) + 1,
+                         __ATOMIC_RELEASE);
+    }
+    else {
+        __atomic_fetch_sub(&sl->paid, 1, __ATOMIC_ACQ_REL);
+    }
+}
+
+/* Pay off everything slot `sl` holds, as long as it still belongs to
+ * (pid, start).  Returns the units taken off it. */
+static uint32_t
+slot_settle(sem_slot *sl, uint32_t pid, uint64_t start)
+{
+    uint32_t pd = __atomic_load_n(&sl->paid, __ATOMIC_ACQUIRE);
+    for (;;) {
+        uint32_t tk = __atomic_load_n(&sl->taken, __ATOMIC_ACQUIRE);
+        /* The slot may have been freed and claimed again meanwhile: then
+         * `taken` is its new owner's, not to be touched. */
+        if (__atomic_load_n(&sl->pid, __ATOMIC_ACQUIRE) != pid
+            || __atomic_load_n(&sl->start, __ATOMIC_ACQUIRE) != start
+            || (int32_t)(tk - pd) <= 0) {
+            return 0;
+        }
+        if (__atomic_compare_exchange_n(&sl->paid, &pd, tk, 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            return tk - pd;
+        }
+    }
+}
+
+/* Take u units off `tracked`, and give them back to `word` when
+ * `to_word` (a dead holder's units; a normal exit's are lost). */
+static void
+count_settle(shared_sem *s, uint32_t u, int to_word)
+{
+    uint64_t p = __atomic_load_n(&s->pair, __ATOMIC_RELAXED);
+    uint64_t np;
+    do {
+        uint32_t t = PAIR_TRACKED(p);
+        np = PAIR(PAIR_WORD(p) + (to_word ? u : 0), t > u ? t - u : 0);
+    } while (!__atomic_compare_exchange_n(&s->pair, &p, np, 1,
+                                          __ATOMIC_SEQ_CST,
+                                          __ATOMIC_RELAXED));
 }
 
 /* Give back the units of dead processes.  Returns the number of units
@@ -359,20 +460,38 @@ count_recover(SemLockObject *self)
         if (fastmp_platform_pid_alive(pid, start)) {
             continue;
         }
-        uint32_t u = __atomic_exchange_n(&sl->units, 0, __ATOMIC_ACQ_REL);
+        uint32_t u = slot_settle(sl, pid, start);
         if (u != 0) {
-            __atomic_sub_fetch(&s->tracked, u, __ATOMIC_ACQ_REL);
-            __atomic_add_fetch(&s->word, u, __ATOMIC_ACQ_REL);
+            count_settle(s, u, 1);
             total += u;
         }
-        __atomic_store_n(&sl->start, 0, __ATOMIC_RELEASE);
-        (void)__atomic_compare_exchange_n(&sl->pid, &pid, 0, 0,
-                                          __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+        /* Free it, unless it was freed (and maybe claimed) meanwhile. */
+        uint64_t st = start;
+        if (__atomic_compare_exchange_n(&sl->start, &st, 0, 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+            (void)__atomic_compare_exchange_n(&sl->pid, &pid, 0, 0,
+                                              __ATOMIC_ACQ_REL,
+                                              __ATOMIC_RELAXED);
+        }
     }
     if (total > 1) {
         (void)fastmp_platform_futex_wake(&s->word, (int)total - 1);
     }
     return total;
+}
+
+/* Try once with the GIL held.  1 acquired, 0 not. */
+static inline int
+try_once(SemLockObject *self)
+{
+    if (self->mutex) {
+        return mutex_try(self, fastmp_platform_getpid());
+    }
+    int r = count_take(self->sem);
+    if (r == 2) {
+        count_track(self);
+    }
+    return r != 0;
 }
 
 /* ---- acquire/release core ---------------------------------------- */
@@ -387,19 +506,6 @@ warn_abandoned(SemLockObject *self)
                             self->mutex ? "lock" : "semaphore");
 }
 
-/* Try once with the GIL held.  1 acquired, 0 not. */
-static inline int
-try_once(SemLockObject *self)
-{
-    if (self->mutex) {
-        return mutex_try(self, fastmp_platform_getpid());
-    }
-    if (count_try(self->sem)) {
-        count_track(self);
-        return 1;
-    }
-    return 0;
-}
 
 static void
 ts_add(struct timespec *ts, long ns)
@@ -567,9 +673,16 @@ do_release(SemLockObject *self)
         self->count--;
         return 0;
     }
-    uint32_t v = __atomic_load_n(&s->word, __ATOMIC_RELAXED);
+    int own;
+    int paid = count_pay(self, &own);
+    uint64_t p = __atomic_load_n(&s->pair, __ATOMIC_RELAXED);
+    uint64_t np;
     do {
+        uint32_t v = PAIR_WORD(p), t = PAIR_TRACKED(p);
         if ((int64_t)v >= (int64_t)self->maxvalue) {
+            if (paid >= 0) {
+                count_unpay(s, paid, own);
+            }
             PyErr_SetString(PyExc_ValueError,
                             self->maxvalue == SEM_VALUE_MAX_
                                 ? "semaphore value overflow"
@@ -577,10 +690,10 @@ do_release(SemLockObject *self)
                                   "times");
             return -1;
         }
-    } while (!__atomic_compare_exchange_n(&s->word, &v, v + 1, 1,
+        np = PAIR(v + 1, (paid >= 0 && t > 0) ? t - 1 : t);
+    } while (!__atomic_compare_exchange_n(&s->pair, &p, np, 1,
                                           __ATOMIC_SEQ_CST,
                                           __ATOMIC_RELAXED));
-    count_untrack(self);
     if (__atomic_load_n(&s->nwaiters, __ATOMIC_SEQ_CST) != 0) {
         (void)fastmp_platform_futex_wake(&s->word, 1);
     }
@@ -720,9 +833,10 @@ forget_my_slot(SemLockObject *self)
         return;
     }
     sem_slot *sl = &self->sem->slots[i];
-    uint32_t u = __atomic_exchange_n(&sl->units, 0, __ATOMIC_ACQ_REL);
+    uint32_t u = slot_settle(sl, fastmp_platform_getpid(),
+                             __atomic_load_n(&sl->start, __ATOMIC_ACQUIRE));
     if (u != 0) {
-        __atomic_sub_fetch(&self->sem->tracked, u, __ATOMIC_ACQ_REL);
+        count_settle(self->sem, u, 0);
     }
     __atomic_store_n(&sl->start, 0, __ATOMIC_RELEASE);
     __atomic_store_n(&sl->pid, 0, __ATOMIC_RELEASE);

@@ -111,6 +111,64 @@ def test_signal_semaphore_no_phantom_units(fctx):
         assert sem.acquire(timeout=0.3) is False
 
 
+def test_units_paid_back_by_another_process(fctx):
+    # A release in another process pays off the holder's record, so only
+    # what the dead process still held comes back.
+    sem = fctx.BoundedSemaphore(4)
+    p = _start_holder(fctx, sem, units=3)
+    sem.release()
+    sem.release()
+    p.kill()
+    p.join(10)
+    assert [sem.acquire(False) for _ in range(3)] == [True] * 3
+    with pytest.warns(fastmp.AbandonedLockWarning):
+        assert sem.acquire(timeout=5) is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fastmp.AbandonedLockWarning)
+        assert sem.acquire(timeout=0.3) is False
+    for _ in range(4):
+        sem.release()
+    with pytest.raises(ValueError):
+        sem.release()
+
+
+def _churn(sem, n):
+    for i in range(n):
+        sem.acquire()
+        if i % 3 == 0:
+            sem.acquire()
+            sem.release()
+        sem.release()
+
+
+def test_records_exact_after_churn(fctx):
+    # Many processes taking and giving back units at once leave the
+    # records exact: a holder killed afterwards gives back exactly what
+    # it held.
+    sem = fctx.Semaphore(3)
+    procs = [fctx.Process(target=_churn, args=(sem, 3000)) for _ in range(3)]
+    for q in procs:
+        q.start()
+    _churn(sem, 3000)
+    for q in procs:
+        q.join(60)
+        assert q.exitcode == 0
+    assert sem.get_value() == 3
+    p = _start_holder(fctx, sem, units=2)
+    p.kill()
+    p.join(10)
+    assert sem.acquire(False) is True
+    with pytest.warns(fastmp.AbandonedLockWarning):
+        assert sem.acquire(timeout=5) is True
+    assert sem.acquire(timeout=5) is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fastmp.AbandonedLockWarning)
+        assert sem.acquire(timeout=0.3) is False
+    for _ in range(3):
+        sem.release()
+    assert sem.get_value() == 3
+
+
 def test_normal_exit_units_not_recovered(fctx):
     sem = fctx.Semaphore(1)
     done = fctx.Event()
