@@ -18,11 +18,9 @@
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
-#include <sched.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "structmember.h"
@@ -33,7 +31,7 @@ typedef struct {
     char readable;
     char writable;
     signed char sock;       /* fd is a socket: 1, not: 0, not known: -1 */
-    uint32_t spin_ns;       /* spin budget before a blocking read */
+    fastmp_spin spin;       /* spinning before a blocking read */
     PyObject *weakreflist;
 } ConnectionObject;
 
@@ -369,45 +367,17 @@ conn_send_frame(int fd, const char *data, size_t n)
 }
 
 /* ---------------------------------------------------------------------
- * adaptive spinning before a blocking read
+ * spinning before a blocking read
  *
  * A round trip through a pipe or socketpair costs the reader a sleep and
  * a wake-up each way, tens of microseconds on a virtual machine, while a
  * peer on another CPU often answers within a few microseconds.  So a
  * reader whose recent waits were short first looks for input without
- * sleeping (GIL released), for at most `spin_ns`, and only then blocks.
- * The budget follows the waits seen: twice a wait shorter than
- * SPIN_CAP_NS, halved after a spin that found nothing, and always 0 when
- * the process can run on one CPU only.  On a socket the spin is
- * recv(MSG_DONTWAIT) of the header itself, so input that is already there
- * costs no extra system call; on a pipe it is poll().
+ * sleeping (GIL released), within its fastmp_spin budget (wait.c), and
+ * only then blocks.  On a socket a look is recv(MSG_DONTWAIT) of the
+ * header itself, so input that is already there costs no extra system
+ * call; on a pipe it is poll().
  * ------------------------------------------------------------------- */
-
-#define SPIN_CAP_NS 50000
-
-static int spin_cpus_ok = -1;   /* more than one CPU to run on */
-
-static int
-spin_possible(void)
-{
-    if (spin_cpus_ok < 0) {
-        cpu_set_t set;
-        int n = 0;
-        if (sched_getaffinity(0, sizeof(set), &set) == 0) {
-            n = CPU_COUNT(&set);
-        }
-        spin_cpus_ok = n > 1;
-    }
-    return spin_cpus_ok;
-}
-
-static int64_t
-mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 /* One look for input without blocking: >0 bytes read into buf (sockets)
  * or 1 (pipes: readable, nothing read), 0 none yet, -1 stop looking (EOF,
@@ -446,19 +416,19 @@ conn_spin(ConnectionObject *self, char *buf, size_t n, int64_t *t0)
 {
     int got;
     ssize_t r;
-    uint32_t budget = self->spin_ns;
+    uint32_t budget = self->spin.budget_ns;
 
     *t0 = 0;
     if (budget == 0 && self->sock == 0) {
         /* Nothing to gain from a look on a pipe: time the read only. */
-        *t0 = mono_ns();
+        *t0 = fastmp_now_ns();
         return 0;
     }
     r = spin_look(self, buf, n, &got);
     if (r != 0) {
         return got;
     }
-    *t0 = mono_ns();
+    *t0 = fastmp_now_ns();
     if (budget == 0) {
         return 0;
     }
@@ -468,34 +438,9 @@ conn_spin(ConnectionObject *self, char *buf, size_t n, int64_t *t0)
         __builtin_ia32_pause();
 #endif
         r = spin_look(self, buf, n, &got);
-    } while (r == 0 && mono_ns() - *t0 < (int64_t)budget);
+    } while (r == 0 && fastmp_now_ns() - *t0 < (int64_t)budget);
     Py_END_ALLOW_THREADS
     return got;
-}
-
-/* Learn from a wait that began at t0 and ended now; `spun` says whether
- * spinning found the input. */
-static void
-conn_spin_learn(ConnectionObject *self, int64_t t0, int spun)
-{
-    int64_t waited = mono_ns() - t0;
-    uint32_t budget = self->spin_ns;
-    if (!spin_possible()) {
-        return;
-    }
-    if (waited < SPIN_CAP_NS) {
-        uint32_t want = (uint32_t)(2 * waited);
-        if (want > SPIN_CAP_NS) {
-            want = SPIN_CAP_NS;
-        }
-        if (!spun || want > budget) {
-            budget = want;
-        }
-    }
-    else if (!spun) {
-        budget /= 2;
-    }
-    self->spin_ns = budget;
 }
 
 /* Read a frame header.  Returns 0 and the payload size, or -1. */
@@ -516,11 +461,11 @@ conn_recv_header(ConnectionObject *self, uint64_t *size)
             return -1;
         }
         if (t0 != 0) {
-            conn_spin_learn(self, t0, 0);
+            fastmp_spin_learn(&self->spin, fastmp_now_ns() - t0, 0);
         }
     }
     else if (t0 != 0) {
-        conn_spin_learn(self, t0, 1);
+        fastmp_spin_learn(&self->spin, fastmp_now_ns() - t0, 1);
     }
     n = (int32_t)(((uint32_t)h[0] << 24) | ((uint32_t)h[1] << 16)
                   | ((uint32_t)h[2] << 8) | (uint32_t)h[3]);
@@ -661,7 +606,7 @@ conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->readable = (char)readable;
     self->writable = (char)writable;
     self->sock = -1;
-    self->spin_ns = spin_possible() ? SPIN_CAP_NS : 0;
+    fastmp_spin_init(&self->spin);
     self->weakreflist = NULL;
     return (PyObject *)self;
 }

@@ -110,6 +110,29 @@ double fastmp_deadline_remaining(const fastmp_deadline *d);
 int fastmp_wait_futex(uint32_t *word, uint32_t expected,
                       const fastmp_deadline *d);
 
+/* Spinning before sleeping.  A wait that ends within microseconds (a peer
+ * on another CPU answering) costs far less if the waiter watches for the
+ * change than if it sleeps and is woken.  A fastmp_spin is process-local
+ * memory of one object's recent waits: the budget is twice the last wait
+ * when that was shorter than FASTMP_SPIN_CAP_NS, halved after a spin that
+ * saw nothing, and always 0 when the process can run on one CPU only. */
+#define FASTMP_SPIN_CAP_NS 50000
+
+typedef struct {
+    uint32_t budget_ns;
+} fastmp_spin;
+
+void fastmp_spin_init(fastmp_spin *sp);
+int64_t fastmp_now_ns(void);
+/* Record a wait of `waited` ns; `spun` says whether spinning saw it end. */
+void fastmp_spin_learn(fastmp_spin *sp, int64_t waited, int spun);
+
+/* fastmp_wait_futex, first watching `word` for a change without sleeping
+ * (GIL released) for at most sp's budget.  Returns like
+ * fastmp_wait_futex. */
+int fastmp_wait_futex_spin(uint32_t *word, uint32_t expected,
+                           const fastmp_deadline *d, fastmp_spin *sp);
+
 /* ---------------------------------------------------------------------
  * arena: arena.c -- process-shared memory carved into blocks.
  *

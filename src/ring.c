@@ -104,6 +104,9 @@ typedef struct {
     int closed;             /* process-local, as the stdlib's _closed */
     int used;               /* this process has put: close() ends reads */
     int reader_closed;      /* empty() raises OSError, as the stdlib's */
+    fastmp_spin get_spin;   /* how long this process's waits lasted: */
+    fastmp_spin put_spin;   /* for an item, for room, for task_done */
+    fastmp_spin join_spin;
     PyObject *weakreflist;
 } RingObject;
 
@@ -394,6 +397,9 @@ ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     q->weakreflist = NULL;
+    fastmp_spin_init(&q->get_spin);
+    fastmp_spin_init(&q->put_spin);
+    fastmp_spin_init(&q->join_spin);
     if (attach == Py_None) {
         size_t size = RING_HEADER_BYTES + RING_PAGE + RING_CAPACITY;
         if (fastmp_block_alloc(size, &q->blk) < 0) {
@@ -527,13 +533,13 @@ ring_pickle(fastmp_ring_state *rs, PyObject *obj)
     return PyObject_CallOneArg(rs->dumps, obj);
 }
 
-/* Wait on a futex word, GIL released, sliced.  Returns like
- * fastmp_wait_futex. */
+/* Wait on a futex word (spinning first when recent waits were short),
+ * GIL released, sliced.  Returns like fastmp_wait_futex. */
 static int
 ring_sleep(uint32_t *word, uint32_t seen, uint32_t *sleepers,
-           const fastmp_deadline *d)
+           const fastmp_deadline *d, fastmp_spin *sp)
 {
-    int r = fastmp_wait_futex(word, seen, d);
+    int r = fastmp_wait_futex_spin(word, seen, d, sp);
     __atomic_sub_fetch(sleepers, 1, __ATOMIC_SEQ_CST);
     return r;
 }
@@ -611,7 +617,8 @@ ring_put_impl(RingObject *q, PyObject *obj, int block, PyObject *timeout)
             }
             have_deadline = 1;
         }
-        int r = ring_sleep(&h->get_seq, seen, &h->putters, &d);
+        int r = ring_sleep(&h->get_seq, seen, &h->putters, &d,
+                           &q->put_spin);
         if (r < 0) {
             goto error;
         }
@@ -745,7 +752,8 @@ ring_get_bytes(RingObject *q, int block, PyObject *timeout)
             }
             have_deadline = 1;
         }
-        int r = ring_sleep(&h->put_seq, seen, &h->getters, &d);
+        int r = ring_sleep(&h->put_seq, seen, &h->getters, &d,
+                           &q->get_spin);
         if (r < 0) {
             return NULL;
         }
@@ -1011,7 +1019,8 @@ ring_join(RingObject *q, PyObject *Py_UNUSED(ignored))
         uint32_t seen = __atomic_load_n(&h->done_seq, __ATOMIC_SEQ_CST);
         __atomic_add_fetch(&h->joiners, 1, __ATOMIC_SEQ_CST);
         ring_unlock(h);
-        if (ring_sleep(&h->done_seq, seen, &h->joiners, &d) < 0) {
+        if (ring_sleep(&h->done_seq, seen, &h->joiners, &d,
+                       &q->join_spin) < 0) {
             return NULL;
         }
     }

@@ -107,11 +107,13 @@ typedef struct {
 
 /* `pair` from and to (word, tracked). */
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-#  define PAIR(w, t) ((uint64_t)(uint32_t)(w) | ((uint64_t)(uint32_t)(t) << 32))
+#  define PAIR(w, t) \
+    ((uint64_t)(uint32_t)(w) | ((uint64_t)(uint32_t)(t) << 32))
 #  define PAIR_WORD(p) ((uint32_t)(p))
 #  define PAIR_TRACKED(p) ((uint32_t)((p) >> 32))
 #else
-#  define PAIR(w, t) ((uint64_t)(uint32_t)(t) | ((uint64_t)(uint32_t)(w) << 32))
+#  define PAIR(w, t) \
+    ((uint64_t)(uint32_t)(t) | ((uint64_t)(uint32_t)(w) << 32))
 #  define PAIR_WORD(p) ((uint32_t)((p) >> 32))
 #  define PAIR_TRACKED(p) ((uint32_t)(p))
 #endif
@@ -128,6 +130,7 @@ typedef struct SemLockObject {
     uint32_t slot_pid;          /* slot cache: valid when == our pid */
     int slot_idx;
     uint32_t count_pid;         /* process `count` belongs to */
+    fastmp_spin spin;           /* how long blocking waits lasted */
     PyObject *name;
     PyObject *weakreflist;
     PyObject *dict;             /* instance attributes (subtypes) */
@@ -552,7 +555,7 @@ acquire_slow(SemLockObject *self, const fastmp_deadline *d)
             }
             continue;
         }
-        int r = fastmp_wait_futex(&s->word, v, d);
+        int r = fastmp_wait_futex_spin(&s->word, v, d, &self->spin);
         if (r < 0) {
             break;
         }
@@ -715,6 +718,7 @@ semlock_alloc(PyTypeObject *type, int kind, int maxvalue, PyObject *name)
     self->mutex = (kind == SEMLOCK_RECURSIVE_MUTEX || maxvalue == 1);
     self->name = Py_NewRef(name);
     self->slot_idx = -1;
+    fastmp_spin_init(&self->spin);
 #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
     /* 3.11 specializes `lock.acquire()` on an object with an instance
      * dict only once that dict exists (3.12 copes with a missing one);
@@ -1714,7 +1718,7 @@ event_wait(SemLockObject *self, PyObject *const *args, Py_ssize_t nargs,
     __atomic_add_fetch(&s->nwaiters, 1, __ATOMIC_SEQ_CST);
     int r = 0;
     while (__atomic_load_n(&s->word, __ATOMIC_SEQ_CST) == 0) {
-        r = fastmp_wait_futex(&s->word, 0, &d);
+        r = fastmp_wait_futex_spin(&s->word, 0, &d, &self->spin);
         if (r != 0) {
             break;
         }

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <sched.h>
 
 static void
 now_monotonic(struct timespec *ts)
@@ -130,4 +131,84 @@ fastmp_wait_futex(uint32_t *word, uint32_t expected,
         return 1;
     }
     return 0;
+}
+
+/* ---- spinning before sleeping ---------------------------------------- */
+
+static int spin_cpus_ok = -1;   /* more than one CPU to run on */
+
+void
+fastmp_spin_init(fastmp_spin *sp)
+{
+    if (spin_cpus_ok < 0) {
+        cpu_set_t set;
+        int n = 0;
+        if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+            n = CPU_COUNT(&set);
+        }
+        spin_cpus_ok = n > 1;
+    }
+    sp->budget_ns = spin_cpus_ok ? FASTMP_SPIN_CAP_NS : 0;
+}
+
+int64_t
+fastmp_now_ns(void)
+{
+    struct timespec ts;
+    now_monotonic(&ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+void
+fastmp_spin_learn(fastmp_spin *sp, int64_t waited, int spun)
+{
+    uint32_t budget = sp->budget_ns;
+    if (spin_cpus_ok != 1) {
+        return;
+    }
+    if (waited < FASTMP_SPIN_CAP_NS) {
+        uint32_t want = (uint32_t)(2 * (waited > 0 ? waited : 0));
+        if (want > FASTMP_SPIN_CAP_NS) {
+            want = FASTMP_SPIN_CAP_NS;
+        }
+        if (!spun || want > budget) {
+            budget = want;
+        }
+    }
+    else if (!spun) {
+        budget /= 2;
+    }
+    sp->budget_ns = budget;
+}
+
+int
+fastmp_wait_futex_spin(uint32_t *word, uint32_t expected,
+                       const fastmp_deadline *d, fastmp_spin *sp)
+{
+    int64_t t0 = fastmp_now_ns();
+    uint32_t budget = sp->budget_ns;
+    if (budget > 0) {
+        int changed = 0;
+        Py_BEGIN_ALLOW_THREADS
+        do {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+            if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != expected) {
+                changed = 1;
+                break;
+            }
+        } while (fastmp_now_ns() - t0 < (int64_t)budget);
+        Py_END_ALLOW_THREADS
+        if (changed) {
+            fastmp_spin_learn(sp, fastmp_now_ns() - t0, 1);
+            return PyErr_CheckSignals() < 0 ? -1 : 0;
+        }
+    }
+    int r = fastmp_wait_futex(word, expected, d);
+    if (r == 0) {
+        int changed = __atomic_load_n(word, __ATOMIC_ACQUIRE) != expected;
+        fastmp_spin_learn(sp, changed ? fastmp_now_ns() - t0 : INT64_MAX, 0);
+    }
+    return r;
 }

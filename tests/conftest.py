@@ -8,8 +8,17 @@ children must be module-level functions so spawn/forkserver can pickle them.
 import importlib
 import multiprocessing
 import os
+import signal
 
 import pytest
+
+# A run started with SIGINT ignored (as a background job is) would pass
+# that on to every child, and Python then never raises KeyboardInterrupt:
+# the Ctrl-C tests, and CPython's own, would test nothing.  A handler set
+# here is reset to the default in exec'd children, so they start as under
+# a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")

@@ -33,6 +33,13 @@ import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Started with SIGINT ignored (a background job), every child would
+# inherit that and CPython's tests that expect KeyboardInterrupt would
+# fail for a reason outside fastmp; a handler here is reset to the
+# default in exec'd children.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 # Test class -> (fastmp module it exercises, factory call that must give a
 # fastmp object).  Adding a class to the run is one line here.
 CLASSES = {
