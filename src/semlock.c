@@ -509,7 +509,6 @@ warn_abandoned(SemLockObject *self)
                             self->mutex ? "lock" : "semaphore");
 }
 
-
 static void
 ts_add(struct timespec *ts, long ns)
 {
@@ -1041,6 +1040,11 @@ bound_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
                  PyObject *kwnames)
 {
     BoundSpecial *b = (BoundSpecial *)callable;
+    if (b->lock == NULL) {
+        /* Only after the GC broke a cycle through this object. */
+        PyErr_SetString(PyExc_ReferenceError, "the lock is gone");
+        return NULL;
+    }
     return special_call(b->lock, b->is_exit, args,
                         PyVectorcall_NARGS(nargsf), kwnames);
 }
