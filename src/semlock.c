@@ -966,10 +966,16 @@ static PyObject *
 semlock_exit(SemLockObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     FASTMP_UNUSED(args);
+#if PY_VERSION_HEX >= 0x030A0000
+    /* The stdlib's takes any number of arguments up to 3.9. */
     if (nargs > 3) {
-        PyErr_SetString(PyExc_TypeError, "__exit__ takes at most 3 arguments");
+        PyErr_Format(PyExc_TypeError,
+                     "__exit__ expected at most 3 arguments, got %zd", nargs);
         return NULL;
     }
+#else
+    FASTMP_UNUSED(nargs);
+#endif
     if (do_release(self) < 0) {
         return NULL;
     }
