@@ -56,12 +56,26 @@ def address_type(address):
     raise ValueError(f'address type of {address!r} unrecognized')
 
 
+# Send buffer of each end of a duplex Pipe.  The default (about 200 KiB)
+# makes a 1 MiB message cost the sender and the receiver a sleep and a
+# wake-up every 200 KiB; with room for the whole message it is one write
+# and one read.  It is a limit, not an allocation (the kernel caps it at
+# net.core.wmem_max).  One-way Pipes are left alone: a bigger os.pipe()
+# buffer counts against a per-user limit.
+_PIPE_SNDBUF = 1 << 20
+
+
 def Pipe(duplex=True):
     """Returns pair of connection objects at either end of a pipe"""
     if duplex:
         s1, s2 = socket.socketpair()
-        s1.setblocking(True)
-        s2.setblocking(True)
+        for s in (s1, s2):
+            s.setblocking(True)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                             _PIPE_SNDBUF)
+            except OSError:
+                pass
         return Connection(s1.detach()), Connection(s2.detach())
     rfd, wfd = os.pipe()
     return (Connection(rfd, writable=False),

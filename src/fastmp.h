@@ -127,6 +127,11 @@ int64_t fastmp_now_ns(void);
 /* Record a wait of `waited` ns; `spun` says whether spinning saw it end. */
 void fastmp_spin_learn(fastmp_spin *sp, int64_t waited, int spun);
 
+/* Watch `word` without sleeping (GIL released) until it differs from
+ * `expected` (1) or sp's budget, counted from t0, is spent (0). */
+int fastmp_spin_watch(uint32_t *word, uint32_t expected, fastmp_spin *sp,
+                      int64_t t0);
+
 /* fastmp_wait_futex, first watching `word` for a change without sleeping
  * (GIL released) for at most sp's budget.  Returns like
  * fastmp_wait_futex. */

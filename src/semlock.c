@@ -541,6 +541,24 @@ acquire_slow(SemLockObject *self, const fastmp_deadline *d)
     shared_sem *s = self->sem;
     int result = -1;
     struct timespec next_check;
+    int64_t t0 = fastmp_now_ns();
+    /* While recent waits were short, watch `word` first, before counting
+     * ourselves in `nwaiters` (which makes every release pay for a futex
+     * wake-up call). */
+    for (;;) {
+        uint32_t v = __atomic_load_n(&s->word, __ATOMIC_ACQUIRE);
+        int free_now = self->mutex ? (v == 0) : (v != 0);
+        if (!free_now && !fastmp_spin_watch(&s->word, v, &self->spin, t0)) {
+            break;
+        }
+        if (try_once(self)) {
+            fastmp_spin_learn(&self->spin, fastmp_now_ns() - t0, 1);
+            return 1;
+        }
+    }
+    if (PyErr_CheckSignals() < 0) {
+        return -1;
+    }
     clock_gettime(CLOCK_MONOTONIC, &next_check);
     ts_add(&next_check, FASTMP_WAIT_SLICE_NS);
     __atomic_add_fetch(&s->nwaiters, 1, __ATOMIC_SEQ_CST);
@@ -554,7 +572,7 @@ acquire_slow(SemLockObject *self, const fastmp_deadline *d)
             }
             continue;
         }
-        int r = fastmp_wait_futex_spin(&s->word, v, d, &self->spin);
+        int r = fastmp_wait_futex(&s->word, v, d);
         if (r < 0) {
             break;
         }
@@ -592,6 +610,9 @@ acquire_slow(SemLockObject *self, const fastmp_deadline *d)
         }
     }
     __atomic_sub_fetch(&s->nwaiters, 1, __ATOMIC_SEQ_CST);
+    if (result == 1) {
+        fastmp_spin_learn(&self->spin, fastmp_now_ns() - t0, 0);
+    }
     return result;
 }
 
@@ -627,15 +648,18 @@ do_acquire(SemLockObject *self, int blocking, PyObject *timeout)
     if (!blocking) {
         return 0;
     }
-    /* A brief spin: a holder on the other core may be about to leave. */
+    /* A brief spin: a holder on the other core may be about to leave.
+     * Only reads until the lock looks free, so that the holder keeps the
+     * cache line meanwhile (a failed CAS takes it away too). */
     for (int i = 0; i < SPIN_TRIES; i++) {
-        if (try_once(self)) {
-            note_acquired(self);
-            return 1;
-        }
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
 #endif
+        uint32_t v = __atomic_load_n(&self->sem->word, __ATOMIC_RELAXED);
+        if ((self->mutex ? v == 0 : v != 0) && try_once(self)) {
+            note_acquired(self);
+            return 1;
+        }
     }
     int r = acquire_slow(self, &d);
     if (r == 1) {

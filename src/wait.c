@@ -182,28 +182,36 @@ fastmp_spin_learn(fastmp_spin *sp, int64_t waited, int spun)
 }
 
 int
+fastmp_spin_watch(uint32_t *word, uint32_t expected, fastmp_spin *sp,
+                  int64_t t0)
+{
+    int64_t budget = sp->budget_ns;
+    if (budget == 0 || fastmp_now_ns() - t0 >= budget) {
+        return 0;
+    }
+    int changed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    do {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != expected) {
+            changed = 1;
+            break;
+        }
+    } while (fastmp_now_ns() - t0 < budget);
+    Py_END_ALLOW_THREADS
+    return changed;
+}
+
+int
 fastmp_wait_futex_spin(uint32_t *word, uint32_t expected,
                        const fastmp_deadline *d, fastmp_spin *sp)
 {
     int64_t t0 = fastmp_now_ns();
-    uint32_t budget = sp->budget_ns;
-    if (budget > 0) {
-        int changed = 0;
-        Py_BEGIN_ALLOW_THREADS
-        do {
-#if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-#endif
-            if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != expected) {
-                changed = 1;
-                break;
-            }
-        } while (fastmp_now_ns() - t0 < (int64_t)budget);
-        Py_END_ALLOW_THREADS
-        if (changed) {
-            fastmp_spin_learn(sp, fastmp_now_ns() - t0, 1);
-            return PyErr_CheckSignals() < 0 ? -1 : 0;
-        }
+    if (fastmp_spin_watch(word, expected, sp, t0)) {
+        fastmp_spin_learn(sp, fastmp_now_ns() - t0, 1);
+        return PyErr_CheckSignals() < 0 ? -1 : 0;
     }
     int r = fastmp_wait_futex(word, expected, d);
     if (r == 0) {

@@ -130,6 +130,33 @@ def test_frames_arriving_in_pieces(ctx, duplex):
     b.close()
 
 
+def _wmem_max():
+    try:
+        with open("/proc/sys/net/core/wmem_max") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+@pytest.mark.skipif(_wmem_max() < 1 << 20,
+                    reason="net.core.wmem_max caps socket buffers below 1 MiB")
+def test_duplex_pipe_holds_a_whole_1mib_message():
+    # fastmp-only: a duplex Pipe's buffer takes a 1 MiB message whole, so
+    # the sender is done before the reader starts.
+    a, b = fastmp.Pipe()
+    msg = os.urandom(1 << 20)
+    t = threading.Thread(target=a.send_bytes, args=(msg,))
+    t.start()
+    t.join(10)
+    try:
+        assert not t.is_alive()
+    finally:
+        assert b.recv_bytes() == msg
+        t.join()
+    a.close()
+    b.close()
+
+
 def test_send_bytes_offset_size(ctx):
     a, b = ctx.Pipe()
     msg = b"0123456789"
