@@ -593,10 +593,14 @@ def _split(n, k):
     return [n // k + (1 if i < n % k else 0) for i in range(k)]
 
 
-def _many_to_many(make_queue, ctx, producers, consumers, item):
+def _many_to_many(make_queue, ctx, producers, consumers, item,
+                  produce=_produce, consume=_consume):
+    """Per-message time of `producers` processes putting `item` and
+    `consumers` processes taking messages from one queue.  `produce(n, q,
+    item)` and `consume(n, q)` are the helpers' loops."""
     q = make_queue()
-    prod = Workers(ctx, _produce, (q, item), producers)
-    cons = Workers(ctx, _consume, (q,), consumers)
+    prod = Workers(ctx, produce, (q, item), producers)
+    cons = Workers(ctx, consume, (q,), consumers)
 
     def run(n):
         done = max(n, producers * consumers)
@@ -663,10 +667,10 @@ def _ff_consume(n, q):
         get(True, 60.0)
 
 
-def _ff_produce(n, q):
+def _ff_produce(n, q, item):
     put = q.put
     for _ in repeat(None, n):
-        put(FF_MSG, True, 60.0)
+        put(item, True, 60.0)
 
 
 @case("fasterfifo_20to20", "queue",
@@ -686,23 +690,8 @@ def _fasterfifo(mp, impl):
     else:
         ctx = fork_ctx(mp)
         make = ctx.Queue
-    q = make()
-    prod = Workers(ctx, _ff_produce, (q,), FF_PRODUCERS)
-    cons = Workers(ctx, _ff_consume, (q,), FF_CONSUMERS)
-
-    def run(n):
-        done = max(n, FF_PRODUCERS * FF_CONSUMERS)
-        t0 = perf()
-        cons.start(_split(done, FF_CONSUMERS))
-        prod.start(_split(done, FF_PRODUCERS))
-        prod.wait()
-        cons.wait()
-        return (perf() - t0) * n / done
-
-    def close():
-        prod.close()
-        cons.close()
-    return Bench(run, close)
+    return _many_to_many(make, ctx, FF_PRODUCERS, FF_CONSUMERS, FF_MSG,
+                         _ff_produce, _ff_consume)
 
 
 # ---------------------------------------------------------------------------
