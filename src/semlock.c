@@ -43,7 +43,8 @@
  *       set back to 0 by that process (forget_my_slot) or by a waiter that
  *       found the process dead (after taking its units).
  *   taken: written only by the owning process, under its GIL, with plain
- *       atomic stores (no read-modify-write, so no locked instruction):
+ *       atomic stores (no read-modify-write, so no locked instruction;
+ *       sub-interpreters with a GIL each would need a real atomic add):
  *       +1 for each tracked acquire, -1 when the owner pays a unit back
  *       itself.  Set equal to `paid` when the slot is claimed.
  *   paid: units paid back on the owner's behalf: CAS +1 by a release in
