@@ -404,39 +404,26 @@ sync_unlock(SyncObject *s, int held)
     return r;
 }
 
+/* Copy n elements of sz bytes from src, `sstride` bytes apart, to dst,
+ * `dstride` bytes apart. */
+static void
+copy_strided(char *dst, Py_ssize_t dstride, const char *src,
+             Py_ssize_t sstride, Py_ssize_t n, Py_ssize_t sz)
+{
+    if (dstride == sz && sstride == sz) {
+        memcpy(dst, src, n * sz);
+        return;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        memcpy(dst + k * dstride, src + k * sstride, sz);
+    }
+}
+
 /* Copy n elements of sz bytes, `stride` bytes apart, out of shared memory
- * as one consistent snapshot.  While the lock is a free fastmp mutex this
- * takes no lock at all (see fastmp_semlock_seq): a writer that
- * interferes makes the copy start again, and after a few tries, or with
- * any other lock, the copy is made under the lock. */
-static void
-gather(char *dst, const char *src, Py_ssize_t n, Py_ssize_t sz,
-       Py_ssize_t stride)
-{
-    if (stride == sz) {
-        memcpy(dst, src, n * sz);
-        return;
-    }
-    for (Py_ssize_t k = 0; k < n; k++) {
-        memcpy(dst + k * sz, src + k * stride, sz);
-    }
-}
-
-/* The reverse of gather: n packed elements from src out to shared
- * memory at dst, `stride` bytes apart (the caller holds the lock). */
-static void
-scatter(char *dst, const char *src, Py_ssize_t n, Py_ssize_t sz,
-        Py_ssize_t stride)
-{
-    if (stride == sz) {
-        memcpy(dst, src, n * sz);
-        return;
-    }
-    for (Py_ssize_t k = 0; k < n; k++) {
-        memcpy(dst + k * stride, src + k * sz, sz);
-    }
-}
-
+ * into packed dst as one consistent snapshot.  While the lock is a free
+ * fastmp mutex this takes no lock at all (see fastmp_semlock_seq): a
+ * writer that interferes makes the copy start again, and after a few
+ * tries, or with any other lock, the copy is made under the lock. */
 static int
 sync_gather(SyncObject *s, char *dst, const char *src, Py_ssize_t n,
             Py_ssize_t sz, Py_ssize_t stride)
@@ -447,7 +434,7 @@ sync_gather(SyncObject *s, char *dst, const char *src, Py_ssize_t n,
             if (__atomic_load_n(s->seq_word, __ATOMIC_ACQUIRE) != 0) {
                 break;
             }
-            gather(dst, src, n, sz, stride);
+            copy_strided(dst, sz, src, stride, n, sz);
             __atomic_thread_fence(__ATOMIC_ACQUIRE);
             if (__atomic_load_n(s->seq_word, __ATOMIC_RELAXED) == 0
                 && __atomic_load_n(s->seq_gen, __ATOMIC_RELAXED) == gen) {
@@ -459,7 +446,7 @@ sync_gather(SyncObject *s, char *dst, const char *src, Py_ssize_t n,
     if (held < 0) {
         return -1;
     }
-    gather(dst, src, n, sz, stride);
+    copy_strided(dst, sz, src, stride, n, sz);
     return sync_unlock(s, held);
 }
 
@@ -1381,7 +1368,7 @@ array_ass_subscript(SyncObject *self, PyObject *key, PyObject *v)
         goto done;
     }
     if (r == 0) {
-        scatter(self->ptr + start * sz, buf, n, sz, step * sz);
+        copy_strided(self->ptr + start * sz, step * sz, buf, sz, n, sz);
     }
     else if (v == NULL) {
         r = PyObject_DelItem(self->obj, key);
