@@ -409,16 +409,19 @@ spin_look(ConnectionObject *self, char *buf, size_t n, int *got)
 }
 
 /* Wait a little for the first bytes of a frame (at most n).  Returns the
- * number of bytes already read into buf, and in *t0 when waiting began
- * (0 when input was there at once). */
+ * number of bytes already read into buf, in *t0 when waiting began (0
+ * when input was there at once) and in *spun whether the spin saw input
+ * arrive. */
 static int
-conn_spin(ConnectionObject *self, char *buf, size_t n, int64_t *t0)
+conn_spin(ConnectionObject *self, char *buf, size_t n, int64_t *t0,
+          int *spun)
 {
     int got;
     ssize_t r;
     uint32_t budget = self->spin.budget_ns;
 
     *t0 = 0;
+    *spun = 0;
     if (budget == 0 && self->sock == 0) {
         /* Nothing to gain from a look on a pipe: time the read only. */
         *t0 = fastmp_now_ns();
@@ -440,6 +443,7 @@ conn_spin(ConnectionObject *self, char *buf, size_t n, int64_t *t0)
         r = spin_look(self, buf, n, &got);
     } while (r == 0 && fastmp_now_ns() - *t0 < (int64_t)budget);
     Py_END_ALLOW_THREADS
+    *spun = r > 0;
     return got;
 }
 
@@ -451,7 +455,8 @@ conn_recv_header(ConnectionObject *self, uint64_t *size)
     int32_t n;
     int fd = self->fd;
     int64_t t0;
-    int got = conn_spin(self, (char *)h, 4, &t0);
+    int spun;
+    int got = conn_spin(self, (char *)h, 4, &t0, &spun);
 
     if (got < 4) {
         if (t0 != 0 && PyErr_CheckSignals() < 0) {
@@ -460,12 +465,9 @@ conn_recv_header(ConnectionObject *self, uint64_t *size)
         if (fd_read_exact(fd, (char *)h + got, (size_t)(4 - got)) < 0) {
             return -1;
         }
-        if (t0 != 0) {
-            fastmp_spin_learn(&self->spin, fastmp_now_ns() - t0, 0);
-        }
     }
-    else if (t0 != 0) {
-        fastmp_spin_learn(&self->spin, fastmp_now_ns() - t0, 1);
+    if (t0 != 0) {
+        fastmp_spin_learn(&self->spin, fastmp_now_ns() - t0, spun);
     }
     n = (int32_t)(((uint32_t)h[0] << 24) | ((uint32_t)h[1] << 16)
                   | ((uint32_t)h[2] << 8) | (uint32_t)h[3]);
