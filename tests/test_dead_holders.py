@@ -39,6 +39,13 @@ def _start_holder(ctx, lock, units=1):
     return p
 
 
+def _assert_nothing_to_take(lock):
+    """No unit is free and none is taken over (no AbandonedLockWarning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fastmp.AbandonedLockWarning)
+        assert lock.acquire(timeout=0.3) is False
+
+
 def _acquire_after_kill(ctx, lock, units=1):
     p = _start_holder(ctx, lock, units)
     assert lock.acquire(False) is False
@@ -91,9 +98,7 @@ def test_killed_waiter_blocked_in_acquire(fctx):
 def test_live_holder_never_robbed(fctx):
     for lock in (fctx.Lock(), fctx.RLock(), fctx.Semaphore(1)):
         p = _start_holder(fctx, lock)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", fastmp.AbandonedLockWarning)
-            assert lock.acquire(timeout=0.3) is False
+        _assert_nothing_to_take(lock)
         p.kill()
         p.join(10)
 
@@ -106,9 +111,7 @@ def test_signal_semaphore_no_phantom_units(fctx):
     p = _start_holder(fctx, sem)
     p.kill()
     p.join(10)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", fastmp.AbandonedLockWarning)
-        assert sem.acquire(timeout=0.3) is False
+    _assert_nothing_to_take(sem)
 
 
 def test_units_paid_back_by_another_process(fctx):
@@ -123,9 +126,7 @@ def test_units_paid_back_by_another_process(fctx):
     assert [sem.acquire(False) for _ in range(3)] == [True] * 3
     with pytest.warns(fastmp.AbandonedLockWarning):
         assert sem.acquire(timeout=5) is True
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", fastmp.AbandonedLockWarning)
-        assert sem.acquire(timeout=0.3) is False
+    _assert_nothing_to_take(sem)
     for _ in range(4):
         sem.release()
     with pytest.raises(ValueError):
@@ -162,9 +163,7 @@ def test_records_exact_after_churn(fctx):
     with pytest.warns(fastmp.AbandonedLockWarning):
         assert sem.acquire(timeout=5) is True
     assert sem.acquire(timeout=5) is True
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", fastmp.AbandonedLockWarning)
-        assert sem.acquire(timeout=0.3) is False
+    _assert_nothing_to_take(sem)
     for _ in range(3):
         sem.release()
     assert sem.get_value() == 3
@@ -178,9 +177,7 @@ def test_normal_exit_units_not_recovered(fctx):
     assert done.wait(30)
     p.join(30)
     assert p.exitcode == 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", fastmp.AbandonedLockWarning)
-        assert sem.acquire(timeout=0.3) is False
+    _assert_nothing_to_take(sem)
 
 
 def test_warning_category():
