@@ -60,6 +60,9 @@ fastmp_platform_self_start(void)
  * Returns 1 alive, 0 dead (or pid reused by another process). */
 int fastmp_platform_pid_alive(uint32_t pid, uint64_t start);
 
+/* As fastmp_platform_pid_alive, with a token from fastmp_owner_token. */
+int fastmp_platform_pid_alive32(uint32_t pid, uint32_t token);
+
 /* Cached getpid(), refreshed after fork. */
 extern uint32_t fastmp_platform_cached_pid;
 uint32_t fastmp_platform_getpid_slow(void);
@@ -137,6 +140,106 @@ int fastmp_spin_watch(uint32_t *word, uint32_t expected, fastmp_spin *sp,
  * fastmp_wait_futex. */
 int fastmp_wait_futex_spin(uint32_t *word, uint32_t expected,
                            const fastmp_deadline *d, fastmp_spin *sp);
+
+/* ---------------------------------------------------------------------
+ * owner: owner.c -- the one process-shared owner lock.
+ *
+ * A 64-bit word, 0 when free.  Held, its low half (the futex word) is the
+ * holder's pid, with FASTMP_OWNER_WAITERS set when someone may sleep on
+ * it; its high half is the holder's start token (fastmp_owner_token).
+ * One CAS 0 -> (pid, token) takes the lock and publishes who holds it, so
+ * a live holder is identified exactly from its first instant, however
+ * long it is stalled (preempted, SIGSTOP, a page fault).  A waiter that
+ * finds the (pid, token) it saw dead takes the lock over with a CAS from
+ * exactly that value: of several waiters one wins, and a holder that took
+ * the lock in the meantime is never robbed.  docs/dead-holders.md.
+ * ------------------------------------------------------------------- */
+
+#define FASTMP_OWNER_WAITERS UINT32_C(0x80000000)
+
+/* The 32-bit start token stored in owner words: never 0. */
+static inline uint32_t
+fastmp_owner_token(uint64_t start)
+{
+    uint32_t t = (uint32_t)start;
+    return t != 0 ? t : 1;
+}
+
+static inline uint64_t
+fastmp_owner_make(uint32_t pid, uint32_t token)
+{
+    return (uint64_t)pid | ((uint64_t)token << 32);
+}
+
+static inline uint32_t
+fastmp_owner_pid(uint64_t v)
+{
+    return (uint32_t)v & ~FASTMP_OWNER_WAITERS;
+}
+
+/* This process's owner value (pid, token). */
+static inline uint64_t
+fastmp_owner_self(void)
+{
+    return fastmp_owner_make(
+        fastmp_platform_getpid(),
+        fastmp_owner_token(fastmp_platform_self_start()));
+}
+
+/* The futex half of an owner word. */
+static inline uint32_t *
+fastmp_owner_futex(uint64_t *w)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return (uint32_t *)w;
+#else
+    return (uint32_t *)w + 1;
+#endif
+}
+
+/* Test hook (tests only, off unless _fastmp._owner_stall() was called in
+ * this process): after every acquisition the holder stalls. */
+extern int fastmp_owner_stall_armed;
+void fastmp_owner_stall(void);
+
+/* Take the lock if it is free.  1 taken, 0 not. */
+static inline int
+fastmp_owner_try(uint64_t *w)
+{
+    uint64_t expected = 0;
+    if (__atomic_compare_exchange_n(w, &expected, fastmp_owner_self(), 0,
+                                    __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+        if (fastmp_owner_stall_armed) {
+            fastmp_owner_stall();
+        }
+        return 1;
+    }
+    return 0;
+}
+
+/* Is the holder named by owner value v dead (or v names nobody)? */
+int fastmp_owner_dead(uint64_t v);
+
+/* If `seen` (a value read from *w) names a dead holder, take the lock
+ * over: CAS seen -> self, keeping the waiters bit.  1 taken over. */
+int fastmp_owner_takeover(uint64_t *w, uint64_t seen);
+
+/* Flags of fastmp_owner_lock. */
+#define FASTMP_OWNER_INTERRUPTIBLE 1  /* check signals between slices
+                                          (may fail with an exception) */
+#define FASTMP_OWNER_SELF_IS_STALE 2  /* critical sections never release
+                                          the GIL: finding this process as
+                                          the holder means it died there
+                                          (or the word is corrupt) */
+
+/* Blocking acquire.  Called WITH the GIL, which is released while
+ * sleeping.  Returns 0 taken, 1 taken over from a dead holder (the caller
+ * repairs what it protects), 2 the deadline passed (d may be NULL:
+ * forever), -1 with an exception set (only with INTERRUPTIBLE). */
+int fastmp_owner_lock(uint64_t *w, const fastmp_deadline *d, int flags);
+
+/* Release: the word returns to 0; a sleeper, if any, is woken. */
+void fastmp_owner_unlock(uint64_t *w);
 
 /* ---------------------------------------------------------------------
  * arena: arena.c -- process-shared memory carved into blocks.
@@ -342,6 +445,7 @@ extern PyMethodDef fastmp_sharedctypes_functions[];
 extern PyMethodDef fastmp_shm_functions[];
 extern PyMethodDef fastmp_connection_functions[];
 extern PyMethodDef fastmp_ring_functions[];
+extern PyMethodDef fastmp_owner_functions[];
 
 /* ---------------------------------------------------------------------
  * small helpers

@@ -98,6 +98,7 @@ collect_methods(void)
         fastmp_arena_functions, fastmp_semlock_functions,
         fastmp_sharedctypes_functions, fastmp_shm_functions,
         fastmp_connection_functions, fastmp_ring_functions,
+        fastmp_owner_functions,
     };
     size_t ntables = sizeof(tables) / sizeof(tables[0]);
     size_t n = 0;

@@ -224,8 +224,10 @@ fastmp_platform_after_fork_child(void)
     fastmp_platform_cached_start = 0;
 }
 
-int
-fastmp_platform_pid_alive(uint32_t pid, uint64_t start)
+/* Liveness of pid, whose start token is `start` (0: unknown) compared in
+ * full, or in its low 32 bits only (as owner words store it). */
+static int
+pid_alive_as(uint32_t pid, uint64_t start, int low32)
 {
     if (pid == 0) {
         return 0;
@@ -240,12 +242,28 @@ fastmp_platform_pid_alive(uint32_t pid, uint64_t start)
         uint64_t now = read_start_time(pid);
         /* 0: vanished between the checks, or /proc unreadable -- trust
          * kill() above in the latter case. */
-        if (now != 0 && now != start) {
-            return 0;       /* the pid was reused */
+        if (now != 0) {
+            int same = low32 ? fastmp_owner_token(now) == (uint32_t)start
+                             : now == start;
+            if (!same) {
+                return 0;       /* the pid was reused */
+            }
         }
         if (now == 0 && kill((pid_t)pid, 0) < 0 && errno == ESRCH) {
             return 0;
         }
     }
     return 1;
+}
+
+int
+fastmp_platform_pid_alive(uint32_t pid, uint64_t start)
+{
+    return pid_alive_as(pid, start, 0);
+}
+
+int
+fastmp_platform_pid_alive32(uint32_t pid, uint32_t token)
+{
+    return pid_alive_as(pid, token, 1);
 }
