@@ -12,8 +12,6 @@ in place before such an object exists.
 import copyreg
 import os
 
-from multiprocessing import util
-
 from . import _fastmp
 
 __all__ = []
@@ -30,20 +28,14 @@ def _rebuild_segment(dupfd, size):
     return _fastmp._segment_attach(dupfd.detach(), size)
 
 
-def _register_release():
-    # Drop this process's shared references when it ends normally
-    # (multiprocessing runs util._exit_function at the end of every child
-    # and at the main process's exit), so blocks it inherited or attached
-    # can be reused by the processes that remain.  Lowest priority: after
-    # every other finalizer that might still use a lock.
-    util.Finalize(None, _fastmp._release_all, exitpriority=-(2 ** 31))
+def sweep():
+    """Give back the shared blocks that ended processes still held.
 
-
-class _ForkHook:
-    """A long-lived weakref-able anchor for util.register_after_fork."""
-
-
-_hook = _ForkHook()
+    Called after a child is joined; the arena also does it by itself
+    (when it needs a holder slot, and at most once a second before it
+    carves fresh memory), so this only makes it prompt.
+    """
+    _fastmp._arena_sweep()
 
 
 def _after_fork_child():
@@ -54,7 +46,3 @@ def _after_fork_child():
 
 copyreg.pickle(_fastmp.Segment, _reduce_segment)
 os.register_at_fork(after_in_child=_after_fork_child)
-# A multiprocessing child clears inherited finalizers in _bootstrap, then
-# runs the after-fork callbacks: register the release again there.
-util.register_after_fork(_hook, lambda _: _register_release())
-_register_release()

@@ -29,7 +29,7 @@ from multiprocessing.context import (  # noqa: F401
     set_spawning_popen,
 )
 
-from . import _arena  # noqa: F401  (registers pickling and fork hooks)
+from . import _arena  # (also registers pickling and fork hooks)
 
 __all__ = ()
 
@@ -65,7 +65,17 @@ def _bootstrap_start_method(proc):
         _force_start_method(method)
 
 
-class Process(_std.Process):
+class _JoinSweeps:
+    """join() then gives back the shared blocks the child still held
+    (however it ended: see fastmp/_arena.py)."""
+
+    def join(self, timeout=None):
+        super().join(timeout)
+        if self._popen is not None and self._popen.returncode is not None:
+            _arena.sweep()
+
+
+class Process(_JoinSweeps, _std.Process):
     """A process object started through fastmp's default context."""
 
     _start_method = None
@@ -90,19 +100,19 @@ class Process(_std.Process):
         return super()._bootstrap(*args, **kwds)
 
 
-class ForkProcess(_std.ForkProcess):
+class ForkProcess(_JoinSweeps, _std.ForkProcess):
     def _bootstrap(self, *args, **kwds):
         _bootstrap_start_method(self)
         return super()._bootstrap(*args, **kwds)
 
 
-class SpawnProcess(_std.SpawnProcess):
+class SpawnProcess(_JoinSweeps, _std.SpawnProcess):
     def _bootstrap(self, *args, **kwds):
         _bootstrap_start_method(self)
         return super()._bootstrap(*args, **kwds)
 
 
-class ForkServerProcess(_std.ForkServerProcess):
+class ForkServerProcess(_JoinSweeps, _std.ForkServerProcess):
     @staticmethod
     def _Popen(process_obj):
         # Have the forkserver import fastmp once, so that its children do

@@ -245,42 +245,45 @@ void fastmp_owner_unlock(uint64_t *w);
  * arena: arena.c -- process-shared memory carved into blocks.
  *
  * Segments are memfd files mapped MAP_SHARED.  A block is (segment,
- * offset).  Blocks carry a process-shared reference count: the creating
- * object holds one, every process that maps an object (after fork, or when
- * it is rebuilt from a pickle in a spawned child) takes one, and the last
- * release returns the block to its segment's free list.
+ * offset).  A pool block records, per holder slot, which processes hold it
+ * (a slot names a process by pid and start token); a dead holder's
+ * references are recovered without its help.  A large block is a segment
+ * of its own, freed by the kernel with its last mapping.  See arena.c.
  * ------------------------------------------------------------------- */
 
 typedef struct fastmp_segment_object fastmp_segment_object;
 
 /* A process-local handle on one block.  Embed it in any Python object that
- * owns arena memory and register it with fastmp_block_track() so that a
- * fork child takes its own reference. */
+ * owns arena memory; fastmp_block_alloc/attach register it so that a fork
+ * child takes its own reference. */
 typedef struct fastmp_block {
     fastmp_segment_object *seg;   /* strong ref (a Python object) */
     uint64_t offset;              /* of the user data within the segment */
     void *ptr;                    /* seg base + offset */
     size_t size;                  /* usable bytes */
     int released;                 /* this process's reference is gone */
+    int how;                      /* how this process holds it (arena.c) */
     struct fastmp_block *prev, *next;   /* tracking list (process-local) */
+    /* Other handles of this process on the same block (a ring). */
+    struct fastmp_block *sib_prev, *sib_next;
 } fastmp_block;
 
 /* Blocks are aligned to this (enough for long double and SIMD loads). */
 #define FASTMP_BLOCK_ALIGN 16
 
 /* Allocate `size` zeroed bytes of shared memory.  On success fills *b
- * (reference count 1, tracked) and returns 0; on failure returns -1 with
+ * (held by this process, tracked) and returns 0; on failure returns -1 with
  * MemoryError/OSError set.  Needs the GIL. */
 int fastmp_block_alloc(size_t size, fastmp_block *b);
 
-/* Take a new reference on the block at (seg, offset) -- used when an
+/* Take a new handle on the block at (seg, offset) -- used when an
  * object is rebuilt in a spawned child.  Validates offset/size against the
  * segment; returns 0, or -1 with ValueError set.  Tracks *b. */
 int fastmp_block_attach(PyObject *seg, uint64_t offset, size_t size,
                         fastmp_block *b);
 
-/* Drop this process's reference (idempotent) and untrack.  Frees the block
- * when it was the last reference anywhere.  Needs the GIL. */
+/* Drop this handle (idempotent) and untrack.  Frees the block when it
+ * was the last reference anywhere.  Needs the GIL. */
 void fastmp_block_release(fastmp_block *b);
 
 /* The Segment object that holds b, as a new reference (for pickling). */
