@@ -571,11 +571,27 @@ ring_sleep(uint32_t *word, uint32_t seen, uint32_t *sleepers,
     return r;
 }
 
+/* The stdlib hands a timeout that is not None to a SemLock (put, and get
+ * without blocking) even when nothing has to wait, and so rejects one that
+ * is not a number.  0, or -1 with TypeError set. */
+static inline int
+ring_check_timeout(PyObject *timeout)
+{
+    if (timeout != NULL && timeout != Py_None) {
+        double v = PyFloat_AsDouble(timeout);
+        if (v == -1.0 && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static PyObject *
 ring_put_impl(RingObject *q, PyObject *obj, int block, PyObject *timeout)
 {
     fastmp_ring_state *rs = ring_state();
-    if (ring_check_open(q) < 0 || ring_check_setup(rs) < 0) {
+    if (ring_check_open(q) < 0 || ring_check_setup(rs) < 0
+        || ring_check_timeout(timeout) < 0) {
         return NULL;
     }
     q->used = 1;
@@ -677,6 +693,16 @@ ring_get_bytes(RingObject *q, int block, PyObject *timeout)
     fastmp_deadline d;
     int have_deadline = 0, last = 0, spun = 0;
     int64_t t0 = 0;
+    if (block && timeout != NULL && timeout != Py_None) {
+        /* As the stdlib's, which computes its deadline first. */
+        if (fastmp_deadline_from_object(timeout, &d) < 0) {
+            return NULL;
+        }
+        have_deadline = 1;
+    }
+    else if (ring_check_timeout(timeout) < 0) {
+        return NULL;
+    }
     for (;;) {
         if (ring_lock(h) < 0) {
             return NULL;
