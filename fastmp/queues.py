@@ -75,8 +75,12 @@ class Queue(_fastmp._Ring):
         self._close()
 
     def join_thread(self):
-        """Nothing to wait for: put() has already stored every item."""
+        """Nothing to wait for: put() has already stored every item.
+
+        As after the stdlib's, empty() then raises OSError if this
+        process put items."""
         assert self._closed, self
+        self._finish_close()
 
     def cancel_join_thread(self):
         """Nothing to cancel: there is no feeder thread."""

@@ -104,7 +104,8 @@ typedef struct {
     char *data;             /* the data, mapped `mapped` bytes (or NULL) */
     uint64_t mapped;        /* follows h->data_size, under the lock */
     int closed;             /* process-local, as the stdlib's _closed */
-    int used;               /* this process has put: close() ends reads */
+    int used;               /* this process has put: join_thread() ends
+                               reads */
     int reader_closed;      /* empty() raises OSError, as the stdlib's */
     fastmp_spin get_spin;   /* how long this process's waits lasted: */
     fastmp_spin put_spin;   /* for an item, for room, for task_done */
@@ -1001,13 +1002,22 @@ ring_full(RingObject *q, PyObject *Py_UNUSED(ignored))
     return PyBool_FromLong(q->h->maxsize != 0 && s.nitems >= q->h->maxsize);
 }
 
-/* Queue.close(): the stdlib closes its reader only once the queue was
- * used (a put started the feeder thread) in this process. */
+/* Queue.close(): later put/get raise ValueError in this process. */
 static PyObject *
 ring_close(RingObject *q, PyObject *Py_UNUSED(ignored))
 {
     q->closed = 1;
-    if (q->used) {
+    Py_RETURN_NONE;
+}
+
+/* Queue.join_thread(): the stdlib's feeder thread, started by a put in
+ * this process, closes the reader when it handles close()'s sentinel;
+ * once join_thread() has waited for it, empty() raises OSError.  Before
+ * that, empty() still answers. */
+static PyObject *
+ring_finish_close(RingObject *q, PyObject *Py_UNUSED(ignored))
+{
+    if (q->closed && q->used) {
         q->reader_closed = 1;
     }
     Py_RETURN_NONE;
@@ -1164,6 +1174,9 @@ static PyMethodDef ring_methods[] = {
     {"_lock_owner", (PyCFunction)ring_lock_owner, METH_NOARGS,
      "_lock_owner($self, /)\n--\n\nThe pid holding the queue lock, 0 "
      "when free (read without taking it; tests only)."},
+    {"_finish_close", (PyCFunction)ring_finish_close, METH_NOARGS,
+     "_finish_close($self, /)\n--\n\nQueue.join_thread: a closed queue "
+     "this process used has no reading side any more."},
     {"_fileno", (PyCFunction)ring_fileno, METH_NOARGS,
      "_fileno($self, /)\n--\n\nThe queue's shared-memory file, for "
      "pickling (the fd is passed to the child)."},

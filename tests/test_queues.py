@@ -413,3 +413,22 @@ def _wait_nonempty(q):
         assert time.monotonic() < deadline
         time.sleep(0.005)
 
+
+def test_empty_right_after_put_and_close(ctx):
+    import sys
+    q = ctx.Queue()
+    q.put("foo")
+    _wait_nonempty(q)
+    # The stdlib's feeder thread closes the reading side only when it
+    # handles close()'s sentinel; until then empty() still answers.
+    # (A long switch interval keeps that thread from running early.)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(100)
+    try:
+        q.close()
+        assert q.empty() is False
+    finally:
+        sys.setswitchinterval(old)
+    q.join_thread()
+    with pytest.raises(OSError, match="is closed"):
+        q.empty()
