@@ -31,8 +31,15 @@ _fastmp._ring_setup(reduction.ForkingPickler.dumps, pickle.dumps, None,
                     pickle.loads, Empty, Full)
 
 
-def _rebuild(cls, ref):
-    return _fastmp._Ring.__new__(cls, 0, False, ref)
+def _rebuild(cls, dupfd):
+    # The queue's shared-memory file, passed to this process while it
+    # started (inherited under spawn, over the forkserver's socket).
+    return _fastmp._Ring.__new__(cls, 0, False, dupfd.detach())
+
+
+def _reduce(q):
+    context.assert_spawning(q)
+    return _rebuild, (type(q), reduction.DupFd(q._fileno()))
 
 
 def _queue_args(maxsize=0, *, ctx):
@@ -59,8 +66,7 @@ class Queue(_fastmp._Ring):
     _joinable = False
 
     def __reduce__(self):
-        context.assert_spawning(self)
-        return _rebuild, (type(self), self._shared_ref())
+        return _reduce(self)
 
     def close(self):
         """Stop using the queue from this process.
@@ -69,8 +75,12 @@ class Queue(_fastmp._Ring):
         self._close()
 
     def join_thread(self):
-        """Nothing to wait for: put() has already stored every item."""
+        """Nothing to wait for: put() has already stored every item.
+
+        As after the stdlib's, empty() then raises OSError if this
+        process put items."""
         assert self._closed, self
+        self._finish_close()
 
     def cancel_join_thread(self):
         """Nothing to cancel: there is no feeder thread."""
@@ -124,8 +134,7 @@ class SimpleQueue(_fastmp._Ring):
         self._ctx = ctx
 
     def __reduce__(self):
-        context.assert_spawning(self)
-        return _rebuild, (type(self), self._shared_ref())
+        return _reduce(self)
 
     get = _fastmp._Ring._simple_get
     put = _fastmp._Ring._simple_put

@@ -32,6 +32,29 @@
  * falling back to an immediately unlinked shm_open segment. */
 int fastmp_platform_shm_anon(const char *tag, uint64_t size);
 
+/* Set the size of a file from fastmp_platform_shm_anon (pages past a
+ * smaller size are freed).  Returns 0, or -1 with errno set (ENOMEM,
+ * ENOSPC, EFBIG when memory or a limit is exhausted). */
+int fastmp_platform_shm_resize(int fd, uint64_t size);
+
+/* The current size of such a file in *size.  0, or -1 with errno set. */
+int fastmp_platform_shm_size(int fd, uint64_t *size);
+
+/* Map `size` bytes of fd from `offset` (page aligned), shared, read and
+ * write.  Returns the address, or NULL with errno set. */
+void *fastmp_platform_shm_map(int fd, uint64_t offset, uint64_t size);
+
+/* Resize a mapping made by fastmp_platform_shm_map; it may move.  Returns
+ * the new address, or NULL with errno set and the old mapping intact. */
+void *fastmp_platform_shm_remap(void *addr, uint64_t old_size,
+                                uint64_t new_size);
+
+/* Undo fastmp_platform_shm_map (NULL: nothing). */
+void fastmp_platform_shm_unmap(void *addr, uint64_t size);
+
+/* The machine's physical memory in bytes (cached; 0 when unknown). */
+uint64_t fastmp_platform_phys_bytes(void);
+
 /* Block while *word == expected, at most until the absolute CLOCK_MONOTONIC
  * time `until` (NULL: no limit).  Must be called WITHOUT the GIL; never
  * touches the Python API.  Returns 0 (woken, value differed, or a signal

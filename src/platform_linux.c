@@ -84,6 +84,77 @@ fastmp_platform_shm_anon(const char *tag, uint64_t size)
 }
 
 int
+fastmp_platform_shm_resize(int fd, uint64_t size)
+{
+    if (size > (uint64_t)INT64_MAX) {
+        errno = EFBIG;
+        return -1;
+    }
+    int r;
+    do {
+        r = ftruncate(fd, (off_t)size);
+    } while (r < 0 && errno == EINTR);
+    return r;
+}
+
+int
+fastmp_platform_shm_size(int fd, uint64_t *size)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        return -1;
+    }
+    *size = (uint64_t)st.st_size;
+    return 0;
+}
+
+void *
+fastmp_platform_shm_map(int fd, uint64_t offset, uint64_t size)
+{
+    if (size > (uint64_t)SIZE_MAX || offset > (uint64_t)INT64_MAX) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    void *p = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED,
+                   fd, (off_t)offset);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+void *
+fastmp_platform_shm_remap(void *addr, uint64_t old_size, uint64_t new_size)
+{
+    if (new_size > (uint64_t)SIZE_MAX) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    void *p = mremap(addr, (size_t)old_size, (size_t)new_size,
+                     MREMAP_MAYMOVE);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+void
+fastmp_platform_shm_unmap(void *addr, uint64_t size)
+{
+    if (addr != NULL) {
+        (void)munmap(addr, (size_t)size);
+    }
+}
+
+uint64_t
+fastmp_platform_phys_bytes(void)
+{
+    static uint64_t phys = 0;
+    if (phys == 0) {
+        long pages = sysconf(_SC_PHYS_PAGES);
+        long page = sysconf(_SC_PAGESIZE);
+        if (pages > 0 && page > 0) {
+            phys = (uint64_t)pages * (uint64_t)page;
+        }
+    }
+    return phys;
+}
+
+int
 fastmp_platform_futex_wait(uint32_t *word, uint32_t expected,
                            const struct timespec *until)
 {

@@ -2,27 +2,31 @@
  * ring.c -- the Queue ring buffer: a multi-producer multi-consumer byte
  * ring in process-shared memory, with futex waits.
  *
- * One arena block holds a ring_header followed (page aligned) by the ring
- * data.  The data area is reserved large (RING_CAPACITY bytes, a sparse
- * memfd segment of its own): pages cost memory only once written.  The
- * ring in use is the first `cap` bytes of it: it starts at RING_MIN_CAP
- * (so a busy queue keeps reusing the same warm pages), doubles when an
- * item does not fit (moving the wrapped part up), and when the queue
- * drains it falls back to RING_KEEP bytes and gives the pages above back
- * (MADV_REMOVE).  So an unbounded queue never blocks in put() short of
- * RING_CAPACITY pending bytes, and items of any size up to that go
- * through.
+ * A queue is one anonymous shared-memory file (memfd) of its own: the
+ * first page holds the ring_header, the rest is the ring data.  Every
+ * process maps the header page once (it never moves: futex words live
+ * there) and the data separately, at the size the header announces.  The
+ * file starts at one page plus RING_MIN_CAP bytes, so a queue costs
+ * little address space.  The ring in use is the first `cap` bytes of the
+ * data; when an item does not fit, `cap` doubles (moving the wrapped part
+ * up), the file grows with it and the header's `data_size` says so; every
+ * process remaps its data view to `data_size` (under the lock) before it
+ * touches the data.  When the queue drains, `cap` falls back to RING_KEEP
+ * and a larger file is cut back to it, freeing the pages above.  So an
+ * unbounded queue never blocks in put(): it grows until the machine's
+ * memory (or the process's address space) runs out, and then put() raises
+ * MemoryError.
  *
  * Records: an 8-byte length, then the pickled item, padded to 8 bytes.  A
- * record may wrap around the end of the data area.
+ * record may wrap around the end of the ring.
  *
- * All queue-wide state changes happen under one robust lock (holder pid +
- * start token; a waiter takes over from a dead holder).  The state the
- * lock protects lives in two slots; the holder writes the slot that is not
- * current and publishes it with a single store of `cur`, so a process that
- * dies at any point inside the critical section leaves the previous,
+ * All queue-wide state changes happen under the project's owner lock
+ * (fastmp.h, "owner"; a waiter takes over from a dead holder).  The state
+ * the lock protects lives in two slots; the holder writes the slot that is
+ * not current and publishes it with a single store of `cur`, so a process
+ * that dies at any point inside the critical section leaves the previous,
  * consistent state: a half-written item is never visible, a half-read item
- * stays in the queue.
+ * stays in the queue.  That is all a takeover needs: it repairs nothing.
  */
 #ifndef _GNU_SOURCE
 #  define _GNU_SOURCE 1
@@ -32,19 +36,13 @@
 #include <errno.h>
 #include <string.h>
 #include <structmember.h>
-#include <sys/mman.h>
+#include <unistd.h>
 
-#define RING_CAPACITY (UINT64_C(4) << 30)      /* bytes, sparse */
 #define RING_PAGE 4096
-#define RING_MIN_CAP (UINT64_C(64) << 10)      /* initial ring */
+#define RING_MIN_CAP (UINT64_C(64) << 10)      /* initial ring and file */
 #define RING_KEEP (UINT64_C(4) << 20)          /* kept when drained */
-#define RING_HEADER_BYTES RING_PAGE
-#define LOCK_CONTENDED UINT32_C(0x80000000)
-#define LOCK_PID_MASK UINT32_C(0x7fffffff)
-#define LOCK_SPINS 200
-#define RING_SPIN_NS 50000                     /* get: watch before sleeping */
-#define LOCK_SLICE_NS (20 * 1000 * 1000)
-#define RING_MAGIC UINT64_C(0x666d7071726e6731)    /* "fmpqrng1" */
+#define RING_MAX_CAP (UINT64_C(1) << 62)       /* arithmetic bound */
+#define RING_MAGIC UINT64_C(0x666d7071726e6732)    /* "fmpqrng2" */
 
 /* The state the queue lock protects (see ring_header.slot). */
 typedef struct {
@@ -56,16 +54,21 @@ typedef struct {
     uint64_t unfinished;    /* JoinableQueue: puts minus task_done()s */
 } ring_slot;
 
-/* The shared header, at the start of the queue's arena block.
+/* The shared header, the first page of the queue's file.
  *
- *   magic, capacity, maxsize, joinable: written once by the creator
- *       before the queue is visible to any other process; read-only.
- *   lock: 0 when free, else the holder's pid, with LOCK_CONTENDED set
- *       when someone may sleep on it (CAS; futex).  lock_start: the
- *       holder's start token, stored right after its CAS.  A waiter that
- *       finds the holder dead (twice, a slice apart, to skip the window
- *       between the CAS and the token store) takes the lock over; the
- *       dead holder's half-done work is simply not published (below).
+ *   magic, maxsize, joinable: written once by the creator before the
+ *       queue is visible to any other process; read-only.
+ *   lock: the owner lock (fastmp.h, "owner"): 0 when free, else the
+ *       holder's pid and start token from the CAS that took it.  A waiter
+ *       that finds the holder dead takes the lock over; the dead holder's
+ *       half-done work is simply not published (below).
+ *   data_size: bytes of ring data the file holds after the header page,
+ *       written only under `lock`.  Invariant: published cap <= data_size
+ *       <= the file's real size minus a page.  A grower sets the file size
+ *       first, then data_size; a shrinker publishes the smaller cap, then
+ *       lowers data_size, then the file.  A holder dying between two of
+ *       these steps leaves the invariant true (at worst a file larger than
+ *       data_size, cut back at the next shrink).
  *   slot[2], cur: written only under `lock`: the holder fills
  *       slot[!cur] and publishes it with one release store of `cur`.
  *       A holder that dies before that store leaves slot[cur] intact.
@@ -77,11 +80,10 @@ typedef struct {
  *       asleep leaves its count raised: only extra wake-ups follow. */
 typedef struct {
     uint64_t magic;
-    uint64_t capacity;
     uint64_t maxsize;
+    uint64_t lock;
+    uint64_t data_size;
     uint32_t joinable;
-    uint32_t lock;
-    uint64_t lock_start;
     uint32_t cur;
     uint32_t put_seq;
     uint32_t get_seq;
@@ -89,20 +91,21 @@ typedef struct {
     uint32_t getters;
     uint32_t putters;
     uint32_t joiners;
-    uint32_t pad;
     ring_slot slot[2];
 } ring_header;
 
-_Static_assert(sizeof(ring_header) <= RING_HEADER_BYTES, "ring header");
+_Static_assert(sizeof(ring_header) <= RING_PAGE, "ring header");
+_Static_assert(offsetof(ring_header, lock) % 8 == 0, "owner lock alignment");
 
 typedef struct {
     PyObject_HEAD
-    fastmp_block blk;
-    ring_header *h;
-    char *data;             /* RING_PAGE aligned */
-    uint64_t cap;
+    int fd;                 /* the queue's file (header page + data) */
+    ring_header *h;         /* its first page, mapped once */
+    char *data;             /* the data, mapped `mapped` bytes (or NULL) */
+    uint64_t mapped;        /* follows h->data_size, under the lock */
     int closed;             /* process-local, as the stdlib's _closed */
-    int used;               /* this process has put: close() ends reads */
+    int used;               /* this process has put: join_thread() ends
+                               reads */
     int reader_closed;      /* empty() raises OSError, as the stdlib's */
     fastmp_spin get_spin;   /* how long this process's waits lasted: */
     fastmp_spin put_spin;   /* for an item, for room, for task_done */
@@ -110,148 +113,102 @@ typedef struct {
     PyObject *weakreflist;
 } RingObject;
 
-/* ---- the robust queue lock --------------------------------------- */
+/* ---- the queue lock: the owner lock ------------------------------- */
 
-static inline void
-cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
-static inline void
-lock_took(ring_header *h)
-{
-    __atomic_store_n(&h->lock_start, fastmp_platform_self_start(),
-                     __ATOMIC_RELEASE);
-}
-
-/* Try to take the lock without sleeping.  Returns 1 on success. */
+/* Take the lock (called with the GIL, released while sleeping).  Returns
+ * 0, or -1 with an exception set (KeyboardInterrupt from a signal
+ * handler, OSError).  Taking over from a dead holder needs no repair:
+ * whatever it did is unpublished. */
 static inline int
-lock_try(ring_header *h, uint32_t me)
-{
-    uint32_t v = 0;
-    if (__atomic_compare_exchange_n(&h->lock, &v, me, 0, __ATOMIC_ACQUIRE,
-                                    __ATOMIC_RELAXED)) {
-        lock_took(h);
-        return 1;
-    }
-    for (int i = 0; i < LOCK_SPINS; i++) {
-        cpu_relax();
-        v = __atomic_load_n(&h->lock, __ATOMIC_RELAXED);
-        if (v == 0 && __atomic_compare_exchange_n(&h->lock, &v, me, 0,
-                                                  __ATOMIC_ACQUIRE,
-                                                  __ATOMIC_RELAXED)) {
-            lock_took(h);
-            return 1;
-        }
-    }
-    return 0;
-}
-
-/* Take the lock, sleeping on it.  Runs WITHOUT the GIL and never touches
- * the Python API.  The wait is bounded: holders never block while holding
- * the lock, and a dead holder is detected within two slices.  Returns 0,
- * or an errno from the futex call. */
-static int
-lock_slow(ring_header *h, uint32_t me)
-{
-    uint32_t suspect = 0;
-    uint64_t suspect_start = 0;
-    for (;;) {
-        uint32_t v = __atomic_load_n(&h->lock, __ATOMIC_RELAXED);
-        if (v == 0) {
-            /* Keep the contended bit: others may still sleep. */
-            if (__atomic_compare_exchange_n(&h->lock, &v,
-                                            me | LOCK_CONTENDED, 0,
-                                            __ATOMIC_ACQUIRE,
-                                            __ATOMIC_RELAXED)) {
-                lock_took(h);
-                return 0;
-            }
-            continue;
-        }
-        if (!(v & LOCK_CONTENDED)) {
-            if (!__atomic_compare_exchange_n(&h->lock, &v,
-                                             v | LOCK_CONTENDED, 0,
-                                             __ATOMIC_RELAXED,
-                                             __ATOMIC_RELAXED)) {
-                continue;
-            }
-            v |= LOCK_CONTENDED;
-        }
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_nsec += LOCK_SLICE_NS;
-        if (until.tv_nsec >= 1000000000) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000;
-        }
-        int r = fastmp_platform_futex_wait(&h->lock, v, &until);
-        if (r != 0 && r != ETIMEDOUT) {
-            return r;
-        }
-        if (r != ETIMEDOUT) {
-            continue;
-        }
-        /* A long wait: is the holder still alive? */
-        uint32_t now = __atomic_load_n(&h->lock, __ATOMIC_ACQUIRE);
-        uint64_t start = __atomic_load_n(&h->lock_start, __ATOMIC_ACQUIRE);
-        uint32_t pid = now & LOCK_PID_MASK;
-        if (now == 0 || pid == me) {
-            suspect = 0;
-            continue;
-        }
-        if (fastmp_platform_pid_alive(pid, start)) {
-            suspect = 0;
-            continue;
-        }
-        if (suspect != now || suspect_start != start) {
-            suspect = now;
-            suspect_start = start;
-            continue;
-        }
-        if (__atomic_compare_exchange_n(&h->lock, &now, me | LOCK_CONTENDED,
-                                        0, __ATOMIC_ACQUIRE,
-                                        __ATOMIC_RELAXED)) {
-            lock_took(h);
-            return 0;
-        }
-        suspect = 0;
-    }
-}
-
-/* Take the lock (called with the GIL).  Returns 0, or -1 with OSError
- * set. */
-static int
 ring_lock(ring_header *h)
 {
-    uint32_t me = fastmp_platform_getpid();
-    if (lock_try(h, me)) {
+    if (fastmp_owner_try(&h->lock)) {
         return 0;
     }
-    int r;
-    Py_BEGIN_ALLOW_THREADS
-    r = lock_slow(h, me);
-    Py_END_ALLOW_THREADS
-    if (r != 0) {
-        errno = r;
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
-    }
-    return 0;
+    int r = fastmp_owner_lock(&h->lock, NULL, FASTMP_OWNER_INTERRUPTIBLE);
+    return r < 0 ? -1 : 0;
 }
 
 static inline void
 ring_unlock(ring_header *h)
 {
-    uint32_t old = __atomic_exchange_n(&h->lock, 0, __ATOMIC_RELEASE);
-    if (old & LOCK_CONTENDED) {
-        (void)fastmp_platform_futex_wake(&h->lock, 1);
+    fastmp_owner_unlock(&h->lock);
+}
+
+/* ---- the file and its mapping ----------------------------------------- */
+
+/* Raise for a failed resize/map of `bytes` bytes of queue memory, with
+ * errno `err`: MemoryError when memory or a limit ran out, else OSError
+ * (its errno subclass).  Always returns -1. */
+static int
+ring_memory_error(int err, const char *what, uint64_t bytes)
+{
+    if (err == ENOMEM || err == ENOSPC || err == EFBIG) {
+        PyErr_Format(PyExc_MemoryError,
+                     "queue: cannot %s %llu bytes of shared memory (%s)",
+                     what, (unsigned long long)bytes, strerror(err));
+        return -1;
     }
+    PyObject *msg = PyUnicode_FromFormat(
+        "queue: cannot %s %llu bytes of shared memory: %s", what,
+        (unsigned long long)bytes, strerror(err));
+    if (msg != NULL) {
+        PyObject *exc = PyObject_CallFunction(PyExc_OSError, "iO", err, msg);
+        Py_DECREF(msg);
+        if (exc != NULL) {
+            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+            Py_DECREF(exc);
+        }
+    }
+    return -1;
+}
+
+/* Map (or remap) this process's data view to `size` bytes.  0, or -1
+ * with errno set and the old view intact. */
+static int
+ring_view(RingObject *q, uint64_t size)
+{
+    void *p;
+    if (q->data == NULL) {
+        p = fastmp_platform_shm_map(q->fd, RING_PAGE, size);
+    }
+    else {
+        p = fastmp_platform_shm_remap(q->data, q->mapped, size);
+    }
+    if (p == NULL) {
+        return -1;
+    }
+    q->data = p;
+    q->mapped = size;
+    return 0;
+}
+
+/* Under the lock, before touching the data: follow a grow or shrink made
+ * by another process.  0, or -1 with an exception set (the caller
+ * unlocks). */
+static inline int
+ring_sync(RingObject *q)
+{
+    uint64_t want = __atomic_load_n(&q->h->data_size, __ATOMIC_RELAXED);
+    if (want == q->mapped) {
+        return 0;
+    }
+    if (ring_view(q, want) < 0) {
+        return ring_memory_error(errno, "map", want);
+    }
+    return 0;
+}
+
+/* Under the lock, after a smaller cap was published: cut the file and
+ * this process's view back to `keep` bytes of data, freeing the pages
+ * above.  Failures only leave more mapped than needed. */
+static void
+ring_shrink(RingObject *q, uint64_t keep)
+{
+    ring_header *h = q->h;
+    __atomic_store_n(&h->data_size, keep, __ATOMIC_RELAXED);
+    (void)fastmp_platform_shm_resize(q->fd, RING_PAGE + keep);
+    (void)ring_view(q, keep);
 }
 
 /* ---- the slots ------------------------------------------------------ */
@@ -317,20 +274,54 @@ ring_read(RingObject *q, uint64_t cap, uint64_t off, char *dst, uint64_t n)
     return (off + n) & (cap - 1);
 }
 
+/* The most bytes one queue may hold: the machine's memory. */
+static uint64_t
+ring_limit(void)
+{
+    uint64_t phys = fastmp_platform_phys_bytes();
+    return phys != 0 && phys < RING_MAX_CAP / 2 ? phys : RING_MAX_CAP / 2;
+}
+
 /* Under the lock, on the unpublished slot s: make room for `need` more
- * bytes by doubling the ring.  The wrapped part [0, tail) moves up to
+ * bytes by doubling the ring, growing the file and this process's view
+ * first when they are too small.  The wrapped part [0, tail) moves up to
  * [cap, cap + tail), above the old ring, where nothing published lives,
- * so a process dying here leaves the published state intact.  Returns 0
- * when the reservation is exhausted. */
+ * so a process dying here leaves the published state intact.  Returns 0,
+ * or -1 with MemoryError (or OSError) set when the memory is not there;
+ * the queue is then unchanged. */
 static int
 ring_grow(RingObject *q, ring_slot *s, uint64_t need)
 {
+    ring_header *h = q->h;
+    uint64_t limit = ring_limit();
+    if (need > limit || s->used > limit - need) {
+        PyErr_Format(PyExc_MemoryError,
+                     "queue: %llu bytes waiting and an item of %llu bytes "
+                     "would exceed the machine's memory (%llu bytes)",
+                     (unsigned long long)s->used, (unsigned long long)need,
+                     (unsigned long long)limit);
+        return -1;
+    }
     uint64_t newcap = s->cap;
     while (s->used + need > newcap) {
         newcap *= 2;
     }
-    if (newcap > q->cap) {
-        return 0;
+    uint64_t oldsize = __atomic_load_n(&h->data_size, __ATOMIC_RELAXED);
+    if (newcap > oldsize) {
+        if (fastmp_platform_shm_resize(q->fd, RING_PAGE + newcap) < 0) {
+            return ring_memory_error(errno, "reserve", newcap);
+        }
+        __atomic_store_n(&h->data_size, newcap, __ATOMIC_RELAXED);
+    }
+    if (newcap > q->mapped && ring_view(q, newcap) < 0) {
+        /* Give the file back its old size: nothing published lives
+         * above it. */
+        int err = errno;
+        if (newcap > oldsize) {
+            __atomic_store_n(&h->data_size, oldsize, __ATOMIC_RELAXED);
+            (void)fastmp_platform_shm_resize(q->fd, RING_PAGE + oldsize);
+        }
+        return ring_memory_error(err, "map", newcap);
     }
     if (s->used == 0) {
         s->head = s->tail = 0;
@@ -340,7 +331,7 @@ ring_grow(RingObject *q, ring_slot *s, uint64_t need)
         s->tail += s->cap;
     }
     s->cap = newcap;
-    return 1;
+    return 0;
 }
 
 /* ---- module state helpers ------------------------------------------ */
@@ -364,17 +355,26 @@ ring_check_setup(fastmp_ring_state *rs)
 
 /* ---- object life ------------------------------------------------- */
 
+/* Map the header page of q->fd and check it.  0, or -1 with an exception
+ * set. */
 static int
-ring_map(RingObject *q)
+ring_map_header(RingObject *q)
 {
-    uintptr_t p = (uintptr_t)q->blk.ptr;
+    uint64_t size;
+    if (fastmp_platform_shm_size(q->fd, &size) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    if (size < RING_PAGE + RING_MIN_CAP) {
+        PyErr_SetString(PyExc_ValueError, "invalid shared queue reference");
+        return -1;
+    }
+    void *p = fastmp_platform_shm_map(q->fd, 0, RING_PAGE);
+    if (p == NULL) {
+        return ring_memory_error(errno, "map", RING_PAGE);
+    }
     q->h = (ring_header *)p;
-    uintptr_t d = (p + RING_HEADER_BYTES + RING_PAGE - 1)
-                  & ~(uintptr_t)(RING_PAGE - 1);
-    q->data = (char *)d;
-    q->cap = q->h->capacity;
-    if (q->h->magic != RING_MAGIC || q->cap == 0
-        || (d - p) + q->cap > q->blk.size) {
+    if (__atomic_load_n(&q->h->magic, __ATOMIC_ACQUIRE) != RING_MAGIC) {
         PyErr_SetString(PyExc_ValueError, "invalid shared queue reference");
         return -1;
     }
@@ -392,37 +392,61 @@ ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                                      &maxsize, &joinable, &attach)) {
         return NULL;
     }
+    int fd = -1;
+    if (attach != Py_None) {
+        /* A file descriptor passed to this process (fastmp/queues.py):
+         * ours from here on, also on failure. */
+        long v = PyLong_AsLong(attach);
+        if (v == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (v < 0 || v > INT_MAX) {
+            PyErr_SetString(PyExc_ValueError,
+                            "invalid shared queue reference");
+            return NULL;
+        }
+        fd = (int)v;
+    }
     RingObject *q = (RingObject *)type->tp_alloc(type, 0);
     if (q == NULL) {
+        if (fd >= 0) {
+            close(fd);
+        }
         return NULL;
     }
+    q->fd = fd;
+    q->h = NULL;
+    q->data = NULL;
+    q->mapped = 0;
     q->weakreflist = NULL;
     fastmp_spin_init(&q->get_spin);
     fastmp_spin_init(&q->put_spin);
     fastmp_spin_init(&q->join_spin);
     if (attach == Py_None) {
-        size_t size = RING_HEADER_BYTES + RING_PAGE + RING_CAPACITY;
-        if (fastmp_block_alloc(size, &q->blk) < 0) {
+        q->fd = fastmp_platform_shm_anon("fastmp-queue",
+                                         RING_PAGE + RING_MIN_CAP);
+        if (q->fd < 0) {
+            ring_memory_error(errno, "reserve", RING_PAGE + RING_MIN_CAP);
             goto error;
         }
-        ring_header *h = (ring_header *)q->blk.ptr;
-        h->capacity = RING_CAPACITY;
+        void *p = fastmp_platform_shm_map(q->fd, 0, RING_PAGE);
+        if (p == NULL) {
+            ring_memory_error(errno, "map", RING_PAGE);
+            goto error;
+        }
+        ring_header *h = (ring_header *)p;
+        q->h = h;
+        h->data_size = RING_MIN_CAP;
         h->slot[0].cap = RING_MIN_CAP;
         h->maxsize = maxsize > 0 ? (uint64_t)maxsize : 0;
         h->joinable = joinable ? 1 : 0;
         __atomic_store_n(&h->magic, RING_MAGIC, __ATOMIC_RELEASE);
     }
-    else {
-        PyObject *seg;
-        unsigned long long off, size;
-        if (!PyArg_ParseTuple(attach, "OKK:_Ring", &seg, &off, &size)) {
-            goto error;
-        }
-        if (fastmp_block_attach(seg, off, (size_t)size, &q->blk) < 0) {
-            goto error;
-        }
+    else if (fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "invalid shared queue reference");
+        goto error;
     }
-    if (ring_map(q) < 0) {
+    else if (ring_map_header(q) < 0) {
         goto error;
     }
     return (PyObject *)q;
@@ -442,7 +466,11 @@ ring_dealloc(RingObject *q)
     if (q->weakreflist != NULL) {
         PyObject_ClearWeakRefs((PyObject *)q);
     }
-    fastmp_block_release(&q->blk);
+    fastmp_platform_shm_unmap(q->data, q->mapped);
+    fastmp_platform_shm_unmap(q->h, RING_PAGE);
+    if (q->fd >= 0) {
+        close(q->fd);
+    }
     tp->tp_free(q);
     Py_DECREF(tp);
 }
@@ -544,11 +572,27 @@ ring_sleep(uint32_t *word, uint32_t seen, uint32_t *sleepers,
     return r;
 }
 
+/* The stdlib hands a timeout that is not None to a SemLock (put, and get
+ * without blocking) even when nothing has to wait, and so rejects one that
+ * is not a number.  0, or -1 with TypeError set. */
+static inline int
+ring_check_timeout(PyObject *timeout)
+{
+    if (timeout != NULL && timeout != Py_None) {
+        double v = PyFloat_AsDouble(timeout);
+        if (v == -1.0 && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static PyObject *
 ring_put_impl(RingObject *q, PyObject *obj, int block, PyObject *timeout)
 {
     fastmp_ring_state *rs = ring_state();
-    if (ring_check_open(q) < 0 || ring_check_setup(rs) < 0) {
+    if (ring_check_open(q) < 0 || ring_check_setup(rs) < 0
+        || ring_check_timeout(timeout) < 0) {
         return NULL;
     }
     q->used = 1;
@@ -566,22 +610,26 @@ ring_put_impl(RingObject *q, PyObject *obj, int block, PyObject *timeout)
     uint64_t need = rec_bytes(n);
     fastmp_deadline d;
     int have_deadline = 0, last = 0;
-    if (need > q->cap || n > q->cap) {
-        PyErr_SetString(PyExc_ValueError, "item too large for a queue");
+    if (n > RING_MAX_CAP) {
+        PyErr_NoMemory();
         goto error;
     }
     for (;;) {
         if (ring_lock(h) < 0) {
             goto error;
         }
+        if (ring_sync(q) < 0) {
+            ring_unlock(h);
+            goto error;
+        }
         ring_slot *cs = slot_cur(h);
         int full = h->maxsize != 0 && cs->nitems >= h->maxsize;
-        ring_slot *s = NULL;
         if (!full) {
-            s = slot_next(h);
-            full = s->used + need > s->cap && !ring_grow(q, s, need);
-        }
-        if (!full) {
+            ring_slot *s = slot_next(h);
+            if (s->used + need > s->cap && ring_grow(q, s, need) < 0) {
+                ring_unlock(h);
+                goto error;
+            }
             uint64_t len = n;
             uint64_t off = ring_write(q, s->cap, s->tail,
                                       (const char *)&len, 8);
@@ -635,32 +683,9 @@ error:
 
 /* ---- get --------------------------------------------------------- */
 
-/* Without the GIL: spin while *word == seen, for at most RING_SPIN_NS.
- * Returns 1 if it changed. */
-static int
-spin_until_changed(uint32_t *word, uint32_t seen)
-{
-    struct timespec t0, t;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (;;) {
-        for (int i = 0; i < 64; i++) {
-            if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != seen) {
-                return 1;
-            }
-            cpu_relax();
-        }
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        int64_t ns = (int64_t)(t.tv_sec - t0.tv_sec) * 1000000000
-                     + (t.tv_nsec - t0.tv_nsec);
-        if (ns > RING_SPIN_NS) {
-            return 0;
-        }
-    }
-}
-
-/* Take the oldest record out as bytes.  Returns a new reference, Py_None
- * (borrowed, not increfed) when empty and not waiting, or NULL with an
- * exception set. */
+/* Take the oldest record out as bytes.  Returns a new reference, or NULL
+ * with an exception set (queue.Empty when there is none and the wait, if
+ * any, is over). */
 static PyObject *
 ring_get_bytes(RingObject *q, int block, PyObject *timeout)
 {
@@ -668,12 +693,27 @@ ring_get_bytes(RingObject *q, int block, PyObject *timeout)
     ring_header *h = q->h;
     fastmp_deadline d;
     int have_deadline = 0, last = 0, spun = 0;
+    int64_t t0 = 0;
+    if (block && timeout != NULL && timeout != Py_None) {
+        /* As the stdlib's, which computes its deadline first. */
+        if (fastmp_deadline_from_object(timeout, &d) < 0) {
+            return NULL;
+        }
+        have_deadline = 1;
+    }
+    else if (ring_check_timeout(timeout) < 0) {
+        return NULL;
+    }
     for (;;) {
         if (ring_lock(h) < 0) {
             return NULL;
         }
         ring_slot *cs = slot_cur(h);
         if (cs->nitems != 0) {
+            if (ring_sync(q) < 0) {
+                ring_unlock(h);
+                return NULL;
+            }
             uint64_t len;
             uint64_t off = ring_read(q, cs->cap, cs->head, (char *)&len, 8);
             if (len > cs->used - 8) {
@@ -692,7 +732,6 @@ ring_get_bytes(RingObject *q, int block, PyObject *timeout)
             s->head = (s->head + rec_bytes(len)) & (s->cap - 1);
             s->used -= rec_bytes(len);
             s->nitems--;
-            uint64_t oldcap = s->cap;
             if (s->nitems == 0) {
                 /* Drained: start again at offset 0 (warm pages), and
                  * shrink a ring that grew large. */
@@ -702,16 +741,21 @@ ring_get_bytes(RingObject *q, int block, PyObject *timeout)
                 }
             }
             slot_publish(h);
-            if (s->cap < oldcap) {
+            if (s->nitems == 0 && q->mapped > RING_KEEP
+                && __atomic_load_n(&h->data_size, __ATOMIC_RELAXED)
+                       > RING_KEEP) {
                 /* Only after the smaller ring is published: nothing
                  * published lives above it any more. */
-                (void)madvise(q->data + s->cap, (size_t)(oldcap - s->cap),
-                              MADV_REMOVE);
+                ring_shrink(q, RING_KEEP);
             }
             __atomic_add_fetch(&h->get_seq, 1, __ATOMIC_SEQ_CST);
             ring_unlock(h);
             if (__atomic_load_n(&h->putters, __ATOMIC_SEQ_CST) != 0) {
                 (void)fastmp_platform_futex_wake(&h->get_seq, 1);
+            }
+            if (spun == 1) {
+                /* Slept for it: how long did that take? */
+                fastmp_spin_learn(&q->get_spin, fastmp_now_ns() - t0, 0);
             }
             return b;
         }
@@ -723,15 +767,18 @@ ring_get_bytes(RingObject *q, int block, PyObject *timeout)
         uint32_t seen = __atomic_load_n(&h->put_seq, __ATOMIC_SEQ_CST);
         if (!spun) {
             /* A producer on another CPU usually delivers within a few
-             * microseconds: watch for it briefly before sleeping, which
+             * microseconds: watch for it (within this queue's spin
+             * budget, 0 on one CPU) before counting as a sleeper, which
              * spares both sides a futex syscall per item. */
             spun = 1;
             ring_unlock(h);
-            int arrived;
-            Py_BEGIN_ALLOW_THREADS
-            arrived = spin_until_changed(&h->put_seq, seen);
-            Py_END_ALLOW_THREADS
-            if (arrived) {
+            t0 = fastmp_now_ns();
+            if (fastmp_spin_watch(&h->put_seq, seen, &q->get_spin, t0)) {
+                fastmp_spin_learn(&q->get_spin, fastmp_now_ns() - t0, 1);
+                if (PyErr_CheckSignals() < 0) {
+                    return NULL;
+                }
+                spun = 2;
                 continue;
             }
             if (ring_lock(h) < 0) {
@@ -752,13 +799,17 @@ ring_get_bytes(RingObject *q, int block, PyObject *timeout)
             }
             have_deadline = 1;
         }
-        int r = ring_sleep(&h->put_seq, seen, &h->getters, &d,
-                           &q->get_spin);
+        /* The spin above was this wait's watching: sleep at once. */
+        int r = fastmp_wait_futex(&h->put_seq, seen, &d);
+        __atomic_sub_fetch(&h->getters, 1, __ATOMIC_SEQ_CST);
         if (r < 0) {
             return NULL;
         }
         if (r == 1) {
             last = 1;
+        }
+        else if (__atomic_load_n(&h->put_seq, __ATOMIC_ACQUIRE) == seen) {
+            fastmp_spin_learn(&q->get_spin, INT64_MAX, 0);
         }
     }
 }
@@ -951,13 +1002,22 @@ ring_full(RingObject *q, PyObject *Py_UNUSED(ignored))
     return PyBool_FromLong(q->h->maxsize != 0 && s.nitems >= q->h->maxsize);
 }
 
-/* Queue.close(): the stdlib closes its reader only once the queue was
- * used (a put started the feeder thread) in this process. */
+/* Queue.close(): later put/get raise ValueError in this process. */
 static PyObject *
 ring_close(RingObject *q, PyObject *Py_UNUSED(ignored))
 {
     q->closed = 1;
-    if (q->used) {
+    Py_RETURN_NONE;
+}
+
+/* Queue.join_thread(): the stdlib's feeder thread, started by a put in
+ * this process, closes the reader when it handles close()'s sentinel;
+ * once join_thread() has waited for it, empty() raises OSError.  Before
+ * that, empty() still answers. */
+static PyObject *
+ring_finish_close(RingObject *q, PyObject *Py_UNUSED(ignored))
+{
+    if (q->closed && q->used) {
         q->reader_closed = 1;
     }
     Py_RETURN_NONE;
@@ -1037,17 +1097,21 @@ ring_debug_hold_lock(RingObject *q, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* For tests: the pid in the lock word (0: free), read without taking
+ * the lock. */
+static PyObject *
+ring_lock_owner(RingObject *q, PyObject *Py_UNUSED(ignored))
+{
+    uint64_t v = __atomic_load_n(&q->h->lock, __ATOMIC_ACQUIRE);
+    return PyLong_FromUnsignedLong(fastmp_owner_pid(v));
+}
+
 /* ---- pickling support -------------------------------------------- */
 
 static PyObject *
-ring_shared_ref(RingObject *q, PyObject *Py_UNUSED(ignored))
+ring_fileno(RingObject *q, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *seg = fastmp_block_segment(&q->blk);
-    if (seg == NULL) {
-        return NULL;
-    }
-    return Py_BuildValue("(NKK)", seg, (unsigned long long)q->blk.offset,
-                         (unsigned long long)q->blk.size);
+    return PyLong_FromLong(q->fd);
 }
 
 static PyObject *
@@ -1107,8 +1171,15 @@ static PyMethodDef ring_methods[] = {
     {"_debug_hold_lock", (PyCFunction)ring_debug_hold_lock, METH_NOARGS,
      "_debug_hold_lock($self, /)\n--\n\nTake the queue lock and keep it "
      "(tests only)."},
-    {"_shared_ref", (PyCFunction)ring_shared_ref, METH_NOARGS,
-     "_shared_ref($self, /)\n--\n\n(segment, offset, size) for pickling."},
+    {"_lock_owner", (PyCFunction)ring_lock_owner, METH_NOARGS,
+     "_lock_owner($self, /)\n--\n\nThe pid holding the queue lock, 0 "
+     "when free (read without taking it; tests only)."},
+    {"_finish_close", (PyCFunction)ring_finish_close, METH_NOARGS,
+     "_finish_close($self, /)\n--\n\nQueue.join_thread: a closed queue "
+     "this process used has no reading side any more."},
+    {"_fileno", (PyCFunction)ring_fileno, METH_NOARGS,
+     "_fileno($self, /)\n--\n\nThe queue's shared-memory file, for "
+     "pickling (the fd is passed to the child)."},
     {NULL, NULL, 0, NULL},
 };
 

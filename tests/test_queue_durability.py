@@ -244,3 +244,254 @@ def test_lock_holder_dies(fctx):
     assert q.qsize() == 2
     assert q.get(timeout=5) == "before"
     assert q.get(timeout=5) == "after"
+
+
+# ---- address space and volume -------------------------------------------
+
+def _run_child(body, limit_bytes=None, timeout=120):
+    """Run `body` in a fresh interpreter, its address space limited to
+    `limit_bytes` (RLIMIT_AS, as batch schedulers set it) unless None.
+    Returns the CompletedProcess."""
+    from conftest import FASTMP_PATH
+    code = textwrap.dedent(body)
+    if limit_bytes is not None:
+        code = textwrap.dedent("""
+            import resource
+            resource.setrlimit(resource.RLIMIT_AS, (%d, %d))
+        """ % (limit_bytes, limit_bytes)) + code
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [FASTMP_PATH] + [p for p in [env.get("PYTHONPATH")] if p])
+    return subprocess.run([sys.executable, "-c", code], env=env,
+                          capture_output=True, text=True, timeout=timeout,
+                          cwd=FASTMP_PATH)
+
+
+_FIFTY_QUEUES = """
+    import %s as mp
+    qs = [mp.Queue() for _ in range(50)]
+    for i, q in enumerate(qs):
+        q.put(i)
+    for i, q in enumerate(qs):
+        assert q.get(timeout=30) == i
+    print("OK", flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("impl", ["multiprocessing", "fastmp"])
+def test_fifty_queues_under_2gib_address_space(impl):
+    r = _run_child(_FIFTY_QUEUES % impl, 2 << 30)
+    assert r.returncode == 0 and r.stdout.strip() == "OK", r.stderr
+
+
+_PUT_UNTIL_NO_MEMORY = """
+    import queue
+    import fastmp
+    q = fastmp.Queue()
+    chunk = b"m" * (64 << 20)
+    n = 0
+    try:
+        for _ in range(100):       # 6.4 GiB: more than the limit
+            q.put(chunk)
+            n += 1
+        print("NEVER FAILED")
+    except MemoryError as e:
+        assert "queue" in str(e), repr(e)
+        print("MEMORYERROR", repr(e), flush=True)
+    # The queue is intact: everything put before the failure comes out.
+    assert n > 0 and q.qsize() == n
+    for _ in range(n):
+        assert q.get_nowait() == chunk
+    try:
+        q.get_nowait()
+        raise AssertionError("not empty")
+    except queue.Empty:
+        pass
+    q.put("after")
+    assert q.get_nowait() == "after"
+    print("OK", flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_ring_out_of_address_space_raises_memoryerror():
+    r = _run_child(_PUT_UNTIL_NO_MEMORY, 1 << 30)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("MEMORYERROR") and lines[-1] == "OK", r.stdout
+
+
+def _put_many_big(q, n, size):
+    chunk = b"v" * size
+    for _ in range(n):
+        q.put(chunk)
+
+
+def _rss_shmem_kib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssShmem:"):
+                return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.timeout(180)
+def test_unbounded_queue_takes_5gib_without_blocking():
+    # 80 items of 64 MiB (5 GiB, more than the old 4 GiB reservation)
+    # from a child that exits before anyone reads: put() never blocks.
+    ctx = fastmp.get_context("spawn")
+    q = ctx.Queue()
+    n, size = 80, 64 << 20
+    p = ctx.Process(target=_put_many_big, args=(q, n, size))
+    p.start()
+    p.join(120)
+    if p.exitcode is None:
+        p.kill()
+        p.join()
+    assert p.exitcode == 0
+    assert q.qsize() == n
+    for _ in range(n):
+        assert len(q.get_nowait()) == size
+    assert q.empty()
+    # Drained: the ring shrank back, its pages are given back.
+    assert _rss_shmem_kib() < 64 * 1024
+
+
+# ---- the queue lock is the owner lock ------------------------------------
+
+def _stall_then_put(q, seconds, item, done):
+    from fastmp import _fastmp
+    _fastmp._owner_stall(seconds)      # the next lock taken here stalls
+    q.put(item)
+    done.set()
+
+
+def _put_one(q, item):
+    q.put(item)
+
+
+def _proc_state(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
+
+
+def _wait_until(pred, limit=30):
+    deadline = time.monotonic() + limit
+    while not pred():
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+
+
+def _drain(q):
+    items = []
+    while True:
+        try:
+            items.append(q.get_nowait())
+        except Exception:
+            return items
+
+
+@pytest.mark.timeout(60)
+def test_stalled_lock_holder_is_not_robbed(fctx):
+    # A holder that sleeps 0.3 s inside the lock (far longer than any
+    # liveness slice) is alive: the other putter waits for it.
+    q = fctx.Queue()
+    done = fctx.Event()
+    p = fctx.Process(target=_stall_then_put, args=(q, 0.3, 1, done))
+    p.start()
+    # Put while the child holds the lock, when that moment is seen.
+    _wait_until(lambda: q._lock_owner() == p.pid or done.is_set())
+    q.put(2)
+    p.join(30)
+    assert p.exitcode == 0
+    assert q.qsize() == 2
+    assert sorted(_drain(q)) == [1, 2]
+    assert q.empty()
+
+
+@pytest.mark.timeout(60)
+def test_stopped_lock_holder_is_not_robbed(fctx):
+    q = fctx.Queue()
+    done = fctx.Event()
+    p = fctx.Process(target=_stall_then_put, args=(q, -1, 1, done))
+    p.start()
+    other = None
+    try:
+        # The child stops itself (SIGSTOP) holding the lock.
+        _wait_until(lambda: _proc_state(p.pid) == "T")
+        assert q._lock_owner() == p.pid
+        other = fctx.Process(target=_put_one, args=(q, 2))
+        other.start()
+        time.sleep(0.5)
+        # Ten liveness slices later the other putter still waits.
+        assert other.is_alive()
+        assert q._lock_owner() == p.pid
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
+    p.join(30)
+    other.join(30)
+    assert p.exitcode == 0 and other.exitcode == 0
+    assert q.qsize() == 2
+    assert sorted(_drain(q)) == [1, 2]
+    assert q.empty()
+
+
+@pytest.mark.timeout(60)
+def test_killed_lock_holder_is_taken_over(fctx):
+    q = fctx.Queue()
+    q.put("before")
+    done = fctx.Event()
+    p = fctx.Process(target=_stall_then_put, args=(q, -1, "lost", done))
+    p.start()
+    try:
+        _wait_until(lambda: _proc_state(p.pid) == "T")
+        assert q._lock_owner() == p.pid
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+    p.join(30)
+    other = fctx.Process(target=_put_one, args=(q, "after"))
+    other.start()
+    other.join(10)          # takes the lock over within a few seconds
+    assert other.exitcode == 0
+    assert q.qsize() == 2 and not q.empty()
+    assert q.get(timeout=5) == "before"
+    assert q.get(timeout=5) == "after"
+    assert q.qsize() == 0 and q.empty()
+    assert q._lock_owner() == 0
+
+
+# ---- waits on one CPU ----------------------------------------------------
+
+_ONE_CPU_GETS = """
+    import os, queue, time
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    import fastmp
+    q = fastmp.Queue()
+    for _ in range(200):
+        try:
+            q.get(timeout=0)
+        except queue.Empty:
+            pass
+    t0 = time.process_time()
+    for _ in range(5000):
+        try:
+            q.get(timeout=0)
+        except queue.Empty:
+            pass
+    print("%.6f" % (time.process_time() - t0), flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_get_does_not_spin_on_one_cpu():
+    # On one CPU nobody else can deliver while a waiter spins: a get() that
+    # finds the queue empty goes to sleep at once.  5000 of them used to
+    # burn 50 us of CPU each (0.25 s); without the spin each is a system
+    # call or two.
+    r = _run_child(_ONE_CPU_GETS)
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout) < 0.125

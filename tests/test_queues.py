@@ -379,3 +379,56 @@ def test_stdlib_pool_and_executor_with_fastmp_context(fctx):
         assert list(ex.map(_square, range(10))) == [x * x for x in range(10)]
     # Everyone else gets fastmp's own SimpleQueue.
     assert type(fctx.SimpleQueue()).__module__ == "fastmp.queues"
+
+
+def test_bad_timeout_rejected_without_waiting(ctx):
+    # The stdlib checks a timeout that is not None even when nothing has
+    # to wait: put() hands it to its semaphore, get() does arithmetic.
+    q = ctx.Queue()
+    for block in (True, False):
+        with pytest.raises(TypeError):
+            q.put(1, block, "x")
+    with pytest.raises(TypeError):
+        q.put(1, timeout="x")
+    q.put(1)
+    _wait_nonempty(q)
+    for block in (True, False):
+        with pytest.raises(TypeError):
+            q.get(block, "x")
+    with pytest.raises(TypeError):
+        q.get(timeout="x")
+    assert q.get(timeout=5) == 1
+    with pytest.raises(TypeError):
+        q.get(False, "x")
+    bounded = ctx.Queue(2)
+    with pytest.raises(TypeError):
+        bounded.put(1, timeout="x")
+    assert bounded.empty()
+
+
+def _wait_nonempty(q):
+    # The stdlib's put() returns before its feeder thread has written.
+    deadline = time.monotonic() + 10
+    while q.empty():
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
+def test_empty_right_after_put_and_close(ctx):
+    import sys
+    q = ctx.Queue()
+    q.put("foo")
+    _wait_nonempty(q)
+    # The stdlib's feeder thread closes the reading side only when it
+    # handles close()'s sentinel; until then empty() still answers.
+    # (A long switch interval keeps that thread from running early.)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(100)
+    try:
+        q.close()
+        assert q.empty() is False
+    finally:
+        sys.setswitchinterval(old)
+    q.join_thread()
+    with pytest.raises(OSError, match="is closed"):
+        q.empty()
