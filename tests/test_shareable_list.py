@@ -531,6 +531,50 @@ def test_attach_to_garbage_raises_valueerror():
             shm.unlink()
 
 
+# ---- subclasses of the item types (parity) ----
+
+class _Str(str):
+    pass
+
+
+class _Bytes(bytes):
+    pass
+
+
+class _Int(int):
+    pass
+
+
+class _Float(float):
+    pass
+
+
+@pytest.mark.parametrize("value", [_Str("text"), _Bytes(b"raw"), _Int(5),
+                                   _Float(2.5)],
+                         ids=["str", "bytes", "int", "float"])
+def test_subclass_items(mp, value):
+    # The stdlib looks each item's exact type up in _types_mapping when it
+    # builds a list (KeyError for a subclass); assigning a str/bytes
+    # subclass to an existing item is accepted (isinstance), an int/float
+    # subclass is not.
+    sm = sl_module(mp)
+    with pytest.raises(KeyError):
+        sm.ShareableList([value])
+    with pytest.raises(KeyError):
+        sm.ShareableList([1, value])
+    sl = sm.ShareableList([0, "x" * 16])
+    try:
+        if isinstance(value, (str, bytes)):
+            sl[1] = value
+            assert sl[1] == value and type(sl[1]) is type(value).__mro__[1]
+        else:
+            with pytest.raises(KeyError):
+                sl[0] = value
+            assert sl[0] == 0
+    finally:
+        _cleanup(sl)
+
+
 # ---- a corrupt trailer never hangs (fastmp only) ----
 
 # Each case is run in a child with a deadline: before the fix, reading or
