@@ -223,12 +223,14 @@ done:
  * raw I/O helpers (called with the GIL; release it around syscalls)
  * ------------------------------------------------------------------- */
 
-/* Read exactly n bytes into buf.  Returns 0, or -1 with an exception:
- * EOFError when the peer closed before the first byte, OSError("got end of
- * file during message") when it closed part way, OSError from errno,
- * KeyboardInterrupt (or whatever a signal handler raised). */
+/* Read exactly n bytes into buf.  `inside` says that bytes of the same
+ * field were read before (the header's first bytes, by a spin look).
+ * Returns 0, or -1 with an exception: EOFError when the peer closed before
+ * the field's first byte, OSError("got end of file during message") when
+ * it closed part way (as the stdlib's _recv: one field per call), OSError
+ * from errno, KeyboardInterrupt (or whatever a signal handler raised). */
 static int
-fd_read_exact(int fd, char *buf, size_t n)
+fd_read_exact(int fd, char *buf, size_t n, int inside)
 {
     size_t done = 0;
 
@@ -256,7 +258,7 @@ fd_read_exact(int fd, char *buf, size_t n)
             break;
         }
         if (r == 0) {
-            if (done == 0) {
+            if (done == 0 && !inside) {
                 PyErr_SetNone(PyExc_EOFError);
             }
             else {
@@ -462,7 +464,8 @@ conn_recv_header(ConnectionObject *self, uint64_t *size)
         if (t0 != 0 && PyErr_CheckSignals() < 0) {
             return -1;
         }
-        if (fd_read_exact(fd, (char *)h + got, (size_t)(4 - got)) < 0) {
+        if (fd_read_exact(fd, (char *)h + got, (size_t)(4 - got),
+                          got > 0) < 0) {
             return -1;
         }
     }
@@ -474,7 +477,7 @@ conn_recv_header(ConnectionObject *self, uint64_t *size)
     if (n == -1) {
         uint64_t v = 0;
         int i;
-        if (fd_read_exact(fd, (char *)h, 8) < 0) {
+        if (fd_read_exact(fd, (char *)h, 8, 0) < 0) {
             return -1;
         }
         for (i = 0; i < 8; i++) {
@@ -506,7 +509,7 @@ conn_recv_payload(int fd, uint64_t size)
     if (b == NULL) {
         return NULL;
     }
-    if (fd_read_exact(fd, PyBytes_AS_STRING(b), (size_t)size) < 0) {
+    if (fd_read_exact(fd, PyBytes_AS_STRING(b), (size_t)size, 0) < 0) {
         Py_DECREF(b);
         return NULL;
     }
@@ -900,7 +903,7 @@ conn_recv_bytes_into(ConnectionObject *self, PyObject *args, PyObject *kwds)
         /* Fits: read straight into the caller's buffer, which the view
          * keeps alive and pinned while the GIL is released. */
         if (fd_read_exact(self->fd, (char *)view.buf + offset,
-                          (size_t)size) < 0) {
+                          (size_t)size, 0) < 0) {
             goto error;
         }
         PyBuffer_Release(&view);

@@ -562,3 +562,76 @@ def test_poll_timeout_keyword(ctx):
     finally:
         a.close()
         b.close()
+
+
+# --- a frame cut short by the peer closing ------------------------------
+
+_EXT = b"\xff\xff\xff\xff"
+# What the stdlib's reader raises when the peer closes after these bytes:
+# EOFError when it closed between two of its reads (before the header,
+# before the 8-byte extended length, before the payload), OSError("got end
+# of file during message") when it closed inside one of them.
+CUTS = {
+    "nothing": (b"", EOFError),
+    "inside-header": (b"\x00\x00", OSError),
+    "inside-header-3": (b"\x00\x00\x00", OSError),
+    "after-header": (b"\x00\x00\x00\x05", EOFError),
+    "inside-payload": (b"\x00\x00\x00\x05ab", OSError),
+    "after-ext-marker": (_EXT, EOFError),
+    "inside-ext-length": (_EXT + b"\x00\x00\x00", OSError),
+    "after-ext-length": (_EXT + struct.pack("!Q", 5), EOFError),
+    "inside-ext-payload": (_EXT + struct.pack("!Q", 5) + b"ab", OSError),
+}
+RECV_CALLS = {
+    "recv_bytes": lambda c: c.recv_bytes(),
+    "recv_bytes_into": lambda c: c.recv_bytes_into(bytearray(64)),
+    "recv": lambda c: c.recv(),
+}
+
+
+def _assert_cut_error(excinfo, expected):
+    if expected is EOFError:
+        assert excinfo.type is EOFError
+    else:
+        assert excinfo.type is OSError
+        assert str(excinfo.value) == "got end of file during message"
+
+
+@pytest.mark.parametrize("call", list(RECV_CALLS))
+@pytest.mark.parametrize("cut", list(CUTS))
+@pytest.mark.parametrize("duplex", [True, False], ids=["socket", "pipe"])
+def test_frame_cut_short(mp, duplex, cut, call):
+    raw, expected = CUTS[cut]
+    a, b = mp.Pipe(duplex)
+    try:
+        if raw:
+            assert os.write(b.fileno(), raw) == len(raw)
+        b.close()
+        with pytest.raises((EOFError, OSError)) as ei:
+            RECV_CALLS[call](a)
+        _assert_cut_error(ei, expected)
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("duplex", [True, False], ids=["socket", "pipe"])
+def test_frame_cut_short_after_a_pause(mp, duplex):
+    # The reader is already waiting when the first header bytes arrive.
+    a, b = mp.Pipe(duplex)
+
+    def cut():
+        time.sleep(0.05)
+        os.write(b.fileno(), b"\x00\x00")
+        time.sleep(0.05)
+        b.close()
+
+    t = threading.Thread(target=cut)
+    t.start()
+    try:
+        with pytest.raises((EOFError, OSError)) as ei:
+            a.recv_bytes()
+        _assert_cut_error(ei, OSError)
+    finally:
+        t.join()
+        a.close()
