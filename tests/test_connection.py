@@ -635,3 +635,133 @@ def test_frame_cut_short_after_a_pause(mp, duplex):
     finally:
         t.join()
         a.close()
+
+
+# --- maxlength and offset: any value the stdlib accepts ------------------
+
+def _next_message(conn):
+    return conn.recv_bytes() if conn.poll(5) else None
+
+
+@pytest.mark.parametrize("duplex", [True, False], ids=["socket", "pipe"])
+def test_recv_bytes_maxlength_not_an_index(mp, duplex):
+    # The stdlib only compares maxlength with 0 and with the message size:
+    # floats and ints of any size work as limits.
+    for maxlength in (10.0, 5.0, 2 ** 70, float("inf"), float("nan"), True,
+                      5):
+        a, b = mp.Pipe(duplex)
+        b.send_bytes(b"hello")
+        if maxlength is True:
+            with pytest.raises(OSError, match="bad message length"):
+                a.recv_bytes(maxlength)
+        else:
+            assert a.recv_bytes(maxlength) == b"hello"
+        a.close()
+        b.close()
+    a, b = mp.Pipe(duplex)
+    b.send_bytes(b"hello")
+    with pytest.raises(OSError, match="bad message length"):
+        a.recv_bytes(4.5)
+    if duplex:
+        assert not a.readable and not a.closed
+    else:
+        assert a.closed
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("duplex", [True, False], ids=["socket", "pipe"])
+def test_recv_bytes_bad_maxlength_leaves_the_message(mp, duplex):
+    a, b = mp.Pipe(duplex)
+    b.send_bytes(b"hello")
+    for maxlength in (-1, -1.5, -2 ** 70, float("-inf")):
+        with pytest.raises(ValueError) as ei:
+            a.recv_bytes(maxlength)
+        assert str(ei.value) == "negative maxlength"
+    for maxlength in ("10", b"10", [], object()):
+        with pytest.raises(TypeError) as ei:
+            a.recv_bytes(maxlength)
+        assert str(ei.value) == (
+            "'<' not supported between instances of '%s' and 'int'"
+            % type(maxlength).__name__)
+    assert _next_message(a) == b"hello"
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("duplex", [True, False], ids=["socket", "pipe"])
+def test_recv_bytes_into_bad_offset_leaves_the_message(mp, duplex):
+    a, b = mp.Pipe(duplex)
+    b.send_bytes(b"hello")
+    buf = bytearray(10)
+    cases = [(-1, ValueError, "negative offset"),
+             (-2 ** 70, ValueError, "negative offset"),
+             (-0.5, ValueError, "negative offset"),
+             (11, ValueError, "offset too large"),
+             (2 ** 70, ValueError, "offset too large"),
+             (10.5, ValueError, "offset too large"),
+             ("1", TypeError, "'<' not supported between instances of "
+                              "'str' and 'int'"),
+             (None, TypeError, "'<' not supported between instances of "
+                               "'NoneType' and 'int'")]
+    for offset, exc, msg in cases:
+        with pytest.raises(exc) as ei:
+            a.recv_bytes_into(buf, offset)
+        assert str(ei.value) == msg
+    with pytest.raises(ValueError, match="offset too large"):
+        a.recv_bytes_into(array.array("i", [0] * 2), 9)
+    with pytest.raises(TypeError) as ei:
+        a.recv_bytes_into(5)
+    assert str(ei.value) == ("memoryview: a bytes-like object is required, "
+                             "not 'int'")
+    assert buf == bytearray(10)
+    assert _next_message(a) == b"hello"
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("duplex", [True, False], ids=["socket", "pipe"])
+def test_recv_bytes_into_offset_in_range(mp, duplex):
+    a, b = mp.Pipe(duplex)
+    buf = bytearray(10)
+    b.send_bytes(b"hello")
+    assert a.recv_bytes_into(buf, 5) == 5          # ends at the last byte
+    assert buf == bytearray(5) + b"hello"
+    b.send_bytes(b"hello")
+    with pytest.raises(mp.BufferTooShort) as ei:   # one byte short
+        a.recv_bytes_into(buf, 6)
+    assert ei.value.args[0] == b"hello"
+    b.send_bytes(b"")
+    assert a.recv_bytes_into(buf, 10) == 0         # offset == len
+    b.send_bytes(b"hi")
+    assert a.recv_bytes_into(buf, True) == 2       # an int like any other
+    assert buf[:3] == bytearray(b"\0hi")
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("duplex", [True, False], ids=["socket", "pipe"])
+def test_recv_bytes_into_unusable_after_the_read(mp, duplex):
+    # Errors the stdlib only finds once it holds the message: it is
+    # consumed (BufferTooShort carries it; the others lose it), and the
+    # next message is read next.
+    a, b = mp.Pipe(duplex)
+    for m in (b"one", b"two", b"three", b"four", b"five"):
+        b.send_bytes(m)
+    buf = bytearray(10)
+    with pytest.raises(TypeError) as ei:
+        a.recv_bytes_into(buf, 1.0)
+    assert "slice indices must be integers" in str(ei.value)
+    with pytest.raises(mp.BufferTooShort) as ei:
+        a.recv_bytes_into(bytearray(10), 8.0)
+    assert ei.value.args[0] == b"two"
+    with pytest.raises(TypeError) as ei:
+        a.recv_bytes_into(b"0123456789")
+    assert "read-write bytes-like object" in str(ei.value)
+    with pytest.raises(mp.BufferTooShort) as ei:
+        a.recv_bytes_into(b"012")
+    assert ei.value.args[0] == b"four"
+    assert buf == bytearray(10)
+    assert _next_message(a) == b"five"
+    a.close()
+    b.close()
