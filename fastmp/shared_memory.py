@@ -328,6 +328,9 @@ class ShareableList(_fastmp._ShareableListCore):
             items = list(sequence or ())
             offsets = [0]
             for item in items:
+                # The stdlib looks the exact type up, so a subclass of a
+                # supported type is a KeyError here (but not in __setitem__).
+                self._types_mapping[type(item)]
                 if isinstance(item, (str, bytes)):
                     enc = (item.encode(_encoding) if isinstance(item, str)
                            else item)
@@ -337,7 +340,6 @@ class ShareableList(_fastmp._ShareableListCore):
                             "bytes/str item too long for a ShareableList")
                     offsets.append(offsets[-1] + slot)
                 else:
-                    self._types_mapping[type(item)]      # KeyError
                     offsets.append(offsets[-1] + self._alignment)
             n = len(items)
             end = 8 * (n + 2) + offsets[-1] + 9 * n

@@ -223,12 +223,14 @@ done:
  * raw I/O helpers (called with the GIL; release it around syscalls)
  * ------------------------------------------------------------------- */
 
-/* Read exactly n bytes into buf.  Returns 0, or -1 with an exception:
- * EOFError when the peer closed before the first byte, OSError("got end of
- * file during message") when it closed part way, OSError from errno,
- * KeyboardInterrupt (or whatever a signal handler raised). */
+/* Read exactly n bytes into buf.  `inside` says that bytes of the same
+ * field were read before (the header's first bytes, by a spin look).
+ * Returns 0, or -1 with an exception: EOFError when the peer closed before
+ * the field's first byte, OSError("got end of file during message") when
+ * it closed part way (as the stdlib's _recv: one field per call), OSError
+ * from errno, KeyboardInterrupt (or whatever a signal handler raised). */
 static int
-fd_read_exact(int fd, char *buf, size_t n)
+fd_read_exact(int fd, char *buf, size_t n, int inside)
 {
     size_t done = 0;
 
@@ -256,7 +258,7 @@ fd_read_exact(int fd, char *buf, size_t n)
             break;
         }
         if (r == 0) {
-            if (done == 0) {
+            if (done == 0 && !inside) {
                 PyErr_SetNone(PyExc_EOFError);
             }
             else {
@@ -462,7 +464,8 @@ conn_recv_header(ConnectionObject *self, uint64_t *size)
         if (t0 != 0 && PyErr_CheckSignals() < 0) {
             return -1;
         }
-        if (fd_read_exact(fd, (char *)h + got, (size_t)(4 - got)) < 0) {
+        if (fd_read_exact(fd, (char *)h + got, (size_t)(4 - got),
+                          got > 0) < 0) {
             return -1;
         }
     }
@@ -474,7 +477,7 @@ conn_recv_header(ConnectionObject *self, uint64_t *size)
     if (n == -1) {
         uint64_t v = 0;
         int i;
-        if (fd_read_exact(fd, (char *)h, 8) < 0) {
+        if (fd_read_exact(fd, (char *)h, 8, 0) < 0) {
             return -1;
         }
         for (i = 0; i < 8; i++) {
@@ -506,7 +509,7 @@ conn_recv_payload(int fd, uint64_t size)
     if (b == NULL) {
         return NULL;
     }
-    if (fd_read_exact(fd, PyBytes_AS_STRING(b), (size_t)size) < 0) {
+    if (fd_read_exact(fd, PyBytes_AS_STRING(b), (size_t)size, 0) < 0) {
         Py_DECREF(b);
         return NULL;
     }
@@ -804,6 +807,93 @@ conn_bad_message_length(ConnectionObject *self)
     return NULL;
 }
 
+/* A limit from a Python number, checked as the stdlib checks maxlength
+ * and offset: it only compares the object with ints, so a float or an int
+ * of any size is a limit too.  An exact int (the usual case) is read
+ * directly; anything else is kept in `obj` and compared with the Python
+ * operators, with their errors. */
+typedef struct {
+    int64_t v;          /* the value (ints); ints past INT64_MAX: INT64_MAX */
+    PyObject *obj;      /* borrowed: not an exact int, compare through it */
+} conn_limit;
+
+/* Fill *lim from o and check `o < 0` (ValueError(negative_msg)).  0, or
+ * -1 with an exception set. */
+static int
+conn_limit_from(PyObject *o, conn_limit *lim, const char *negative_msg)
+{
+    int neg;
+
+    lim->obj = NULL;
+    if (PyLong_CheckExact(o) || PyBool_Check(o)) {
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+        if (v == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        neg = overflow < 0 || (overflow == 0 && v < 0);
+        lim->v = overflow > 0 ? INT64_MAX : (int64_t)v;
+    }
+    else {
+        PyObject *zero = PyLong_FromLong(0);
+        if (zero == NULL) {
+            return -1;
+        }
+        neg = PyObject_RichCompareBool(o, zero, Py_LT);
+        Py_DECREF(zero);
+        if (neg < 0) {
+            return -1;
+        }
+        lim->obj = o;
+        lim->v = 0;
+    }
+    if (neg) {
+        PyErr_SetString(PyExc_ValueError, negative_msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* 1 if n > lim (the stdlib's `size > maxsize`), 0 if not, -1 with an
+ * exception set. */
+static int
+conn_limit_below(const conn_limit *lim, uint64_t n)
+{
+    PyObject *pn;
+    int r;
+
+    if (lim->obj == NULL) {
+        return n > (uint64_t)lim->v;
+    }
+    pn = PyLong_FromUnsignedLongLong((unsigned long long)n);
+    if (pn == NULL) {
+        return -1;
+    }
+    r = PyObject_RichCompareBool(pn, lim->obj, Py_GT);
+    Py_DECREF(pn);
+    return r;
+}
+
+/* 1 if lim > n (the stdlib's `offset > bytesize`), 0 if not, -1 with an
+ * exception set. */
+static int
+conn_limit_above(const conn_limit *lim, uint64_t n)
+{
+    PyObject *pn;
+    int r;
+
+    if (lim->obj == NULL) {
+        return (uint64_t)lim->v > n;
+    }
+    pn = PyLong_FromUnsignedLongLong((unsigned long long)n);
+    if (pn == NULL) {
+        return -1;
+    }
+    r = PyObject_RichCompareBool(lim->obj, pn, Py_GT);
+    Py_DECREF(pn);
+    return r;
+}
+
 PyDoc_STRVAR(conn_recv_bytes_doc,
 "recv_bytes($self, /, maxlength=None)\n--\n\n"
 "Receive bytes data as a bytes object.");
@@ -814,8 +904,9 @@ conn_recv_bytes(ConnectionObject *self, PyObject *const *args,
 {
     PyObject *omax = Py_None;
     Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    Py_ssize_t maxlength = -1;
+    conn_limit lim = {INT64_MAX, NULL};
     uint64_t size;
+    int r;
 
     if (nargs + nkw > 1) {
         PyErr_SetString(PyExc_TypeError,
@@ -838,23 +929,64 @@ conn_recv_bytes(ConnectionObject *self, PyObject *const *args,
     if (conn_check_readable(self) < 0) {
         return NULL;
     }
-    if (omax != Py_None) {
-        maxlength = PyNumber_AsSsize_t(omax, PyExc_OverflowError);
-        if (maxlength == -1 && PyErr_Occurred()) {
-            return NULL;
-        }
-        if (maxlength < 0) {
-            PyErr_SetString(PyExc_ValueError, "negative maxlength");
-            return NULL;
-        }
+    if (omax != Py_None
+        && conn_limit_from(omax, &lim, "negative maxlength") < 0) {
+        return NULL;
     }
     if (conn_recv_header(self, &size) < 0) {
         return NULL;
     }
-    if (maxlength >= 0 && size > (uint64_t)maxlength) {
-        return conn_bad_message_length(self);
+    if (omax != Py_None) {
+        r = conn_limit_below(&lim, size);
+        if (r < 0) {
+            return NULL;
+        }
+        if (r) {
+            return conn_bad_message_length(self);
+        }
     }
     return conn_recv_payload(self->fd, size);
+}
+
+/* recv_bytes_into's ending when the stdlib only fails after reading the
+ * message (a read-only buffer, an offset that is no index): read it, then
+ * raise BufferTooShort if it does not fit at offset, else `err`. */
+static PyObject *
+conn_recv_into_unusable(ConnectionObject *self, Py_ssize_t buflen,
+                        PyObject *offset, const char *err)
+{
+    fastmp_connection_state *cs = conn_state((PyObject *)self);
+    PyObject *msg, *n = NULL, *end = NULL, *exc;
+    uint64_t size;
+    int fits;
+
+    if (conn_recv_header(self, &size) < 0) {
+        return NULL;
+    }
+    msg = conn_recv_payload(self->fd, size);
+    if (msg == NULL) {
+        return NULL;
+    }
+    /* the stdlib: bytesize < offset + size */
+    n = PyLong_FromSsize_t(PyBytes_GET_SIZE(msg));
+    end = n == NULL ? NULL : PyNumber_Add(offset, n);
+    Py_XDECREF(n);
+    n = end == NULL ? NULL : PyLong_FromSsize_t(buflen);
+    fits = n == NULL ? -1 : PyObject_RichCompareBool(n, end, Py_GE);
+    Py_XDECREF(n);
+    Py_XDECREF(end);
+    if (fits == 0) {
+        exc = PyObject_CallOneArg(cs->BufferTooShort, msg);
+        if (exc != NULL) {
+            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+            Py_DECREF(exc);
+        }
+    }
+    else if (fits > 0) {
+        PyErr_SetString(PyExc_TypeError, err);
+    }
+    Py_DECREF(msg);
+    return NULL;
 }
 
 PyDoc_STRVAR(conn_recv_bytes_into_doc,
@@ -867,13 +999,15 @@ conn_recv_bytes_into(ConnectionObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"buf", "offset", NULL};
     fastmp_connection_state *cs = conn_state((PyObject *)self);
-    PyObject *buf, *msg, *exc;
+    PyObject *buf, *ooff = NULL, *msg, *exc, *res = NULL;
     Py_ssize_t offset = 0;
     Py_buffer view;
+    conn_limit lim;
     uint64_t size;
+    int r;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|n:recv_bytes_into",
-                                     kwlist, &buf, &offset)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:recv_bytes_into",
+                                     kwlist, &buf, &ooff)) {
         return NULL;
     }
     if (conn_check_readable(self) < 0) {
@@ -882,29 +1016,66 @@ conn_recv_bytes_into(ConnectionObject *self, PyObject *args, PyObject *kwds)
     if (conn_load_pickler(cs) < 0) {
         return NULL;
     }
-    if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) < 0) {
+    if (!PyObject_CheckBuffer(buf)) {
+        /* the stdlib's memoryview(buf) */
+        PyErr_Format(PyExc_TypeError,
+                     "memoryview: a bytes-like object is required, "
+                     "not '%.200s'", Py_TYPE(buf)->tp_name);
         return NULL;
     }
-    if (offset < 0) {
-        PyErr_SetString(PyExc_ValueError, "negative offset");
-        goto error;
+    /* Not PyBUF_WRITABLE: a read-only buffer fails only after the read,
+     * as in the stdlib; a writable one reports readonly == 0. */
+    if (PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
     }
-    if (offset > view.len) {
-        PyErr_SetString(PyExc_ValueError, "offset too large");
-        goto error;
+    if (ooff != NULL) {
+        if (conn_limit_from(ooff, &lim, "negative offset") < 0) {
+            goto done;
+        }
+        r = conn_limit_above(&lim, (uint64_t)view.len);
+        if (r != 0) {
+            if (r > 0) {
+                PyErr_SetString(PyExc_ValueError, "offset too large");
+            }
+            goto done;
+        }
+        if (lim.obj != NULL && !PyIndex_Check(lim.obj)) {
+            /* the stdlib slices the buffer with it after the read */
+            res = conn_recv_into_unusable(
+                self, view.len, lim.obj,
+                "slice indices must be integers or None or have an "
+                "__index__ method");
+            goto done;
+        }
+        offset = lim.obj == NULL
+                 ? (Py_ssize_t)lim.v
+                 : PyNumber_AsSsize_t(lim.obj, PyExc_OverflowError);
+        if (offset == -1 && PyErr_Occurred()) {
+            goto done;
+        }
+    }
+    if (view.readonly) {
+        PyObject *zero = PyLong_FromSsize_t(offset);
+        if (zero != NULL) {
+            res = conn_recv_into_unusable(
+                self, view.len, zero,
+                "readinto() argument must be read-write bytes-like object, "
+                "not memoryview");
+            Py_DECREF(zero);
+        }
+        goto done;
     }
     if (conn_recv_header(self, &size) < 0) {
-        goto error;
+        goto done;
     }
     if (size <= (uint64_t)(view.len - offset)) {
         /* Fits: read straight into the caller's buffer, which the view
          * keeps alive and pinned while the GIL is released. */
         if (fd_read_exact(self->fd, (char *)view.buf + offset,
-                          (size_t)size) < 0) {
-            goto error;
+                          (size_t)size, 0) == 0) {
+            res = PyLong_FromUnsignedLongLong((unsigned long long)size);
         }
-        PyBuffer_Release(&view);
-        return PyLong_FromUnsignedLongLong((unsigned long long)size);
+        goto done;
     }
     PyBuffer_Release(&view);
     msg = conn_recv_payload(self->fd, size);
@@ -918,9 +1089,9 @@ conn_recv_bytes_into(ConnectionObject *self, PyObject *args, PyObject *kwds)
         Py_DECREF(exc);
     }
     return NULL;
-error:
+done:
     PyBuffer_Release(&view);
-    return NULL;
+    return res;
 }
 
 PyDoc_STRVAR(conn_recv_doc,

@@ -20,7 +20,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <sched.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -425,23 +424,34 @@ shm_track_remove(PyObject *Py_UNUSED(module), PyObject *const *args,
  * fastmp adds a trailer at T = align8(codes + n), inside the segment only
  * when fastmp created it (it asks for T + 32 bytes); the stdlib never
  * looks past codes + n, so it reads and writes such lists unchanged.
+ * The mapping starts on a page boundary, so every trailer field is
+ * naturally aligned.
  *
- *   magic (8)   written once by the creator before the name is handed out.
+ *   magic (8)   written once by the creator before the name is handed out
+ *               (SL_MAGIC names this layout; a list with another value
+ *               gets no seqlock).
  *   seq (4)     the seqlock: odd while a writer is inside.  Changed only by
- *               the holder of `lock`, with release ordering.
- *   lock (4)    0 free, else the pid of the writing process (CAS).
- *   start (8)   that writer's start token (written after its CAS).
+ *               the holder of `owner`, with release ordering.
+ *   spare (4)
+ *   owner (8)   the writer lock: the project's owner lock (owner.c), 0
+ *               when free, else the holder's pid and start token, set by
+ *               the one CAS that takes it.
  *   spare (8)
  *
- * Writers take `lock`, bump seq to odd, write the format, code and slot,
- * bump seq to even and free `lock`.  Readers copy format, code and slot
+ * Writers take `owner`, bump seq to odd, write the format, code and slot,
+ * bump seq to even and free `owner`.  Readers copy format, code and slot
  * and retry until seq was even and unchanged around the copy: a reader
- * never builds a value from a torn write.  A writer killed inside leaves
- * `lock` held and seq odd: the next writer or a reader that waited finds
- * the holder dead (pid + start token), takes the lock over, and the item
- * it was writing may hold a mix of old and new bytes (never out of its
- * slot).  Lists without the trailer (made by the stdlib) get the stdlib's
- * non-atomic behaviour.
+ * never builds a value from a torn write.  A reader that finds seq odd
+ * waits for the writer by taking `owner` itself (the owner lock's wait:
+ * GIL released, signals checked, a dead holder taken over), and frees it
+ * at once.  Whoever holds `owner` and finds seq odd makes it even: under
+ * the lock no writer is inside, so an odd seq there was left by a writer
+ * that died (taken over) or by corruption.  A writer killed inside leaves
+ * `owner` naming it and seq odd; the item it was writing may then hold a
+ * mix of old and new bytes (never out of its slot).  Item writes never
+ * release the GIL, so a process that finds itself named as the holder
+ * knows the word is stale (FASTMP_OWNER_SELF_IS_STALE).  Lists without the
+ * trailer (made by the stdlib) get the stdlib's non-atomic behaviour.
  *
  * Strings and bytes ending in NUL bytes (gh-96779): the stdlib stores a
  * str/bytes item with format "<slot>s" and strips trailing NULs on read.
@@ -452,16 +462,20 @@ shm_track_remove(PyObject *Py_UNUSED(module), PyObject *const *args,
  * not fit in 8 characters the write raises ValueError.
  */
 
-#define SL_MAGIC UINT64_C(0x666d70736c697374)    /* "fmpslist" */
+/* "fmpslst2" (the first layout, "fmpslist", had a 32-bit pid lock). */
+#define SL_MAGIC UINT64_C(0x666d70736c737432)
 #define SL_TRAILER_BYTES 32
 
 typedef struct {
     uint64_t magic;
     uint32_t seq;
-    uint32_t lock;
-    uint64_t start;
-    uint64_t spare;
+    uint32_t spare0;
+    uint64_t owner;
+    uint64_t spare1;
 } sl_trailer;
+
+_Static_assert(sizeof(sl_trailer) == SL_TRAILER_BYTES, "trailer size");
+_Static_assert(offsetof(sl_trailer, owner) % 8 == 0, "owner alignment");
 
 typedef struct {
     PyObject_HEAD
@@ -616,111 +630,75 @@ core_get_atomic(PyObject *op, void *Py_UNUSED(closure))
 
 /* ---- the seqlock ---- */
 
-/* One step of waiting for another process (called with the GIL held):
- * yield at first; after many spins sleep 100 us with the GIL released, so
- * a stopped or slow peer costs this process's other threads nothing.
- * Signals are checked every 256 spins.  0, or -1 with an exception set
- * (KeyboardInterrupt within a fraction of a second). */
+/* Item writes and the repair below never release the GIL: finding this
+ * process named as the holder means the word is stale. */
+#define SL_OWNER_FLAGS \
+    (FASTMP_OWNER_INTERRUPTIBLE | FASTMP_OWNER_SELF_IS_STALE)
+
+/* Take the writer lock of tr, blocking (GIL released, Ctrl-C checked; a
+ * dead or stale holder is taken over), and make seq odd.  An odd seq
+ * found under the lock is left by a writer that died inside (or is
+ * corrupt) and is made even first.  0, or -1 with an exception set (a
+ * signal handler raised). */
 static int
-sl_backoff(unsigned spins)
+sl_write_begin(sl_trailer *tr)
 {
-    if (spins % 256 == 0 && PyErr_CheckSignals() < 0) {
+    uint32_t s;
+    if (!fastmp_owner_try(&tr->owner)
+        && fastmp_owner_lock(&tr->owner, NULL, SL_OWNER_FLAGS) < 0) {
         return -1;
     }
-    if (spins < 4096) {
-        sched_yield();
-    }
-    else {
-        Py_BEGIN_ALLOW_THREADS
-        struct timespec ts = {0, 100 * 1000};
-        (void)nanosleep(&ts, NULL);
-        Py_END_ALLOW_THREADS
-    }
+    s = __atomic_load_n(&tr->seq, __ATOMIC_RELAXED);
+    s += (s & 1);
+    __atomic_store_n(&tr->seq, s + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
     return 0;
 }
 
-/* Take the writer lock of tr (spinning; a dead holder is taken over).
- * 0, or -1 with an exception set when a signal handler raised. */
-static int
-sl_lock(sl_trailer *tr)
-{
-    uint32_t me = fastmp_platform_getpid();
-    unsigned spins = 0;
-    for (;;) {
-        uint32_t cur = 0;
-        if (__atomic_compare_exchange_n(&tr->lock, &cur, me, 0,
-                                        __ATOMIC_ACQUIRE,
-                                        __ATOMIC_RELAXED)) {
-            __atomic_store_n(&tr->start, fastmp_platform_self_start(),
-                             __ATOMIC_RELAXED);
-            return 0;
-        }
-        if (++spins % 256 == 0) {
-            /* A writer that died inside is taken over.  The takeover is
-             * claimed by clearing the dead writer's token first, so that
-             * no other spinner pairs the new holder's pid with the old
-             * token (token 0 means: judge by pid alone). */
-            uint64_t start = __atomic_load_n(&tr->start, __ATOMIC_ACQUIRE);
-            if (__atomic_load_n(&tr->lock, __ATOMIC_ACQUIRE) == cur
-                && !fastmp_platform_pid_alive(cur, start)
-                && (start == 0
-                    || __atomic_compare_exchange_n(&tr->start, &start, 0, 0,
-                                                   __ATOMIC_ACQ_REL,
-                                                   __ATOMIC_RELAXED))
-                && __atomic_compare_exchange_n(&tr->lock, &cur, me, 0,
-                                               __ATOMIC_ACQUIRE,
-                                               __ATOMIC_RELAXED)) {
-                /* The dead writer may have left seq odd. */
-                uint32_t s = __atomic_load_n(&tr->seq, __ATOMIC_RELAXED);
-                if (s & 1) {
-                    __atomic_store_n(&tr->seq, s + 1, __ATOMIC_RELEASE);
-                }
-                __atomic_store_n(&tr->start, fastmp_platform_self_start(),
-                                 __ATOMIC_RELAXED);
-                return 0;
-            }
-        }
-        if (sl_backoff(spins) < 0) {
-            return -1;
-        }
-    }
-}
-
 static void
-sl_unlock(sl_trailer *tr)
+sl_write_end(sl_trailer *tr)
 {
-    __atomic_store_n(&tr->start, 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&tr->lock, 0, __ATOMIC_RELEASE);
+    uint32_t s = __atomic_load_n(&tr->seq, __ATOMIC_RELAXED);
+    __atomic_store_n(&tr->seq, s + 1, __ATOMIC_RELEASE);
+    fastmp_owner_unlock(&tr->owner);
 }
 
-/* Reader side: wait for an even seq and store it in *out.  If a writer
- * stays inside for long and is dead, repair the lock and seq.  0, or -1
+/* Reader side, slow path: seq was odd.  Wait for the writer by taking the
+ * writer lock (the owner lock's blocking wait), repair an odd seq left
+ * under it, free it, and look again.  0 with an even seq in *out, or -1
  * with an exception set (a signal handler raised). */
 static int
-sl_read_begin(sl_trailer *tr, uint32_t *out)
+sl_read_wait(sl_trailer *tr, uint32_t *out)
 {
-    unsigned spins = 0;
     for (;;) {
-        uint32_t s = __atomic_load_n(&tr->seq, __ATOMIC_ACQUIRE);
+        uint32_t s;
+        if (fastmp_owner_lock(&tr->owner, NULL, SL_OWNER_FLAGS) < 0) {
+            return -1;
+        }
+        s = __atomic_load_n(&tr->seq, __ATOMIC_RELAXED);
+        if (s & 1) {
+            __atomic_store_n(&tr->seq, s + 1, __ATOMIC_RELEASE);
+        }
+        fastmp_owner_unlock(&tr->owner);
+        s = __atomic_load_n(&tr->seq, __ATOMIC_ACQUIRE);
         if (!(s & 1)) {
             *out = s;
             return 0;
         }
-        if (++spins % 1024 == 0) {
-            uint32_t holder = __atomic_load_n(&tr->lock, __ATOMIC_RELAXED);
-            uint64_t start = __atomic_load_n(&tr->start, __ATOMIC_RELAXED);
-            if (holder != 0 && !fastmp_platform_pid_alive(holder, start)) {
-                /* takes the dead holder's lock over, fixing seq */
-                if (sl_lock(tr) < 0) {
-                    return -1;
-                }
-                sl_unlock(tr);
-            }
-        }
-        if (sl_backoff(spins) < 0) {
-            return -1;
-        }
     }
+}
+
+/* Reader side: wait for an even seq and store it in *out.  0, or -1 with
+ * an exception set. */
+static inline int
+sl_read_begin(sl_trailer *tr, uint32_t *out)
+{
+    uint32_t s = __atomic_load_n(&tr->seq, __ATOMIC_ACQUIRE);
+    if (!(s & 1)) {
+        *out = s;
+        return 0;
+    }
+    return sl_read_wait(tr, out);
 }
 
 static int
@@ -991,15 +969,8 @@ core_ass_item(PyObject *op, Py_ssize_t i, PyObject *value)
                         "shared memory does not hold a valid ShareableList");
         goto error;
     }
-    if (self->trailer != NULL && sl_lock(self->trailer) < 0) {
+    if (self->trailer != NULL && sl_write_begin(self->trailer) < 0) {
         goto error;
-    }
-    if (self->trailer != NULL) {
-        __atomic_store_n(&self->trailer->seq,
-                         __atomic_load_n(&self->trailer->seq,
-                                         __ATOMIC_RELAXED) + 1,
-                         __ATOMIC_RELAXED);
-        __atomic_thread_fence(__ATOMIC_RELEASE);
     }
     memcpy(base + self->fmts + 8 * i, fmt, 8);
     base[self->codes + i] = (char)code;
@@ -1008,11 +979,7 @@ core_ass_item(PyObject *op, Py_ssize_t i, PyObject *value)
         memset(base + off + len, 0, (size_t)(slot - len));
     }
     if (self->trailer != NULL) {
-        __atomic_store_n(&self->trailer->seq,
-                         __atomic_load_n(&self->trailer->seq,
-                                         __ATOMIC_RELAXED) + 1,
-                         __ATOMIC_RELEASE);
-        sl_unlock(self->trailer);
+        sl_write_end(self->trailer);
     }
     Py_XDECREF(encoded);
     return 0;

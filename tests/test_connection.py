@@ -562,3 +562,206 @@ def test_poll_timeout_keyword(ctx):
     finally:
         a.close()
         b.close()
+
+
+# --- a frame cut short by the peer closing ------------------------------
+
+_EXT = b"\xff\xff\xff\xff"
+# What the stdlib's reader raises when the peer closes after these bytes:
+# EOFError when it closed between two of its reads (before the header,
+# before the 8-byte extended length, before the payload), OSError("got end
+# of file during message") when it closed inside one of them.
+CUTS = {
+    "nothing": (b"", EOFError),
+    "inside-header": (b"\x00\x00", OSError),
+    "inside-header-3": (b"\x00\x00\x00", OSError),
+    "after-header": (b"\x00\x00\x00\x05", EOFError),
+    "inside-payload": (b"\x00\x00\x00\x05ab", OSError),
+    "after-ext-marker": (_EXT, EOFError),
+    "inside-ext-length": (_EXT + b"\x00\x00\x00", OSError),
+    "after-ext-length": (_EXT + struct.pack("!Q", 5), EOFError),
+    "inside-ext-payload": (_EXT + struct.pack("!Q", 5) + b"ab", OSError),
+}
+RECV_CALLS = {
+    "recv_bytes": lambda c: c.recv_bytes(),
+    "recv_bytes_into": lambda c: c.recv_bytes_into(bytearray(64)),
+    "recv": lambda c: c.recv(),
+}
+
+
+def _assert_cut_error(excinfo, expected):
+    if expected is EOFError:
+        assert excinfo.type is EOFError
+    else:
+        assert excinfo.type is OSError
+        assert str(excinfo.value) == "got end of file during message"
+
+
+@pytest.mark.parametrize("call", list(RECV_CALLS))
+@pytest.mark.parametrize("cut", list(CUTS))
+@pytest.mark.parametrize("duplex", [True, False], ids=["socket", "pipe"])
+def test_frame_cut_short(mp, duplex, cut, call):
+    raw, expected = CUTS[cut]
+    a, b = mp.Pipe(duplex)
+    try:
+        if raw:
+            assert os.write(b.fileno(), raw) == len(raw)
+        b.close()
+        with pytest.raises((EOFError, OSError)) as ei:
+            RECV_CALLS[call](a)
+        _assert_cut_error(ei, expected)
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("duplex", [True, False], ids=["socket", "pipe"])
+def test_frame_cut_short_after_a_pause(mp, duplex):
+    # The reader is already waiting when the first header bytes arrive.
+    a, b = mp.Pipe(duplex)
+
+    def cut():
+        time.sleep(0.05)
+        os.write(b.fileno(), b"\x00\x00")
+        time.sleep(0.05)
+        b.close()
+
+    t = threading.Thread(target=cut)
+    t.start()
+    try:
+        with pytest.raises((EOFError, OSError)) as ei:
+            a.recv_bytes()
+        _assert_cut_error(ei, OSError)
+    finally:
+        t.join()
+        a.close()
+
+
+# --- maxlength and offset: any value the stdlib accepts ------------------
+
+def _next_message(conn):
+    return conn.recv_bytes() if conn.poll(5) else None
+
+
+@pytest.mark.parametrize("duplex", [True, False], ids=["socket", "pipe"])
+def test_recv_bytes_maxlength_not_an_index(mp, duplex):
+    # The stdlib only compares maxlength with 0 and with the message size:
+    # floats and ints of any size work as limits.
+    for maxlength in (10.0, 5.0, 2 ** 70, float("inf"), float("nan"), True,
+                      5):
+        a, b = mp.Pipe(duplex)
+        b.send_bytes(b"hello")
+        if maxlength is True:
+            with pytest.raises(OSError, match="bad message length"):
+                a.recv_bytes(maxlength)
+        else:
+            assert a.recv_bytes(maxlength) == b"hello"
+        a.close()
+        b.close()
+    a, b = mp.Pipe(duplex)
+    b.send_bytes(b"hello")
+    with pytest.raises(OSError, match="bad message length"):
+        a.recv_bytes(4.5)
+    if duplex:
+        assert not a.readable and not a.closed
+    else:
+        assert a.closed
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("duplex", [True, False], ids=["socket", "pipe"])
+def test_recv_bytes_bad_maxlength_leaves_the_message(mp, duplex):
+    a, b = mp.Pipe(duplex)
+    b.send_bytes(b"hello")
+    for maxlength in (-1, -1.5, -2 ** 70, float("-inf")):
+        with pytest.raises(ValueError) as ei:
+            a.recv_bytes(maxlength)
+        assert str(ei.value) == "negative maxlength"
+    for maxlength in ("10", b"10", [], object()):
+        with pytest.raises(TypeError) as ei:
+            a.recv_bytes(maxlength)
+        assert str(ei.value) == (
+            "'<' not supported between instances of '%s' and 'int'"
+            % type(maxlength).__name__)
+    assert _next_message(a) == b"hello"
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("duplex", [True, False], ids=["socket", "pipe"])
+def test_recv_bytes_into_bad_offset_leaves_the_message(mp, duplex):
+    a, b = mp.Pipe(duplex)
+    b.send_bytes(b"hello")
+    buf = bytearray(10)
+    cases = [(-1, ValueError, "negative offset"),
+             (-2 ** 70, ValueError, "negative offset"),
+             (-0.5, ValueError, "negative offset"),
+             (11, ValueError, "offset too large"),
+             (2 ** 70, ValueError, "offset too large"),
+             (10.5, ValueError, "offset too large"),
+             ("1", TypeError, "'<' not supported between instances of "
+                              "'str' and 'int'"),
+             (None, TypeError, "'<' not supported between instances of "
+                               "'NoneType' and 'int'")]
+    for offset, exc, msg in cases:
+        with pytest.raises(exc) as ei:
+            a.recv_bytes_into(buf, offset)
+        assert str(ei.value) == msg
+    with pytest.raises(ValueError, match="offset too large"):
+        a.recv_bytes_into(array.array("i", [0] * 2), 9)
+    with pytest.raises(TypeError) as ei:
+        a.recv_bytes_into(5)
+    assert str(ei.value) == ("memoryview: a bytes-like object is required, "
+                             "not 'int'")
+    assert buf == bytearray(10)
+    assert _next_message(a) == b"hello"
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("duplex", [True, False], ids=["socket", "pipe"])
+def test_recv_bytes_into_offset_in_range(mp, duplex):
+    a, b = mp.Pipe(duplex)
+    buf = bytearray(10)
+    b.send_bytes(b"hello")
+    assert a.recv_bytes_into(buf, 5) == 5          # ends at the last byte
+    assert buf == bytearray(5) + b"hello"
+    b.send_bytes(b"hello")
+    with pytest.raises(mp.BufferTooShort) as ei:   # one byte short
+        a.recv_bytes_into(buf, 6)
+    assert ei.value.args[0] == b"hello"
+    b.send_bytes(b"")
+    assert a.recv_bytes_into(buf, 10) == 0         # offset == len
+    b.send_bytes(b"hi")
+    assert a.recv_bytes_into(buf, True) == 2       # an int like any other
+    assert buf[:3] == bytearray(b"\0hi")
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("duplex", [True, False], ids=["socket", "pipe"])
+def test_recv_bytes_into_unusable_after_the_read(mp, duplex):
+    # Errors the stdlib only finds once it holds the message: it is
+    # consumed (BufferTooShort carries it; the others lose it), and the
+    # next message is read next.
+    a, b = mp.Pipe(duplex)
+    for m in (b"one", b"two", b"three", b"four", b"five"):
+        b.send_bytes(m)
+    buf = bytearray(10)
+    with pytest.raises(TypeError) as ei:
+        a.recv_bytes_into(buf, 1.0)
+    assert "slice indices must be integers" in str(ei.value)
+    with pytest.raises(mp.BufferTooShort) as ei:
+        a.recv_bytes_into(bytearray(10), 8.0)
+    assert ei.value.args[0] == b"two"
+    with pytest.raises(TypeError) as ei:
+        a.recv_bytes_into(b"0123456789")
+    assert "read-write bytes-like object" in str(ei.value)
+    with pytest.raises(mp.BufferTooShort) as ei:
+        a.recv_bytes_into(b"012")
+    assert ei.value.args[0] == b"four"
+    assert buf == bytearray(10)
+    assert _next_message(a) == b"five"
+    a.close()
+    b.close()

@@ -224,3 +224,28 @@ def test_pickled_connection_survives_pickle_module():
         pickle.dumps(a)
     a.close()
     b.close()
+
+
+@pytest.mark.parametrize("mod", [fc, std_connection],
+                         ids=["fastmp", "multiprocessing"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_frame_cut_inside_header(mod, family):
+    # The client sends two bytes of a header and closes: the server's
+    # reader is inside a message, not between two.
+    with mod.Listener(family=family) as l:
+        out = []
+        t = threading.Thread(target=_serve_once, args=(l, out, False))
+        t.start()
+        c = mod.Client(l.address)
+        t.join(10)
+        server = out[0]
+        try:
+            with socket.socket(fileno=os.dup(c.fileno())) as s:
+                s.sendall(b"\x00\x00")
+            c.close()
+            with pytest.raises(OSError,
+                               match="got end of file during message"):
+                server.recv_bytes()
+        finally:
+            c.close()
+            server.close()

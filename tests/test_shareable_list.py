@@ -1,6 +1,7 @@
 """ShareableList: parity with the stdlib, interop both ways on the same
 segment, exact NUL round trips (gh-96779) and atomic item writes."""
 import importlib
+import os
 import pickle
 import struct
 import time
@@ -399,22 +400,48 @@ def _dead_pid():
     return p.pid
 
 
+# The trailer: magic (8) | seq (4) | spare (4) | owner (8) | spare (8).
+# owner is the project's owner-lock word: pid in the low half, the holder's
+# start token in the high half (0 while free).
+
+def _trailer_state(sl):
+    """(seq, owner word) of a fastmp-made list."""
+    t = _trailer_offset(sl)
+    seq, = struct.unpack_from("I", sl.shm.buf, t + 8)
+    owner, = struct.unpack_from("Q", sl.shm.buf, t + 16)
+    return seq, owner
+
+
+def _set_trailer(sl, seq, pid, token):
+    t = _trailer_offset(sl)
+    struct.pack_into("I", sl.shm.buf, t + 8, seq)
+    struct.pack_into("Q", sl.shm.buf, t + 16, pid | (token << 32))
+
+
+def _start_token(pid):
+    """The owner-lock token of a live process: its start time in clock
+    ticks since boot, plus one, low 32 bits (never 0)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    token = (int(fields[19]) + 1) & 0xFFFFFFFF
+    return token or 1
+
+
 def test_dead_writer_is_taken_over():
     from fastmp import shared_memory as sm
     sl = sm.ShareableList(["value", 5])
     try:
-        t = _trailer_offset(sl)
-        seq, lock = struct.unpack_from("II", sl.shm.buf, t + 8)
-        assert lock == 0 and seq % 2 == 0
+        seq, owner = _trailer_state(sl)
+        assert owner == 0 and seq % 2 == 0
         # as if a writer was killed inside: lock held by a dead pid, seq odd
-        struct.pack_into("IIQ", sl.shm.buf, t + 8, seq + 1, _dead_pid(), 0)
+        _set_trailer(sl, seq + 1, _dead_pid(), 0)
         start = time.monotonic()
         assert sl[0] == "value"
         sl[1] = 6
         assert sl[1] == 6
         assert time.monotonic() - start < 5
-        seq, lock = struct.unpack_from("II", sl.shm.buf, t + 8)
-        assert lock == 0 and seq % 2 == 0
+        seq, owner = _trailer_state(sl)
+        assert owner == 0 and seq % 2 == 0
     finally:
         _cleanup(sl)
 
@@ -433,7 +460,6 @@ except KeyboardInterrupt:
 
 @pytest.mark.timeout(60)
 def test_reader_waiting_on_stopped_writer_takes_ctrl_c():
-    import os
     import signal
     import subprocess
     import sys
@@ -444,9 +470,8 @@ def test_reader_waiting_on_stopped_writer_takes_ctrl_c():
     sleeper = subprocess.Popen([sys.executable, "-c",
                                 "import time; time.sleep(60)"])
     try:
-        t = _trailer_offset(sl)
         # a live writer that never finishes (e.g. SIGSTOPped mid-write)
-        struct.pack_into("IIQ", sl.shm.buf, t + 8, 1, sleeper.pid, 0)
+        _set_trailer(sl, 1, sleeper.pid, _start_token(sleeper.pid))
         env = dict(os.environ, PYTHONPATH=ROOT)
         with subprocess.Popen([sys.executable, "-c", STUCK_READER,
                                sl.shm.name], stdout=subprocess.PIPE,
@@ -468,7 +493,6 @@ def test_reader_waiting_on_stopped_writer_takes_ctrl_c():
 @pytest.mark.timeout(120)
 def test_no_leak_create_attach_close_unlink():
     import gc
-    import os
 
     from fastmp import shared_memory as sm
 
@@ -505,3 +529,282 @@ def test_attach_to_garbage_raises_valueerror():
         finally:
             shm.close()
             shm.unlink()
+
+
+# ---- subclasses of the item types (parity) ----
+
+class _Str(str):
+    pass
+
+
+class _Bytes(bytes):
+    pass
+
+
+class _Int(int):
+    pass
+
+
+class _Float(float):
+    pass
+
+
+@pytest.mark.parametrize("value", [_Str("text"), _Bytes(b"raw"), _Int(5),
+                                   _Float(2.5)],
+                         ids=["str", "bytes", "int", "float"])
+def test_subclass_items(mp, value):
+    # The stdlib looks each item's exact type up in _types_mapping when it
+    # builds a list (KeyError for a subclass); assigning a str/bytes
+    # subclass to an existing item is accepted (isinstance), an int/float
+    # subclass is not.
+    sm = sl_module(mp)
+    with pytest.raises(KeyError):
+        sm.ShareableList([value])
+    with pytest.raises(KeyError):
+        sm.ShareableList([1, value])
+    sl = sm.ShareableList([0, "x" * 16])
+    try:
+        if isinstance(value, (str, bytes)):
+            sl[1] = value
+            assert sl[1] == value and type(sl[1]) is type(value).__mro__[1]
+        else:
+            with pytest.raises(KeyError):
+                sl[0] = value
+            assert sl[0] == 0
+    finally:
+        _cleanup(sl)
+
+
+# ---- a corrupt trailer never hangs (fastmp only) ----
+
+# Each case is run in a child with a deadline: before the fix, reading or
+# writing spun forever.  The child corrupts the trailer itself (the "own
+# pid" cases need its pid), then reads, writes and reads again.
+CORRUPT_CHILD = """
+import os, struct, sys
+from fastmp import shared_memory as sm
+name, mode, pid, token = sys.argv[1], sys.argv[2], int(sys.argv[3]), \\
+    int(sys.argv[4])
+sl = sm.ShareableList(name=name)
+n = len(sl)
+end = (n + 2) * 8 + sl._allocated_offsets[-1] + 9 * n
+t = (end + 7) // 8 * 8
+seq, = struct.unpack_from("I", sl.shm.buf, t + 8)
+if mode == "self":
+    pid = os.getpid()
+    with open("/proc/self/stat") as f:
+        token = ((int(f.read().rsplit(")", 1)[1].split()[19]) + 1)
+                 & 0xFFFFFFFF) or 1
+elif mode == "self-wrong-token":
+    pid = os.getpid()
+struct.pack_into("I", sl.shm.buf, t + 8, seq | 1)
+struct.pack_into("Q", sl.shm.buf, t + 16, pid | (token << 32))
+out = []
+for step in ("read", "write", "read"):
+    try:
+        if step == "write":
+            sl[1] = 7
+        else:
+            out.append(repr((sl[0], sl[1])))
+    except ValueError as e:
+        out.append("ValueError: %s" % e)
+seq, = struct.unpack_from("I", sl.shm.buf, t + 8)
+owner, = struct.unpack_from("Q", sl.shm.buf, t + 16)
+out.append("seq-even" if seq % 2 == 0 else "seq-odd")
+out.append("free" if owner == 0 else "held")
+print("|".join(out), flush=True)
+sl.shm.close()
+"""
+
+
+def _run_corrupt(mode, pid=0, token=0):
+    import subprocess
+    import sys
+
+    from fastmp import shared_memory as sm
+    from conftest import FASTMP_PATH
+    sl = sm.ShareableList(["value", 5])
+    env = dict(os.environ, PYTHONPATH=FASTMP_PATH)
+    try:
+        p = subprocess.run([sys.executable, "-c", CORRUPT_CHILD,
+                            sl.shm.name, mode, str(pid), str(token)],
+                           capture_output=True, text=True, env=env,
+                           timeout=15)
+        assert p.returncode == 0, p.stderr
+        return p.stdout.strip().split("|"), list(sl)
+    finally:
+        _cleanup(sl)
+
+
+RECOVERED = ["('value', 5)", "('value', 7)", "seq-even", "free"]
+
+
+@pytest.mark.timeout(60)
+def test_corrupt_odd_seq_with_free_lock_recovers():
+    # The writer died after its last store to the item but before seq was
+    # even again: nobody holds the lock, seq is odd.
+    out, final = _run_corrupt("odd-free")
+    assert out == RECOVERED
+    assert final == ["value", 7]
+
+
+@pytest.mark.timeout(60)
+def test_corrupt_live_pid_with_wrong_token_recovers():
+    import subprocess
+    import sys
+    sleeper = subprocess.Popen([sys.executable, "-c",
+                                "import time; time.sleep(60)"])
+    try:
+        wrong = (_start_token(sleeper.pid) + 12345) & 0xFFFFFFFF
+        out, final = _run_corrupt("pid", sleeper.pid, max(wrong, 2))
+        assert sleeper.poll() is None        # still alive: it was a lie
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert out == RECOVERED
+    assert final == ["value", 7]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["self", "self-wrong-token"])
+def test_corrupt_own_pid_recovers(mode):
+    # A reader or writer that finds its own process named as the writer:
+    # item writes never release the GIL, so no writer of this process can
+    # be inside; the word is stale.
+    out, final = _run_corrupt(mode, 0, 99)
+    assert out == RECOVERED
+    assert final == ["value", 7]
+
+
+# ---- the writer lock is the owner lock (fastmp only) ----
+
+def _child_stalled_write(name, stall, ready):
+    from fastmp import _fastmp
+    from fastmp import shared_memory as sm
+    sl = sm.ShareableList(name=name)
+    ready.set()
+    _fastmp._owner_stall(stall)      # the next lock acquisition stalls
+    sl[0] = 1
+    sl.shm.close()
+
+
+def _child_write_one(name, index, value, started):
+    from fastmp import shared_memory as sm
+    sl = sm.ShareableList(name=name)
+    started.set()
+    sl[index] = value
+    sl.shm.close()
+
+
+def _proc_state(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def _wait_stopped(pid):
+    deadline = time.monotonic() + 20
+    while _proc_state(pid) != "T":
+        assert time.monotonic() < deadline, "holder never stopped"
+        time.sleep(0.01)
+
+
+@pytest.mark.timeout(120)
+def test_writer_lock_stalled_holder(fctx):
+    from fastmp import shared_memory as sm
+    sl = sm.ShareableList([0, 0])
+    try:
+        ready, started = fctx.Event(), fctx.Event()
+        a = fctx.Process(target=_child_stalled_write,
+                         args=(sl.shm.name, 0.3, ready))
+        a.start()
+        assert ready.wait(30)
+        b = fctx.Process(target=_child_write_one,
+                         args=(sl.shm.name, 1, 2, started))
+        b.start()
+        deadline = time.monotonic() + 60
+        while a.is_alive() or b.is_alive():
+            assert sl[0] in (0, 1)
+            assert sl[1] in (0, 2)
+            assert time.monotonic() < deadline
+        a.join(30)
+        b.join(30)
+        assert a.exitcode == 0 and b.exitcode == 0
+        assert list(sl) == [1, 2]
+        seq, owner = _trailer_state(sl)
+        assert seq % 2 == 0 and owner == 0
+    finally:
+        _cleanup(sl)
+
+
+def _holder_stopped(fctx, sl):
+    """Start a child that stops itself (SIGSTOP) holding the writer lock
+    on its way to sl[0] = 1, and a second writer of sl[1] = 2 that must
+    wait for it.  Returns (holder, waiter) once both are in place."""
+    ready, started = fctx.Event(), fctx.Event()
+    a = fctx.Process(target=_child_stalled_write,
+                     args=(sl.shm.name, -1, ready))
+    a.start()
+    assert ready.wait(30)
+    _wait_stopped(a.pid)
+    seq, owner = _trailer_state(sl)
+    assert owner & 0x7FFFFFFF == a.pid
+    b = fctx.Process(target=_child_write_one,
+                     args=(sl.shm.name, 1, 2, started))
+    b.start()
+    assert started.wait(30)
+    return a, b
+
+
+@pytest.mark.timeout(120)
+def test_writer_lock_stopped_holder_is_not_robbed(fctx):
+    import signal
+    from fastmp import shared_memory as sm
+    sl = sm.ShareableList([0, 0])
+    a = b = None
+    try:
+        a, b = _holder_stopped(fctx, sl)
+        # The waiter waits as long as the holder lives, however long it is
+        # stopped; readers are not blocked (the holder has not begun).
+        b.join(1.0)
+        assert b.is_alive()
+        seq, owner = _trailer_state(sl)
+        assert owner & 0x7FFFFFFF == a.pid
+        assert list(sl) == [0, 0]
+        os.kill(a.pid, signal.SIGCONT)
+        a.join(30)
+        b.join(30)
+        assert a.exitcode == 0 and b.exitcode == 0
+        assert list(sl) == [1, 2]
+        seq, owner = _trailer_state(sl)
+        assert seq % 2 == 0 and owner == 0
+    finally:
+        for p in (a, b):
+            if p is not None and p.is_alive():
+                os.kill(p.pid, signal.SIGKILL)
+                p.join(10)
+        _cleanup(sl)
+
+
+@pytest.mark.timeout(120)
+def test_writer_lock_killed_holder_is_taken_over(fctx):
+    import signal
+    from fastmp import shared_memory as sm
+    sl = sm.ShareableList([0, 0])
+    a = b = None
+    try:
+        a, b = _holder_stopped(fctx, sl)
+        os.kill(a.pid, signal.SIGKILL)
+        a.join(30)
+        b.join(10)                     # a few slices, not a timeout
+        assert not b.is_alive() and b.exitcode == 0
+        assert list(sl) == [0, 2]
+        sl[0] = 3
+        assert list(sl) == [3, 2]
+        seq, owner = _trailer_state(sl)
+        assert seq % 2 == 0 and owner == 0
+    finally:
+        for p in (a, b):
+            if p is not None and p.is_alive():
+                os.kill(p.pid, signal.SIGKILL)
+                p.join(10)
+        _cleanup(sl)
