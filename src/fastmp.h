@@ -262,7 +262,14 @@ int fastmp_owner_takeover(uint64_t *w, uint64_t seen);
 int fastmp_owner_lock(uint64_t *w, const fastmp_deadline *d, int flags);
 
 /* Release: the word returns to 0; a sleeper, if any, is woken. */
-void fastmp_owner_unlock(uint64_t *w);
+static inline void
+fastmp_owner_unlock(uint64_t *w)
+{
+    uint64_t old = __atomic_exchange_n(w, 0, __ATOMIC_RELEASE);
+    if (old & FASTMP_OWNER_WAITERS) {
+        (void)fastmp_platform_futex_wake(fastmp_owner_futex(w), 1);
+    }
+}
 
 /* ---------------------------------------------------------------------
  * arena: arena.c -- process-shared memory carved into blocks.

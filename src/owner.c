@@ -46,8 +46,8 @@ int
 fastmp_owner_dead(uint64_t v)
 {
     uint32_t pid = fastmp_owner_pid(v);
-    if (pid == 0) {
-        return 1;
+    if (pid == 0 || (uint32_t)(v >> 32) == 0) {
+        return 1;       /* names nobody, or no token: not a real holder */
     }
     return !fastmp_platform_pid_alive32(pid, (uint32_t)(v >> 32));
 }
@@ -160,15 +160,6 @@ fastmp_owner_lock(uint64_t *w, const fastmp_deadline *d, int flags)
                 return 2;
             }
         }
-    }
-}
-
-void
-fastmp_owner_unlock(uint64_t *w)
-{
-    uint64_t old = __atomic_exchange_n(w, 0, __ATOMIC_RELEASE);
-    if (old & FASTMP_OWNER_WAITERS) {
-        (void)fastmp_platform_futex_wake(fastmp_owner_futex(w), 1);
     }
 }
 

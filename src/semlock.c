@@ -5,10 +5,11 @@
  * modes share the layout:
  *
  *   mutex mode (kind RECURSIVE_MUTEX, or SEMAPHORE with maxvalue 1: Lock,
- *   RLock, BoundedSemaphore(1)): `word` is 0 when the lock is free, else
- *   the pid of the process holding it (FASTMP_SEM_NOBODY when it is held
- *   by nobody in particular: created with value 0).  One CAS both takes
- *   the lock and records the holder.
+ *   RLock, BoundedSemaphore(1)): `pair` is the project's owner lock
+ *   (owner.c): 0 when free, else the holder's pid in `word` and its start
+ *   token in `tracked`, taken and named by one CAS (`word` is
+ *   FASTMP_SEM_NOBODY, with no token, when the lock was created held by
+ *   nobody in particular: value 0).
  *
  *   counting mode (every other semaphore): `word` is the semaphore's
  *   value; the holder table `slots` records, per process, how many units
@@ -68,16 +69,13 @@ typedef struct {
 
 /* The process-shared part of a SemLock (an arena block).
  *
- *   word: see the file comment.  Mutex mode: changed only by atomic
- *       CAS/exchange.  Counting mode: changed together with `tracked`,
- *       by one 64-bit CAS on `pair`.
- *   tracked: counting mode: the units recorded as held in slots; at most
- *       `init` (units created by release() beyond the initial value are
- *       signals, never "held", so never recovered).
+ *   word: see the file comment.  Changed together with `tracked`, by
+ *       64-bit atomics on `pair` only.
+ *   tracked: mutex mode: the holder's start token (the owner lock's high
+ *       half).  Counting mode: the units recorded as held in slots; at
+ *       most `init` (units created by release() beyond the initial value
+ *       are signals, never "held", so never recovered).
  *   nwaiters: atomic count of processes/threads inside a blocking wait.
- *   holder_start: mutex mode only: the holder's start token, written by
- *       the holder right after its CAS and reset to 0 before it releases
- *       (so a waiter never pairs a new holder's pid with an old token).
  *   init: counting mode: the initial value.
  *   kind, maxvalue: written once at creation, read-only afterwards.
  *   user: four ints exported through the buffer protocol (Barrier keeps
@@ -98,7 +96,6 @@ typedef struct {
     };
     uint32_t nwaiters;
     uint32_t kind;
-    uint64_t holder_start;
     uint32_t maxvalue;
     uint32_t init;
     sem_slot slots[SEM_NSLOTS];
@@ -202,64 +199,34 @@ module_warning(void)
 /* ---- mutex mode -------------------------------------------------- */
 
 static inline int
-mutex_try(SemLockObject *self, uint32_t me)
+mutex_try(SemLockObject *self)
 {
-    uint32_t expected = 0;
-    if (__atomic_compare_exchange_n(&self->sem->word, &expected, me, 0,
-                                    __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
-        __atomic_store_n(&self->sem->holder_start,
-                         fastmp_platform_self_start(), __ATOMIC_RELEASE);
-        return 1;
-    }
-    return 0;
+    return fastmp_owner_try(&self->sem->pair);
 }
 
 static inline void
 mutex_release(SemLockObject *self)
 {
     shared_sem *s = self->sem;
-    __atomic_store_n(&s->holder_start, 0, __ATOMIC_RELEASE);
     __atomic_store_n(&s->gen, s->gen + 1, __ATOMIC_RELAXED);
-    __atomic_store_n(&s->word, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&s->pair, 0, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&s->nwaiters, __ATOMIC_SEQ_CST) != 0) {
         (void)fastmp_platform_futex_wake(&s->word, 1);
     }
 }
 
-/* Take the mutex from a dead holder.  1 if taken, 0 otherwise. */
+/* Take the mutex from a dead holder (the owner lock's takeover: a CAS
+ * from exactly the value judged dead).  1 if taken, 0 otherwise. */
 static int
-mutex_recover(SemLockObject *self, uint32_t me)
+mutex_recover(SemLockObject *self)
 {
     shared_sem *s = self->sem;
-    uint32_t v = __atomic_load_n(&s->word, __ATOMIC_ACQUIRE);
-    if (v == 0 || v == FASTMP_SEM_NOBODY || v == me) {
+    uint64_t v = __atomic_load_n(&s->pair, __ATOMIC_ACQUIRE);
+    if (v == 0 || PAIR_WORD(v) == FASTMP_SEM_NOBODY
+        || (v & ~(uint64_t)FASTMP_OWNER_WAITERS) == fastmp_owner_self()) {
         return 0;
     }
-    uint64_t start = __atomic_load_n(&s->holder_start, __ATOMIC_ACQUIRE);
-    if (__atomic_load_n(&s->word, __ATOMIC_ACQUIRE) != v) {
-        return 0;
-    }
-    if (fastmp_platform_pid_alive(v, start)) {
-        return 0;
-    }
-    /* Claim the takeover by clearing the dead holder's token: of several
-     * waiters that judged it dead, one wins this CAS.  (Without the claim
-     * a second waiter could pair our pid, once `word` names us, with the
-     * old token, judge us dead too and take the lock from under us.)  In
-     * the meantime a token of 0 makes pid alone decide: we read as alive.
-     * With no token to claim, the CAS on `word` alone decides. */
-    if (start != 0
-        && !__atomic_compare_exchange_n(&s->holder_start, &start, 0, 0,
-                                        __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
-        return 0;
-    }
-    if (!__atomic_compare_exchange_n(&s->word, &v, me, 0, __ATOMIC_ACQ_REL,
-                                     __ATOMIC_RELAXED)) {
-        return 0;
-    }
-    __atomic_store_n(&s->holder_start, fastmp_platform_self_start(),
-                     __ATOMIC_RELEASE);
-    return 1;
+    return fastmp_owner_takeover(&s->pair, v);
 }
 
 /* ---- counting mode ----------------------------------------------- */
@@ -489,7 +456,7 @@ static inline int
 try_once(SemLockObject *self)
 {
     if (self->mutex) {
-        return mutex_try(self, fastmp_platform_getpid());
+        return mutex_try(self);
     }
     int r = count_take(self->sem);
     if (r == 2) {
@@ -587,7 +554,7 @@ acquire_slow(SemLockObject *self, const fastmp_deadline *d)
             continue;
         }
         if (self->mutex) {
-            if (mutex_recover(self, fastmp_platform_getpid())) {
+            if (mutex_recover(self)) {
                 if (warn_abandoned(self) < 0) {
                     mutex_release(self);
                     break;
