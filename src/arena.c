@@ -194,6 +194,24 @@ registry_remove(fastmp_segment_object *s)
     s->reg_prev = s->reg_next = NULL;
 }
 
+/* Memory or address space ran out: say so, with the size asked for. */
+static void
+map_error(uint64_t size)
+{
+    int err = errno;
+    if (err == ENOMEM || err == ENOSPC || err == EFBIG) {
+        PyErr_Format(PyExc_MemoryError,
+                     "fastmp: cannot map %llu bytes of shared memory (%s): "
+                     "the address space or the memory is exhausted",
+                     (unsigned long long)size, strerror(err));
+    }
+    else {
+        PyErr_Format(PyExc_OSError,
+                     "fastmp: cannot create %llu bytes of shared memory: %s",
+                     (unsigned long long)size, strerror(err));
+    }
+}
+
 /* Wrap a mapped fd in a new Segment object (steals fd on success). */
 static fastmp_segment_object *
 segment_new(PyTypeObject *type, int fd, uint64_t size)
@@ -206,7 +224,7 @@ segment_new(PyTypeObject *type, int fd, uint64_t size)
     void *base = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE,
                       MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) {
-        PyErr_SetFromErrno(PyExc_OSError);
+        map_error(size);
         return NULL;
     }
     fastmp_segment_object *s = PyObject_New(fastmp_segment_object, type);
@@ -232,7 +250,7 @@ segment_create(fastmp_state *st, uint64_t size, int large)
 {
     int fd = fastmp_platform_shm_anon("fastmp", size);
     if (fd < 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
+        map_error(size);
         return NULL;
     }
     fastmp_segment_object *s = segment_new(st->SegmentType, fd, size);
@@ -599,6 +617,13 @@ fastmp_block_alloc(size_t size, fastmp_block *b)
         fastmp_segment_object *s = (fastmp_segment_object *)st->alloc_segment;
         if (s == NULL) {
             s = segment_create(st, next_pool_bytes, 0);
+            if (s == NULL && next_pool_bytes > POOL_FIRST_BYTES
+                && PyErr_ExceptionMatches(PyExc_MemoryError)) {
+                /* Address space is short: start small again. */
+                PyErr_Clear();
+                next_pool_bytes = POOL_FIRST_BYTES;
+                s = segment_create(st, next_pool_bytes, 0);
+            }
             if (s == NULL) {
                 return -1;
             }

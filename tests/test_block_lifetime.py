@@ -163,10 +163,11 @@ def _square(x):
     return x * x
 
 
-def test_pool_blocks_leave_shmem(fctx):
+@pytest.mark.parametrize("size", [64 * MiB, 8 * MiB], ids=["64MiB", "8MiB"])
+def test_pool_blocks_leave_shmem(fctx, size):
     # `with Pool(2)` terminates its workers with SIGTERM.
     start = _shmem()
-    arr = fctx.RawArray("b", 64 * MiB)
+    arr = fctx.RawArray("b", size)
     arr[0] = 1
     arr[len(arr) - 1] = 1
     small = [fctx.Value("i", i) for i in range(100)]
@@ -199,3 +200,47 @@ def test_spawned_child_attaches_and_parent_reuses(fctx):
         del vals
         vals = [fctx.Value("i", i) for i in range(50)]
     assert _fastmp._arena_stats()["resident"] - before < MiB
+
+
+# ---- address space --------------------------------------------------------
+
+_LOCKS_AND_VALUES = """
+    import %s as mp
+    locks = [mp.Lock() for _ in range(200)]
+    values = [mp.Value("d", i) for i in range(200)]
+    arrays = [mp.Array("i", 1000) for _ in range(20)]
+    big = mp.RawArray("b", 32 << 20)
+    big[len(big) - 1] = 1
+    with locks[7]:
+        values[3].value += 1
+    assert values[3].value == 4
+    print("OK", flush=True)
+"""
+
+
+@pytest.mark.parametrize("impl", ["multiprocessing", "fastmp"])
+def test_locks_and_values_under_1gib_address_space(impl):
+    from test_queue_durability import _run_child
+    r = _run_child(_LOCKS_AND_VALUES % impl, 1 << 30)
+    assert r.returncode == 0 and r.stdout.strip() == "OK", r.stderr
+
+
+_ARRAY_TOO_BIG = """
+    import fastmp
+    small = fastmp.Value("i", 5)
+    try:
+        fastmp.RawArray("b", 2 << 30)
+        print("NEVER FAILED")
+    except MemoryError as e:
+        assert "shared memory" in str(e), repr(e)
+    # What exists still works, and smaller objects still fit.
+    small.value += 1
+    assert small.value == 6 and fastmp.Value("i", 1).value == 1
+    print("OK", flush=True)
+"""
+
+
+def test_exhausted_address_space_is_a_clear_memoryerror():
+    from test_queue_durability import _run_child
+    r = _run_child(_ARRAY_TOO_BIG, 1 << 30)
+    assert r.returncode == 0 and r.stdout.strip() == "OK", (r.stdout, r.stderr)
