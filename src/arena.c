@@ -151,13 +151,18 @@ bhdr(fastmp_segment_object *s, uint64_t data_off)
 /* ---- the segment allocator lock ---------------------------------- */
 
 /* The critical sections never release the GIL: finding this process as
- * the holder means a thread died there (or the word is corrupt). */
-static void
-seg_lock(seg_header *h)
+ * the holder means a thread died there (or the word is corrupt).  Freeing
+ * (from a deallocator) cannot fail, so it waits without looking at
+ * signals; allocating can be interrupted (-1 with an exception set). */
+static int
+seg_lock(seg_header *h, int interruptible)
 {
-    if (!fastmp_owner_try(&h->lock)) {
-        (void)fastmp_owner_lock(&h->lock, NULL, FASTMP_OWNER_SELF_IS_STALE);
+    if (fastmp_owner_try(&h->lock)) {
+        return 0;
     }
+    int flags = FASTMP_OWNER_SELF_IS_STALE
+                | (interruptible ? FASTMP_OWNER_INTERRUPTIBLE : 0);
+    return fastmp_owner_lock(&h->lock, NULL, flags) < 0 ? -1 : 0;
 }
 
 static void
@@ -399,7 +404,7 @@ pool_give_back(fastmp_segment_object *s, uint64_t off)
                             (off_t)start, (off_t)(end - start));
         }
     }
-    seg_lock(h);
+    (void)seg_lock(h, 0);
     __atomic_store_n((uint64_t *)(s->base + off), h->free_head[cls],
                      __ATOMIC_RELAXED);
     __atomic_store_n(&h->free_head[cls], off, __ATOMIC_RELEASE);
@@ -520,14 +525,19 @@ my_ref(fastmp_segment_object *s, int *how)
 }
 
 /* Pop or carve a block of class `cls` from pool segment s, held by `ref`.
- * Returns the data offset, or 0 when the segment is full. */
+ * Returns the data offset, 0 when the segment is full, or TAKE_ERROR with
+ * an exception set (interrupted while waiting for the lock). */
+#define TAKE_ERROR UINT64_MAX
+
 static uint64_t
 pool_take(fastmp_segment_object *s, int cls, uint64_t ref)
 {
     seg_header *h = hdr(s);
     uint64_t total = (uint64_t)1 << (cls + MIN_CLASS_SHIFT);
     uint64_t off = 0;
-    seg_lock(h);
+    if (seg_lock(h, 1) < 0) {
+        return TAKE_ERROR;
+    }
     uint64_t bump = h->bump;
     uint64_t head = h->free_head[cls];
     if (head != 0) {
@@ -641,6 +651,9 @@ fastmp_block_alloc(size_t size, fastmp_block *b)
             (void)sweep(s);
         }
         uint64_t off = pool_take(s, cls, ref);
+        if (off == TAKE_ERROR) {
+            return -1;
+        }
         if (off != 0) {
             /* Fresh bump memory is zero; recycled blocks are not. */
             memset(s->base + off, 0, size);

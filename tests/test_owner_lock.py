@@ -142,3 +142,32 @@ def test_killed_arena_holder_recovered(fctx):
     t.join(10)
     assert not t.is_alive()
     assert [v.value for v in made[0]] == list(range(100))
+
+
+def test_waiting_for_a_stopped_arena_holder_is_interruptible(fctx):
+    if fctx.get_start_method() != "fork":
+        pytest.skip("only a fork child allocates from the parent's segment")
+    import fastmp
+    fastmp.RawValue("i", 0)
+    ready, out = fctx.Event(), fctx.RawValue("i", 0)
+    p = fctx.Process(target=_alloc_and_stall, args=(-1, ready, out))
+    p.start()
+    try:
+        assert ready.wait(60)
+        _wait_stopped(p.pid)
+        old = signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        prev_alarm = signal.signal(
+            signal.SIGALRM, lambda *a: os.kill(os.getpid(), signal.SIGINT))
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                fastmp.RawValue("i", 1)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, prev_alarm)
+            signal.signal(signal.SIGINT, old)
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
+        p.join(30)
+    assert p.exitcode == 0 and out.value == 42
+    assert fastmp.RawValue("i", 3).value == 3
