@@ -847,6 +847,14 @@ arena_after_fork_child(PyObject *module, PyObject *Py_UNUSED(ignored))
         block_header *bh = bhdr(b->seg, b->offset);
         if (how == HOW_BIT) {
             (void)__atomic_fetch_or(&bh->refs, ref, __ATOMIC_ACQ_REL);
+            if (b->how == HOW_OVF) {
+                /* Counted one by one in the parent, sharing one bit here:
+                 * join the handles already converted. */
+                fastmp_block *sib = find_sibling(b->seg, b->offset);
+                if (sib != NULL && sib != b) {
+                    link_sibling(b, sib);
+                }
+            }
         }
         else {
             (void)__atomic_fetch_add(&bh->refs, ref, __ATOMIC_ACQ_REL);

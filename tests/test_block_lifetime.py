@@ -244,3 +244,40 @@ def test_exhausted_address_space_is_a_clear_memoryerror():
     from test_queue_durability import _run_child
     r = _run_child(_ARRAY_TOO_BIG, 1 << 30)
     assert r.returncode == 0 and r.stdout.strip() == "OK", (r.stdout, r.stderr)
+
+
+def _hold_until(v, idx, ready, go):
+    v[idx] = idx + 1
+    ready.release()
+    go.wait(120)
+    # Untouched although the parent dropped its reference and allocated
+    # more: exit code 3 says it was reused under us.
+    sys.exit(0 if v[idx] == idx + 1 else 3)
+
+
+def test_more_holders_than_slots(fctx):
+    # A pool segment records 48 holders by slot; more live holders are
+    # counted one by one.  Either way nothing is freed while held.
+    if fctx.get_start_method() != "fork":
+        pytest.skip("fork children share the parent's pool segment")
+    from fastmp import _fastmp
+    n = 52
+    arr = fctx.RawArray("i", n)
+    ready, go = fctx.Semaphore(0), fctx.Event()
+    procs = [fctx.Process(target=_hold_until, args=(arr, i, ready, go))
+             for i in range(n)]
+    for p in procs:
+        p.start()
+    for _ in range(n):
+        assert ready.acquire(timeout=60)
+    del arr
+    # Freed only if nobody held it: new objects must not land on it.
+    fresh = [fctx.RawArray("i", n) for _ in range(20)]
+    for f in fresh:
+        f[:] = [-1] * n
+    go.set()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert all(list(f) == [-1] * n for f in fresh)
+    _fastmp._arena_sweep()
