@@ -54,6 +54,21 @@ def _alloc_and_stall(stall, ready, out):
     out.value = v.value
 
 
+def _stopped_arena_holder(fctx):
+    """A fork child stopped while it holds the allocator lock of the pool
+    segment it shares with us: (process, its result value)."""
+    if fctx.get_start_method() != "fork":
+        pytest.skip("only a fork child allocates from the parent's segment")
+    import fastmp
+    fastmp.RawValue("i", 0)           # the pool segment exists before fork
+    ready, out = fctx.Event(), fctx.RawValue("i", 0)
+    p = fctx.Process(target=_alloc_and_stall, args=(-1, ready, out))
+    p.start()
+    assert ready.wait(60)
+    _wait_stopped(p.pid)
+    return p, out
+
+
 @pytest.mark.parametrize("kind", ["Lock", "RLock"])
 def test_stalled_lock_holder_not_robbed(fctx, kind):
     lock = getattr(fctx, kind)()
@@ -99,15 +114,8 @@ def test_stopped_lock_holder_not_robbed_then_killed(fctx, kind):
 
 
 def test_stopped_arena_holder_not_robbed(fctx):
-    if fctx.get_start_method() != "fork":
-        pytest.skip("only a fork child allocates from the parent's segment")
     import fastmp
-    fastmp.RawValue("i", 0)           # the pool segment exists before fork
-    ready, out = fctx.Event(), fctx.RawValue("i", 0)
-    p = fctx.Process(target=_alloc_and_stall, args=(-1, ready, out))
-    p.start()
-    assert ready.wait(60)
-    _wait_stopped(p.pid)
+    p, out = _stopped_arena_holder(fctx)
     made = []
     t = threading.Thread(target=lambda: made.append(fastmp.RawValue("i", 7)))
     t.start()
@@ -124,15 +132,8 @@ def test_stopped_arena_holder_not_robbed(fctx):
 
 
 def test_killed_arena_holder_recovered(fctx):
-    if fctx.get_start_method() != "fork":
-        pytest.skip("only a fork child allocates from the parent's segment")
     import fastmp
-    fastmp.RawValue("i", 0)
-    ready, out = fctx.Event(), fctx.RawValue("i", 0)
-    p = fctx.Process(target=_alloc_and_stall, args=(-1, ready, out))
-    p.start()
-    assert ready.wait(60)
-    _wait_stopped(p.pid)
+    p, _ = _stopped_arena_holder(fctx)
     os.kill(p.pid, signal.SIGKILL)
     p.join(30)
     made = []
@@ -145,16 +146,9 @@ def test_killed_arena_holder_recovered(fctx):
 
 
 def test_waiting_for_a_stopped_arena_holder_is_interruptible(fctx):
-    if fctx.get_start_method() != "fork":
-        pytest.skip("only a fork child allocates from the parent's segment")
     import fastmp
-    fastmp.RawValue("i", 0)
-    ready, out = fctx.Event(), fctx.RawValue("i", 0)
-    p = fctx.Process(target=_alloc_and_stall, args=(-1, ready, out))
-    p.start()
+    p, out = _stopped_arena_holder(fctx)
     try:
-        assert ready.wait(60)
-        _wait_stopped(p.pid)
         old = signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.setitimer(signal.ITIMER_REAL, 0.3)
         prev_alarm = signal.signal(
