@@ -1943,19 +1943,34 @@ fastmp_semlock_unwrap(PyObject *lock)
         return NULL;
     }
     if (PyObject_TypeCheck(lock, st->semlock.SemLockType)) {
-        return lock;
+        return Py_NewRef(lock);
     }
     PyObject *inner = PyObject_GetAttrString(lock, "_semlock");
     if (inner == NULL) {
         PyErr_Clear();
         return NULL;
     }
-    /* Borrowed: `lock` keeps its _semlock alive. */
-    Py_DECREF(inner);
-    if (PyObject_TypeCheck(inner, st->semlock.SemLockType)) {
-        return inner;
+    if (!PyObject_TypeCheck(inner, st->semlock.SemLockType)) {
+        Py_DECREF(inner);
+        return NULL;
     }
-    return NULL;
+    /* Only the lock's own SemLock will do.  An attribute computed afresh
+     * at each access (a property returning a new lock) names no lock in
+     * particular: taking the one we got would lock what nobody else
+     * locks, so such a lock is used through acquire/release instead. */
+    PyObject *again = PyObject_GetAttrString(lock, "_semlock");
+    if (again == NULL) {
+        PyErr_Clear();
+        Py_DECREF(inner);
+        return NULL;
+    }
+    int same = again == inner;
+    Py_DECREF(again);
+    if (!same) {
+        Py_DECREF(inner);
+        return NULL;
+    }
+    return inner;
 }
 
 int
