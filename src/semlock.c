@@ -82,9 +82,10 @@ typedef struct {
  *   kind, maxvalue: written once at creation, read-only afterwards.
  *   user: four ints exported through the buffer protocol (Barrier keeps
  *       its state there); written by Python code holding this lock.
- *   gen: mutex mode only: bumped by the holder as it releases, before
+ *   gen: mutex mode: bumped by the holder as it releases, before
  *       `word` goes back to 0.  Readers of data the mutex protects use it
- *       as a sequence count (fastmp_semlock_seq).
+ *       as a sequence count (fastmp_semlock_seq).  Event: bumped (atomic
+ *       add) by every set(); waiters sleep on it (see event_wait).
  *
  * A process that dies holding the lock leaves `word` (mutex mode) or its
  * slot (counting mode) pointing at its pid: the next waiter recovers it. */
@@ -1675,13 +1676,17 @@ static PyType_Spec sub_specs[] = {
      SUB_FLAGS, bounded_slots},
 };
 
-/* ---- Event: a flag on a futex word ------------------------------
+/* ---- Event: a flag and a generation count on futex words ----------
  *
  * The same shared block as a SemLock (so pickling is shared), created as
  * a counting semaphore with maxvalue 0: `word` is the flag (0 unset,
- * 1 set; plain atomic stores), `nwaiters` counts sleepers so that set()
- * only wakes when someone sleeps.  Nobody holds anything, so a process
- * dying inside any method leaves nothing to recover. */
+ * 1 set; plain atomic stores), `gen` counts set() calls (atomic add, after
+ * the flag is stored) and is the word waiters sleep on, `nwaiters` counts
+ * sleepers so that set() only wakes when someone sleeps.  A waiter returns
+ * True once `gen` moved past what it read on entry, even if clear()
+ * followed at once, as threading.Event's waiters do: it was waiting when
+ * the flag was set.  Nobody holds anything, so a process dying inside any
+ * method leaves nothing to recover. */
 
 static PyObject *
 event_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -1707,8 +1712,9 @@ event_set(SemLockObject *self, PyObject *Py_UNUSED(ignored))
 {
     shared_sem *s = self->sem;
     __atomic_store_n(&s->word, 1, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&s->gen, 1, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&s->nwaiters, __ATOMIC_SEQ_CST) != 0) {
-        if (fastmp_platform_futex_wake(&s->word, INT32_MAX) < 0) {
+        if (fastmp_platform_futex_wake(&s->gen, INT32_MAX) < 0) {
             return PyErr_SetFromErrno(PyExc_OSError);
         }
     }
@@ -1747,13 +1753,16 @@ event_wait(SemLockObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (fastmp_deadline_from_object(timeout, &d) < 0) {
         return NULL;
     }
-    if (__atomic_load_n(&s->word, __ATOMIC_ACQUIRE) != 0) {
+    /* The generation first: a set() after this read moves it, whether or
+     * not the flag is still set when we look. */
+    uint32_t g = __atomic_load_n(&s->gen, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&s->word, __ATOMIC_SEQ_CST) != 0) {
         Py_RETURN_TRUE;
     }
     __atomic_add_fetch(&s->nwaiters, 1, __ATOMIC_SEQ_CST);
     int r = 0;
-    while (__atomic_load_n(&s->word, __ATOMIC_SEQ_CST) == 0) {
-        r = fastmp_wait_futex_spin(&s->word, 0, &d, &self->spin);
+    while (__atomic_load_n(&s->gen, __ATOMIC_SEQ_CST) == g) {
+        r = fastmp_wait_futex_spin(&s->gen, g, &d, &self->spin);
         if (r != 0) {
             break;
         }
@@ -1762,6 +1771,10 @@ event_wait(SemLockObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (r < 0) {
         return NULL;
     }
+    if (__atomic_load_n(&s->gen, __ATOMIC_SEQ_CST) != g) {
+        Py_RETURN_TRUE;
+    }
+    /* Timed out: the flag as it is now. */
     return PyBool_FromLong(__atomic_load_n(&s->word, __ATOMIC_ACQUIRE) != 0);
 }
 

@@ -459,3 +459,57 @@ def test_locked_everywhere(ctx):
         obj.acquire()
         assert obj.locked() is True
         obj.release()
+
+
+# ---- set() then clear() wakes whoever was waiting ----
+
+def _event_waiter(evt, ready, out):
+    ready.release()
+    out.put(("proc", evt.wait()))
+
+
+@pytest.mark.timeout(120)
+def test_event_set_then_clear_wakes_every_waiter(ctx):
+    evt = ctx.Event()
+    ready = ctx.Semaphore(0)
+    out = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_event_waiter, args=(evt, ready, out))
+             for _ in range(2)]
+    results = []
+    threads = [threading.Thread(
+        target=lambda: results.append(("thread", evt.wait())), daemon=True)
+        for _ in range(2)]
+    try:
+        for p in procs:
+            p.start()
+        for _ in procs:
+            assert ready.acquire(timeout=60)
+        for t in threads:
+            t.start()
+        # Let every waiter get into wait() (not an assertion on timing: a
+        # waiter that arrived late would simply wait for the next set()).
+        time.sleep(0.5)
+        evt.set()
+        evt.clear()
+        for p in procs:
+            p.join(30)
+            assert p.exitcode == 0
+        for t in threads:
+            t.join(30)
+            assert not t.is_alive()
+        results += [out.get() for _ in procs]
+        assert len(results) == 4
+        # Woken by set(): threading.Event says True.  The stdlib's
+        # multiprocessing Event reports the flag as it finds it afterwards
+        # (False when clear() came first), so only fastmp is held to True.
+        assert all(isinstance(r, bool) for _, r in results)
+        if "fastmp" in type(evt).__module__:
+            assert all(r is True for _, r in results), results
+        assert not evt.is_set()
+    finally:
+        evt.set()       # never leave a waiter behind
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(10)
+
