@@ -513,3 +513,17 @@ def test_event_set_then_clear_wakes_every_waiter(ctx):
                 p.terminate()
                 p.join(10)
 
+
+# ---- Barrier(0) and negative parties ----
+
+@pytest.mark.parametrize("parties", [0, -1])
+def test_barrier_parties_must_be_positive(ctx, parties):
+    if "fastmp" in ctx.__module__ or "fastmp" in type(ctx).__module__:
+        with pytest.raises(ValueError, match=r"parties must be > 0"):
+            ctx.Barrier(parties)
+    elif sys.version_info >= (3, 13):
+        # What fastmp follows on every version (the stdlib's own
+        # multiprocessing.Barrier does not check).
+        with pytest.raises(ValueError, match=r"parties must be > 0"):
+            threading.Barrier(parties)
+
