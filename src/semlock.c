@@ -25,6 +25,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <string.h>
 #include <structmember.h>
 
@@ -635,13 +636,18 @@ do_acquire(SemLockObject *self, int blocking, PyObject *timeout)
         return 1;
     }
     fastmp_deadline d;
+    int nan_timeout = 0;
+    d.forever = 1;
     if (blocking && timeout != NULL && timeout != Py_None) {
-        if (fastmp_deadline_from_object(timeout, &d) < 0) {
+        double t = PyFloat_AsDouble(timeout);
+        if (t == -1.0 && PyErr_Occurred()) {
             return -1;
         }
-    }
-    else {
-        d.forever = 1;
+        /* As the stdlib: a free lock is taken whatever the timeout. */
+        nan_timeout = isnan(t);
+        if (!nan_timeout) {
+            fastmp_deadline_from_seconds(t < 0 ? 0 : t, &d);
+        }
     }
     if (try_once(self)) {
         note_acquired(self);
@@ -649,6 +655,13 @@ do_acquire(SemLockObject *self, int blocking, PyObject *timeout)
     }
     if (!blocking) {
         return 0;
+    }
+    if (nan_timeout) {
+        /* The stdlib hands sem_timedwait the deadline NaN makes, which
+         * it rejects. */
+        errno = EINVAL;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
     }
     /* A brief spin: a holder on the other core may be about to leave.
      * Only reads until the lock looks free, so that the holder keeps the
@@ -910,6 +923,43 @@ semlock_clear(SemLockObject *self)
     return 0;
 }
 
+/* acquire()'s `block`, read as the running Python's stdlib reads it: by
+ * its truth value from 3.12 on (an Argument Clinic `bool`), as a C int
+ * before (`bool(accept={int})`: a list or a float is a TypeError there).
+ * Returns 0 with *out set, or -1 with an exception set. */
+static int
+parse_block(PyObject *block, int *out)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    int b = PyObject_IsTrue(block);
+    if (b < 0) {
+        return -1;
+    }
+    *out = b;
+    return 0;
+#else
+#  if PY_VERSION_HEX < 0x030A0000
+    /* 3.9's PyLong_AsLong would still take a float's __int__. */
+    if (PyFloat_Check(block)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "integer argument expected, got float");
+        return -1;
+    }
+#  endif
+    long v = PyLong_AsLong(block);
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (v > INT_MAX || v < INT_MIN) {
+        PyErr_SetString(PyExc_OverflowError,
+                        "Python int too large to convert to C int");
+        return -1;
+    }
+    *out = v != 0;
+    return 0;
+#endif
+}
+
 static PyObject *
 semlock_acquire(SemLockObject *self, PyObject *const *args,
                 Py_ssize_t nargs, PyObject *kwnames)
@@ -949,11 +999,8 @@ semlock_acquire(SemLockObject *self, PyObject *const *args,
         }
     }
     int blocking = 1;
-    if (block != NULL) {
-        blocking = PyObject_IsTrue(block);
-        if (blocking < 0) {
-            return NULL;
-        }
+    if (block != NULL && parse_block(block, &blocking) < 0) {
+        return NULL;
     }
     if (timeout != NULL && timeout != Py_None && !blocking) {
         /* Validate the type like the stdlib does, then ignore it. */

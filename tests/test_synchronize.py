@@ -527,3 +527,46 @@ def test_barrier_parties_must_be_positive(ctx, parties):
         with pytest.raises(ValueError, match=r"parties must be > 0"):
             threading.Barrier(parties)
 
+
+# ---- acquire() arguments ----
+
+@pytest.mark.parametrize("factory", ["Lock", "RLock", "Semaphore",
+                                     "BoundedSemaphore"])
+def test_acquire_nan_timeout(ctx, factory):
+    import errno
+    import platform
+    nan = float("nan")
+    lock = getattr(ctx, factory)()
+    # A free lock is taken at once: the timeout never matters.
+    assert lock.acquire(timeout=nan) is True
+    if factory == "RLock":
+        assert lock.acquire(True, nan) is True
+        return
+    assert lock.acquire(False, nan) is False
+    if platform.machine() in ("x86_64", "AMD64"):
+        # Waiting on a held one: the stdlib's sem_timedwait rejects the
+        # deadline NaN makes (on x86-64; elsewhere it may not).
+        with pytest.raises(OSError) as info:
+            lock.acquire(True, nan)
+        assert info.value.errno == errno.EINVAL
+
+
+@pytest.mark.parametrize("block", [[], (), 0.0, 1.5, None, "", "x",
+                                   2 ** 40])
+def test_acquire_block_argument_like_the_stdlib(ctx, block):
+    lock = ctx.Lock()
+    held = ctx.Lock()
+    held.acquire()
+    if sys.version_info >= (3, 12):
+        # A bool argument: any object, by its truth value.
+        assert lock.acquire(block) is True
+        assert held.acquire(block=block, timeout=0.01) is False
+        lock.release()
+    else:
+        # An int argument.
+        exc = OverflowError if isinstance(block, int) else TypeError
+        with pytest.raises(exc):
+            lock.acquire(block)
+        with pytest.raises(exc):
+            held.acquire(block=block)
+        assert lock.acquire(False) is True
