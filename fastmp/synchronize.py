@@ -212,6 +212,10 @@ class Barrier(threading.Barrier):
     """
 
     def __init__(self, parties, action=None, timeout=None, *, ctx=None):
+        # threading.Barrier checks this from 3.13 on; fastmp does on every
+        # version (the stdlib's multiprocessing.Barrier never does).
+        if parties < 1:
+            raise ValueError("parties must be > 0")
         ctx = _default_ctx(ctx)
         cond = ctx.Condition()
         self.__setstate__((parties, action, timeout, cond))

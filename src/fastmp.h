@@ -332,8 +332,10 @@ typedef struct {
 } fastmp_semlock_state;
 
 /* For other areas (the synchronized Value/Array wrappers): if `lock` is a
- * fastmp SemLock, or an object whose `_semlock` attribute is one, return
- * that C object (borrowed), else NULL without an exception. */
+ * fastmp SemLock, or an object whose `_semlock` attribute is one (the same
+ * object at every access), return that C object as a new reference, which
+ * the caller keeps for as long as it uses the lock; else NULL without an
+ * exception. */
 PyObject *fastmp_semlock_unwrap(PyObject *lock);
 
 /* Acquire (blocking, no timeout) / release a SemLock returned by

@@ -26,6 +26,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <string.h>
 #include <structmember.h>
 
@@ -80,9 +81,10 @@ typedef struct {
  *   kind, maxvalue: written once at creation, read-only afterwards.
  *   user: four ints exported through the buffer protocol (Barrier keeps
  *       its state there); written by Python code holding this lock.
- *   gen: mutex mode only: bumped by the holder as it releases, before
+ *   gen: mutex mode: bumped by the holder as it releases, before
  *       `word` goes back to 0.  Readers of data the mutex protects use it
- *       as a sequence count (fastmp_semlock_seq).
+ *       as a sequence count (fastmp_semlock_seq).  Event: bumped (atomic
+ *       add) by every set(); waiters sleep on it (see event_wait).
  *
  * A process that dies holding the lock leaves `word` (mutex mode) or its
  * slot (counting mode) pointing at its pid: the next waiter recovers it. */
@@ -601,13 +603,18 @@ do_acquire(SemLockObject *self, int blocking, PyObject *timeout)
         return 1;
     }
     fastmp_deadline d;
+    int nan_timeout = 0;
+    d.forever = 1;
     if (blocking && timeout != NULL && timeout != Py_None) {
-        if (fastmp_deadline_from_object(timeout, &d) < 0) {
+        double t = PyFloat_AsDouble(timeout);
+        if (t == -1.0 && PyErr_Occurred()) {
             return -1;
         }
-    }
-    else {
-        d.forever = 1;
+        /* As the stdlib: a free lock is taken whatever the timeout. */
+        nan_timeout = isnan(t);
+        if (!nan_timeout) {
+            fastmp_deadline_from_seconds(t < 0 ? 0 : t, &d);
+        }
     }
     if (try_once(self)) {
         note_acquired(self);
@@ -615,6 +622,13 @@ do_acquire(SemLockObject *self, int blocking, PyObject *timeout)
     }
     if (!blocking) {
         return 0;
+    }
+    if (nan_timeout) {
+        /* The stdlib hands sem_timedwait the deadline NaN makes, which
+         * it rejects. */
+        errno = EINVAL;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
     }
     /* A brief spin: a holder on the other core may be about to leave.
      * Only reads until the lock looks free, so that the holder keeps the
@@ -876,6 +890,43 @@ semlock_clear(SemLockObject *self)
     return 0;
 }
 
+/* acquire()'s `block`, read as the running Python's stdlib reads it: by
+ * its truth value from 3.12 on (an Argument Clinic `bool`), as a C int
+ * before (`bool(accept={int})`: a list or a float is a TypeError there).
+ * Returns 0 with *out set, or -1 with an exception set. */
+static int
+parse_block(PyObject *block, int *out)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    int b = PyObject_IsTrue(block);
+    if (b < 0) {
+        return -1;
+    }
+    *out = b;
+    return 0;
+#else
+#  if PY_VERSION_HEX < 0x030A0000
+    /* 3.9's PyLong_AsLong would still take a float's __int__. */
+    if (PyFloat_Check(block)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "integer argument expected, got float");
+        return -1;
+    }
+#  endif
+    long v = PyLong_AsLong(block);
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (v > INT_MAX || v < INT_MIN) {
+        PyErr_SetString(PyExc_OverflowError,
+                        "Python int too large to convert to C int");
+        return -1;
+    }
+    *out = v != 0;
+    return 0;
+#endif
+}
+
 static PyObject *
 semlock_acquire(SemLockObject *self, PyObject *const *args,
                 Py_ssize_t nargs, PyObject *kwnames)
@@ -915,11 +966,8 @@ semlock_acquire(SemLockObject *self, PyObject *const *args,
         }
     }
     int blocking = 1;
-    if (block != NULL) {
-        blocking = PyObject_IsTrue(block);
-        if (blocking < 0) {
-            return NULL;
-        }
+    if (block != NULL && parse_block(block, &blocking) < 0) {
+        return NULL;
     }
     if (timeout != NULL && timeout != Py_None && !blocking) {
         /* Validate the type like the stdlib does, then ignore it. */
@@ -1642,13 +1690,17 @@ static PyType_Spec sub_specs[] = {
      SUB_FLAGS, bounded_slots},
 };
 
-/* ---- Event: a flag on a futex word ------------------------------
+/* ---- Event: a flag and a generation count on futex words ----------
  *
  * The same shared block as a SemLock (so pickling is shared), created as
  * a counting semaphore with maxvalue 0: `word` is the flag (0 unset,
- * 1 set; plain atomic stores), `nwaiters` counts sleepers so that set()
- * only wakes when someone sleeps.  Nobody holds anything, so a process
- * dying inside any method leaves nothing to recover. */
+ * 1 set; plain atomic stores), `gen` counts set() calls (atomic add, after
+ * the flag is stored) and is the word waiters sleep on, `nwaiters` counts
+ * sleepers so that set() only wakes when someone sleeps.  A waiter returns
+ * True once `gen` moved past what it read on entry, even if clear()
+ * followed at once, as threading.Event's waiters do: it was waiting when
+ * the flag was set.  Nobody holds anything, so a process dying inside any
+ * method leaves nothing to recover. */
 
 static PyObject *
 event_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -1674,8 +1726,9 @@ event_set(SemLockObject *self, PyObject *Py_UNUSED(ignored))
 {
     shared_sem *s = self->sem;
     __atomic_store_n(&s->word, 1, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&s->gen, 1, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&s->nwaiters, __ATOMIC_SEQ_CST) != 0) {
-        if (fastmp_platform_futex_wake(&s->word, INT32_MAX) < 0) {
+        if (fastmp_platform_futex_wake(&s->gen, INT32_MAX) < 0) {
             return PyErr_SetFromErrno(PyExc_OSError);
         }
     }
@@ -1714,13 +1767,16 @@ event_wait(SemLockObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (fastmp_deadline_from_object(timeout, &d) < 0) {
         return NULL;
     }
-    if (__atomic_load_n(&s->word, __ATOMIC_ACQUIRE) != 0) {
+    /* The generation first: a set() after this read moves it, whether or
+     * not the flag is still set when we look. */
+    uint32_t g = __atomic_load_n(&s->gen, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&s->word, __ATOMIC_SEQ_CST) != 0) {
         Py_RETURN_TRUE;
     }
     __atomic_add_fetch(&s->nwaiters, 1, __ATOMIC_SEQ_CST);
     int r = 0;
-    while (__atomic_load_n(&s->word, __ATOMIC_SEQ_CST) == 0) {
-        r = fastmp_wait_futex_spin(&s->word, 0, &d, &self->spin);
+    while (__atomic_load_n(&s->gen, __ATOMIC_SEQ_CST) == g) {
+        r = fastmp_wait_futex_spin(&s->gen, g, &d, &self->spin);
         if (r != 0) {
             break;
         }
@@ -1729,6 +1785,10 @@ event_wait(SemLockObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (r < 0) {
         return NULL;
     }
+    if (__atomic_load_n(&s->gen, __ATOMIC_SEQ_CST) != g) {
+        Py_RETURN_TRUE;
+    }
+    /* Timed out: the flag as it is now. */
     return PyBool_FromLong(__atomic_load_n(&s->word, __ATOMIC_ACQUIRE) != 0);
 }
 
@@ -1910,19 +1970,34 @@ fastmp_semlock_unwrap(PyObject *lock)
         return NULL;
     }
     if (PyObject_TypeCheck(lock, st->semlock.SemLockType)) {
-        return lock;
+        return Py_NewRef(lock);
     }
     PyObject *inner = PyObject_GetAttrString(lock, "_semlock");
     if (inner == NULL) {
         PyErr_Clear();
         return NULL;
     }
-    /* Borrowed: `lock` keeps its _semlock alive. */
-    Py_DECREF(inner);
-    if (PyObject_TypeCheck(inner, st->semlock.SemLockType)) {
-        return inner;
+    if (!PyObject_TypeCheck(inner, st->semlock.SemLockType)) {
+        Py_DECREF(inner);
+        return NULL;
     }
-    return NULL;
+    /* Only the lock's own SemLock will do.  An attribute computed afresh
+     * at each access (a property returning a new lock) names no lock in
+     * particular: taking the one we got would lock what nobody else
+     * locks, so such a lock is used through acquire/release instead. */
+    PyObject *again = PyObject_GetAttrString(lock, "_semlock");
+    if (again == NULL) {
+        PyErr_Clear();
+        Py_DECREF(inner);
+        return NULL;
+    }
+    int same = again == inner;
+    Py_DECREF(again);
+    if (!same) {
+        Py_DECREF(inner);
+        return NULL;
+    }
+    return inner;
 }
 
 int

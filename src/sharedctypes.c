@@ -328,28 +328,112 @@ elem_pack(int code, PyObject *v, char *out)
 
 /* ---- SynchronizedBase ------------------------------------------------- */
 
+/* What a wrapper wraps.  Built by __init__ and never changed afterwards: a
+ * second __init__ builds a new one and swaps it in.  Every operation holds
+ * a reference on the state it started with (sync_hold / sync_drop), so
+ * Python code it calls on the way -- a value's __index__ or __float__, a
+ * foreign lock's acquire, another thread while the GIL is released -- may
+ * re-initialise the wrapper without freeing or moving what the operation
+ * uses: the operation ends on the object and the lock it began with, as
+ * the stdlib's wrapper does (it reads self._obj once per access).  Process
+ * local; `refs` is protected by the GIL. */
 typedef struct {
-    PyObject_HEAD
-    PyObject *obj;          /* the ctypes object over shared memory */
+    Py_ssize_t refs;        /* the wrapper's own + one per operation */
+    PyObject *obj;          /* the ctypes object */
+    PyObject *block;        /* the fastmp Block holding obj's data, or NULL */
     PyObject *lock;         /* any object with acquire/release */
     PyObject *acquire_m;    /* lock.acquire (slow path) */
     PyObject *release_m;    /* lock.release (slow path) */
     PyObject *semlock;      /* fastmp SemLock inside `lock`, or NULL */
     const uint32_t *seq_word;   /* its words for lock-free reads, or NULL */
     const uint32_t *seq_gen;
-    char *ptr;              /* data address in this process */
-    Py_ssize_t nbytes;
+    /* obj's data when it is arena memory (`block` is set, and kept alive
+     * here): that never moves.  NULL otherwise: memory a ctypes object
+     * owns moves when ctypes.resize() grows it, so it is asked for at each
+     * access (sync_mem). */
+    char *ptr;
+    Py_ssize_t nbytes;      /* bytes the fast paths touch */
     Py_ssize_t length;      /* elements (arrays), 1 for values */
     Py_ssize_t itemsize;    /* fast element size, 0 when no fast path */
     int code;               /* fast element code ('i', 'd', ...) or 0 */
+} sync_state;
+
+typedef struct {
+    PyObject_HEAD
+    sync_state *st;         /* NULL until __init__ has run */
     PyObject *weakreflist;
 } SyncObject;
+
+/* Drop one reference on st; the last one frees it. */
+static void
+sync_drop(sync_state *st)
+{
+    if (--st->refs > 0) {
+        return;
+    }
+    Py_XDECREF(st->obj);
+    Py_XDECREF(st->block);
+    Py_XDECREF(st->lock);
+    Py_XDECREF(st->acquire_m);
+    Py_XDECREF(st->release_m);
+    Py_XDECREF(st->semlock);
+    PyMem_Free(st);
+}
+
+/* The wrapper's state, with a reference the caller drops (sync_drop) when
+ * its operation is over.  NULL with ValueError set before __init__. */
+static inline sync_state *
+sync_hold(SyncObject *self)
+{
+    sync_state *st = self->st;
+    if (st == NULL) {
+        PyErr_SetString(PyExc_ValueError,
+                        "synchronized wrapper not initialised");
+        return NULL;
+    }
+    st->refs++;
+    return st;
+}
+
+/* The address of st's data, valid until sync_mem_done(view) and only
+ * while no Python code runs: call it after every conversion and after
+ * taking the lock.  Arena memory is st->ptr; any other object is asked
+ * for its buffer again, which *view holds.  NULL with an exception set. */
+static char *
+sync_mem(sync_state *st, Py_buffer *view)
+{
+    view->obj = NULL;
+    if (st->ptr != NULL) {
+        return st->ptr;
+    }
+    if (PyObject_GetBuffer(st->obj, view, PyBUF_SIMPLE | PyBUF_WRITABLE)
+        < 0) {
+        view->obj = NULL;
+        return NULL;
+    }
+    if (view->len < st->nbytes) {
+        PyBuffer_Release(view);
+        view->obj = NULL;
+        PyErr_SetString(PyExc_BufferError,
+                        "the shared object's memory shrank");
+        return NULL;
+    }
+    return view->buf;
+}
+
+static inline void
+sync_mem_done(Py_buffer *view)
+{
+    if (view->obj != NULL) {
+        PyBuffer_Release(view);
+    }
+}
 
 /* Take the lock.  Returns 0 when taken, 1 when this thread already held
  * it (a fastmp RLock: nothing to take or give back), -1 with an exception
  * set.  Pass the result to sync_unlock. */
 static inline int
-sync_lock(SyncObject *s)
+sync_lock(sync_state *s)
 {
     if (s->semlock != NULL) {
         if (fastmp_semlock_held_by_me(s->semlock)) {
@@ -369,7 +453,7 @@ sync_lock(SyncObject *s)
  * under the lock) in place; returns -1 if releasing failed or an exception
  * was already pending. */
 static inline int
-sync_unlock(SyncObject *s, int held)
+sync_unlock(sync_state *s, int held)
 {
     PyObject *et = NULL, *ev = NULL, *tb = NULL;
     int pending = PyErr_Occurred() != NULL;
@@ -419,16 +503,18 @@ copy_strided(char *dst, Py_ssize_t dstride, const char *src,
     }
 }
 
-/* Copy n elements of sz bytes, `stride` bytes apart, out of shared memory
- * into packed dst as one consistent snapshot.  While the lock is a free
- * fastmp mutex this takes no lock at all (see fastmp_semlock_seq): a
- * writer that interferes makes the copy start again, and after a few
- * tries, or with any other lock, the copy is made under the lock. */
+/* Copy n elements of sz bytes, `stride` bytes apart from byte `off` of the
+ * shared data, into packed dst as one consistent snapshot.  While the lock
+ * is a free fastmp mutex and the data is arena memory this takes no lock
+ * at all (see fastmp_semlock_seq): a writer that interferes makes the copy
+ * start again, and after a few tries, or with any other lock, the copy is
+ * made under the lock.  Returns 0, or -1 with an exception set. */
 static int
-sync_gather(SyncObject *s, char *dst, const char *src, Py_ssize_t n,
+sync_gather(sync_state *s, char *dst, Py_ssize_t off, Py_ssize_t n,
             Py_ssize_t sz, Py_ssize_t stride)
 {
-    if (s->seq_word != NULL) {
+    if (s->seq_word != NULL && s->ptr != NULL) {
+        const char *src = s->ptr + off;
         for (int tries = 0; tries < 4; tries++) {
             uint32_t gen = __atomic_load_n(s->seq_gen, __ATOMIC_ACQUIRE);
             if (__atomic_load_n(s->seq_word, __ATOMIC_ACQUIRE) != 0) {
@@ -446,8 +532,49 @@ sync_gather(SyncObject *s, char *dst, const char *src, Py_ssize_t n,
     if (held < 0) {
         return -1;
     }
-    copy_strided(dst, sz, src, stride, n, sz);
+    Py_buffer view;
+    char *base = sync_mem(s, &view);
+    if (base != NULL) {
+        copy_strided(dst, sz, base + off, stride, n, sz);
+        sync_mem_done(&view);
+    }
     return sync_unlock(s, held);
+}
+
+/* Under the lock, copy n packed elements of sz bytes from src into the
+ * shared data from byte `off` on, `stride` bytes apart.  The values are
+ * converted before: no Python code runs between finding the address and
+ * the copy.  Returns 0, or -1 with an exception set. */
+static int
+sync_scatter(sync_state *s, Py_ssize_t off, Py_ssize_t stride,
+             const char *src, Py_ssize_t n, Py_ssize_t sz)
+{
+    int held = sync_lock(s);
+    if (held < 0) {
+        return -1;
+    }
+    Py_buffer view;
+    char *base = sync_mem(s, &view);
+    if (base != NULL) {
+        copy_strided(base + off, stride, src, sz, n, sz);
+        sync_mem_done(&view);
+    }
+    return sync_unlock(s, held);
+}
+
+/* 1 when `w` is a live fastmp Block whose memory holds [p, p + len). */
+static int
+block_holds(PyObject *w, const char *p, Py_ssize_t len)
+{
+    fastmp_state *fs = fastmp_get_state();
+    if (fs == NULL || w == NULL
+        || !Py_IS_TYPE(w, fs->sharedctypes.BlockType)) {
+        return 0;
+    }
+    BlockObject *b = (BlockObject *)w;
+    const char *lo = (const char *)b->blk.ptr;
+    return b->have_blk && !b->blk.released && p >= lo
+           && len >= 0 && (size_t)(p - lo) + (size_t)len <= b->blk.size;
 }
 
 static int
@@ -465,88 +592,106 @@ sync_init(SyncObject *self, PyObject *args, PyObject *kwds)
         code_size(codestr[0]) > 0) {
         code = codestr[0];
     }
-    PyObject *acq = PyObject_GetAttrString(lock, "acquire");
-    if (acq == NULL) {
+    sync_state *st = PyMem_Calloc(1, sizeof(*st));
+    if (st == NULL) {
+        PyErr_NoMemory();
         return -1;
     }
-    PyObject *rel = PyObject_GetAttrString(lock, "release");
-    if (rel == NULL) {
-        Py_DECREF(acq);
-        return -1;
+    st->refs = 1;
+    st->obj = Py_NewRef(obj);
+    st->lock = Py_NewRef(lock);
+    st->acquire_m = PyObject_GetAttrString(lock, "acquire");
+    if (st->acquire_m == NULL) {
+        goto error;
+    }
+    st->release_m = PyObject_GetAttrString(lock, "release");
+    if (st->release_m == NULL) {
+        goto error;
+    }
+    /* The Block a fastmp RawValue/RawArray keeps in `_wrapper`: data in
+     * it is arena memory, which never moves while the Block lives. */
+    PyObject *w = PyObject_GetAttrString(obj, "_wrapper");
+    if (w == NULL) {
+        PyErr_Clear();
     }
     Py_buffer view;
     if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE | PyBUF_WRITABLE) < 0) {
-        Py_DECREF(acq);
-        Py_DECREF(rel);
-        return -1;
+        Py_XDECREF(w);
+        goto error;
     }
-    /* The ctypes object (kept below) owns the memory; the address stays
-     * valid for as long as we hold it. */
-    self->ptr = view.buf;
-    self->nbytes = view.len;
+    st->nbytes = view.len;
+    if (block_holds(w, view.buf, view.len)) {
+        st->block = w;
+        st->ptr = view.buf;
+        w = NULL;
+    }
+    Py_XDECREF(w);
     PyBuffer_Release(&view);
 
-    Py_XSETREF(self->obj, Py_NewRef(obj));
-    Py_XSETREF(self->lock, Py_NewRef(lock));
-    Py_XSETREF(self->acquire_m, acq);
-    Py_XSETREF(self->release_m, rel);
-    PyObject *sl = fastmp_semlock_unwrap(lock);
-    Py_XSETREF(self->semlock, sl == NULL ? NULL : Py_NewRef(sl));
-    self->seq_word = self->seq_gen = NULL;
-    if (sl != NULL) {
+    st->semlock = fastmp_semlock_unwrap(lock);
+    if (st->semlock != NULL) {
         /* Leaves both NULL for a counting semaphore. */
-        (void)fastmp_semlock_seq(sl, &self->seq_word, &self->seq_gen);
+        (void)fastmp_semlock_seq(st->semlock, &st->seq_word, &st->seq_gen);
     }
     if (PyErr_Occurred()) {
         PyErr_Clear();
     }
-    self->code = code;
-    self->itemsize = code ? code_size(code) : 0;
+    st->code = code;
+    st->itemsize = code ? code_size(code) : 0;
     if (PySequence_Check(obj) && !PyLong_Check(obj)) {
         Py_ssize_t n = PyObject_Length(obj);
         if (n < 0) {
             PyErr_Clear();
             n = 1;
         }
-        self->length = n;
+        st->length = n;
     }
     else {
-        self->length = 1;
+        st->length = 1;
     }
-    if (self->itemsize &&
-        self->itemsize * self->length > self->nbytes) {
+    if (st->itemsize && st->itemsize * st->length > st->nbytes) {
         /* Layout not what we expect: never touch memory directly. */
-        self->code = 0;
-        self->itemsize = 0;
+        st->code = 0;
+        st->itemsize = 0;
+    }
+    if (st->itemsize) {
+        st->nbytes = st->itemsize * st->length;
+    }
+    sync_state *old = self->st;
+    self->st = st;
+    if (old != NULL) {
+        sync_drop(old);
     }
     return 0;
+error:
+    sync_drop(st);
+    return -1;
 }
 
 static int
 sync_traverse(SyncObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->obj);
-    Py_VISIT(self->lock);
-    Py_VISIT(self->acquire_m);
-    Py_VISIT(self->release_m);
-    Py_VISIT(self->semlock);
+    sync_state *st = self->st;
+    if (st != NULL) {
+        Py_VISIT(st->obj);
+        Py_VISIT(st->block);
+        Py_VISIT(st->lock);
+        Py_VISIT(st->acquire_m);
+        Py_VISIT(st->release_m);
+        Py_VISIT(st->semlock);
+    }
     return 0;
 }
 
 static int
 sync_clear(SyncObject *self)
 {
-    Py_CLEAR(self->obj);
-    Py_CLEAR(self->lock);
-    Py_CLEAR(self->acquire_m);
-    Py_CLEAR(self->release_m);
-    Py_CLEAR(self->semlock);
-    self->seq_word = self->seq_gen = NULL;
-    self->ptr = NULL;
-    self->code = 0;
-    self->itemsize = 0;
-    self->length = 0;
+    sync_state *st = self->st;
+    self->st = NULL;
+    if (st != NULL) {
+        sync_drop(st);
+    }
     return 0;
 }
 
@@ -563,117 +708,143 @@ sync_dealloc(SyncObject *self)
     Py_DECREF(tp);
 }
 
-static int
-sync_ready(SyncObject *self)
-{
-    if (self->obj == NULL) {
-        PyErr_SetString(PyExc_ValueError,
-                        "synchronized wrapper not initialised");
-        return -1;
-    }
-    return 0;
-}
-
 static PyObject *
 sync_repr(SyncObject *self)
 {
-    if (self->obj == NULL) {
+    if (self->st == NULL) {
         return PyUnicode_FromFormat("<%s wrapper>", Py_TYPE(self)->tp_name);
     }
-    return PyUnicode_FromFormat("<%s wrapper for %S>",
-                                Py_TYPE(self)->tp_name, self->obj);
+    sync_state *st = sync_hold(self);
+    PyObject *r = PyUnicode_FromFormat("<%s wrapper for %S>",
+                                       Py_TYPE(self)->tp_name, st->obj);
+    sync_drop(st);
+    return r;
 }
 
 static PyObject *
 sync_get_obj(SyncObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (sync_ready(self) < 0) {
+    if (self->st == NULL) {
+        (void)sync_hold(self);      /* raises */
         return NULL;
     }
-    return Py_NewRef(self->obj);
+    return Py_NewRef(self->st->obj);
 }
 
 static PyObject *
 sync_get_lock(SyncObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (sync_ready(self) < 0) {
+    if (self->st == NULL) {
+        (void)sync_hold(self);      /* raises */
         return NULL;
     }
-    return Py_NewRef(self->lock);
+    return Py_NewRef(self->st->lock);
+}
+
+static PyObject *
+sync_obj_attr(SyncObject *self, void *Py_UNUSED(c))
+{
+    if (self->st == NULL) {
+        Py_RETURN_NONE;
+    }
+    return Py_NewRef(self->st->obj);
+}
+
+static PyObject *
+sync_lock_attr(SyncObject *self, void *Py_UNUSED(c))
+{
+    if (self->st == NULL) {
+        Py_RETURN_NONE;
+    }
+    return Py_NewRef(self->st->lock);
 }
 
 static PyObject *
 sync_acquire(SyncObject *self, PyObject *args, PyObject *kwds)
 {
-    if (sync_ready(self) < 0) {
+    sync_state *st = sync_hold(self);
+    if (st == NULL) {
         return NULL;
     }
-    if (self->semlock != NULL && PyTuple_GET_SIZE(args) == 0 &&
+    PyObject *r;
+    if (st->semlock != NULL && PyTuple_GET_SIZE(args) == 0 &&
         (kwds == NULL || PyDict_GET_SIZE(kwds) == 0)) {
-        if (fastmp_semlock_enter(self->semlock) < 0) {
-            return NULL;
-        }
-        Py_RETURN_TRUE;
+        r = fastmp_semlock_enter(st->semlock) < 0 ? NULL
+                                                  : Py_NewRef(Py_True);
     }
-    return PyObject_Call(self->acquire_m, args, kwds);
+    else {
+        r = PyObject_Call(st->acquire_m, args, kwds);
+    }
+    sync_drop(st);
+    return r;
 }
 
 static PyObject *
 sync_release(SyncObject *self, PyObject *args, PyObject *kwds)
 {
-    if (sync_ready(self) < 0) {
+    sync_state *st = sync_hold(self);
+    if (st == NULL) {
         return NULL;
     }
-    return PyObject_Call(self->release_m, args, kwds);
+    PyObject *r = PyObject_Call(st->release_m, args, kwds);
+    sync_drop(st);
+    return r;
 }
 
 static PyObject *
 sync_enter(SyncObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (sync_ready(self) < 0) {
+    sync_state *st = sync_hold(self);
+    if (st == NULL) {
         return NULL;
     }
-    if (self->semlock != NULL) {
-        if (fastmp_semlock_enter(self->semlock) < 0) {
-            return NULL;
-        }
-        Py_RETURN_TRUE;
+    PyObject *r;
+    if (st->semlock != NULL) {
+        r = fastmp_semlock_enter(st->semlock) < 0 ? NULL
+                                                  : Py_NewRef(Py_True);
     }
-    return PyObject_CallMethod(self->lock, "__enter__", NULL);
+    else {
+        r = PyObject_CallMethod(st->lock, "__enter__", NULL);
+    }
+    sync_drop(st);
+    return r;
 }
 
 static PyObject *
 sync_exit(SyncObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (sync_ready(self) < 0) {
+    sync_state *st = sync_hold(self);
+    if (st == NULL) {
         return NULL;
     }
-    if (self->semlock != NULL) {
-        if (fastmp_semlock_exit(self->semlock) < 0) {
-            return NULL;
+    PyObject *r = NULL;
+    if (st->semlock != NULL) {
+        if (fastmp_semlock_exit(st->semlock) == 0) {
+            r = Py_NewRef(Py_None);
         }
-        Py_RETURN_NONE;
     }
-    PyObject *meth = PyObject_GetAttrString(self->lock, "__exit__");
-    if (meth == NULL) {
-        return NULL;
+    else {
+        PyObject *meth = PyObject_GetAttrString(st->lock, "__exit__");
+        if (meth != NULL) {
+            r = PyObject_Vectorcall(meth, args, nargs, NULL);
+            Py_DECREF(meth);
+        }
     }
-    PyObject *r = PyObject_Vectorcall(meth, args, nargs, NULL);
-    Py_DECREF(meth);
+    sync_drop(st);
     return r;
 }
 
 /* Getattr / setattr on the ctypes object under the lock (slow path for
  * odd element types, structures' fields, char arrays' value/raw). */
 static PyObject *
-sync_locked_getattr(SyncObject *self, const char *name)
+sync_locked_getattr(sync_state *st, const char *name)
 {
-    int held;
-    if (sync_ready(self) < 0 || (held = sync_lock(self)) < 0) {
+    int held = sync_lock(st);
+    if (held < 0) {
         return NULL;
     }
-    PyObject *r = PyObject_GetAttrString(self->obj, name);
-    if (sync_unlock(self, held) < 0) {
+    PyObject *r = PyObject_GetAttrString(st->obj, name);
+    if (sync_unlock(st, held) < 0) {
         Py_XDECREF(r);
         return NULL;
     }
@@ -681,14 +852,14 @@ sync_locked_getattr(SyncObject *self, const char *name)
 }
 
 static int
-sync_locked_setattr(SyncObject *self, const char *name, PyObject *v)
+sync_locked_setattr(sync_state *st, const char *name, PyObject *v)
 {
-    int held;
-    if (sync_ready(self) < 0 || (held = sync_lock(self)) < 0) {
+    int held = sync_lock(st);
+    if (held < 0) {
         return -1;
     }
-    int r = PyObject_SetAttrString(self->obj, name, v);
-    if (sync_unlock(self, held) < 0) {
+    int r = PyObject_SetAttrString(st->obj, name, v);
+    if (sync_unlock(st, held) < 0) {
         return -1;
     }
     return r;
@@ -705,7 +876,13 @@ sync_getfield(SyncObject *self, PyObject *name)
     if (s == NULL) {
         return NULL;
     }
-    return sync_locked_getattr(self, s);
+    sync_state *st = sync_hold(self);
+    if (st == NULL) {
+        return NULL;
+    }
+    PyObject *r = sync_locked_getattr(st, s);
+    sync_drop(st);
+    return r;
 }
 
 static PyObject *
@@ -717,7 +894,16 @@ sync_setfield(SyncObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     const char *s = PyUnicode_AsUTF8(args[0]);
-    if (s == NULL || sync_locked_setattr(self, s, args[1]) < 0) {
+    if (s == NULL) {
+        return NULL;
+    }
+    sync_state *st = sync_hold(self);
+    if (st == NULL) {
+        return NULL;
+    }
+    int r = sync_locked_setattr(st, s, args[1]);
+    sync_drop(st);
+    if (r < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -726,34 +912,45 @@ sync_setfield(SyncObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 sync_getbuffer_attr(SyncObject *self, void *Py_UNUSED(c))
 {
-    if (sync_ready(self) < 0) {
+    sync_state *st = sync_hold(self);
+    if (st == NULL) {
         return NULL;
     }
-    return PyLong_FromVoidPtr(self->ptr);
+    Py_buffer view;
+    PyObject *r = NULL;
+    char *p = sync_mem(st, &view);
+    if (p != NULL) {
+        r = PyLong_FromVoidPtr(p);
+        sync_mem_done(&view);
+    }
+    sync_drop(st);
+    return r;
 }
 
 static int
 sync_getbuffer(SyncObject *self, Py_buffer *view, int flags)
 {
-    if (self->obj == NULL) {
+    if (self->st == NULL) {
         PyErr_SetString(PyExc_BufferError,
                         "synchronized wrapper not initialised");
         view->obj = NULL;
         return -1;
     }
     /* The ctypes object is the real exporter (format, shape, lifetime). */
-    return PyObject_GetBuffer(self->obj, view, flags);
+    return PyObject_GetBuffer(self->st->obj, view, flags);
 }
 
 static PyMemberDef sync_members[] = {
-    {"_obj", T_OBJECT, offsetof(SyncObject, obj), READONLY, NULL},
-    {"_lock", T_OBJECT, offsetof(SyncObject, lock), READONLY, NULL},
     {"__weaklistoffset__", T_PYSSIZET, offsetof(SyncObject, weakreflist),
      READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
 static PyGetSetDef sync_getset[] = {
+    {"_obj", (getter)sync_obj_attr, NULL,
+     "The ctypes object (None before __init__).", NULL},
+    {"_lock", (getter)sync_lock_attr, NULL,
+     "The lock (None before __init__).", NULL},
     {"_address", (getter)sync_getbuffer_attr, NULL,
      "Address of the shared data in this process.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -810,19 +1007,27 @@ static PyType_Spec syncbase_spec = {
 };
 
 /* ---- Synchronized (single value) -------------------------------------- */
+/* ---- Synchronized (single value) -------------------------------------- */
 
 static PyObject *
 value_get(SyncObject *self, void *Py_UNUSED(closure))
 {
-    if (self->code == 0) {
-        return sync_locked_getattr(self, "value");
-    }
-    char tmp[16];
-    if (sync_gather(self, tmp, self->ptr, 1, self->itemsize,
-                    self->itemsize) < 0) {
+    sync_state *st = sync_hold(self);
+    if (st == NULL) {
         return NULL;
     }
-    return elem_unpack(self->code, tmp);
+    PyObject *r = NULL;
+    if (st->code == 0) {
+        r = sync_locked_getattr(st, "value");
+    }
+    else {
+        char tmp[16];
+        if (sync_gather(st, tmp, 0, 1, st->itemsize, st->itemsize) == 0) {
+            r = elem_unpack(st->code, tmp);
+        }
+    }
+    sync_drop(st);
+    return r;
 }
 
 static int
@@ -832,33 +1037,51 @@ value_set(SyncObject *self, PyObject *v, void *Py_UNUSED(closure))
         PyErr_SetString(PyExc_AttributeError, "can't delete attribute");
         return -1;
     }
+    sync_state *st = sync_hold(self);
+    if (st == NULL) {
+        return -1;
+    }
     char tmp[16];
-    int r = self->code ? elem_pack(self->code, v, tmp) : 1;
-    if (r < 0) {
-        return -1;
-    }
+    int r = st->code ? elem_pack(st->code, v, tmp) : 1;
     if (r > 0) {
-        return sync_locked_setattr(self, "value", v);
+        r = sync_locked_setattr(st, "value", v);
     }
-    int held = sync_lock(self);
-    if (held < 0) {
-        return -1;
+    else if (r == 0) {
+        r = sync_scatter(st, 0, st->itemsize, tmp, 1, st->itemsize);
     }
-    memcpy(self->ptr, tmp, self->itemsize);
-    return sync_unlock(self, held);
+    sync_drop(st);
+    return r < 0 ? -1 : 0;
 }
 
 /* ---- atomics ------------------------------------------------------ */
 
 static int
-atomic_ready(SyncObject *self)
+atomic_ready(sync_state *st)
 {
-    if (self->obj == NULL || !code_is_int(self->code)) {
+    if (!code_is_int(st->code)) {
         PyErr_SetString(PyExc_TypeError,
                         "atomic operations need an integer Value");
         return -1;
     }
     return 0;
+}
+
+/* The wrapper's state for an atomic operation, or NULL with TypeError set
+ * when it wraps no integer value. */
+static sync_state *
+atomic_hold(SyncObject *self)
+{
+    sync_state *st = self->st;
+    if (st == NULL) {
+        PyErr_SetString(PyExc_TypeError,
+                        "atomic operations need an integer Value");
+        return NULL;
+    }
+    if (atomic_ready(st) < 0) {
+        return NULL;
+    }
+    st->refs++;
+    return st;
 }
 
 /* The bits of a Python integer truncated to the Value's width (wraps as
@@ -918,11 +1141,21 @@ static PyObject *
 atomic_op(SyncObject *self, PyObject *arg, int op)
 {
     uint64_t n;
-    if (atomic_ready(self) < 0 || atomic_arg(arg, &n) < 0) {
+    sync_state *st = atomic_hold(self);
+    if (st == NULL) {
         return NULL;
     }
-    uint64_t old = atomic_rmw(self->ptr, self->itemsize, op, n);
-    return int_from_bits(self->code, op == AT_ADD ? old + n : old);
+    PyObject *r = NULL;
+    Py_buffer view;
+    char *p;
+    /* The argument first: its __index__ may run any code. */
+    if (atomic_arg(arg, &n) == 0 && (p = sync_mem(st, &view)) != NULL) {
+        uint64_t old = atomic_rmw(p, st->itemsize, op, n);
+        sync_mem_done(&view);
+        r = int_from_bits(st->code, op == AT_ADD ? old + n : old);
+    }
+    sync_drop(st);
+    return r;
 }
 
 static PyObject *
@@ -946,44 +1179,90 @@ value_exchange(SyncObject *self, PyObject *arg)
 static PyObject *
 value_load(SyncObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (atomic_ready(self) < 0) {
+    sync_state *st = atomic_hold(self);
+    if (st == NULL) {
         return NULL;
     }
-    uint64_t v;
-    switch (self->itemsize) {
-    case 1: v = __atomic_load_n((uint8_t *)self->ptr, __ATOMIC_SEQ_CST);
-            break;
-    case 2: v = __atomic_load_n((uint16_t *)self->ptr, __ATOMIC_SEQ_CST);
-            break;
-    case 4: v = __atomic_load_n((uint32_t *)self->ptr, __ATOMIC_SEQ_CST);
-            break;
-    default: v = __atomic_load_n((uint64_t *)self->ptr, __ATOMIC_SEQ_CST);
-            break;
+    Py_buffer view;
+    char *p = sync_mem(st, &view);
+    PyObject *r = NULL;
+    if (p != NULL) {
+        uint64_t v;
+        switch (st->itemsize) {
+        case 1: v = __atomic_load_n((uint8_t *)p, __ATOMIC_SEQ_CST);
+                break;
+        case 2: v = __atomic_load_n((uint16_t *)p, __ATOMIC_SEQ_CST);
+                break;
+        case 4: v = __atomic_load_n((uint32_t *)p, __ATOMIC_SEQ_CST);
+                break;
+        default: v = __atomic_load_n((uint64_t *)p, __ATOMIC_SEQ_CST);
+                break;
+        }
+        sync_mem_done(&view);
+        r = int_from_bits(st->code, v);
     }
-    return int_from_bits(self->code, v);
+    sync_drop(st);
+    return r;
 }
 
 static PyObject *
 value_store(SyncObject *self, PyObject *arg)
 {
     uint64_t n;
-    if (atomic_ready(self) < 0 || atomic_arg(arg, &n) < 0) {
+    sync_state *st = atomic_hold(self);
+    if (st == NULL) {
         return NULL;
     }
-    switch (self->itemsize) {
-    case 1: __atomic_store_n((uint8_t *)self->ptr, (uint8_t)n,
-                             __ATOMIC_SEQ_CST);
+    Py_buffer view;
+    char *p;
+    if (atomic_arg(arg, &n) < 0 || (p = sync_mem(st, &view)) == NULL) {
+        sync_drop(st);
+        return NULL;
+    }
+    switch (st->itemsize) {
+    case 1: __atomic_store_n((uint8_t *)p, (uint8_t)n, __ATOMIC_SEQ_CST);
             break;
-    case 2: __atomic_store_n((uint16_t *)self->ptr, (uint16_t)n,
-                             __ATOMIC_SEQ_CST);
+    case 2: __atomic_store_n((uint16_t *)p, (uint16_t)n, __ATOMIC_SEQ_CST);
             break;
-    case 4: __atomic_store_n((uint32_t *)self->ptr, (uint32_t)n,
-                             __ATOMIC_SEQ_CST);
+    case 4: __atomic_store_n((uint32_t *)p, (uint32_t)n, __ATOMIC_SEQ_CST);
             break;
-    default: __atomic_store_n((uint64_t *)self->ptr, n, __ATOMIC_SEQ_CST);
+    default: __atomic_store_n((uint64_t *)p, n, __ATOMIC_SEQ_CST);
             break;
     }
+    sync_mem_done(&view);
+    sync_drop(st);
     Py_RETURN_NONE;
+}
+
+static int
+atomic_cas(void *p, Py_ssize_t size, uint64_t e, uint64_t n)
+{
+    switch (size) {
+    case 1: {
+        uint8_t x = (uint8_t)e;
+        return __atomic_compare_exchange_n((uint8_t *)p, &x, (uint8_t)n, 0,
+                                           __ATOMIC_SEQ_CST,
+                                           __ATOMIC_SEQ_CST);
+    }
+    case 2: {
+        uint16_t x = (uint16_t)e;
+        return __atomic_compare_exchange_n((uint16_t *)p, &x, (uint16_t)n,
+                                           0, __ATOMIC_SEQ_CST,
+                                           __ATOMIC_SEQ_CST);
+    }
+    case 4: {
+        uint32_t x = (uint32_t)e;
+        return __atomic_compare_exchange_n((uint32_t *)p, &x, (uint32_t)n,
+                                           0, __ATOMIC_SEQ_CST,
+                                           __ATOMIC_SEQ_CST);
+    }
+    default: {
+        uint64_t x = e;
+        return __atomic_compare_exchange_n((uint64_t *)p, &x, n, 0,
+                                           __ATOMIC_SEQ_CST,
+                                           __ATOMIC_SEQ_CST);
+    }
+    }
 }
 
 static PyObject *
@@ -997,44 +1276,22 @@ value_compare_exchange(SyncObject *self, PyObject *const *args,
         return NULL;
     }
     uint64_t e, n;
-    if (atomic_ready(self) < 0 || atomic_arg(args[0], &e) < 0 ||
-        atomic_arg(args[1], &n) < 0) {
+    sync_state *st = atomic_hold(self);
+    if (st == NULL) {
         return NULL;
     }
-    int ok;
-    switch (self->itemsize) {
-    case 1: {
-        uint8_t x = (uint8_t)e;
-        ok = __atomic_compare_exchange_n((uint8_t *)self->ptr, &x,
-                                         (uint8_t)n, 0, __ATOMIC_SEQ_CST,
-                                         __ATOMIC_SEQ_CST);
-        break;
+    Py_buffer view;
+    char *p;
+    if (atomic_arg(args[0], &e) < 0 || atomic_arg(args[1], &n) < 0
+        || (p = sync_mem(st, &view)) == NULL) {
+        sync_drop(st);
+        return NULL;
     }
-    case 2: {
-        uint16_t x = (uint16_t)e;
-        ok = __atomic_compare_exchange_n((uint16_t *)self->ptr, &x,
-                                         (uint16_t)n, 0, __ATOMIC_SEQ_CST,
-                                         __ATOMIC_SEQ_CST);
-        break;
-    }
-    case 4: {
-        uint32_t x = (uint32_t)e;
-        ok = __atomic_compare_exchange_n((uint32_t *)self->ptr, &x,
-                                         (uint32_t)n, 0, __ATOMIC_SEQ_CST,
-                                         __ATOMIC_SEQ_CST);
-        break;
-    }
-    default: {
-        uint64_t x = e;
-        ok = __atomic_compare_exchange_n((uint64_t *)self->ptr, &x, n, 0,
-                                         __ATOMIC_SEQ_CST,
-                                         __ATOMIC_SEQ_CST);
-        break;
-    }
-    }
+    int ok = atomic_cas(p, st->itemsize, e, n);
+    sync_mem_done(&view);
+    sync_drop(st);
     return PyBool_FromLong(ok);
 }
-
 static PyGetSetDef value_getset[] = {
     {"value", (getter)value_get, (setter)value_set,
      "The value, read or written under the lock.", NULL},
@@ -1088,76 +1345,106 @@ static PyType_Spec value_spec = {
 static Py_ssize_t
 array_len(SyncObject *self)
 {
-    if (sync_ready(self) < 0) {
+    if (self->st == NULL) {
+        (void)sync_hold(self);      /* raises */
         return -1;
     }
-    return self->length;
+    return self->st->length;
 }
 
-static PyObject *
-array_item(SyncObject *self, Py_ssize_t i)
+/* What `del arr[...]` raises, as with the stdlib's wrapper (a class
+ * without __delitem__). */
+static int
+array_no_delete(SyncObject *self)
 {
-    if (sync_ready(self) < 0) {
-        return NULL;
-    }
-    if (i < 0 || i >= self->length) {
+    PyErr_Format(PyExc_AttributeError,
+                 "'%.200s' object has no attribute '__delitem__'",
+                 Py_TYPE(self)->tp_name);
+    return -1;
+}
+
+/* Item i (0 <= i < length checked here) of st's array. */
+static PyObject *
+array_item_st(sync_state *st, Py_ssize_t i)
+{
+    if (i < 0 || i >= st->length) {
         PyErr_SetString(PyExc_IndexError, "invalid index");
         return NULL;
     }
-    if (self->code == 0) {
-        int held = sync_lock(self);
+    if (st->code == 0) {
+        int held = sync_lock(st);
         if (held < 0) {
             return NULL;
         }
-        PyObject *r = PySequence_GetItem(self->obj, i);
-        if (sync_unlock(self, held) < 0) {
+        PyObject *r = PySequence_GetItem(st->obj, i);
+        if (sync_unlock(st, held) < 0) {
             Py_XDECREF(r);
             return NULL;
         }
         return r;
     }
     char tmp[16];
-    if (sync_gather(self, tmp, self->ptr + i * self->itemsize, 1,
-                    self->itemsize, self->itemsize) < 0) {
+    if (sync_gather(st, tmp, i * st->itemsize, 1, st->itemsize,
+                    st->itemsize) < 0) {
         return NULL;
     }
-    return elem_unpack(self->code, tmp);
+    return elem_unpack(st->code, tmp);
+}
+
+/* Store v at item i of st's array: v is converted before the lock is
+ * taken and the address looked up. */
+static int
+array_ass_item_st(sync_state *st, Py_ssize_t i, PyObject *v)
+{
+    if (i < 0 || i >= st->length) {
+        PyErr_SetString(PyExc_IndexError, "invalid index");
+        return -1;
+    }
+    char tmp[16];
+    int r = st->code ? elem_pack(st->code, v, tmp) : 1;
+    if (r < 0) {
+        return -1;
+    }
+    if (r == 0) {
+        return sync_scatter(st, i * st->itemsize, st->itemsize, tmp, 1,
+                            st->itemsize);
+    }
+    int held = sync_lock(st);
+    if (held < 0) {
+        return -1;
+    }
+    r = PySequence_SetItem(st->obj, i, v);
+    if (sync_unlock(st, held) < 0) {
+        return -1;
+    }
+    return r;
+}
+
+static PyObject *
+array_item(SyncObject *self, Py_ssize_t i)
+{
+    sync_state *st = sync_hold(self);
+    if (st == NULL) {
+        return NULL;
+    }
+    PyObject *r = array_item_st(st, i);
+    sync_drop(st);
+    return r;
 }
 
 static int
 array_ass_item(SyncObject *self, Py_ssize_t i, PyObject *v)
 {
-    if (sync_ready(self) < 0) {
-        return -1;
-    }
     if (v == NULL) {
-        /* As the stdlib's wrapper: it has no __delitem__. */
-        PyErr_SetString(PyExc_AttributeError, "__delitem__");
+        return array_no_delete(self);
+    }
+    sync_state *st = sync_hold(self);
+    if (st == NULL) {
         return -1;
     }
-    if (i < 0 || i >= self->length) {
-        PyErr_SetString(PyExc_IndexError, "invalid index");
-        return -1;
-    }
-    char tmp[16];
-    int r = (self->code && v != NULL) ? elem_pack(self->code, v, tmp) : 1;
-    if (r < 0) {
-        return -1;
-    }
-    int held = sync_lock(self);
-    if (held < 0) {
-        return -1;
-    }
-    if (r > 0) {
-        r = v == NULL ? PySequence_DelItem(self->obj, i)
-                      : PySequence_SetItem(self->obj, i, v);
-        if (sync_unlock(self, held) < 0) {
-            return -1;
-        }
-        return r;
-    }
-    memcpy(self->ptr + i * self->itemsize, tmp, self->itemsize);
-    return sync_unlock(self, held);
+    int r = array_ass_item_st(st, i, v);
+    sync_drop(st);
+    return r;
 }
 
 /* Fill `list` (n fresh slots) from n packed elements: one tight loop per
@@ -1239,40 +1526,57 @@ unpack_list(int code, const char *buf, Py_ssize_t n, PyObject *list)
 #undef INT_S
 #undef INT_U
 
-static PyObject *
-array_subscript(SyncObject *self, PyObject *key)
+/* The index `key` names in st's array (negative counts from the end), or
+ * -1 with an exception set; `msg` is the stdlib's TypeError text. */
+static Py_ssize_t
+array_index(sync_state *st, PyObject *key, const char *msg)
 {
-    if (sync_ready(self) < 0) {
-        return NULL;
+    if (!PyIndex_Check(key)) {
+        PyErr_SetString(PyExc_TypeError, msg);
+        return -1;
     }
+    Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
+    if (i == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (i < 0) {
+        i += st->length;
+    }
+    if (i < 0 || i >= st->length) {
+        PyErr_SetString(PyExc_IndexError, "invalid index");
+        return -1;
+    }
+    return i;
+}
+
+static PyObject *
+array_subscript_st(sync_state *st, PyObject *key)
+{
     if (!PySlice_Check(key)) {
-        Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
-        if (i == -1 && PyErr_Occurred()) {
+        Py_ssize_t i = array_index(st, key, "indices must be integers");
+        if (i < 0) {
             return NULL;
         }
-        if (i < 0) {
-            i += self->length;
-        }
-        return array_item(self, i);
+        return array_item_st(st, i);
     }
     Py_ssize_t start, stop, step;
     if (PySlice_Unpack(key, &start, &stop, &step) < 0) {
         return NULL;
     }
-    Py_ssize_t n = PySlice_AdjustIndices(self->length, &start, &stop, step);
-    if (self->code == 0 || self->code == 'c') {
-        int held = sync_lock(self);
+    Py_ssize_t n = PySlice_AdjustIndices(st->length, &start, &stop, step);
+    if (st->code == 0 || st->code == 'c') {
+        int held = sync_lock(st);
         if (held < 0) {
             return NULL;
         }
-        PyObject *r = PyObject_GetItem(self->obj, key);
-        if (sync_unlock(self, held) < 0) {
+        PyObject *r = PyObject_GetItem(st->obj, key);
+        if (sync_unlock(st, held) < 0) {
             Py_XDECREF(r);
             return NULL;
         }
         return r;
     }
-    Py_ssize_t sz = self->itemsize;
+    Py_ssize_t sz = st->itemsize;
     char stackbuf[256];
     char *buf = stackbuf;
     if (n * sz > (Py_ssize_t)sizeof(stackbuf)) {
@@ -1285,11 +1589,10 @@ array_subscript(SyncObject *self, PyObject *key)
     if (list == NULL) {
         goto error;
     }
-    if (sync_gather(self, buf, self->ptr + start * sz, n, sz,
-                    step * sz) < 0) {
+    if (sync_gather(st, buf, start * sz, n, sz, step * sz) < 0) {
         goto error;
     }
-    if (unpack_list(self->code, buf, n, list) < 0) {
+    if (unpack_list(st->code, buf, n, list) < 0) {
         goto error;
     }
     if (buf != stackbuf) {
@@ -1304,85 +1607,112 @@ error:
     return NULL;
 }
 
-static int
-array_ass_subscript(SyncObject *self, PyObject *key, PyObject *v)
+static PyObject *
+array_subscript(SyncObject *self, PyObject *key)
 {
-    if (sync_ready(self) < 0) {
-        return -1;
+    sync_state *st = sync_hold(self);
+    if (st == NULL) {
+        return NULL;
     }
-    if (v == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "__delitem__");
-        return -1;
+    PyObject *r = array_subscript_st(st, key);
+    sync_drop(st);
+    return r;
+}
+
+/* Convert the n items of the list or tuple v into packed elements in buf.
+ * Returns 0, 1 when an item needs ctypes (a value of another type), -1
+ * with an exception set.  A list may shrink while its items convert (their
+ * __float__ or __bool__ is Python code): as ctypes, which reads each item
+ * with PySequence_GetItem, that raises IndexError. */
+static int
+pack_items(int code, PyObject *v, Py_ssize_t n, char *buf, Py_ssize_t sz)
+{
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *item;
+        if (PyList_CheckExact(v)) {
+            if (k >= PyList_GET_SIZE(v)) {
+                PyErr_SetString(PyExc_IndexError, "list index out of range");
+                return -1;
+            }
+            item = Py_NewRef(PyList_GET_ITEM(v, k));
+        }
+        else {
+            item = Py_NewRef(PyTuple_GET_ITEM(v, k));
+        }
+        int r = elem_pack(code, item, buf + k * sz);
+        Py_DECREF(item);
+        if (r != 0) {
+            return r;
+        }
     }
+    return 0;
+}
+
+static int
+array_ass_subscript_st(sync_state *st, PyObject *key, PyObject *v)
+{
     if (!PySlice_Check(key)) {
-        Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
-        if (i == -1 && PyErr_Occurred()) {
-            return -1;
-        }
+        Py_ssize_t i = array_index(st, key, "indices must be integer");
         if (i < 0) {
-            i += self->length;
-        }
-        return array_ass_item(self, i, v);
-    }
-    PyObject *seq = NULL;
-    char *buf = NULL;
-    int r = 1;
-    Py_ssize_t start, stop, step, n = 0;
-    Py_ssize_t sz = self->itemsize;
-    if (v != NULL && self->code != 0 && self->code != 'c') {
-        if (PySlice_Unpack(key, &start, &stop, &step) < 0) {
             return -1;
         }
-        n = PySlice_AdjustIndices(self->length, &start, &stop, step);
-        seq = PySequence_Fast(v, "can only assign an iterable");
-        if (seq == NULL) {
-            /* Let ctypes produce its own error for odd values. */
-            PyErr_Clear();
-        }
-        else if (PySequence_Fast_GET_SIZE(seq) != n) {
-            Py_DECREF(seq);
+        return array_ass_item_st(st, i, v);
+    }
+    Py_ssize_t start, stop, step;
+    if (PySlice_Unpack(key, &start, &stop, &step) < 0) {
+        return -1;
+    }
+    Py_ssize_t n = PySlice_AdjustIndices(st->length, &start, &stop, step);
+    Py_ssize_t sz = st->itemsize;
+    /* Lists and tuples of plain values: convert everything, then copy in
+     * one go under the lock.  Anything else is ctypes' to take (it wants a
+     * sequence of the right length: an iterator is refused, as with the
+     * stdlib). */
+    if (st->code != 0 && st->code != 'c'
+        && (PyList_CheckExact(v) || PyTuple_CheckExact(v))) {
+        if (Py_SIZE(v) != n) {
             PyErr_SetString(PyExc_ValueError,
                             "Can only assign sequence of same size");
             return -1;
         }
-        else {
-            buf = PyMem_Malloc(n * sz + 1);
-            if (buf == NULL) {
-                Py_DECREF(seq);
-                PyErr_NoMemory();
-                return -1;
-            }
-            PyObject **items = PySequence_Fast_ITEMS(seq);
-            r = 0;
-            for (Py_ssize_t k = 0; k < n && r == 0; k++) {
-                r = elem_pack(self->code, items[k], buf + k * sz);
-            }
-            if (r < 0) {
-                goto done;
-            }
+        char *buf = PyMem_Malloc(n * sz + 1);
+        if (buf == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        int r = pack_items(st->code, v, n, buf, sz);
+        if (r == 0) {
+            r = sync_scatter(st, start * sz, step * sz, buf, n, sz);
+        }
+        PyMem_Free(buf);
+        if (r <= 0) {
+            return r;
         }
     }
-    int held = sync_lock(self);
+    int held = sync_lock(st);
     if (held < 0) {
-        r = -1;
-        goto done;
+        return -1;
     }
-    if (r == 0) {
-        copy_strided(self->ptr + start * sz, step * sz, buf, sz, n, sz);
+    int r = PyObject_SetItem(st->obj, key, v);
+    if (sync_unlock(st, held) < 0) {
+        return -1;
     }
-    else if (v == NULL) {
-        r = PyObject_DelItem(self->obj, key);
+    return r;
+}
+
+static int
+array_ass_subscript(SyncObject *self, PyObject *key, PyObject *v)
+{
+    if (v == NULL) {
+        return array_no_delete(self);
     }
-    else {
-        r = PyObject_SetItem(self->obj, key, seq != NULL ? seq : v);
+    sync_state *st = sync_hold(self);
+    if (st == NULL) {
+        return -1;
     }
-    if (sync_unlock(self, held) < 0) {
-        r = -1;
-    }
-done:
-    Py_XDECREF(seq);
-    PyMem_Free(buf);
-    return r < 0 ? -1 : 0;
+    int r = array_ass_subscript_st(st, key, v);
+    sync_drop(st);
+    return r;
 }
 
 static PyType_Slot array_slots[] = {
@@ -1412,7 +1742,13 @@ static PyType_Spec array_spec = {
 static PyObject *
 string_get(SyncObject *self, void *closure)
 {
-    return sync_locked_getattr(self, (const char *)closure);
+    sync_state *st = sync_hold(self);
+    if (st == NULL) {
+        return NULL;
+    }
+    PyObject *r = sync_locked_getattr(st, (const char *)closure);
+    sync_drop(st);
+    return r;
 }
 
 static int
@@ -1422,9 +1758,14 @@ string_set(SyncObject *self, PyObject *v, void *closure)
         PyErr_SetString(PyExc_AttributeError, "can't delete attribute");
         return -1;
     }
-    return sync_locked_setattr(self, (const char *)closure, v);
+    sync_state *st = sync_hold(self);
+    if (st == NULL) {
+        return -1;
+    }
+    int r = sync_locked_setattr(st, (const char *)closure, v);
+    sync_drop(st);
+    return r;
 }
-
 static PyGetSetDef string_getset[] = {
     {"value", (getter)string_get, (setter)string_set,
      "The string up to the first NUL, under the lock.", "value"},

@@ -459,3 +459,114 @@ def test_locked_everywhere(ctx):
         obj.acquire()
         assert obj.locked() is True
         obj.release()
+
+
+# ---- set() then clear() wakes whoever was waiting ----
+
+def _event_waiter(evt, ready, out):
+    ready.release()
+    out.put(("proc", evt.wait()))
+
+
+@pytest.mark.timeout(120)
+def test_event_set_then_clear_wakes_every_waiter(ctx):
+    evt = ctx.Event()
+    ready = ctx.Semaphore(0)
+    out = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_event_waiter, args=(evt, ready, out))
+             for _ in range(2)]
+    results = []
+    threads = [threading.Thread(
+        target=lambda: results.append(("thread", evt.wait())), daemon=True)
+        for _ in range(2)]
+    try:
+        for p in procs:
+            p.start()
+        for _ in procs:
+            assert ready.acquire(timeout=60)
+        for t in threads:
+            t.start()
+        # Let every waiter get into wait() (not an assertion on timing: a
+        # waiter that arrived late would simply wait for the next set()).
+        time.sleep(0.5)
+        evt.set()
+        evt.clear()
+        for p in procs:
+            p.join(30)
+            assert p.exitcode == 0
+        for t in threads:
+            t.join(30)
+            assert not t.is_alive()
+        results += [out.get() for _ in procs]
+        assert len(results) == 4
+        # Woken by set(): threading.Event says True.  The stdlib's
+        # multiprocessing Event reports the flag as it finds it afterwards
+        # (False when clear() came first), so only fastmp is held to True.
+        assert all(isinstance(r, bool) for _, r in results)
+        if "fastmp" in type(evt).__module__:
+            assert all(r is True for _, r in results), results
+        assert not evt.is_set()
+    finally:
+        evt.set()       # never leave a waiter behind
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(10)
+
+
+# ---- Barrier(0) and negative parties ----
+
+@pytest.mark.parametrize("parties", [0, -1])
+def test_barrier_parties_must_be_positive(ctx, parties):
+    if "fastmp" in ctx.__module__ or "fastmp" in type(ctx).__module__:
+        with pytest.raises(ValueError, match=r"parties must be > 0"):
+            ctx.Barrier(parties)
+    elif sys.version_info >= (3, 13):
+        # What fastmp follows on every version (the stdlib's own
+        # multiprocessing.Barrier does not check).
+        with pytest.raises(ValueError, match=r"parties must be > 0"):
+            threading.Barrier(parties)
+
+
+# ---- acquire() arguments ----
+
+@pytest.mark.parametrize("factory", ["Lock", "RLock", "Semaphore",
+                                     "BoundedSemaphore"])
+def test_acquire_nan_timeout(ctx, factory):
+    import errno
+    import platform
+    nan = float("nan")
+    lock = getattr(ctx, factory)()
+    # A free lock is taken at once: the timeout never matters.
+    assert lock.acquire(timeout=nan) is True
+    if factory == "RLock":
+        assert lock.acquire(True, nan) is True
+        return
+    assert lock.acquire(False, nan) is False
+    if platform.machine() in ("x86_64", "AMD64"):
+        # Waiting on a held one: the stdlib's sem_timedwait rejects the
+        # deadline NaN makes (on x86-64; elsewhere it may not).
+        with pytest.raises(OSError) as info:
+            lock.acquire(True, nan)
+        assert info.value.errno == errno.EINVAL
+
+
+@pytest.mark.parametrize("block", [[], (), 0.0, 1.5, None, "", "x",
+                                   2 ** 40])
+def test_acquire_block_argument_like_the_stdlib(ctx, block):
+    lock = ctx.Lock()
+    held = ctx.Lock()
+    held.acquire()
+    if sys.version_info >= (3, 12):
+        # A bool argument: any object, by its truth value.
+        assert lock.acquire(block) is True
+        assert held.acquire(block=block, timeout=0.01) is False
+        lock.release()
+    else:
+        # An int argument.
+        exc = OverflowError if isinstance(block, int) else TypeError
+        with pytest.raises(exc):
+            lock.acquire(block)
+        with pytest.raises(exc):
+            held.acquire(block=block)
+        assert lock.acquire(False) is True
