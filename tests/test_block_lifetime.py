@@ -25,6 +25,19 @@ def _shmem():
     raise AssertionError("no Shmem line in /proc/meminfo")
 
 
+def _shmem_grown(start, limit):
+    """How much system shared memory grew since `start`.  Shmem is
+    machine-wide: other programs move it too, so when it looks grown,
+    look again for a couple of seconds and take the least."""
+    grown = _shmem() - start
+    for _ in range(10):
+        if grown < limit:
+            break
+        time.sleep(0.2)
+        grown = min(grown, _shmem() - start)
+    return grown
+
+
 # ---- children (module level for spawn/forkserver) ----
 
 def _writer_thread(objs, stop_at):
@@ -140,11 +153,11 @@ def _fork_children_exit(ctx, nchildren, way):
         assert p.exitcode is not None
 
 
-@pytest.mark.parametrize("size", [64 * MiB, 8 * MiB, 48 * 1024],
-                         ids=["64MiB", "8MiB", "48KiB"])
+@pytest.mark.parametrize("size", [64 * MiB, 8 * MiB], ids=["64MiB", "8MiB"])
 def test_os_exit_children_leave_shmem(fctx, size):
     # 200 children end with os._exit while an array is alive; the memory
-    # comes back when the array goes.
+    # goes back to the system when the array goes.  (Small blocks go back
+    # to fastmp's free lists for reuse: test_small_blocks_not_pinned...)
     count = max(1, (64 * MiB) // size)
     start = _shmem()
     for _ in range(2 if fctx.get_start_method() == "fork" else 1):
@@ -155,7 +168,7 @@ def test_os_exit_children_leave_shmem(fctx, size):
         _fork_children_exit(fctx, 200 if fctx.get_start_method() == "fork"
                             else 20, "os._exit")
         del arrs, a
-    grown = _shmem() - start
+    grown = _shmem_grown(start, 8 * MiB)
     assert grown < 8 * MiB, "Shmem grew by %.1f MiB" % (grown / MiB)
 
 
@@ -176,7 +189,7 @@ def test_pool_blocks_leave_shmem(fctx, size):
         with fctx.Pool(2) as pool:
             assert pool.map(_square, range(4)) == [0, 1, 4, 9]
     del arr, small
-    grown = _shmem() - start
+    grown = _shmem_grown(start, 8 * MiB)
     assert grown < 8 * MiB, "Shmem grew by %.1f MiB" % (grown / MiB)
 
 
