@@ -1,6 +1,5 @@
 """``python -m fastmp``: runs unchanged multiprocessing scripts on fastmp,
 in the parent and in every child, under each start method."""
-import importlib.machinery
 import json
 import os
 import subprocess
@@ -8,19 +7,14 @@ import sys
 import textwrap
 
 import pytest
-from conftest import METHODS, ROOT
+from conftest import METHODS, TESTS, child_env
 
 import fastmp
 from fastmp import _alias
 
 
 def _env(**extra):
-    e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join(
-        # Where the fastmp under test was imported from (the installed
-        # package, or the source tree of an in-place build).
-        [os.path.dirname(os.path.dirname(fastmp.__file__))]
-        + [p for p in [e.get("PYTHONPATH")] if p])
+    e = child_env()
     e.pop("FASTMP_NO_FALLBACK", None)
     e.update(extra)
     return e
@@ -36,8 +30,8 @@ def run_fastmp(tmp_path, source, *args, env=None, opts=(), timeout=120):
 
 
 def fastmp_has(name):
-    return importlib.machinery.PathFinder.find_spec(
-        "fastmp." + name, fastmp.__path__) is not None
+    # fastmp's own module, not one that hands out the stdlib's.
+    return _alias._fastmp_has(name)
 
 
 MISSING = sorted(n for n in _alias.MIRRORED if not fastmp_has(n))
@@ -364,7 +358,7 @@ def test_cpython_suite_runner():
     # the honesty table (a class counts only when its objects are fastmp's).
     pytest.importorskip("test._test_multiprocessing")
     r = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tests", "cpython_suite.py"),
+        [sys.executable, os.path.join(TESTS, "cpython_suite.py"),
          "--start-method", "fork", "--classes",
          "_TestSubclassingProcess", "--timeout", "60"],
         capture_output=True, text=True, env=_env(), timeout=280)
@@ -387,7 +381,7 @@ def test_fastmp_module_built_on_stdlib_namesake(tmp_path, method):
     pkg = tmp_path / "site" / "fastmp"
     shutil.copytree(os.path.dirname(fastmp.__file__), str(pkg),
                     ignore=shutil.ignore_patterns("__pycache__"))
-    if (pkg / "pool.py").exists():
+    if fastmp_has("pool"):
         pytest.skip("fastmp has its own pool module")
     (pkg / "pool.py").write_text(textwrap.dedent("""
         import multiprocessing.pool as _std
