@@ -7,6 +7,9 @@ less than ``import multiprocessing``.
 """
 import sys as _sys
 
+# The one place the version is written (pyproject.toml reads it).
+__version__ = "0.1.0"
+
 # The same list, in the same order, as the stdlib's multiprocessing.__all__
 # (identical on every supported Python).
 __all__ = [
