@@ -6,7 +6,29 @@ as ``python [flags] -c CODE [args]``; with the aliasing on, the flags end in
 ``python [flags] -m fastmp._boot -c CODE [args]``.  This module installs
 the aliasing and then runs CODE exactly as ``-c`` would have.
 """
+import os
 import sys
+
+_HERE = os.path.abspath(__file__)
+
+
+def excepthook(orig, skip=()):
+    """``orig`` showing tracebacks from the program's own frames on, as the
+    interpreter would without ``-m fastmp`` / ``-m fastmp._boot``: the
+    frames of runpy, of this module and of the files in ``skip`` go."""
+    import runpy
+    skip = {_HERE, os.path.abspath(runpy.__file__)} | {
+        os.path.abspath(f) for f in skip}
+
+    def hook(typ, value, tb):
+        while tb is not None and (
+                tb.tb_frame.f_code.co_filename.startswith("<frozen runpy")
+                or os.path.abspath(tb.tb_frame.f_code.co_filename) in skip):
+            tb = tb.tb_next
+        if isinstance(value, BaseException):
+            value = value.with_traceback(tb)
+        orig(typ, value, tb)
+    return hook
 
 
 def _main():
@@ -30,6 +52,9 @@ def _main():
     if (sys.path and not sys.flags.isolated
             and not getattr(sys.flags, "safe_path", False)):
         sys.path[0] = ""
+    # An exception that reaches the top (an unpicklable target, say) shows
+    # the traceback ``python -c`` shows, without this module's frames.
+    sys.excepthook = excepthook(sys.excepthook)
     exec(compile(code, "<string>", "exec"), main.__dict__)
 
 
