@@ -114,3 +114,23 @@ def test_under_python_m_fastmp(tmp_path, name):
                        cwd=str(tmp_path), timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["True", "multiprocessing." + name]
+
+
+def test_no_fallback_refuses_the_stdlibs_pool_and_managers():
+    # FASTMP_NO_FALLBACK=1: what fastmp has not implemented (Pool, Manager)
+    # raises ImportError instead of falling through to the stdlib's.
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import fastmp
+        for f in (lambda: fastmp.Pool(1), fastmp.Manager,
+                  lambda: __import__("fastmp.pool"),
+                  lambda: __import__("fastmp.managers")):
+            try:
+                f()
+            except ImportError as e:
+                print("ImportError", "FASTMP_NO_FALLBACK" in str(e))
+        import fastmp.util, fastmp.reduction
+        print("ok")
+    """)], capture_output=True, text=True, cwd=TESTS, timeout=120,
+        env=child_env(FASTMP_NO_FALLBACK="1"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["ImportError True"] * 4 + ["ok"]
