@@ -32,7 +32,7 @@ def test_list_names_every_documented_case():
     for name in ("lock", "rlock_with", "semaphore", "lock_contended",
                  "event_handoff", "lock_create", "process_fork",
                  "process_spawn", "process_forkserver", "import",
-                 "value_read", "value_write", "value_locked_incr",
+                 "import_first_use", "value_read", "value_write", "value_locked_incr",
                  "value_atomic_add", "array_getitem", "array_slice_read",
                  "array_slice_assign", "value_contended_incr",
                  "shareable_list_getset", "shm_create", "shm_attach",
@@ -162,5 +162,6 @@ def test_select_by_name_glob_and_group():
         "send_bytes_1KiB", "send_bytes_64KiB", "send_bytes_1MiB",
         "send_bytes_64MiB"]
     assert set(run.select("process")) == {
-        "process_fork", "process_spawn", "process_forkserver", "import"}
+        "process_fork", "process_spawn", "process_forkserver", "import",
+        "import_first_use"}
     assert run.select("nothing_like_this") == []
