@@ -13,8 +13,6 @@ import textwrap
 import pytest
 from conftest import TESTS, child_env
 
-import fastmp
-
 # Modules fastmp takes from the stdlib as they are.
 PASSTHROUGH = [
     "pool", "managers", "dummy", "dummy.connection", "util", "reduction",
