@@ -140,7 +140,8 @@ def _run_code(source, args):
     if not _safe_path():
         sys.path[0] = ""
     main = _new_main()
-    _exec(compile(source, "<string>", "exec"), main)
+    from fastmp import _boot
+    _exec(_boot.compile_c(source), main)
 
 
 def _run_module(name, args):

@@ -31,6 +31,18 @@ def excepthook(orig, skip=()):
     return hook
 
 
+def compile_c(source):
+    """Compile ``-c`` source as the interpreter does: file name
+    "<string>"; from 3.13 on, with the source registered in linecache so
+    that tracebacks show its lines, as they do under ``python -c``."""
+    if sys.version_info >= (3, 13):
+        import linecache
+        linecache.cache["<string>"] = (
+            len(source), None,
+            [line + "\n" for line in source.splitlines()], "<string>")
+    return compile(source, "<string>", "exec")
+
+
 def _main():
     argv = sys.argv[1:]
     if len(argv) < 2 or argv[0] != "-c":
@@ -55,7 +67,7 @@ def _main():
     # An exception that reaches the top (an unpicklable target, say) shows
     # the traceback ``python -c`` shows, without this module's frames.
     sys.excepthook = excepthook(sys.excepthook)
-    exec(compile(code, "<string>", "exec"), main.__dict__)
+    exec(compile_c(code), main.__dict__)
 
 
 if __name__ == "__main__":
