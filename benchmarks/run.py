@@ -13,7 +13,10 @@ alike.  Each measurement calibrates its
 iteration count to a target duration.  The table reports the median per-op
 time over rounds for each implementation and the ratio stdlib/fastmp (the
 median of the per-round ratios; > 1 means fastmp is faster), next to the
-goal from DESIGN.md section 4.
+project's stated goal for it (docs/performance.md).
+
+It measures the fastmp this interpreter imports: the installed package
+(``pip install .``), or an in-place build put on ``PYTHONPATH``.
 """
 import argparse
 import datetime
@@ -28,7 +31,6 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import cases as _cases
@@ -69,24 +71,47 @@ def select(only):
                    for p in pats)]
 
 
-def compile_tree():
-    """Byte-compile the tree's fastmp package, as `pip install` does.
+def _site_dirs():
+    import site
+    dirs = set(getattr(site, "getsitepackages", lambda: [])())
+    if getattr(site, "ENABLE_USER_SITE", False) and site.USER_SITE:
+        dirs.add(site.USER_SITE)
+    return {os.path.realpath(d) for d in dirs}
+
+
+def find_fastmp():
+    """The folder of the fastmp package this interpreter imports (the
+    installed one, or an in-place build on PYTHONPATH), or None.  The
+    working directory is not searched: the workers run elsewhere."""
+    import importlib.util
+    spec = importlib.util.find_spec("fastmp")
+    if spec is None or not spec.origin:
+        return None
+    return os.path.dirname(os.path.abspath(spec.origin))
+
+
+def compile_tree(pkg):
+    """Byte-compile an in-place fastmp package, as `pip install` does.
 
     The stdlib's modules come with their .pyc files; measured from a source
     tree where nothing wrote fastmp's (PYTHONDONTWRITEBYTECODE, a read-only
     checkout), every fresh interpreter -- each spawn child, each import
-    measurement -- would compile fastmp from source first."""
+    measurement -- would compile fastmp from source first.  An installed
+    package was compiled by pip already."""
     import compileall
-    pkg = os.path.join(ROOT, "fastmp")
-    if os.path.isdir(pkg):
+    if pkg and os.path.realpath(os.path.dirname(pkg)) not in _site_dirs():
         compileall.compile_dir(pkg, quiet=1)
 
 
-def worker_env(quick):
+def worker_env(quick, pkg=None):
+    """The workers' environment: the folder of the fastmp measured first on
+    PYTHONPATH, unless it is installed in site-packages."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
-                  if p])
+    parent = os.path.dirname(pkg) if pkg else None
+    if parent and os.path.realpath(parent) not in _site_dirs():
+        env["PYTHONPATH"] = os.pathsep.join(
+            [parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                        if p])
     if quick:
         env.setdefault("FASTMP_BENCH_IMPORT_PAIRS", "4")
     return env
@@ -96,7 +121,9 @@ def run_worker(name, impl, target, repeats, env):
     """One measurement in a fresh interpreter; returns the worker's dict."""
     argv = [sys.executable, os.path.join(HERE, "_worker.py"), name, impl,
             repr(target), str(repeats)]
-    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+    # cwd: not the repository's root, whose uncompiled source tree would
+    # shadow the installed package in ``python -c`` children.
+    proc = subprocess.Popen(argv, env=env, cwd=HERE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -352,8 +379,19 @@ def main(argv=None):
     rounds = args.rounds or (3 if args.quick else 7)
     target = args.target or (0.03 if args.quick else 0.1)
     repeats = 1 if args.quick else 3
-    compile_tree()
-    env = worker_env(args.quick)
+    pkg = find_fastmp()
+    if pkg is None:
+        print("fastmp is not installed: run `pip install .` first; its "
+              "column will read n/a", file=sys.stderr)
+    elif not any(f.startswith("_fastmp") and f.endswith(".so")
+                 for f in os.listdir(pkg)):
+        print(f"fastmp at {pkg} has no compiled extension: run `pip "
+              "install .` (or build it in place); its column will read n/a",
+              file=sys.stderr)
+    else:
+        print(f"measuring fastmp from {pkg}", file=sys.stderr)
+    compile_tree(pkg)
+    env = worker_env(args.quick, pkg)
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc)
         .strftime("%Y-%m-%d %H:%M UTC"),

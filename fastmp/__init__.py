@@ -7,6 +7,9 @@ less than ``import multiprocessing``.
 """
 import sys as _sys
 
+# The one place the version is written (pyproject.toml reads it).
+__version__ = "0.1.0"
+
 # The same list, in the same order, as the stdlib's multiprocessing.__all__
 # (identical on every supported Python).
 __all__ = [
@@ -29,6 +32,9 @@ if "__main__" in _sys.modules:
     _sys.modules["__mp_main__"] = _sys.modules["__main__"]
 
 _public = frozenset(__all__)
+# Submodules the stdlib's package has as attributes after a plain ``import
+# multiprocessing``; here they are imported on first access instead.
+_submodules = frozenset(["context", "process", "reduction"])
 
 
 def __getattr__(name):
@@ -43,6 +49,9 @@ def __getattr__(name):
         if name != "reducer":  # a property: always read it afresh
             globals()[name] = value
         return value
+    if name in _submodules:
+        import importlib
+        return importlib.import_module("fastmp." + name)
     alias = _sys.modules.get("fastmp._alias")
     if alias is not None:
         # Under ``python -m fastmp`` this package is ``multiprocessing``:
@@ -52,4 +61,5 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | _public | {"AbandonedLockWarning"})
+    return sorted(set(globals()) | _public | _submodules
+                  | {"AbandonedLockWarning"})

@@ -1,28 +1,48 @@
-"""python -m fastmp [--start-method METHOD] (script.py | -m module) [args]
+"""Run an unchanged multiprocessing program on fastmp.
 
-Runs an unchanged multiprocessing program on fastmp: in this process and in
-every process it starts (fork, spawn or forkserver), ``import
-multiprocessing`` and its submodules resolve to fastmp's.  What fastmp does
-not implement falls through to the stdlib's, unless FASTMP_NO_FALLBACK=1.
+In this process and in every process it starts (fork, spawn or
+forkserver), ``import multiprocessing`` and ``import multiprocessing.X``
+resolve to fastmp's.  What fastmp does not implement falls through to the
+stdlib's, unless FASTMP_NO_FALLBACK=1.  The program runs as the interpreter
+would run it: same sys.argv, sys.path[0], __main__, __file__ and
+tracebacks.
 """
 import os
 import sys
 
-USAGE = ("usage: python -m fastmp [--start-method {fork,spawn,forkserver}] "
-         "(script.py | -m module) [args ...]")
+USAGE = ("usage: python -m fastmp [--start-method {fork,spawn,forkserver}]\n"
+         "                        (script.py | -c CODE | -m module) "
+         "[args ...]")
 
-_HERE = os.path.abspath(__file__)
+HELP = """%s
+
+%s
+options:
+  --start-method M  the default start method (fork, spawn or forkserver);
+                    the program may still call set_start_method() once
+  -c CODE           run CODE, as python -c does
+  -m module         run a module as a script, as python -m does
+  --version         print fastmp's version and exit
+  -h, --help        print this help and exit
+""" % (USAGE, __doc__)
+
+
+def _version():
+    from fastmp import __version__
+    return "fastmp %s (Python %s)" % (__version__, sys.version.split()[0])
 
 
 def _parse(argv):
+    """(start method, kind, target, args); kind is script, code or module."""
     method = None
     i = 0
     while i < len(argv):
         a = argv[i]
         if a in ("-h", "--help"):
-            print(__doc__.strip())
-            print()
-            print(USAGE)
+            sys.stdout.write(HELP)
+            sys.exit(0)
+        if a in ("-V", "--version"):
+            print(_version())
             sys.exit(0)
         if a == "--start-method":
             if i + 1 >= len(argv):
@@ -34,10 +54,12 @@ def _parse(argv):
             method = a.split("=", 1)[1]
             i += 1
             continue
-        if a == "-m":
+        if a in ("-m", "-c"):
             if i + 1 >= len(argv):
-                sys.exit(USAGE)
-            return method, "module", argv[i + 1], argv[i + 2:]
+                sys.exit("%s\nfastmp: argument expected for the %s option"
+                         % (USAGE, a))
+            kind = "module" if a == "-m" else "code"
+            return method, kind, argv[i + 1], argv[i + 2:]
         if a == "--":
             i += 1
             break
@@ -49,23 +71,6 @@ def _parse(argv):
     return method, "script", argv[i], argv[i + 1:]
 
 
-def _excepthook(orig):
-    import runpy
-    skip = {_HERE, os.path.abspath(runpy.__file__)}
-
-    def hook(typ, value, tb):
-        # Show the traceback as ``python script.py`` would: from the
-        # script's own frames on.
-        while tb is not None and (
-                tb.tb_frame.f_code.co_filename.startswith("<frozen runpy")
-                or os.path.abspath(tb.tb_frame.f_code.co_filename) in skip):
-            tb = tb.tb_next
-        if isinstance(value, BaseException):
-            value = value.with_traceback(tb)
-        orig(typ, value, tb)
-    return hook
-
-
 def _flush():
     for f in (sys.stdout, sys.stderr):
         try:
@@ -75,30 +80,28 @@ def _flush():
             pass
 
 
-def _run_script(path, args):
+def _safe_path():
+    return sys.flags.isolated or getattr(sys.flags, "safe_path", False)
+
+
+def _new_main(file=None):
     import builtins
     import types
-
-    sys.argv = [path] + args
-    try:
-        with open(path, "rb") as f:
-            source = f.read()
-    except OSError as e:
-        sys.stderr.write("%s: can't open file %r: [Errno %d] %s\n"
-                         % (sys.executable, path, e.errno, e.strerror))
-        sys.exit(2)
-    if not (sys.flags.isolated or getattr(sys.flags, "safe_path", False)):
-        sys.path[0] = os.path.dirname(os.path.abspath(path))
     main = types.ModuleType("__main__")
-    main.__file__ = path
     main.__builtins__ = builtins
     main.__spec__ = None
-    main.__cached__ = None
-    import importlib.machinery
-    main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
+    if file is not None:
+        import importlib.machinery
+        main.__file__ = file
+        main.__cached__ = None
+        main.__loader__ = importlib.machinery.SourceFileLoader(
+            "__main__", file)
     sys.modules["__main__"] = main
     sys.modules["__mp_main__"] = main
-    code = compile(source, path, "exec")
+    return main
+
+
+def _exec(code, main):
     try:
         exec(code, main.__dict__)
     finally:
@@ -107,8 +110,44 @@ def _run_script(path, args):
         _flush()
 
 
+def _run_script(path, args):
+    # As the interpreter (3.9 and newer): sys.argv[0] as given, __file__
+    # and the code's file name absolute (the working directory joined to
+    # the path as given, not normalized), sys.path[0] the folder of the
+    # script with symbolic links resolved.
+    try:
+        full = os.path.join(os.getcwd(), path)
+    except OSError:
+        full = path
+    sys.argv = [path] + args
+    try:
+        with open(full, "rb") as f:
+            source = f.read()
+    except OSError as e:
+        sys.stderr.write("%s: can't open file %r: [Errno %d] %s\n"
+                         % (sys.executable, full, e.errno, e.strerror))
+        sys.exit(2)
+    if not _safe_path():
+        sys.path[0] = os.path.dirname(os.path.realpath(full))
+    main = _new_main(full)
+    _exec(compile(source, full, "exec"), main)
+
+
+def _run_code(source, args):
+    # As python -c: sys.argv[0] is "-c", sys.path[0] the empty string
+    # (the working directory), no __file__.
+    sys.argv = ["-c"] + args
+    if not _safe_path():
+        sys.path[0] = ""
+    main = _new_main()
+    from fastmp import _boot
+    _exec(_boot.compile_c(source), main)
+
+
 def _run_module(name, args):
     import runpy
+    # runpy replaces sys.argv[0] with the module's file, as python -m does;
+    # sys.path[0] is the working directory already (we run under -m too).
     sys.argv = [name] + args
     try:
         runpy._run_module_as_main(name, alter_argv=True)
@@ -119,7 +158,7 @@ def _run_module(name, args):
 def main(argv=None):
     method, kind, target, args = _parse(
         sys.argv[1:] if argv is None else argv)
-    from fastmp import _alias, context
+    from fastmp import _alias, _boot, context
 
     if method is not None:
         if method not in context._concrete_contexts:
@@ -129,9 +168,11 @@ def main(argv=None):
         context._default_context._default_context = (
             context._concrete_contexts[method])
     _alias.install()
-    sys.excepthook = _excepthook(sys.excepthook)
+    sys.excepthook = _boot.excepthook(sys.excepthook, [__file__])
     if kind == "script":
         _run_script(target, args)
+    elif kind == "code":
+        _run_code(target, args)
     else:
         _run_module(target, args)
 

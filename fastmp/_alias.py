@@ -49,15 +49,41 @@ def installed():
     return _installed
 
 
+_own = {}
+
+
 def _fastmp_has(sub):
-    """True when fastmp has its own module for multiprocessing.<sub>."""
+    """True when fastmp has its own module for multiprocessing.<sub>.
+
+    A module that only hands out the stdlib's (``fastmp/pool.py`` while
+    fastmp has no pool: it says ``__fastmp_passthrough__``) does not count:
+    the stdlib's module is then reached under its own name, as for any
+    submodule fastmp lacks, and FASTMP_NO_FALLBACK refuses it."""
     if sub.startswith("_"):
         return False
+    try:
+        return _own[sub]
+    except KeyError:
+        pass
     import fastmp
-    if ("fastmp." + sub) in sys.modules:
-        return True
-    return importlib.machinery.PathFinder.find_spec(
-        "fastmp." + sub, fastmp.__path__) is not None
+    mod = sys.modules.get("fastmp." + sub)
+    if mod is not None:
+        # A passthrough is the stdlib's module once imported, and says so
+        # (first thing) while it runs.
+        own = (getattr(mod, "__name__", "").startswith("fastmp")
+               and not hasattr(mod, "__fastmp_passthrough__"))
+    else:
+        spec = importlib.machinery.PathFinder.find_spec(
+            "fastmp." + sub, fastmp.__path__)
+        own = spec is not None
+        if own and spec.origin and spec.origin.endswith(".py"):
+            try:
+                with open(spec.origin, encoding="utf-8") as f:
+                    own = "__fastmp_passthrough__" not in f.read()
+            except OSError:
+                pass
+    _own[sub] = own
+    return own
 
 
 _PKG_INIT = os.path.join(os.path.dirname(__file__), "__init__.py")
@@ -165,6 +191,17 @@ class _Finder:
 
     @staticmethod
     def find_spec(fullname, path=None, target=None):
+        if fullname.startswith("fastmp."):
+            # ``from multiprocessing import pool`` looks for fastmp.pool
+            # (the package's real name): a module that only hands out the
+            # stdlib's is a fall-through like any other.
+            top = fullname[len("fastmp."):].split(".")[0]
+            if (top in MIRRORED and no_fallback() and not _fastmp_has(top)
+                    and not _internal_caller()):
+                raise ModuleNotFoundError(
+                    "fastmp has no %r of its own and FASTMP_NO_FALLBACK is "
+                    "set" % top, name=fullname)
+            return None
         if not fullname.startswith(_PREFIX):
             return None
         sub = fullname[len(_PREFIX):]

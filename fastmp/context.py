@@ -143,70 +143,136 @@ class _FastmpContextMixin:
         return ctx
 
     def Lock(self):
-        """Returns a non-recursive lock object"""
+        """Returns a non-recursive lock object: a fastmp.synchronize.Lock.
+
+        A non-recursive lock shared by processes.  It is a futex word in
+        fastmp's shared arena (no named semaphore, no /dev/shm entry, no
+        resource tracker); a lock whose holder died is handed to the next
+        acquirer with a fastmp.AbandonedLockWarning.
+        """
         return _fastmp_module("synchronize").Lock(ctx=self.get_context())
 
     def RLock(self):
-        """Returns a recursive lock object"""
+        """Returns a recursive lock object: a fastmp.synchronize.RLock.
+
+        A recursive lock shared by processes, on a futex word in fastmp's
+        shared arena; a dead holder is handled as for Lock.
+        """
         return _fastmp_module("synchronize").RLock(ctx=self.get_context())
 
     def Condition(self, lock=None):
-        """Returns a condition object"""
+        """Returns a condition object: a fastmp.synchronize.Condition.
+
+        A condition variable built, as the stdlib's, on three semaphores
+        (fastmp's); lock defaults to a new fastmp RLock.
+        """
         return _fastmp_module("synchronize").Condition(
             lock, ctx=self.get_context())
 
     def Semaphore(self, value=1):
-        """Returns a semaphore object"""
+        """Returns a semaphore object: a fastmp.synchronize.Semaphore.
+
+        A semaphore shared by processes, on a futex word in fastmp's shared
+        arena instead of a named POSIX semaphore.
+        """
         return _fastmp_module("synchronize").Semaphore(
             value, ctx=self.get_context())
 
     def BoundedSemaphore(self, value=1):
-        """Returns a bounded semaphore object"""
+        """Returns a bounded semaphore object: a
+        fastmp.synchronize.BoundedSemaphore.
+
+        A bounded semaphore shared by processes: release() above the
+        initial value raises ValueError, as the stdlib's does.
+        """
         return _fastmp_module("synchronize").BoundedSemaphore(
             value, ctx=self.get_context())
 
     def Event(self):
-        """Returns an event object"""
+        """Returns an event object: a fastmp.synchronize.Event.
+
+        An event shared by processes; wait() watches for the change before
+        sleeping, so a quick set() is seen without a kernel round trip.
+        """
         return _fastmp_module("synchronize").Event(ctx=self.get_context())
 
     def Barrier(self, parties, action=None, timeout=None):
-        """Returns a barrier object"""
+        """Returns a barrier object: a fastmp.synchronize.Barrier.
+
+        threading.Barrier's algorithm over a process-shared Condition.
+        """
         return _fastmp_module("synchronize").Barrier(
             parties, action, timeout, ctx=self.get_context())
 
     def Queue(self, maxsize=0):
-        """Returns a queue object"""
+        """Returns a queue object: a fastmp.queues.Queue.
+
+        A process-shared FIFO queue (the stdlib's multiprocessing.Queue),
+        on a shared ring buffer instead of a pipe and a feeder thread; same
+        methods, same exceptions (queue.Empty, queue.Full).
+        """
         return _fastmp_module("queues").Queue(maxsize, ctx=self.get_context())
 
     def JoinableQueue(self, maxsize=0):
-        """Returns a queue object"""
+        """Returns a queue object: a fastmp.queues.JoinableQueue.
+
+        A Queue with task_done() and join().
+        """
         return _fastmp_module("queues").JoinableQueue(
             maxsize, ctx=self.get_context())
 
     def SimpleQueue(self):
-        """Returns a queue object"""
+        """Returns a queue object: a fastmp.queues.SimpleQueue.
+
+        A simplified queue: put(), get(), empty(), close().
+        """
         return _fastmp_module("queues").SimpleQueue(ctx=self.get_context())
 
     def Pipe(self, duplex=True):
-        """Returns two connection object connected by a pipe"""
+        """Returns two connection objects connected by a pipe:
+        fastmp.connection.Connection objects (see fastmp.connection.Pipe).
+
+        Returns pair of connection objects at either end of a pipe; duplex
+        (the default) is a socket pair, else a one-way pipe.  The wire
+        format is the stdlib's, with the send and receive paths in C.
+        """
         return _fastmp_module("connection").Pipe(duplex)
 
     def RawValue(self, typecode_or_type, *args):
-        """Returns a shared object"""
+        """Returns a shared object: see fastmp.sharedctypes.RawValue.
+
+        Returns a ctypes object allocated from shared memory (fastmp's
+        shared arena), with no lock.
+        """
         return _fastmp_module("sharedctypes").RawValue(typecode_or_type, *args)
 
     def RawArray(self, typecode_or_type, size_or_initializer):
-        """Returns a shared array"""
+        """Returns a shared array: see fastmp.sharedctypes.RawArray.
+
+        Returns a ctypes array allocated from shared memory (fastmp's
+        shared arena), with no lock.
+        """
         return _fastmp_module("sharedctypes").RawArray(
             typecode_or_type, size_or_initializer)
 
     def Value(self, typecode_or_type, *args, lock=True):
-        """Returns a synchronized shared object"""
+        """Returns a synchronized shared object: see
+        fastmp.sharedctypes.Value.
+
+        Return a synchronization wrapper for a Value: fastmp's wrapper is
+        in C, and an integer value also has lock-free atomic operations
+        (add, fetch_add, exchange, compare_exchange, load, store).
+        """
         return _fastmp_module("sharedctypes").Value(
             typecode_or_type, *args, lock=lock, ctx=self.get_context())
 
     def Array(self, typecode_or_type, size_or_initializer, *, lock=True):
-        """Returns a synchronized shared array"""
+        """Returns a synchronized shared array: see
+        fastmp.sharedctypes.Array.
+
+        Return a synchronization wrapper for a RawArray: fastmp's wrapper
+        is in C (indexing and slicing without a Python frame).
+        """
         return _fastmp_module("sharedctypes").Array(
             typecode_or_type, size_or_initializer, lock=lock,
             ctx=self.get_context())

@@ -250,13 +250,22 @@ def worker(method, classes, skip_ids, fd):
 
 
 def _fastmp_path():
-    """Where the fastmp under test lives: the installed package if there is
-    one, else this source tree (an in-place build)."""
+    """The folder to put on the worker's PYTHONPATH so that it imports the
+    fastmp this driver found: None when that is the installed package in
+    site-packages (the worker finds it by itself), else its folder (an
+    in-place build in this source tree, or a PYTHONPATH entry)."""
     import importlib.util
+    import site
     spec = importlib.util.find_spec("fastmp")
     if spec is None or not spec.origin:
         return ROOT
-    return os.path.dirname(os.path.dirname(spec.origin))
+    path = os.path.dirname(os.path.dirname(os.path.abspath(spec.origin)))
+    dirs = set(getattr(site, "getsitepackages", lambda: [])())
+    if getattr(site, "ENABLE_USER_SITE", False) and site.USER_SITE:
+        dirs.add(site.USER_SITE)
+    if os.path.realpath(path) in {os.path.realpath(d) for d in dirs}:
+        return None
+    return path
 
 
 def _short_id(test_id):
@@ -266,20 +275,22 @@ def _short_id(test_id):
 
 # ------------------------------------------------------------ driver
 
-def _spawn_worker(args, classes, skip_ids, log):
+def _spawn_worker(args, classes, skip_ids, log, cwd):
     r, w = os.pipe()
     env = dict(os.environ)
     env["FASTMP_SUITE_WORKER"] = "1"
     env["FASTMP_SUITE_FD"] = str(w)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [_fastmp_path()] + [p for p in [env.get("PYTHONPATH")] if p])
+    path = _fastmp_path()
+    if path is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            [path] + [p for p in [env.get("PYTHONPATH")] if p])
     env.pop("FASTMP_NO_FALLBACK", None)
     spec = json.dumps({"method": args.start_method, "classes": classes,
                        "skip": sorted(skip_ids)})
     proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--worker", spec],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        pass_fds=[w], env=env, start_new_session=True, cwd=ROOT)
+        pass_fds=[w], env=env, start_new_session=True, cwd=cwd)
     os.close(w)
     return proc, r
 
@@ -318,8 +329,13 @@ def drive(args):
     log = tempfile.NamedTemporaryFile(
         prefix="fastmp-cpython-suite-", suffix=".log", delete=False)
     t_start = time.monotonic()
+    # The worker and its children (the forkserver, the resource tracker:
+    # ``python -c``) have their working directory first on sys.path; the
+    # source tree there would shadow the installed package.  A folder of
+    # their own also keeps the files the tests write out of the checkout.
+    cwd = tempfile.mkdtemp(prefix="fastmp-cpython-suite-")
     while True:
-        proc, fd = _spawn_worker(args, classes, done, log)
+        proc, fd = _spawn_worker(args, classes, done, log, cwd)
         buf = bytearray()
         current, since = None, time.monotonic()
         finished = False
@@ -375,6 +391,8 @@ def drive(args):
         _kill_group(proc)
         break
     elapsed = time.monotonic() - t_start
+    import shutil
+    shutil.rmtree(cwd, ignore_errors=True)
 
     for tid in results:
         cls = tid.split(".")[0]

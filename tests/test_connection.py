@@ -17,7 +17,7 @@ import pytest
 
 import fastmp
 import fastmp.connection as fast_connection
-from conftest import ROOT, is_fastmp
+from conftest import child_env, is_fastmp
 
 
 def conn_mod(ctx):
@@ -485,7 +485,6 @@ def test_wait_timeout_and_wakeup(ctx):
 
 _BLOCKER = textwrap.dedent("""
     import sys, time
-    sys.path.append(%(root)r)
     import fastmp
     a, b = fastmp.Pipe(%(duplex)s)
     reader = a
@@ -508,9 +507,9 @@ _BLOCKER = textwrap.dedent("""
     ("fastmp.connection.wait([reader], 100)", True),
 ])
 def test_ctrl_c_interrupts_blocking_call(call, duplex):
-    src = _BLOCKER % {"root": ROOT, "call": call, "duplex": duplex}
+    src = _BLOCKER % {"call": call, "duplex": duplex}
     p = subprocess.Popen([sys.executable, "-c", src], stdout=subprocess.PIPE,
-                         text=True)
+                         text=True, env=child_env())
     try:
         assert p.stdout.readline().strip() == "READY"
         time.sleep(0.3)

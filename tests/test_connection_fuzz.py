@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 import fastmp.connection as fc
-from conftest import ROOT
+from conftest import child_env
 
 
 def _reader(payload):
@@ -106,7 +106,6 @@ def test_recv_bytes_into_truncated():
 
 _FUZZ = textwrap.dedent("""
     import os, random, struct, sys
-    sys.path.append(%(root)r)
     import fastmp.connection as fc
     rng = random.Random(%(seed)d)
     outcomes = {}
@@ -152,9 +151,10 @@ _FUZZ = textwrap.dedent("""
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("seed", [1, 2])
 def test_random_frames_never_kill_the_process(seed):
-    src = _FUZZ % {"root": ROOT, "seed": seed, "n": 1000}
+    src = _FUZZ % {"seed": seed, "n": 1000}
     p = subprocess.run([sys.executable, "-c", src], capture_output=True,
-                       text=True, timeout=100, check=False)
+                       text=True, timeout=100, check=False,
+                       env=child_env())
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("DONE"), p.stdout
     # the mix exercised both success and failure paths

@@ -7,8 +7,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import METHODS, ROOT
-from conftest import FASTMP_PATH
+from conftest import METHODS, TESTS, child_env
 
 import fastmp
 
@@ -25,13 +24,10 @@ def _child_start_method(conn):
 
 
 def run_py(code, env=None, timeout=120):
-    e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join(
-        [FASTMP_PATH] + [p for p in [e.get("PYTHONPATH")] if p])
-    e.update(env or {})
+    e = child_env(**(env or {}))
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
                           capture_output=True, text=True, env=e,
-                          timeout=timeout, cwd=FASTMP_PATH)
+                          timeout=timeout, cwd=TESTS)
 
 
 def test_all_matches_stdlib():
@@ -121,7 +117,7 @@ def test_set_start_method_is_fastmps(method):
             print(*r.recv())
             p.join()
             print(type(p._popen).__module__.rsplit(".", 1)[-1], p.exitcode)
-    """ % (os.path.join(ROOT, "tests"), method))
+    """ % (TESTS, method))
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == "again: context has already been set"

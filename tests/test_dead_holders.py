@@ -12,11 +12,10 @@ import warnings
 import pytest
 
 import fastmp
-from conftest import FASTMP_PATH
+from conftest import child_env
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _hold(lock, ready, units):
@@ -217,8 +216,7 @@ def test_ctrl_c_interrupts_blocked_acquire(kind):
     elif kind == "with":
         code = code.replace("    lock.acquire()\nexcept",
                             "    with lock:\n        pass\nexcept")
-    env = dict(os.environ, PYTHONPATH=FASTMP_PATH + os.pathsep
-               + os.environ.get("PYTHONPATH", ""))
+    env = child_env()
     p = subprocess.Popen([sys.executable, "-c", code], env=env,
                          stdout=subprocess.PIPE, text=True)
     try:

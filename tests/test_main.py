@@ -1,6 +1,5 @@
 """``python -m fastmp``: runs unchanged multiprocessing scripts on fastmp,
 in the parent and in every child, under each start method."""
-import importlib.machinery
 import json
 import os
 import subprocess
@@ -8,19 +7,14 @@ import sys
 import textwrap
 
 import pytest
-from conftest import METHODS, ROOT
+from conftest import METHODS, TESTS, child_env
 
 import fastmp
 from fastmp import _alias
 
 
 def _env(**extra):
-    e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join(
-        # Where the fastmp under test was imported from (the installed
-        # package, or the source tree of an in-place build).
-        [os.path.dirname(os.path.dirname(fastmp.__file__))]
-        + [p for p in [e.get("PYTHONPATH")] if p])
+    e = child_env()
     e.pop("FASTMP_NO_FALLBACK", None)
     e.update(extra)
     return e
@@ -36,8 +30,8 @@ def run_fastmp(tmp_path, source, *args, env=None, opts=(), timeout=120):
 
 
 def fastmp_has(name):
-    return importlib.machinery.PathFinder.find_spec(
-        "fastmp." + name, fastmp.__path__) is not None
+    # fastmp's own module, not one that hands out the stdlib's.
+    return _alias._fastmp_has(name)
 
 
 MISSING = sorted(n for n in _alias.MIRRORED if not fastmp_has(n))
@@ -364,7 +358,7 @@ def test_cpython_suite_runner():
     # the honesty table (a class counts only when its objects are fastmp's).
     pytest.importorskip("test._test_multiprocessing")
     r = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tests", "cpython_suite.py"),
+        [sys.executable, os.path.join(TESTS, "cpython_suite.py"),
          "--start-method", "fork", "--classes",
          "_TestSubclassingProcess", "--timeout", "60"],
         capture_output=True, text=True, env=_env(), timeout=280)
@@ -387,7 +381,7 @@ def test_fastmp_module_built_on_stdlib_namesake(tmp_path, method):
     pkg = tmp_path / "site" / "fastmp"
     shutil.copytree(os.path.dirname(fastmp.__file__), str(pkg),
                     ignore=shutil.ignore_patterns("__pycache__"))
-    if (pkg / "pool.py").exists():
+    if fastmp_has("pool"):
         pytest.skip("fastmp has its own pool module")
     (pkg / "pool.py").write_text(textwrap.dedent("""
         import multiprocessing.pool as _std
@@ -444,3 +438,149 @@ def test_stdlib_pools_under_python_m_fastmp(tmp_path, method):
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:3] == ["[0, 1, 4, 9, 16]",
                                         "[0, 1, 4, 9, 16]", "fastmp"]
+
+
+# ---- python -m fastmp is the interpreter's twin -------------------------
+
+_INTROSPECT = """
+import os, sys
+print(repr(__file__), sys.argv, os.path.realpath(sys.path[0] or "."))
+"""
+
+
+def _both(tmp_path, args, cwd=None):
+    """(python ARGS, python -m fastmp ARGS), from ``cwd``."""
+    cwd = str(cwd or tmp_path)
+    env = _env()
+    plain = subprocess.run([sys.executable, *args], capture_output=True,
+                           text=True, cwd=cwd, env=env, timeout=120)
+    fm = subprocess.run([sys.executable, "-m", "fastmp", *args],
+                        capture_output=True, text=True, cwd=cwd, env=env,
+                        timeout=120)
+    return plain, fm
+
+
+@pytest.mark.parametrize("rel", ["s.py", "sub/s.py", "./sub/../s.py"])
+def test_script_file_argv_and_path_as_python(tmp_path, rel):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "s.py").write_text(_INTROSPECT)
+    (tmp_path / "sub" / "s.py").write_text(_INTROSPECT)
+    plain, fm = _both(tmp_path, [rel, "a"])
+    assert plain.returncode == fm.returncode == 0, fm.stderr
+    assert fm.stdout == plain.stdout
+    # As the interpreter does since 3.9: __file__ is absolute.
+    assert fm.stdout.startswith(repr(os.path.join(str(tmp_path), rel)))
+
+
+def test_script_dirname_file_pattern(tmp_path):
+    (tmp_path / "data.txt").write_text("hello")
+    (tmp_path / "s.py").write_text(textwrap.dedent("""
+        import os
+        here = os.path.dirname(__file__)
+        with open(os.path.join(here, "data.txt")) as f:
+            print(f.read())
+    """))
+    os.mkdir(str(tmp_path / "elsewhere"))
+    # Relative to a working directory that the script then leaves.
+    (tmp_path / "s.py").write_text("import os\nos.chdir('/')\n"
+                                   + (tmp_path / "s.py").read_text())
+    plain, fm = _both(tmp_path, ["s.py"])
+    assert plain.stdout == fm.stdout == "hello\n", fm.stderr
+
+
+def test_traceback_of_a_relative_script_like_python(tmp_path):
+    (tmp_path / "s.py").write_text(textwrap.dedent("""
+        def f():
+            raise ValueError("boom")
+        f()
+    """))
+    plain, fm = _both(tmp_path, ["s.py"])
+    assert plain.returncode == fm.returncode == 1
+    assert fm.stderr == plain.stderr
+    assert str(tmp_path / "s.py") in fm.stderr
+
+
+def test_dash_c(tmp_path):
+    code = textwrap.dedent("""
+        import sys, multiprocessing
+        print(sys.argv, repr(sys.path[0]), "__file__" in globals(),
+              __name__)
+        print(multiprocessing.__name__)
+    """)
+    plain, fm = _both(tmp_path, ["-c", code, "x", "-y"])
+    assert plain.returncode == fm.returncode == 0, fm.stderr
+    p, f = plain.stdout.splitlines(), fm.stdout.splitlines()
+    assert f[0] == p[0] == "['-c', 'x', '-y'] '' False __main__"
+    assert (p[1], f[1]) == ("multiprocessing", "fastmp")
+    plain, fm = _both(tmp_path, ["-c", "1/0"])
+    assert plain.returncode == fm.returncode == 1
+    assert fm.stderr == plain.stderr
+
+
+def test_dash_m_argv_as_python(tmp_path):
+    (tmp_path / "mod.py").write_text(textwrap.dedent("""
+        import os, sys
+        print(sys.argv, __name__, repr(__file__))
+    """))
+    plain, fm = _both(tmp_path, ["-m", "mod", "a", "--b"])
+    assert plain.returncode == fm.returncode == 0, fm.stderr
+    assert fm.stdout == plain.stdout
+    assert fm.stdout.startswith(
+        "[%r, 'a', '--b'] __main__" % str(tmp_path / "mod.py"))
+
+
+def test_version_and_help(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "fastmp", "--version"],
+                       capture_output=True, text=True, env=_env(),
+                       cwd=str(tmp_path), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[:2] == ["fastmp", fastmp.__version__]
+    r = subprocess.run([sys.executable, "-m", "fastmp", "--help"],
+                       capture_output=True, text=True, env=_env(),
+                       cwd=str(tmp_path), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    out = r.stdout
+    assert out.count("usage: python -m fastmp") == 1, out
+    for opt in ("--start-method", "-c CODE", "-m module", "--version",
+                "--help"):
+        assert opt in out
+    assert max(len(ln) for ln in out.splitlines()) <= 79
+
+
+_CHILD_FAILS = """
+import multiprocessing, sys
+
+def target():
+    raise ValueError("child boom")
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(sys.argv[1])
+    # A target the child cannot find (defined under __main__ only):
+    # unpickling fails before the child's own code runs.
+    if sys.argv[2] == "unpicklable":
+        def g():
+            pass
+        g.__qualname__ = "g_missing"
+        import __main__
+        __main__.g_missing = g
+        tgt = g
+    else:
+        tgt = target
+    p = ctx.Process(target=tgt)
+    p.start()
+    p.join()
+    print("exit", p.exitcode)
+"""
+
+
+@pytest.mark.parametrize("what", ["raises", "unpicklable"])
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "fork"])
+def test_child_traceback_has_no_fastmp_frames(tmp_path, method, what):
+    (tmp_path / "s.py").write_text(_CHILD_FAILS)
+    plain, fm = _both(tmp_path, ["s.py", method, what])
+    assert plain.returncode == fm.returncode == 0, fm.stderr
+    assert plain.stdout == fm.stdout == "exit 1\n"
+    assert "Traceback" in plain.stderr
+    assert fm.stderr == plain.stderr
+    assert "fastmp" not in fm.stderr

@@ -10,8 +10,7 @@ import zlib
 import pytest
 
 import fastmp
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import TESTS, child_env
 
 
 # ---- children ------------------------------------------------------------
@@ -142,7 +141,7 @@ _BLOCKED = textwrap.dedent("""
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["get", "get_timeout", "put_full", "join"])
 def test_ctrl_c_in_blocking_call(fctx, kind):
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = child_env()
     proc = subprocess.Popen(
         [sys.executable, "-c", _BLOCKED, fctx.get_start_method(), kind],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
@@ -252,7 +251,6 @@ def _run_child(body, limit_bytes=None, timeout=120):
     """Run `body` in a fresh interpreter, its address space limited to
     `limit_bytes` (RLIMIT_AS, as batch schedulers set it) unless None.
     Returns the CompletedProcess."""
-    from conftest import FASTMP_PATH
     code = textwrap.dedent(body)
     if limit_bytes is not None and "libasan" in os.environ.get("LD_PRELOAD", ""):
         pytest.skip("AddressSanitizer reserves terabytes of address space")
@@ -261,12 +259,9 @@ def _run_child(body, limit_bytes=None, timeout=120):
             import resource
             resource.setrlimit(resource.RLIMIT_AS, (%d, %d))
         """ % (limit_bytes, limit_bytes)) + code
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [FASTMP_PATH] + [p for p in [env.get("PYTHONPATH")] if p])
-    return subprocess.run([sys.executable, "-c", code], env=env,
+    return subprocess.run([sys.executable, "-c", code], env=child_env(),
                           capture_output=True, text=True, timeout=timeout,
-                          cwd=FASTMP_PATH)
+                          cwd=TESTS)
 
 
 _FIFTY_QUEUES = """

@@ -465,14 +465,14 @@ def test_reader_waiting_on_stopped_writer_takes_ctrl_c():
     import sys
 
     from fastmp import shared_memory as sm
-    from conftest import ROOT
+    from conftest import child_env
     sl = sm.ShareableList(["value"])
     sleeper = subprocess.Popen([sys.executable, "-c",
                                 "import time; time.sleep(60)"])
     try:
         # a live writer that never finishes (e.g. SIGSTOPped mid-write)
         _set_trailer(sl, 1, sleeper.pid, _start_token(sleeper.pid))
-        env = dict(os.environ, PYTHONPATH=ROOT)
+        env = child_env()
         with subprocess.Popen([sys.executable, "-c", STUCK_READER,
                                sl.shm.name], stdout=subprocess.PIPE,
                               text=True, env=env) as p:
@@ -622,9 +622,9 @@ def _run_corrupt(mode, pid=0, token=0):
     import sys
 
     from fastmp import shared_memory as sm
-    from conftest import FASTMP_PATH
+    from conftest import child_env
     sl = sm.ShareableList(["value", 5])
-    env = dict(os.environ, PYTHONPATH=FASTMP_PATH)
+    env = child_env()
     try:
         p = subprocess.run([sys.executable, "-c", CORRUPT_CHILD,
                             sl.shm.name, mode, str(pid), str(token)],

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, is_fastmp
+from conftest import TESTS, child_env, is_fastmp
 
 
 def shm_module(obj):
@@ -26,7 +26,7 @@ def shm_module(obj):
 
 def run_python(code, *args, timeout=60, python=sys.executable):
     """Run code in a fresh interpreter with this tree on the path."""
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = child_env()
     return subprocess.run([python, "-c", textwrap.dedent(code), *args],
                           check=False, capture_output=True, text=True,
                           timeout=timeout, env=env)
@@ -267,7 +267,7 @@ def test_creator_killed_segment_cleaned():
     print("READY", flush=True)
     time.sleep(60)
     """
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = child_env()
     with subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           env=env, text=True) as p:
@@ -383,8 +383,8 @@ def test_no_leak_drop_without_close():
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_cpython_test_shared_memory(method):
     pytest.importorskip("test._test_multiprocessing")
-    script = os.path.join(ROOT, "tests", "cpython_shared_memory.py")
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    script = os.path.join(TESTS, "cpython_shared_memory.py")
+    env = child_env()
     r = subprocess.run([sys.executable, script, method], check=False,
                        capture_output=True, text=True, timeout=170, env=env)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -538,9 +538,8 @@ def test_ctrl_c_while_waiting_for_the_lock(mp, expr):
     import signal
     import subprocess
     import time
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep +
-               os.environ.get('PYTHONPATH', ''))
+    from conftest import child_env
+    env = child_env()
     p = subprocess.Popen(
         [sys.executable, '-c',
          _BLOCKED_SCRIPT.format(impl=mp.__name__, expr=expr)],

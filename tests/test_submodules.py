@@ -1,0 +1,134 @@
+"""``import fastmp as multiprocessing`` is a complete spelling: every
+submodule a multiprocessing user imports by name exists as ``fastmp.X``.
+
+Where fastmp has nothing of its own, ``fastmp.X`` is the stdlib's module
+object itself, so state such as util's finalizer registry is shared.
+"""
+import importlib
+import multiprocessing
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import TESTS, child_env
+
+# Modules fastmp takes from the stdlib as they are.
+PASSTHROUGH = [
+    "pool", "managers", "dummy", "dummy.connection", "util", "reduction",
+    "heap", "spawn", "popen_fork", "popen_spawn_posix", "popen_forkserver",
+    "resource_tracker", "resource_sharer", "forkserver",
+]
+# fastmp's own.
+OWN = ["context", "process", "synchronize", "sharedctypes", "shared_memory",
+       "connection", "queues"]
+
+
+@pytest.mark.parametrize("name", PASSTHROUGH + OWN)
+def test_import_module(name):
+    mod = importlib.import_module("fastmp." + name)
+    assert sys.modules["fastmp." + name] is mod
+    if name in PASSTHROUGH:
+        assert mod is importlib.import_module("multiprocessing." + name)
+    else:
+        assert mod.__name__ == "fastmp." + name
+
+
+def test_from_import_and_attributes():
+    from fastmp import managers, pool, util
+    from fastmp.dummy import connection
+    import fastmp.dummy.connection
+    assert pool.Pool is multiprocessing.pool.Pool
+    assert managers.SharedMemoryManager is \
+        multiprocessing.managers.SharedMemoryManager
+    assert util is multiprocessing.util
+    assert connection is fastmp.dummy.connection
+    assert fastmp.dummy.Pool is multiprocessing.dummy.Pool
+
+
+def test_util_state_is_the_stdlibs():
+    import fastmp.util
+
+    class Obj:
+        pass
+
+    calls = []
+    o = Obj()
+    f = fastmp.util.Finalize(o, calls.append, args=(1,))
+    assert f in multiprocessing.util._finalizer_registry.values()
+    f()
+    assert calls == [1]
+
+
+def _run(code):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                          capture_output=True, text=True, env=child_env(),
+                          cwd=TESTS, timeout=120)
+
+
+def test_plain_import_has_context_process_reduction():
+    # As with ``import multiprocessing``: these are attributes at once.
+    r = _run("""
+        import sys, fastmp
+        print(fastmp.reduction.__name__, fastmp.process.__name__,
+              fastmp.context.__name__)
+        print(hasattr(fastmp, "reduction"), "reduction" in dir(fastmp))
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["multiprocessing.reduction",
+                                "fastmp.process", "fastmp.context",
+                                "True", "True"]
+
+
+def test_import_fastmp_stays_light():
+    # The submodule attributes are loaded on first access, not by
+    # ``import fastmp``.
+    r = _run("""
+        import sys
+        before = set(sys.modules)
+        import fastmp
+        new = sorted(m for m in set(sys.modules) - before
+                     if "multiprocessing" in m or m.startswith("fastmp."))
+        print(new)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["pool", "util", "reduction", "heap"])
+def test_under_python_m_fastmp(tmp_path, name):
+    # ``import multiprocessing.X`` and ``import fastmp.X`` give one module.
+    script = tmp_path / "s.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing.{0}
+        import fastmp.{0}
+        m = multiprocessing.{0}
+        print(m is fastmp.{0}, m.__name__)
+    """.format(name)))
+    env = child_env()
+    env.pop("FASTMP_NO_FALLBACK", None)
+    r = subprocess.run([sys.executable, "-m", "fastmp", str(script)],
+                       capture_output=True, text=True, env=env,
+                       cwd=str(tmp_path), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "multiprocessing." + name]
+
+
+def test_no_fallback_refuses_the_stdlibs_pool_and_managers():
+    # FASTMP_NO_FALLBACK=1: what fastmp has not implemented (Pool, Manager)
+    # raises ImportError instead of falling through to the stdlib's.
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import fastmp
+        for f in (lambda: fastmp.Pool(1), fastmp.Manager,
+                  lambda: __import__("fastmp.pool"),
+                  lambda: __import__("fastmp.managers")):
+            try:
+                f()
+            except ImportError as e:
+                print("ImportError", "FASTMP_NO_FALLBACK" in str(e))
+        import fastmp.util, fastmp.reduction
+        print("ok")
+    """)], capture_output=True, text=True, cwd=TESTS, timeout=120,
+        env=child_env(FASTMP_NO_FALLBACK="1"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["ImportError True"] * 4 + ["ok"]
