@@ -54,7 +54,7 @@ def _locker_thread(locks, stop_at):
 
 
 def _child_threads_outlive_target(ctx, kind, daemon, returned):
-    stop_at = time.monotonic() + 1.5
+    stop_at = time.monotonic() + 1.0
     if kind == "value":
         objs = [ctx.Value("i", 7, lock=False) for _ in range(64)]
         t = threading.Thread(target=_writer_thread, args=(objs, stop_at),
@@ -67,7 +67,7 @@ def _child_threads_outlive_target(ctx, kind, daemon, returned):
     if daemon:
         # A daemon thread runs until the process ends: keep the process
         # alive past its exit handlers with an ordinary thread.
-        threading.Thread(target=time.sleep, args=(1.5,)).start()
+        threading.Thread(target=time.sleep, args=(1.0,)).start()
     returned.set()
 
 
@@ -82,16 +82,16 @@ def test_child_threads_outlive_target(ctx, kind, daemon):
     # The child's target has returned and its exit handlers run while its
     # thread keeps using its objects: nothing of theirs may come back to
     # this process meanwhile.
-    time.sleep(0.2)
+    time.sleep(0.15)
     if kind == "value":
         mine = [ctx.Value("i", 0, lock=False) for _ in range(64)]
-        time.sleep(0.6)
+        time.sleep(0.5)
         overwritten = sum(1 for v in mine if v.value != 0)
     else:
         mine = [ctx.Lock() for _ in range(64)]
         for lk in mine:
             assert lk.acquire(False)
-        time.sleep(0.6)
+        time.sleep(0.5)
         # Each is still held: a second acquire fails.
         overwritten = sum(1 for lk in mine if lk.acquire(False))
     p.join(60)
