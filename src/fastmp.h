@@ -434,22 +434,8 @@ PyObject *fastmp_loads(PyObject *data);
 
 typedef struct {
     PyTypeObject *ConnectionType;
-    /* Filled lazily on first use (importing multiprocessing.reduction at
-     * module exec would slow down `import fastmp`). */
-    PyObject *dumps;          /* reduction.ForkingPickler.dumps */
-    PyObject *loads;          /* reduction.ForkingPickler.loads */
-    PyObject *BufferTooShort; /* multiprocessing.BufferTooShort */
-    /* A reusable C pickler writing into a BytesIO, with a dispatch table
-     * equal to ForkingPickler's (copyreg's table + its extra reducers),
-     * rebuilt when either table changes size.  `pickler_busy` guards
-     * reentrant use (a reducer that sends): the nested call falls back to
-     * `dumps`. */
-    PyObject *pickler;
-    PyObject *pickler_buf;
-    PyObject *copyreg_table;
-    PyObject *extra_reducers;
-    Py_ssize_t dispatch_size;
-    int pickler_busy;
+    /* multiprocessing.BufferTooShort, filled on first use. */
+    PyObject *BufferTooShort;
 } fastmp_connection_state;
 
 /* end area: connection */
