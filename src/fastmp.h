@@ -446,12 +446,8 @@ typedef struct {
 
 typedef struct {
     PyTypeObject *RingType;       /* _Ring, base of fastmp.queues.Queue */
-    PyObject *dumps;              /* ForkingPickler.dumps */
-    PyObject *plain_dumps;        /* the C pickler's dumps */
-    PyObject *protocol;           /* its protocol argument */
-    PyObject *loads;              /* the C unpickler's loads */
-    PyObject *Empty;              /* queue.Empty */
-    PyObject *Full;               /* queue.Full */
+    PyObject *Empty;              /* queue.Empty, filled on first use */
+    PyObject *Full;               /* queue.Full, filled on first use */
 } fastmp_ring_state;
 
 /* end area: ring */

@@ -253,3 +253,39 @@ def test_threads_share_the_layer():
     for t in ts:
         t.join()
     assert errors == []
+
+
+def test_connection_and_queue_follow_reducers(reducers):
+    a, b = fastmp.Pipe()
+    q = fastmp.Queue()
+    t = Tagged("orig")
+    a.send(t)
+    q.put(t)
+    assert b.recv().tag == "orig" and q.get().tag == "orig"
+    ForkingPickler.register(Tagged, _reduce_tagged_a)
+    a.send(t)
+    q.put(t)
+    assert b.recv().tag == "rebuilt:a" and q.get().tag == "rebuilt:a"
+    ForkingPickler.register(Tagged, _reduce_tagged_b)
+    a.send(t)
+    q.put(t)
+    assert b.recv().tag == "rebuilt:b" and q.get().tag == "rebuilt:b"
+    a.close()
+    b.close()
+    q.close()
+
+
+def test_connection_and_queue_same_errors(reducers):
+    a, b = fastmp.Pipe()
+    q = fastmp.Queue()
+    ForkingPickler.register(Tagged, _raising_reducer)
+    with pytest.raises(Boom):
+        a.send(Tagged("t"))
+    with pytest.raises(Boom):
+        q.put(Tagged("t"))
+    a.send("fine")
+    q.put("fine")
+    assert b.recv() == "fine" and q.get() == "fine"
+    a.close()
+    b.close()
+    q.close()
