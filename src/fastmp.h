@@ -412,7 +412,6 @@ typedef struct {
                                  uses a fresh one */
     PyObject *str_dump, *str_clear_memo;    /* interned names */
     PyObject *str_extra_reducers, *str_copyreg_table;
-    PyObject *empty_tuple;
 } fastmp_pickling_state;
 
 /* Pickle obj as ForkingPickler.dumps(obj) does: the same bytes, the same

@@ -80,6 +80,11 @@ table_subscript(PyObject *self, PyObject *key)
     PyObject *v;
 
     FASTMP_UNUSED(self);
+    if (ps->ForkingPickler == NULL) {
+        /* The module state was cleared (interpreter shutdown). */
+        PyErr_SetString(PyExc_RuntimeError, "fastmp._fastmp is finalized");
+        return NULL;
+    }
     v = table_get(ps, ps->str_extra_reducers, key);
     if (v == NULL && !PyErr_Occurred()) {
         v = table_get(ps, ps->str_copyreg_table, key);
@@ -90,23 +95,15 @@ table_subscript(PyObject *self, PyObject *key)
     return v;
 }
 
-static void
-table_dealloc(PyObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
-
 static PyType_Slot table_slots[] = {
     {Py_mp_subscript, table_subscript},
-    {Py_tp_dealloc, table_dealloc},
     {Py_tp_doc, "The dispatch table of fastmp's pickler: a live view of "
                 "ForkingPickler._extra_reducers over copyreg's table."},
     {0, NULL},
 };
 
+/* No fields and no dealloc of its own: a heap type's default
+ * (subtype_dealloc) frees the object and releases the type. */
 static PyType_Spec table_spec = {
     .name = "fastmp._fastmp._ReducerTable",
     .basicsize = sizeof(PyObject),
@@ -119,18 +116,33 @@ static PyType_Spec table_spec = {
  * exec would slow down `import fastmp`)
  * ------------------------------------------------------------------- */
 
+/* mod.name: a new reference, or NULL with an exception set. */
+static PyObject *
+import_attr(const char *mod, const char *name)
+{
+    PyObject *m, *v;
+
+    m = PyImport_ImportModule(mod);
+    if (m == NULL) {
+        return NULL;
+    }
+    v = PyObject_GetAttrString(m, name);
+    Py_DECREF(m);
+    return v;
+}
+
 /* 0, or -1 with an exception set. */
 static int
 pickling_load(fastmp_pickling_state *ps)
 {
-    PyObject *mod, *fp = NULL, *loads = NULL;
+    PyObject *fp, *loads = NULL;
 
-    mod = PyImport_ImportModule("multiprocessing.reduction");
-    if (mod == NULL) {
+    if (ps->TableType == NULL) {
+        /* The module state was cleared (interpreter shutdown). */
+        PyErr_SetString(PyExc_RuntimeError, "fastmp._fastmp is finalized");
         return -1;
     }
-    fp = PyObject_GetAttrString(mod, "ForkingPickler");
-    Py_DECREF(mod);
+    fp = import_attr("multiprocessing.reduction", "ForkingPickler");
     if (fp == NULL) {
         return -1;
     }
@@ -166,72 +178,39 @@ pickling_ready(fastmp_pickling_state *ps)
 static int
 pickler_new(fastmp_pickling_state *ps, PyObject **pickler, PyObject **out)
 {
-    PyObject *list = NULL, *ns = NULL, *kw = NULL, *p = NULL;
-    PyObject *pickle = NULL, *cls = NULL, *types = NULL, *nstype = NULL;
-    PyObject *append = NULL;
+    PyObject *list, *nstype = NULL, *ns = NULL, *append = NULL;
+    PyObject *cls = NULL, *p = NULL;
+    int ret = -1;
 
     list = PyList_New(0);
     if (list == NULL) {
-        goto error;
+        return -1;
     }
     /* The pickler calls `file.write`: a namespace whose `write` is the
      * list's append. */
-    types = PyImport_ImportModule("types");
-    if (types == NULL) {
-        goto error;
+    nstype = import_attr("types", "SimpleNamespace");
+    ns = nstype == NULL ? NULL : PyObject_CallNoArgs(nstype);
+    append = ns == NULL ? NULL : PyObject_GetAttrString(list, "append");
+    if (append == NULL || PyObject_SetAttrString(ns, "write", append) < 0) {
+        goto done;
     }
-    nstype = PyObject_GetAttrString(types, "SimpleNamespace");
-    if (nstype == NULL) {
-        goto error;
+    cls = import_attr("pickle", "Pickler");
+    p = cls == NULL ? NULL : PyObject_CallOneArg(cls, ns);
+    if (p == NULL
+            || PyObject_SetAttrString(p, "dispatch_table", ps->table) < 0) {
+        goto done;
     }
-    append = PyObject_GetAttrString(list, "append");
-    if (append == NULL) {
-        goto error;
-    }
-    kw = Py_BuildValue("{sO}", "write", append);
-    if (kw == NULL) {
-        goto error;
-    }
-    ns = PyObject_Call(nstype, ps->empty_tuple, kw);
-    if (ns == NULL) {
-        goto error;
-    }
-    pickle = PyImport_ImportModule("pickle");
-    if (pickle == NULL) {
-        goto error;
-    }
-    cls = PyObject_GetAttrString(pickle, "Pickler");
-    if (cls == NULL) {
-        goto error;
-    }
-    p = PyObject_CallOneArg(cls, ns);
-    if (p == NULL) {
-        goto error;
-    }
-    if (PyObject_SetAttrString(p, "dispatch_table", ps->table) < 0) {
-        goto error;
-    }
-    Py_DECREF(types);
-    Py_DECREF(nstype);
-    Py_DECREF(append);
-    Py_DECREF(kw);
-    Py_DECREF(ns);
-    Py_DECREF(pickle);
-    Py_DECREF(cls);
-    *pickler = p;
-    *out = list;
-    return 0;
-error:
-    Py_XDECREF(list);
-    Py_XDECREF(types);
+    *pickler = Py_NewRef(p);
+    *out = Py_NewRef(list);
+    ret = 0;
+done:
+    Py_DECREF(list);
     Py_XDECREF(nstype);
-    Py_XDECREF(append);
-    Py_XDECREF(kw);
     Py_XDECREF(ns);
-    Py_XDECREF(pickle);
+    Py_XDECREF(append);
     Py_XDECREF(cls);
     Py_XDECREF(p);
-    return -1;
+    return ret;
 }
 
 /* The chunks in `out` as one bytes object (the only chunk itself when
@@ -393,6 +372,12 @@ PyMethodDef fastmp_pickling_functions[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* Every object the state holds, for traverse and clear. */
+#define PICKLING_OBJECTS(X)                                             \
+    X(TableType) X(table) X(ForkingPickler) X(loads) X(pickler) X(out) \
+    X(str_dump) X(str_clear_memo) X(str_extra_reducers)                 \
+    X(str_copyreg_table)
+
 int
 fastmp_pickling_exec(PyObject *m, fastmp_state *st)
 {
@@ -408,10 +393,9 @@ fastmp_pickling_exec(PyObject *m, fastmp_state *st)
     ps->str_extra_reducers = PyUnicode_InternFromString("_extra_reducers");
     ps->str_copyreg_table = PyUnicode_InternFromString(
         "_copyreg_dispatch_table");
-    ps->empty_tuple = PyTuple_New(0);
     if (ps->str_dump == NULL || ps->str_clear_memo == NULL
             || ps->str_extra_reducers == NULL
-            || ps->str_copyreg_table == NULL || ps->empty_tuple == NULL) {
+            || ps->str_copyreg_table == NULL) {
         return -1;
     }
     return 0;
@@ -422,12 +406,9 @@ fastmp_pickling_traverse(fastmp_state *st, visitproc visit, void *arg)
 {
     fastmp_pickling_state *ps = &st->pickling;
 
-    Py_VISIT(ps->TableType);
-    Py_VISIT(ps->ForkingPickler);
-    Py_VISIT(ps->loads);
-    Py_VISIT(ps->table);
-    Py_VISIT(ps->pickler);
-    Py_VISIT(ps->out);
+#define PICKLING_VISIT(f) Py_VISIT(ps->f);
+    PICKLING_OBJECTS(PICKLING_VISIT)
+#undef PICKLING_VISIT
     return 0;
 }
 
@@ -436,15 +417,7 @@ fastmp_pickling_clear(fastmp_state *st)
 {
     fastmp_pickling_state *ps = &st->pickling;
 
-    Py_CLEAR(ps->TableType);
-    Py_CLEAR(ps->ForkingPickler);
-    Py_CLEAR(ps->loads);
-    Py_CLEAR(ps->table);
-    Py_CLEAR(ps->pickler);
-    Py_CLEAR(ps->out);
-    Py_CLEAR(ps->str_dump);
-    Py_CLEAR(ps->str_clear_memo);
-    Py_CLEAR(ps->str_extra_reducers);
-    Py_CLEAR(ps->str_copyreg_table);
-    Py_CLEAR(ps->empty_tuple);
+#define PICKLING_CLEAR(f) Py_CLEAR(ps->f);
+    PICKLING_OBJECTS(PICKLING_CLEAR)
+#undef PICKLING_CLEAR
 }
