@@ -18,14 +18,13 @@ from fastmp import _fastmp
 
 @pytest.fixture
 def reducers():
-    """Restore ForkingPickler's and copyreg's tables after the test."""
-    extra = dict(ForkingPickler._extra_reducers)
-    table = dict(copyreg.dispatch_table)
+    """Drop the reducers a test registers for this module's classes (and
+    only those: importing part of fastmp during a test registers its own,
+    which must stay)."""
     yield
-    ForkingPickler._extra_reducers.clear()
-    ForkingPickler._extra_reducers.update(extra)
-    copyreg.dispatch_table.clear()
-    copyreg.dispatch_table.update(table)
+    for cls in (Tagged, Point):
+        ForkingPickler._extra_reducers.pop(cls, None)
+        copyreg.dispatch_table.pop(cls, None)
 
 
 def same(obj):
