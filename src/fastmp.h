@@ -402,7 +402,8 @@ typedef struct {
     PyObject *table;          /* its one instance */
     /* Filled on first use (importing multiprocessing.reduction at module
      * exec would slow down `import fastmp`). */
-    PyObject *ForkingPickler; /* multiprocessing.reduction.ForkingPickler */
+    PyObject *extra_reducers; /* ForkingPickler._extra_reducers */
+    PyObject *copyreg_table;  /* ForkingPickler._copyreg_dispatch_table */
     PyObject *loads;          /* ForkingPickler.loads */
     PyObject *pickler;        /* the reusable pickle.Pickler (NULL after a
                                  failed dump: made again) */
@@ -411,7 +412,6 @@ typedef struct {
                                  reducer that pickles, another thread)
                                  uses a fresh one */
     PyObject *str_dump, *str_clear_memo;    /* interned names */
-    PyObject *str_extra_reducers, *str_copyreg_table;
 } fastmp_pickling_state;
 
 /* Pickle obj as ForkingPickler.dumps(obj) does: the same bytes, the same

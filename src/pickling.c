@@ -8,15 +8,14 @@
  * dumps, and returns the buffer.  Copying both tables on every call costs
  * more than pickling a small object, so fastmp keeps one pickle.Pickler
  * and gives it a dispatch table that is a live view of the two: a lookup
- * reads ForkingPickler._extra_reducers, then ForkingPickler.
- * _copyreg_dispatch_table, as they are at that moment (the class
- * attributes themselves, so even a rebound table is seen).  A reducer
- * registered later, with ForkingPickler.register or copyreg.pickle, or one
- * replaced by another, is used from the next lookup on: there is nothing
- * to invalidate.  The pickler's writes are appended to a list (the C
- * pickler writes the whole pickle at once unless it streams a large
- * payload on its own), so a pickle is the pickler's own bytes object,
- * uncopied.
+ * reads ForkingPickler._extra_reducers, then copyreg.dispatch_table (the
+ * dict objects ForkingPickler copies, taken once), as they are at that
+ * moment.  ForkingPickler.register and copyreg.pickle change those dicts
+ * in place, so a reducer registered later, or one replaced by another, is
+ * used from the next lookup on: there is nothing to invalidate.  The
+ * pickler's writes are appended to a list (the C pickler writes the whole
+ * pickle at once unless it streams a large payload on its own), so a
+ * pickle is the pickler's own bytes object, uncopied.
  *
  * The builtin types the C pickler handles itself (None, bool, int, float,
  * str, bytes, bytearray, tuple, list, dict, set, frozenset, type and
@@ -45,29 +44,22 @@ pickling_state(void)
  * the dispatch table: a live view of ForkingPickler's two tables
  * ------------------------------------------------------------------- */
 
-/* The value for `key` in the mapping held by ForkingPickler's attribute
- * `name`: a new reference; NULL without an exception when it has none;
- * NULL with an exception on an error. */
+/* The value for `key` in mapping `d`: a new reference; NULL without an
+ * exception when it has none; NULL with an exception on an error. */
 static PyObject *
-table_get(fastmp_pickling_state *ps, PyObject *name, PyObject *key)
+table_get(PyObject *d, PyObject *key)
 {
-    PyObject *d, *v;
+    PyObject *v;
 
-    d = PyObject_GetAttr(ps->ForkingPickler, name);
-    if (d == NULL) {
-        return NULL;
-    }
     if (PyDict_CheckExact(d)) {
         v = PyDict_GetItemWithError(d, key);
         Py_XINCREF(v);
+        return v;
     }
-    else {
-        v = PyObject_GetItem(d, key);
-        if (v == NULL && PyErr_ExceptionMatches(PyExc_KeyError)) {
-            PyErr_Clear();
-        }
+    v = PyObject_GetItem(d, key);
+    if (v == NULL && PyErr_ExceptionMatches(PyExc_KeyError)) {
+        PyErr_Clear();
     }
-    Py_DECREF(d);
     return v;
 }
 
@@ -80,14 +72,14 @@ table_subscript(PyObject *self, PyObject *key)
     PyObject *v;
 
     FASTMP_UNUSED(self);
-    if (ps->ForkingPickler == NULL) {
+    if (ps->extra_reducers == NULL) {
         /* The module state was cleared (interpreter shutdown). */
         PyErr_SetString(PyExc_RuntimeError, "fastmp._fastmp is finalized");
         return NULL;
     }
-    v = table_get(ps, ps->str_extra_reducers, key);
+    v = table_get(ps->extra_reducers, key);
     if (v == NULL && !PyErr_Occurred()) {
-        v = table_get(ps, ps->str_copyreg_table, key);
+        v = table_get(ps->copyreg_table, key);
         if (v == NULL && !PyErr_Occurred()) {
             PyErr_SetObject(PyExc_KeyError, key);
         }
@@ -135,7 +127,7 @@ import_attr(const char *mod, const char *name)
 static int
 pickling_load(fastmp_pickling_state *ps)
 {
-    PyObject *fp, *loads = NULL;
+    PyObject *fp, *extra = NULL, *copyreg = NULL, *loads = NULL;
 
     if (ps->TableType == NULL) {
         /* The module state was cleared (interpreter shutdown). */
@@ -146,7 +138,10 @@ pickling_load(fastmp_pickling_state *ps)
     if (fp == NULL) {
         return -1;
     }
-    loads = PyObject_GetAttrString(fp, "loads");
+    extra = PyObject_GetAttrString(fp, "_extra_reducers");
+    copyreg = extra == NULL ? NULL : PyObject_GetAttrString(
+        fp, "_copyreg_dispatch_table");
+    loads = copyreg == NULL ? NULL : PyObject_GetAttrString(fp, "loads");
     if (loads == NULL) {
         goto error;
     }
@@ -156,11 +151,15 @@ pickling_load(fastmp_pickling_state *ps)
             goto error;
         }
     }
-    Py_XSETREF(ps->ForkingPickler, fp);
+    Py_DECREF(fp);
+    Py_XSETREF(ps->extra_reducers, extra);
+    Py_XSETREF(ps->copyreg_table, copyreg);
     Py_XSETREF(ps->loads, loads);
     return 0;
 error:
     Py_DECREF(fp);
+    Py_XDECREF(extra);
+    Py_XDECREF(copyreg);
     Py_XDECREF(loads);
     return -1;
 }
@@ -374,9 +373,8 @@ PyMethodDef fastmp_pickling_functions[] = {
 
 /* Every object the state holds, for traverse and clear. */
 #define PICKLING_OBJECTS(X)                                             \
-    X(TableType) X(table) X(ForkingPickler) X(loads) X(pickler) X(out) \
-    X(str_dump) X(str_clear_memo) X(str_extra_reducers)                 \
-    X(str_copyreg_table)
+    X(TableType) X(table) X(extra_reducers) X(copyreg_table) X(loads)   \
+    X(pickler) X(out) X(str_dump) X(str_clear_memo)
 
 int
 fastmp_pickling_exec(PyObject *m, fastmp_state *st)
@@ -390,12 +388,7 @@ fastmp_pickling_exec(PyObject *m, fastmp_state *st)
     }
     ps->str_dump = PyUnicode_InternFromString("dump");
     ps->str_clear_memo = PyUnicode_InternFromString("clear_memo");
-    ps->str_extra_reducers = PyUnicode_InternFromString("_extra_reducers");
-    ps->str_copyreg_table = PyUnicode_InternFromString(
-        "_copyreg_dispatch_table");
-    if (ps->str_dump == NULL || ps->str_clear_memo == NULL
-            || ps->str_extra_reducers == NULL
-            || ps->str_copyreg_table == NULL) {
+    if (ps->str_dump == NULL || ps->str_clear_memo == NULL) {
         return -1;
     }
     return 0;
