@@ -13,22 +13,15 @@ shared memory (``fastmp._fastmp._Ring``), so:
   using the queue, ``join_thread()`` and ``cancel_join_thread()`` have
   nothing to wait for.  See docs/queues.md.
 """
-import pickle
 import sys
 import types
 from multiprocessing import context, reduction
-from queue import Empty, Full
+from queue import Empty, Full  # noqa: F401  (names the stdlib module has)
 
 from . import _fastmp
 
 # The stdlib's order.
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue"]  # noqa: RUF022
-
-# Plain values (None, numbers, str, bytes, and small tuples, lists and
-# dicts of them) take the C pickler directly: no reducer can apply to
-# them, so the bytes are ForkingPickler's.
-_fastmp._ring_setup(reduction.ForkingPickler.dumps, pickle.dumps, None,
-                    pickle.loads, Empty, Full)
 
 
 def _rebuild(cls, dupfd):

@@ -46,177 +46,23 @@ conn_state(PyObject *self)
     return &fastmp_get_state()->connection;
 }
 
-/* Import the pickling callables and BufferTooShort on first use.
- * Returns 0, or -1 with an exception set. */
+/* Import multiprocessing.BufferTooShort on first use.  Returns 0, or -1
+ * with an exception set. */
 static int
-conn_load_pickler(fastmp_connection_state *cs)
+conn_load_errors(fastmp_connection_state *cs)
 {
-    PyObject *mod = NULL, *fp = NULL, *mp = NULL;
+    PyObject *mp;
 
-    if (cs->dumps != NULL) {
+    if (cs->BufferTooShort != NULL) {
         return 0;
-    }
-    mod = PyImport_ImportModule("multiprocessing.reduction");
-    if (mod == NULL) {
-        goto error;
-    }
-    fp = PyObject_GetAttrString(mod, "ForkingPickler");
-    if (fp == NULL) {
-        goto error;
     }
     mp = PyImport_ImportModule("multiprocessing");
     if (mp == NULL) {
-        goto error;
+        return -1;
     }
-    if (cs->BufferTooShort == NULL) {
-        cs->BufferTooShort = PyObject_GetAttrString(mp, "BufferTooShort");
-        if (cs->BufferTooShort == NULL) {
-            goto error;
-        }
-    }
-    if (cs->loads == NULL) {
-        cs->loads = PyObject_GetAttrString(fp, "loads");
-        if (cs->loads == NULL) {
-            goto error;
-        }
-    }
-    if (cs->copyreg_table == NULL) {
-        PyObject *copyreg = PyImport_ImportModule("copyreg");
-        if (copyreg == NULL) {
-            goto error;
-        }
-        cs->copyreg_table = PyObject_GetAttrString(copyreg,
-                                                   "dispatch_table");
-        Py_DECREF(copyreg);
-        if (cs->copyreg_table == NULL) {
-            goto error;
-        }
-    }
-    if (cs->extra_reducers == NULL) {
-        cs->extra_reducers = PyObject_GetAttrString(fp, "_extra_reducers");
-        if (cs->extra_reducers == NULL) {
-            goto error;
-        }
-    }
-    if (!PyDict_Check(cs->copyreg_table)
-            || !PyDict_Check(cs->extra_reducers)) {
-        /* Unexpected layout: always go through ForkingPickler.dumps. */
-        cs->pickler_busy = 1;
-    }
-    cs->dumps = PyObject_GetAttrString(fp, "dumps");
-    if (cs->dumps == NULL) {
-        goto error;
-    }
-    Py_DECREF(mod);
-    Py_DECREF(fp);
+    cs->BufferTooShort = PyObject_GetAttrString(mp, "BufferTooShort");
     Py_DECREF(mp);
-    return 0;
-error:
-    Py_XDECREF(mod);
-    Py_XDECREF(fp);
-    Py_XDECREF(mp);
-    return -1;
-}
-
-/* Make (or refresh) the reusable pickler.  Returns 0 or -1. */
-static int
-conn_prepare_pickler(fastmp_connection_state *cs)
-{
-    Py_ssize_t n = PyDict_Size(cs->copyreg_table)
-                   + PyDict_Size(cs->extra_reducers);
-    PyObject *table = NULL;
-
-    if (cs->pickler == NULL) {
-        PyObject *io = NULL, *pickle = NULL, *cls = NULL;
-        io = PyImport_ImportModule("io");
-        if (io == NULL) {
-            return -1;
-        }
-        cs->pickler_buf = PyObject_CallMethod(io, "BytesIO", NULL);
-        Py_DECREF(io);
-        if (cs->pickler_buf == NULL) {
-            return -1;
-        }
-        pickle = PyImport_ImportModule("pickle");
-        if (pickle == NULL) {
-            return -1;
-        }
-        cls = PyObject_GetAttrString(pickle, "Pickler");
-        Py_DECREF(pickle);
-        if (cls == NULL) {
-            return -1;
-        }
-        cs->pickler = PyObject_CallFunctionObjArgs(cls, cs->pickler_buf,
-                                                   Py_None, NULL);
-        Py_DECREF(cls);
-        if (cs->pickler == NULL) {
-            return -1;
-        }
-        cs->dispatch_size = -1;
-    }
-    if (n == cs->dispatch_size) {
-        return 0;
-    }
-    table = PyDict_Copy(cs->copyreg_table);
-    if (table == NULL) {
-        return -1;
-    }
-    if (PyDict_Update(table, cs->extra_reducers) < 0
-            || PyObject_SetAttrString(cs->pickler, "dispatch_table",
-                                      table) < 0) {
-        Py_DECREF(table);
-        return -1;
-    }
-    Py_DECREF(table);
-    cs->dispatch_size = n;
-    return 0;
-}
-
-/* Pickle obj as ForkingPickler.dumps does.  Returns a new bytes-like
- * object, or NULL with an exception set. */
-static PyObject *
-conn_dumps(fastmp_connection_state *cs, PyObject *obj)
-{
-    PyObject *r, *data = NULL;
-
-    if (cs->pickler_busy) {
-        return PyObject_CallOneArg(cs->dumps, obj);
-    }
-    cs->pickler_busy = 1;
-    if (conn_prepare_pickler(cs) < 0) {
-        goto done;
-    }
-    r = PyObject_CallMethod(cs->pickler, "dump", "(O)", obj);
-    if (r != NULL) {
-        Py_DECREF(r);
-        data = PyObject_CallMethod(cs->pickler_buf, "getvalue", NULL);
-    }
-    if (data == NULL) {
-        /* A failed dump leaves a half-written buffer and memo: drop the
-         * pickler and start over with a fresh one next time. */
-        Py_CLEAR(cs->pickler);
-        Py_CLEAR(cs->pickler_buf);
-        goto done;
-    }
-    r = PyObject_CallMethod(cs->pickler, "clear_memo", NULL);
-    Py_XDECREF(r);
-    if (r != NULL) {
-        r = PyObject_CallMethod(cs->pickler_buf, "seek", "i", 0);
-        Py_XDECREF(r);
-    }
-    if (r != NULL) {
-        r = PyObject_CallMethod(cs->pickler_buf, "truncate", NULL);
-        Py_XDECREF(r);
-    }
-    if (r == NULL) {
-        Py_CLEAR(data);
-        /* Start over with a fresh pickler next time. */
-        Py_CLEAR(cs->pickler);
-        Py_CLEAR(cs->pickler_buf);
-    }
-done:
-    cs->pickler_busy = 0;
-    return data;
+    return cs->BufferTooShort == NULL ? -1 : 0;
 }
 
 /* ---------------------------------------------------------------------
@@ -758,33 +604,23 @@ PyDoc_STRVAR(conn_send_doc,
 static PyObject *
 conn_send(ConnectionObject *self, PyObject *obj)
 {
-    fastmp_connection_state *cs = conn_state((PyObject *)self);
     PyObject *data;
-    Py_buffer view;
     int r;
 
     if (conn_check_writable(self) < 0) {
         return NULL;
     }
-    if (conn_load_pickler(cs) < 0) {
-        return NULL;
-    }
-    data = conn_dumps(cs, obj);
+    data = fastmp_dumps(obj);
     if (data == NULL) {
-        return NULL;
-    }
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
-        Py_DECREF(data);
         return NULL;
     }
     /* The pickler may have run code that closed us. */
     if (self->fd < 0) {
-        PyBuffer_Release(&view);
         Py_DECREF(data);
         return conn_check_closed(self), NULL;
     }
-    r = conn_send_frame(self->fd, view.buf, (size_t)view.len);
-    PyBuffer_Release(&view);
+    r = conn_send_frame(self->fd, PyBytes_AS_STRING(data),
+                        (size_t)PyBytes_GET_SIZE(data));
     Py_DECREF(data);
     if (r < 0) {
         return NULL;
@@ -1013,7 +849,7 @@ conn_recv_bytes_into(ConnectionObject *self, PyObject *args, PyObject *kwds)
     if (conn_check_readable(self) < 0) {
         return NULL;
     }
-    if (conn_load_pickler(cs) < 0) {
+    if (conn_load_errors(cs) < 0) {
         return NULL;
     }
     if (!PyObject_CheckBuffer(buf)) {
@@ -1101,14 +937,10 @@ PyDoc_STRVAR(conn_recv_doc,
 static PyObject *
 conn_recv(ConnectionObject *self, PyObject *Py_UNUSED(ignored))
 {
-    fastmp_connection_state *cs = conn_state((PyObject *)self);
     PyObject *b, *res;
     uint64_t size;
 
     if (conn_check_readable(self) < 0) {
-        return NULL;
-    }
-    if (conn_load_pickler(cs) < 0) {
         return NULL;
     }
     if (conn_recv_header(self, &size) < 0) {
@@ -1118,7 +950,7 @@ conn_recv(ConnectionObject *self, PyObject *Py_UNUSED(ignored))
     if (b == NULL) {
         return NULL;
     }
-    res = PyObject_CallOneArg(cs->loads, b);
+    res = fastmp_loads(b);
     Py_DECREF(b);
     return res;
 }
@@ -1405,13 +1237,7 @@ fastmp_connection_traverse(fastmp_state *st, visitproc visit, void *arg)
     fastmp_connection_state *cs = &st->connection;
 
     Py_VISIT(cs->ConnectionType);
-    Py_VISIT(cs->dumps);
-    Py_VISIT(cs->loads);
     Py_VISIT(cs->BufferTooShort);
-    Py_VISIT(cs->pickler);
-    Py_VISIT(cs->pickler_buf);
-    Py_VISIT(cs->copyreg_table);
-    Py_VISIT(cs->extra_reducers);
     return 0;
 }
 
@@ -1421,11 +1247,5 @@ fastmp_connection_clear(fastmp_state *st)
     fastmp_connection_state *cs = &st->connection;
 
     Py_CLEAR(cs->ConnectionType);
-    Py_CLEAR(cs->dumps);
-    Py_CLEAR(cs->loads);
     Py_CLEAR(cs->BufferTooShort);
-    Py_CLEAR(cs->pickler);
-    Py_CLEAR(cs->pickler_buf);
-    Py_CLEAR(cs->copyreg_table);
-    Py_CLEAR(cs->extra_reducers);
 }

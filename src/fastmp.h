@@ -3,8 +3,9 @@
  *
  * It holds the module state, the shared-arena interface (arena.c), the
  * platform interface (platform_linux.c: memfd, futex, process identity),
- * the blocking-wait helper (wait.c) and the small C interface that one area
- * offers another (SemLock for the synchronized Value/Array wrappers).
+ * the blocking-wait helper (wait.c), pickling (pickling.c) and the small C
+ * interface that one area offers another (SemLock for the synchronized
+ * Value/Array wrappers).
  *
  * Each area owns a section below, fenced by "area:" comments, and its own
  * state struct; keep edits inside your own section.
@@ -390,27 +391,50 @@ typedef struct {
 /* end area: shm */
 
 /* ---------------------------------------------------------------------
+ * area: pickling (pickling.c) -- the one way fastmp pickles: exactly
+ * multiprocessing.reduction.ForkingPickler.dumps / .loads, with one
+ * reusable pickler whose dispatch table reads ForkingPickler's reducers
+ * live.  Connection.send/recv and Queue.put/get use it.
+ * ------------------------------------------------------------------- */
+
+typedef struct {
+    PyTypeObject *TableType;  /* the dispatch table's type */
+    PyObject *table;          /* its one instance */
+    /* Filled on first use (importing multiprocessing.reduction at module
+     * exec would slow down `import fastmp`). */
+    PyObject *extra_reducers; /* ForkingPickler._extra_reducers */
+    PyObject *copyreg_table;  /* ForkingPickler._copyreg_dispatch_table */
+    PyObject *loads;          /* ForkingPickler.loads */
+    PyObject *pickler;        /* the reusable pickle.Pickler (NULL after a
+                                 failed dump: made again) */
+    PyObject *out;            /* the list its writes are appended to */
+    int busy;                 /* `pickler` is dumping: a nested dump (a
+                                 reducer that pickles, another thread)
+                                 uses a fresh one */
+    PyObject *str_dump, *str_clear_memo;    /* interned names */
+} fastmp_pickling_state;
+
+/* Pickle obj as ForkingPickler.dumps(obj) does: the same bytes, the same
+ * reducers (copyreg's table and ForkingPickler's, including reducers
+ * registered or replaced since the last call).  Returns a new bytes
+ * object, or NULL with the exception the pickling raised (PicklingError,
+ * TypeError, a reducer's own exception...).  Reentrant. */
+PyObject *fastmp_dumps(PyObject *obj);
+
+/* ForkingPickler.loads(data) for a bytes-like `data`.  Returns a new
+ * reference, or NULL with an exception set. */
+PyObject *fastmp_loads(PyObject *data);
+
+/* end area: pickling */
+
+/* ---------------------------------------------------------------------
  * area: connection (connection.c)
  * ------------------------------------------------------------------- */
 
 typedef struct {
     PyTypeObject *ConnectionType;
-    /* Filled lazily on first use (importing multiprocessing.reduction at
-     * module exec would slow down `import fastmp`). */
-    PyObject *dumps;          /* reduction.ForkingPickler.dumps */
-    PyObject *loads;          /* reduction.ForkingPickler.loads */
-    PyObject *BufferTooShort; /* multiprocessing.BufferTooShort */
-    /* A reusable C pickler writing into a BytesIO, with a dispatch table
-     * equal to ForkingPickler's (copyreg's table + its extra reducers),
-     * rebuilt when either table changes size.  `pickler_busy` guards
-     * reentrant use (a reducer that sends): the nested call falls back to
-     * `dumps`. */
-    PyObject *pickler;
-    PyObject *pickler_buf;
-    PyObject *copyreg_table;
-    PyObject *extra_reducers;
-    Py_ssize_t dispatch_size;
-    int pickler_busy;
+    /* multiprocessing.BufferTooShort, filled on first use. */
+    PyObject *BufferTooShort;
 } fastmp_connection_state;
 
 /* end area: connection */
@@ -421,12 +445,8 @@ typedef struct {
 
 typedef struct {
     PyTypeObject *RingType;       /* _Ring, base of fastmp.queues.Queue */
-    PyObject *dumps;              /* ForkingPickler.dumps */
-    PyObject *plain_dumps;        /* the C pickler's dumps */
-    PyObject *protocol;           /* its protocol argument */
-    PyObject *loads;              /* the C unpickler's loads */
-    PyObject *Empty;              /* queue.Empty */
-    PyObject *Full;               /* queue.Full */
+    PyObject *Empty;              /* queue.Empty, filled on first use */
+    PyObject *Full;               /* queue.Full, filled on first use */
 } fastmp_ring_state;
 
 /* end area: ring */
@@ -443,6 +463,7 @@ typedef struct {
     fastmp_shm_state shm;
     fastmp_connection_state connection;
     fastmp_ring_state ring;
+    fastmp_pickling_state pickling;
 } fastmp_state;
 
 /* The module state of the one fastmp._fastmp module imported in this
@@ -458,6 +479,7 @@ int fastmp_sharedctypes_exec(PyObject *m, fastmp_state *st);
 int fastmp_shm_exec(PyObject *m, fastmp_state *st);
 int fastmp_connection_exec(PyObject *m, fastmp_state *st);
 int fastmp_ring_exec(PyObject *m, fastmp_state *st);
+int fastmp_pickling_exec(PyObject *m, fastmp_state *st);
 
 int fastmp_semlock_traverse(fastmp_state *st, visitproc visit, void *arg);
 int fastmp_sharedctypes_traverse(fastmp_state *st, visitproc visit,
@@ -465,11 +487,13 @@ int fastmp_sharedctypes_traverse(fastmp_state *st, visitproc visit,
 int fastmp_shm_traverse(fastmp_state *st, visitproc visit, void *arg);
 int fastmp_connection_traverse(fastmp_state *st, visitproc visit, void *arg);
 int fastmp_ring_traverse(fastmp_state *st, visitproc visit, void *arg);
+int fastmp_pickling_traverse(fastmp_state *st, visitproc visit, void *arg);
 void fastmp_semlock_clear(fastmp_state *st);
 void fastmp_sharedctypes_clear(fastmp_state *st);
 void fastmp_shm_clear(fastmp_state *st);
 void fastmp_connection_clear(fastmp_state *st);
 void fastmp_ring_clear(fastmp_state *st);
+void fastmp_pickling_clear(fastmp_state *st);
 
 /* Module-level functions each area contributes (NULL-terminated arrays,
  * concatenated by module.c).  An area without functions provides a
@@ -480,6 +504,7 @@ extern PyMethodDef fastmp_sharedctypes_functions[];
 extern PyMethodDef fastmp_shm_functions[];
 extern PyMethodDef fastmp_connection_functions[];
 extern PyMethodDef fastmp_ring_functions[];
+extern PyMethodDef fastmp_pickling_functions[];
 extern PyMethodDef fastmp_owner_functions[];
 
 /* ---------------------------------------------------------------------

@@ -33,7 +33,8 @@ fastmp_exec(PyObject *m)
         || fastmp_sharedctypes_exec(m, st) < 0
         || fastmp_shm_exec(m, st) < 0
         || fastmp_connection_exec(m, st) < 0
-        || fastmp_ring_exec(m, st) < 0) {
+        || fastmp_ring_exec(m, st) < 0
+        || fastmp_pickling_exec(m, st) < 0) {
         return -1;
     }
     return 0;
@@ -53,7 +54,8 @@ fastmp_traverse(PyObject *m, visitproc visit, void *arg)
         || (r = fastmp_sharedctypes_traverse(st, visit, arg)) != 0
         || (r = fastmp_shm_traverse(st, visit, arg)) != 0
         || (r = fastmp_connection_traverse(st, visit, arg)) != 0
-        || (r = fastmp_ring_traverse(st, visit, arg)) != 0) {
+        || (r = fastmp_ring_traverse(st, visit, arg)) != 0
+        || (r = fastmp_pickling_traverse(st, visit, arg)) != 0) {
         return r;
     }
     return 0;
@@ -73,6 +75,7 @@ fastmp_clear(PyObject *m)
     fastmp_shm_clear(st);
     fastmp_connection_clear(st);
     fastmp_ring_clear(st);
+    fastmp_pickling_clear(st);
     return 0;
 }
 
@@ -98,7 +101,7 @@ collect_methods(void)
         fastmp_arena_functions, fastmp_semlock_functions,
         fastmp_sharedctypes_functions, fastmp_shm_functions,
         fastmp_connection_functions, fastmp_ring_functions,
-        fastmp_owner_functions,
+        fastmp_owner_functions, fastmp_pickling_functions,
     };
     size_t ntables = sizeof(tables) / sizeof(tables[0]);
     size_t n = 0;
@@ -124,7 +127,7 @@ static struct PyModuleDef fastmp_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "fastmp._fastmp",
     .m_doc = "fastmp's C core: shared arena, SemLock, shared memory, "
-             "connections and queue rings.",
+             "connections, queue rings and their pickling.",
     .m_size = sizeof(fastmp_state),
     .m_slots = fastmp_slots,
     .m_traverse = fastmp_traverse,

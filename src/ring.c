@@ -342,15 +342,23 @@ ring_state(void)
     return &fastmp_get_state()->ring;
 }
 
-static int
-ring_check_setup(fastmp_ring_state *rs)
+/* Raise queue.Empty or queue.Full (`name`, cached in *slot: imported on
+ * first use).  The exception is set in any case. */
+static void
+ring_raise(PyObject **slot, const char *name)
 {
-    if (rs->loads == NULL) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "fastmp.queues has not been imported");
-        return -1;
+    if (*slot == NULL) {
+        PyObject *mod = PyImport_ImportModule("queue");
+        if (mod == NULL) {
+            return;
+        }
+        *slot = PyObject_GetAttrString(mod, name);
+        Py_DECREF(mod);
+        if (*slot == NULL) {
+            return;
+        }
     }
-    return 0;
+    PyErr_SetNone(*slot);
 }
 
 /* ---- object life ------------------------------------------------- */
@@ -487,80 +495,6 @@ ring_check_open(RingObject *q)
 
 /* ---- put --------------------------------------------------------- */
 
-static inline int
-plain_scalar(PyObject *o)
-{
-    return o == Py_None || PyLong_CheckExact(o) || PyFloat_CheckExact(o)
-           || PyUnicode_CheckExact(o) || PyBytes_CheckExact(o)
-           || PyBool_Check(o);
-}
-
-/* `budget` bounds the work spent looking (elements visited). */
-static int
-plain_walk(PyObject *o, int depth, int *budget)
-{
-    if (--*budget < 0) {
-        return 0;
-    }
-    if (plain_scalar(o)) {
-        return 1;
-    }
-    if (depth >= 3) {
-        return 0;
-    }
-    if (PyTuple_CheckExact(o)) {
-        Py_ssize_t n = PyTuple_GET_SIZE(o);
-        for (Py_ssize_t i = 0; i < n; i++) {
-            if (!plain_walk(PyTuple_GET_ITEM(o, i), depth + 1, budget)) {
-                return 0;
-            }
-        }
-        return 1;
-    }
-    if (PyList_CheckExact(o)) {
-        Py_ssize_t n = PyList_GET_SIZE(o);
-        for (Py_ssize_t i = 0; i < n; i++) {
-            if (!plain_walk(PyList_GET_ITEM(o, i), depth + 1, budget)) {
-                return 0;
-            }
-        }
-        return 1;
-    }
-    if (PyDict_CheckExact(o)) {
-        Py_ssize_t pos = 0;
-        PyObject *k, *v;
-        while (PyDict_Next(o, &pos, &k, &v)) {
-            if (!plain_scalar(k) || !plain_walk(v, depth + 1, budget)) {
-                return 0;
-            }
-        }
-        return 1;
-    }
-    return 0;
-}
-
-/* Is `o` made only of values whose pickle cannot depend on reducers (so
- * the C pickler's plain dumps gives exactly ForkingPickler's bytes)?
- * Builtin scalars, and small tuples, lists and dicts of them. */
-static inline int
-plain_value(PyObject *o)
-{
-    int budget = 64;
-    return plain_walk(o, 0, &budget);
-}
-
-/* Pickle obj in the caller: a new reference to a buffer-exporting
- * object, or NULL with the pickling error set. */
-static PyObject *
-ring_pickle(fastmp_ring_state *rs, PyObject *obj)
-{
-    if (plain_value(obj)) {
-        PyObject *args[2] = {obj, rs->protocol};
-        return PyObject_Vectorcall(rs->plain_dumps, args, 2, NULL);
-    }
-    return PyObject_CallOneArg(rs->dumps, obj);
-}
-
 /* Wait on a futex word (spinning first when recent waits were short),
  * GIL released, sliced.  Returns like fastmp_wait_futex. */
 static int
@@ -591,12 +525,11 @@ static PyObject *
 ring_put_impl(RingObject *q, PyObject *obj, int block, PyObject *timeout)
 {
     fastmp_ring_state *rs = ring_state();
-    if (ring_check_open(q) < 0 || ring_check_setup(rs) < 0
-        || ring_check_timeout(timeout) < 0) {
+    if (ring_check_open(q) < 0 || ring_check_timeout(timeout) < 0) {
         return NULL;
     }
     q->used = 1;
-    PyObject *pickled = ring_pickle(rs, obj);
+    PyObject *pickled = fastmp_dumps(obj);
     if (pickled == NULL) {
         return NULL;
     }
@@ -652,7 +585,7 @@ ring_put_impl(RingObject *q, PyObject *obj, int block, PyObject *timeout)
         }
         if (!block || last) {
             ring_unlock(h);
-            PyErr_SetNone(rs->Full);
+            ring_raise(&rs->Full, "Full");
             goto error;
         }
         uint32_t seen = __atomic_load_n(&h->get_seq, __ATOMIC_SEQ_CST);
@@ -761,7 +694,7 @@ ring_get_bytes(RingObject *q, int block, PyObject *timeout)
         }
         if (!block || last) {
             ring_unlock(h);
-            PyErr_SetNone(rs->Empty);
+            ring_raise(&rs->Empty, "Empty");
             return NULL;
         }
         uint32_t seen = __atomic_load_n(&h->put_seq, __ATOMIC_SEQ_CST);
@@ -817,15 +750,14 @@ ring_get_bytes(RingObject *q, int block, PyObject *timeout)
 static PyObject *
 ring_get_impl(RingObject *q, int block, PyObject *timeout)
 {
-    fastmp_ring_state *rs = ring_state();
-    if (ring_check_open(q) < 0 || ring_check_setup(rs) < 0) {
+    if (ring_check_open(q) < 0) {
         return NULL;
     }
     PyObject *b = ring_get_bytes(q, block, timeout);
     if (b == NULL) {
         return NULL;
     }
-    PyObject *res = PyObject_CallOneArg(rs->loads, b);
+    PyObject *res = fastmp_loads(b);
     Py_DECREF(b);
     return res;
 }
@@ -1219,35 +1151,7 @@ static PyType_Spec ring_spec = {
 
 /* ---- module level ------------------------------------------------ */
 
-static PyObject *
-ring_setup(PyObject *module, PyObject *args)
-{
-    FASTMP_UNUSED(module);
-    PyObject *dumps, *plain_dumps, *protocol, *loads, *empty, *full;
-    if (!PyArg_ParseTuple(args, "OOOOOO:_ring_setup", &dumps, &plain_dumps,
-                          &protocol, &loads, &empty, &full)) {
-        return NULL;
-    }
-    fastmp_ring_state *rs = ring_state();
-    Py_XDECREF(rs->dumps);
-    rs->dumps = Py_NewRef(dumps);
-    Py_XDECREF(rs->plain_dumps);
-    rs->plain_dumps = Py_NewRef(plain_dumps);
-    Py_XDECREF(rs->protocol);
-    rs->protocol = Py_NewRef(protocol);
-    Py_XDECREF(rs->loads);
-    rs->loads = Py_NewRef(loads);
-    Py_XDECREF(rs->Empty);
-    rs->Empty = Py_NewRef(empty);
-    Py_XDECREF(rs->Full);
-    rs->Full = Py_NewRef(full);
-    Py_RETURN_NONE;
-}
-
 PyMethodDef fastmp_ring_functions[] = {
-    {"_ring_setup", ring_setup, METH_VARARGS,
-     "_ring_setup(dumps, plain_dumps, protocol, loads, Empty, Full, /)\n"
-     "--\n\nGive the queue code its pickler and exception types."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1270,10 +1174,6 @@ fastmp_ring_traverse(fastmp_state *st, visitproc visit, void *arg)
 {
     fastmp_ring_state *rs = &st->ring;
     Py_VISIT(rs->RingType);
-    Py_VISIT(rs->dumps);
-    Py_VISIT(rs->plain_dumps);
-    Py_VISIT(rs->protocol);
-    Py_VISIT(rs->loads);
     Py_VISIT(rs->Empty);
     Py_VISIT(rs->Full);
     return 0;
@@ -1284,10 +1184,6 @@ fastmp_ring_clear(fastmp_state *st)
 {
     fastmp_ring_state *rs = &st->ring;
     Py_CLEAR(rs->RingType);
-    Py_CLEAR(rs->dumps);
-    Py_CLEAR(rs->plain_dumps);
-    Py_CLEAR(rs->protocol);
-    Py_CLEAR(rs->loads);
     Py_CLEAR(rs->Empty);
     Py_CLEAR(rs->Full);
 }

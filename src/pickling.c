@@ -1,0 +1,416 @@
+/*
+ * pickling.c -- the one way fastmp pickles: exactly
+ * multiprocessing.reduction.ForkingPickler.dumps / .loads.
+ *
+ * ForkingPickler.dumps(obj) makes a pickle.Pickler writing into a new
+ * BytesIO, gives it a dispatch table that is a copy of
+ * copyreg.dispatch_table updated with ForkingPickler._extra_reducers,
+ * dumps, and returns the buffer.  Copying both tables on every call costs
+ * more than pickling a small object, so fastmp keeps one pickle.Pickler
+ * and gives it a dispatch table that is a live view of the two: a lookup
+ * reads ForkingPickler._extra_reducers, then copyreg.dispatch_table (the
+ * dict objects ForkingPickler copies, taken once), as they are at that
+ * moment.  ForkingPickler.register and copyreg.pickle change those dicts
+ * in place, so a reducer registered later, or one replaced by another, is
+ * used from the next lookup on: there is nothing to invalidate.  The
+ * pickler's writes are appended to a list (the C pickler writes the whole
+ * pickle at once unless it streams a large payload on its own), so a
+ * pickle is the pickler's own bytes object, uncopied.
+ *
+ * The builtin types the C pickler handles itself (None, bool, int, float,
+ * str, bytes, bytearray, tuple, list, dict, set, frozenset, type and
+ * function) never reach the dispatch table, in ForkingPickler's pickler as
+ * in this one.
+ *
+ * The one difference: ForkingPickler copies the tables when it starts,
+ * this view reads them while it pickles, so a reducer that registers
+ * another reducer affects the rest of the same pickle.
+ *
+ * The reusable pickler serves one dump at a time.  A dump that starts
+ * while it is busy (a reducer that itself pickles or sends, or another
+ * thread while a reducer's Python code runs) uses a fresh pickler.  (A
+ * child forked while another thread was dumping inherits `busy` set and
+ * uses fresh picklers from then on: slower, the same pickles.)
+ */
+#include "fastmp.h"
+
+static inline fastmp_pickling_state *
+pickling_state(void)
+{
+    return &fastmp_get_state()->pickling;
+}
+
+/* ---------------------------------------------------------------------
+ * the dispatch table: a live view of ForkingPickler's two tables
+ * ------------------------------------------------------------------- */
+
+/* The value for `key` in mapping `d`: a new reference; NULL without an
+ * exception when it has none; NULL with an exception on an error. */
+static PyObject *
+table_get(PyObject *d, PyObject *key)
+{
+    PyObject *v;
+
+    if (PyDict_CheckExact(d)) {
+        v = PyDict_GetItemWithError(d, key);
+        Py_XINCREF(v);
+        return v;
+    }
+    v = PyObject_GetItem(d, key);
+    if (v == NULL && PyErr_ExceptionMatches(PyExc_KeyError)) {
+        PyErr_Clear();
+    }
+    return v;
+}
+
+/* table[type]: _extra_reducers first (ForkingPickler's update() lets them
+ * win), then copyreg's table; KeyError when neither has one. */
+static PyObject *
+table_subscript(PyObject *self, PyObject *key)
+{
+    fastmp_pickling_state *ps = pickling_state();
+    PyObject *v;
+
+    FASTMP_UNUSED(self);
+    if (ps->extra_reducers == NULL) {
+        /* The module state was cleared (interpreter shutdown). */
+        PyErr_SetString(PyExc_RuntimeError, "fastmp._fastmp is finalized");
+        return NULL;
+    }
+    v = table_get(ps->extra_reducers, key);
+    if (v == NULL && !PyErr_Occurred()) {
+        v = table_get(ps->copyreg_table, key);
+        if (v == NULL && !PyErr_Occurred()) {
+            PyErr_SetObject(PyExc_KeyError, key);
+        }
+    }
+    return v;
+}
+
+static PyType_Slot table_slots[] = {
+    {Py_mp_subscript, table_subscript},
+    {Py_tp_doc, "The dispatch table of fastmp's pickler: a live view of "
+                "ForkingPickler._extra_reducers over copyreg's table."},
+    {0, NULL},
+};
+
+/* No fields and no dealloc of its own: a heap type's default
+ * (subtype_dealloc) frees the object and releases the type. */
+static PyType_Spec table_spec = {
+    .name = "fastmp._fastmp._ReducerTable",
+    .basicsize = sizeof(PyObject),
+    .flags = Py_TPFLAGS_DEFAULT | FASTMP_TPFLAGS_IMMUTABLE,
+    .slots = table_slots,
+};
+
+/* ---------------------------------------------------------------------
+ * setup (on first use: importing multiprocessing.reduction at module
+ * exec would slow down `import fastmp`)
+ * ------------------------------------------------------------------- */
+
+/* mod.name: a new reference, or NULL with an exception set. */
+static PyObject *
+import_attr(const char *mod, const char *name)
+{
+    PyObject *m, *v;
+
+    m = PyImport_ImportModule(mod);
+    if (m == NULL) {
+        return NULL;
+    }
+    v = PyObject_GetAttrString(m, name);
+    Py_DECREF(m);
+    return v;
+}
+
+/* 0, or -1 with an exception set. */
+static int
+pickling_load(fastmp_pickling_state *ps)
+{
+    PyObject *fp, *extra = NULL, *copyreg = NULL, *loads = NULL;
+
+    if (ps->TableType == NULL) {
+        /* The module state was cleared (interpreter shutdown). */
+        PyErr_SetString(PyExc_RuntimeError, "fastmp._fastmp is finalized");
+        return -1;
+    }
+    fp = import_attr("multiprocessing.reduction", "ForkingPickler");
+    if (fp == NULL) {
+        return -1;
+    }
+    extra = PyObject_GetAttrString(fp, "_extra_reducers");
+    copyreg = extra == NULL ? NULL : PyObject_GetAttrString(
+        fp, "_copyreg_dispatch_table");
+    loads = copyreg == NULL ? NULL : PyObject_GetAttrString(fp, "loads");
+    if (loads == NULL) {
+        goto error;
+    }
+    if (ps->table == NULL) {
+        ps->table = PyType_GenericNew(ps->TableType, NULL, NULL);
+        if (ps->table == NULL) {
+            goto error;
+        }
+    }
+    Py_DECREF(fp);
+    Py_XSETREF(ps->extra_reducers, extra);
+    Py_XSETREF(ps->copyreg_table, copyreg);
+    Py_XSETREF(ps->loads, loads);
+    return 0;
+error:
+    Py_DECREF(fp);
+    Py_XDECREF(extra);
+    Py_XDECREF(copyreg);
+    Py_XDECREF(loads);
+    return -1;
+}
+
+static inline int
+pickling_ready(fastmp_pickling_state *ps)
+{
+    return ps->loads != NULL ? 0 : pickling_load(ps);
+}
+
+/* A new pickle.Pickler (the default protocol, as ForkingPickler.dumps'
+ * protocol=None) with the live dispatch table, whose writes are appended
+ * to a new list.  0 and new references in *pickler and *out, or -1 with
+ * an exception set. */
+static int
+pickler_new(fastmp_pickling_state *ps, PyObject **pickler, PyObject **out)
+{
+    PyObject *list, *nstype = NULL, *ns = NULL, *append = NULL;
+    PyObject *cls = NULL, *p = NULL;
+    int ret = -1;
+
+    list = PyList_New(0);
+    if (list == NULL) {
+        return -1;
+    }
+    /* The pickler calls `file.write`: a namespace whose `write` is the
+     * list's append. */
+    nstype = import_attr("types", "SimpleNamespace");
+    ns = nstype == NULL ? NULL : PyObject_CallNoArgs(nstype);
+    append = ns == NULL ? NULL : PyObject_GetAttrString(list, "append");
+    if (append == NULL || PyObject_SetAttrString(ns, "write", append) < 0) {
+        goto done;
+    }
+    cls = import_attr("pickle", "Pickler");
+    p = cls == NULL ? NULL : PyObject_CallOneArg(cls, ns);
+    if (p == NULL
+            || PyObject_SetAttrString(p, "dispatch_table", ps->table) < 0) {
+        goto done;
+    }
+    *pickler = Py_NewRef(p);
+    *out = Py_NewRef(list);
+    ret = 0;
+done:
+    Py_DECREF(list);
+    Py_XDECREF(nstype);
+    Py_XDECREF(ns);
+    Py_XDECREF(append);
+    Py_XDECREF(cls);
+    Py_XDECREF(p);
+    return ret;
+}
+
+/* The chunks in `out` as one bytes object (the only chunk itself when
+ * there is one).  A new reference, or NULL with an exception set. */
+static PyObject *
+pickled_join(PyObject *out)
+{
+    Py_ssize_t n = PyList_GET_SIZE(out), total = 0, i;
+    PyObject *res;
+    char *p;
+
+    if (n == 1 && PyBytes_CheckExact(PyList_GET_ITEM(out, 0))) {
+        return Py_NewRef(PyList_GET_ITEM(out, 0));
+    }
+    /* Several writes: the pickler streamed a large payload (bytes of
+     * 64 KiB or more) past its buffer. */
+    for (i = 0; i < n; i++) {
+        PyObject *c = PyList_GET_ITEM(out, i);
+        if (!PyBytes_Check(c)) {
+            PyErr_Format(PyExc_TypeError,
+                         "pickler wrote %.200s, not bytes",
+                         Py_TYPE(c)->tp_name);
+            return NULL;
+        }
+        if (PyBytes_GET_SIZE(c) > PY_SSIZE_T_MAX - total) {
+            return PyErr_NoMemory();
+        }
+        total += PyBytes_GET_SIZE(c);
+    }
+    res = PyBytes_FromStringAndSize(NULL, total);
+    if (res == NULL) {
+        return NULL;
+    }
+    p = PyBytes_AS_STRING(res);
+    for (i = 0; i < n; i++) {
+        PyObject *c = PyList_GET_ITEM(out, i);
+        memcpy(p, PyBytes_AS_STRING(c), (size_t)PyBytes_GET_SIZE(c));
+        p += PyBytes_GET_SIZE(c);
+    }
+    return res;
+}
+
+/* Dump obj with `pickler`, whose writes go to `out`.  Returns new bytes,
+ * with the pickler's memo and `out` emptied for the next dump; or NULL
+ * with an exception set, and then the pickler and `out` are not to be
+ * used again. */
+static PyObject *
+pickler_dump(fastmp_pickling_state *ps, PyObject *pickler, PyObject *out,
+             PyObject *obj)
+{
+    PyObject *args[2] = {pickler, obj};
+    PyObject *r, *res;
+    size_t nargs = 2 | PY_VECTORCALL_ARGUMENTS_OFFSET;
+
+    r = PyObject_VectorcallMethod(ps->str_dump, args, nargs, NULL);
+    if (r == NULL) {
+        return NULL;
+    }
+    Py_DECREF(r);
+    res = pickled_join(out);
+    if (res == NULL) {
+        return NULL;
+    }
+    /* The memo holds references to what was pickled (and would make the
+     * next dump refer back to it): clear it after every dump. */
+    r = PyObject_VectorcallMethod(ps->str_clear_memo, args,
+                                  1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (r == NULL
+            || PyList_SetSlice(out, 0, PyList_GET_SIZE(out), NULL) < 0) {
+        Py_XDECREF(r);
+        Py_DECREF(res);
+        return NULL;
+    }
+    Py_DECREF(r);
+    return res;
+}
+
+/* ---------------------------------------------------------------------
+ * the interface (fastmp.h, "pickling")
+ * ------------------------------------------------------------------- */
+
+PyObject *
+fastmp_dumps(PyObject *obj)
+{
+    fastmp_pickling_state *ps = pickling_state();
+    PyObject *pickler, *out, *res;
+
+    if (pickling_ready(ps) < 0) {
+        return NULL;
+    }
+    if (ps->busy) {
+        /* Nested (a reducer pickling) or another thread: a fresh one. */
+        if (pickler_new(ps, &pickler, &out) < 0) {
+            return NULL;
+        }
+        res = pickler_dump(ps, pickler, out, obj);
+        Py_DECREF(pickler);
+        Py_DECREF(out);
+        return res;
+    }
+    if (ps->pickler == NULL
+            && pickler_new(ps, &ps->pickler, &ps->out) < 0) {
+        return NULL;
+    }
+    ps->busy = 1;
+    /* Own references: a reducer may clear the module state. */
+    pickler = Py_NewRef(ps->pickler);
+    out = Py_NewRef(ps->out);
+    res = pickler_dump(ps, pickler, out, obj);
+    if (res == NULL && ps->pickler == pickler) {
+        /* A failed dump leaves its memo and partial output behind: start
+         * over with a fresh pickler next time. */
+        Py_CLEAR(ps->pickler);
+        Py_CLEAR(ps->out);
+    }
+    Py_DECREF(pickler);
+    Py_DECREF(out);
+    ps->busy = 0;
+    return res;
+}
+
+PyObject *
+fastmp_loads(PyObject *data)
+{
+    fastmp_pickling_state *ps = pickling_state();
+
+    if (pickling_ready(ps) < 0) {
+        return NULL;
+    }
+    return PyObject_CallOneArg(ps->loads, data);
+}
+
+/* ---------------------------------------------------------------------
+ * module level
+ * ------------------------------------------------------------------- */
+
+static PyObject *
+pickling_py_dumps(PyObject *module, PyObject *obj)
+{
+    FASTMP_UNUSED(module);
+    return fastmp_dumps(obj);
+}
+
+static PyObject *
+pickling_py_loads(PyObject *module, PyObject *data)
+{
+    FASTMP_UNUSED(module);
+    return fastmp_loads(data);
+}
+
+PyMethodDef fastmp_pickling_functions[] = {
+    {"_dumps", pickling_py_dumps, METH_O,
+     "_dumps($module, obj, /)\n--\n\n"
+     "Pickle obj as multiprocessing.reduction.ForkingPickler.dumps does "
+     "(the same bytes, the same reducers); returns bytes."},
+    {"_loads", pickling_py_loads, METH_O,
+     "_loads($module, data, /)\n--\n\n"
+     "ForkingPickler.loads(data): unpickle a bytes-like object."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* Every object the state holds, for traverse and clear. */
+#define PICKLING_OBJECTS(X)                                             \
+    X(TableType) X(table) X(extra_reducers) X(copyreg_table) X(loads)   \
+    X(pickler) X(out) X(str_dump) X(str_clear_memo)
+
+int
+fastmp_pickling_exec(PyObject *m, fastmp_state *st)
+{
+    fastmp_pickling_state *ps = &st->pickling;
+
+    ps->TableType = (PyTypeObject *)PyType_FromModuleAndSpec(
+        m, &table_spec, NULL);
+    if (ps->TableType == NULL) {
+        return -1;
+    }
+    ps->str_dump = PyUnicode_InternFromString("dump");
+    ps->str_clear_memo = PyUnicode_InternFromString("clear_memo");
+    if (ps->str_dump == NULL || ps->str_clear_memo == NULL) {
+        return -1;
+    }
+    return 0;
+}
+
+int
+fastmp_pickling_traverse(fastmp_state *st, visitproc visit, void *arg)
+{
+    fastmp_pickling_state *ps = &st->pickling;
+
+#define PICKLING_VISIT(f) Py_VISIT(ps->f);
+    PICKLING_OBJECTS(PICKLING_VISIT)
+#undef PICKLING_VISIT
+    return 0;
+}
+
+void
+fastmp_pickling_clear(fastmp_state *st)
+{
+    fastmp_pickling_state *ps = &st->pickling;
+
+#define PICKLING_CLEAR(f) Py_CLEAR(ps->f);
+    PICKLING_OBJECTS(PICKLING_CLEAR)
+#undef PICKLING_CLEAR
+}

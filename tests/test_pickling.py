@@ -1,0 +1,290 @@
+"""fastmp's one pickling layer (src/pickling.c) against ForkingPickler.
+
+``_fastmp._dumps(obj)`` must give exactly ``ForkingPickler.dumps(obj)``'s
+bytes, with the same reducers (including ones registered or replaced after
+the first use) and the same exceptions; Connection.send and Queue.put use
+it, so they follow every change of reducer too.
+"""
+import copyreg
+import pickle
+import threading
+from multiprocessing.reduction import ForkingPickler
+
+import pytest
+
+import fastmp
+from fastmp import _fastmp
+
+
+@pytest.fixture
+def reducers():
+    """Drop the reducers a test registers for this module's classes (and
+    only those: importing part of fastmp during a test registers its own,
+    which must stay)."""
+    yield
+    for cls in (Tagged, Point):
+        ForkingPickler._extra_reducers.pop(cls, None)
+        copyreg.dispatch_table.pop(cls, None)
+
+
+def same(obj):
+    """Both pickle obj to the same bytes; returns them."""
+    data = _fastmp._dumps(obj)
+    assert type(data) is bytes
+    assert data == bytes(ForkingPickler.dumps(obj))
+    return data
+
+
+class Point:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __eq__(self, other):
+        return type(other) is type(self) and vars(self) == vars(other)
+
+
+class Reduced:
+    def __init__(self, v):
+        self.v = v
+
+    def __reduce__(self):
+        return Reduced, (self.v * 2,)
+
+
+class Tagged:
+    def __init__(self, tag):
+        self.tag = tag
+
+
+def _rebuild_tagged(tag):
+    return Tagged("rebuilt:" + tag)
+
+
+def _reduce_tagged_a(t):
+    return _rebuild_tagged, ("a",)
+
+
+def _reduce_tagged_b(t):
+    return _rebuild_tagged, ("b",)
+
+
+def _reduce_point(p):
+    return Point, (p.y, p.x)
+
+
+PLAIN = [
+    None, True, False, 0, 1, -1, 255, 256, 2**31, -(2**63), 2**100, 1.5,
+    float("inf"), 1j, "", "x", "é" * 10, "s" * 100_000, b"", b"\0" * 10,
+    b"x" * 65_535, b"x" * 65_536, b"y" * (3 << 20), bytearray(b"ab" * 40_000),
+    (), (1,), (1, "x", 2.0), [], [1, [2, [3, [4, [5]]]]], {}, {"a": 1},
+    {1: {2: {3: (4, [5])}}}, {1, 2, 3}, frozenset("abc"), range(10),
+    slice(1, 2), Ellipsis, NotImplemented, type, int, len, pickle.dumps,
+    [b"z" * 70_000, "m" * 70_000, b"w" * 70_000],
+    list(range(10_000)), {i: str(i) for i in range(1000)},
+    Point(1, 2), [Point(i, -i) for i in range(100)], Reduced(21),
+    Exception("boom"), ValueError(1, 2), KeyError("k"),
+]
+
+
+@pytest.mark.parametrize("obj", PLAIN, ids=lambda o: type(o).__name__)
+def test_same_bytes_and_round_trip(obj):
+    data = same(obj)
+    back = _fastmp._loads(data)
+    want = ForkingPickler.loads(data)
+    assert type(back) is type(want)
+    assert same(back) == same(want)
+
+
+def test_shared_references_and_recursion():
+    x = [1, 2]
+    shared = [x, x, {"again": x}]
+    same(shared)
+    back = _fastmp._loads(_fastmp._dumps(shared))
+    assert back[0] is back[1] is back[2]["again"]
+
+    rec = [1]
+    rec.append(rec)
+    d = {}
+    d["self"] = d
+    same(rec)
+    same(d)
+    back = _fastmp._loads(_fastmp._dumps(rec))
+    assert back[1] is back
+    back = _fastmp._loads(_fastmp._dumps(d))
+    assert back["self"] is back
+
+
+def test_memo_cleared_between_dumps():
+    # A reused pickler that kept its memo would emit a back-reference.
+    x = ["shared"]
+    first = _fastmp._dumps(x)
+    assert _fastmp._dumps(x) == first == bytes(ForkingPickler.dumps(x))
+
+
+def test_loads_accepts_bytes_like():
+    data = _fastmp._dumps({"a": [1, 2]})
+    for buf in (data, bytearray(data), memoryview(data)):
+        assert _fastmp._loads(buf) == {"a": [1, 2]}
+
+
+def test_register_after_first_use(reducers):
+    t = Tagged("orig")
+    same(t)                                   # first use: no reducer
+    assert _fastmp._loads(_fastmp._dumps(t)).tag == "orig"
+    ForkingPickler.register(Tagged, _reduce_tagged_a)
+    same(t)
+    assert _fastmp._loads(_fastmp._dumps(t)).tag == "rebuilt:a"
+
+
+def test_replaced_reducer(reducers):
+    t = Tagged("orig")
+    ForkingPickler.register(Tagged, _reduce_tagged_a)
+    assert _fastmp._loads(_fastmp._dumps(t)).tag == "rebuilt:a"
+    # Replacing a registered reducer leaves the table's size unchanged.
+    ForkingPickler.register(Tagged, _reduce_tagged_b)
+    same(t)
+    assert _fastmp._loads(_fastmp._dumps(t)).tag == "rebuilt:b"
+    del ForkingPickler._extra_reducers[Tagged]
+    same(t)
+    assert _fastmp._loads(_fastmp._dumps(t)).tag == "orig"
+
+
+def test_copyreg_pickle(reducers):
+    p = Point(1, 2)
+    same(p)
+    copyreg.pickle(Point, _reduce_point)
+    same(p)
+    assert _fastmp._loads(_fastmp._dumps(p)) == Point(2, 1)
+    # Replaced in place: the table's size does not change.
+    copyreg.pickle(Point, lambda p: (Point, (0, 0)))
+    same(p)
+    assert _fastmp._loads(_fastmp._dumps(p)) == Point(0, 0)
+
+
+def test_extra_reducers_win_over_copyreg(reducers):
+    t = Tagged("orig")
+    copyreg.pickle(Tagged, _reduce_tagged_a)
+    ForkingPickler.register(Tagged, _reduce_tagged_b)
+    same(t)
+    assert _fastmp._loads(_fastmp._dumps(t)).tag == "rebuilt:b"
+
+
+class Boom(Exception):
+    pass
+
+
+def _raising_reducer(obj):
+    raise Boom("no")
+
+
+@pytest.mark.parametrize("obj", [
+    lambda: None,                  # not importable by name
+    threading.Lock(),              # TypeError: cannot pickle
+    [1, 2, (lambda: None)],        # deep in a container, after output
+])
+def test_unpicklable_same_exception(obj):
+    with pytest.raises(Exception) as want:
+        ForkingPickler.dumps(obj)
+    with pytest.raises(want.type):
+        _fastmp._dumps(obj)
+    # The pickler is usable afterwards.
+    same([1, "after"])
+
+
+def test_raising_reducer(reducers):
+    ForkingPickler.register(Tagged, _raising_reducer)
+    with pytest.raises(Boom):
+        ForkingPickler.dumps([b"x" * 100_000, Tagged("t")])
+    with pytest.raises(Boom):
+        _fastmp._dumps([b"x" * 100_000, Tagged("t")])
+    same(Tagged.__name__)
+
+
+class Nested:
+    """Its reducer pickles again while the outer dump is running."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __reduce__(self):
+        return _fastmp._loads, (_fastmp._dumps(self.inner),)
+
+
+def test_reentrant_reducer():
+    obj = [1, Nested(["inner", Nested({"deep": (1, 2)})]), "tail"]
+    data = same(obj)
+    assert _fastmp._loads(data) == [1, ["inner", {"deep": (1, 2)}], "tail"]
+    same(["after", 1])
+
+
+def _sending_reducer_factory(conn):
+    def reduce_(obj):
+        conn.send(("side", obj.tag))
+        return _rebuild_tagged, (obj.tag,)
+    return reduce_
+
+
+def test_reducer_that_sends(reducers):
+    a, b = fastmp.Pipe()
+    ForkingPickler.register(Tagged, _sending_reducer_factory(a))
+    a.send([Tagged("x"), 2])
+    assert b.recv() == ("side", "x")
+    got = b.recv()
+    assert got[0].tag == "rebuilt:x" and got[1] == 2
+    a.close()
+    b.close()
+
+
+def test_threads_share_the_layer():
+    errors = []
+
+    def work(k):
+        try:
+            for i in range(2000):
+                obj = [k, i, Nested(("n", k, i)), "s" * (i % 50)]
+                assert _fastmp._loads(_fastmp._dumps(obj))[2] == ("n", k, i)
+        except Exception as e:  # noqa: BLE001  (reported below)
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert errors == []
+
+
+def test_connection_and_queue_follow_reducers(reducers):
+    a, b = fastmp.Pipe()
+    q = fastmp.Queue()
+    t = Tagged("orig")
+    a.send(t)
+    q.put(t)
+    assert b.recv().tag == "orig" and q.get().tag == "orig"
+    ForkingPickler.register(Tagged, _reduce_tagged_a)
+    a.send(t)
+    q.put(t)
+    assert b.recv().tag == "rebuilt:a" and q.get().tag == "rebuilt:a"
+    ForkingPickler.register(Tagged, _reduce_tagged_b)
+    a.send(t)
+    q.put(t)
+    assert b.recv().tag == "rebuilt:b" and q.get().tag == "rebuilt:b"
+    a.close()
+    b.close()
+    q.close()
+
+
+def test_connection_and_queue_same_errors(reducers):
+    a, b = fastmp.Pipe()
+    q = fastmp.Queue()
+    ForkingPickler.register(Tagged, _raising_reducer)
+    with pytest.raises(Boom):
+        a.send(Tagged("t"))
+    with pytest.raises(Boom):
+        q.put(Tagged("t"))
+    a.send("fine")
+    q.put("fine")
+    assert b.recv() == "fine" and q.get() == "fine"
+    a.close()
+    b.close()
+    q.close()
