@@ -1046,6 +1046,17 @@ value_set(SyncObject *self, PyObject *v, void *Py_UNUSED(closure))
     if (r > 0) {
         r = sync_locked_setattr(st, "value", v);
     }
+    else if (r == 0 && st->ptr != NULL) {
+        /* Arena memory (it never moves): one store under the lock. */
+        int held = sync_lock(st);
+        if (held < 0) {
+            r = -1;
+        }
+        else {
+            memcpy(st->ptr, tmp, (size_t)st->itemsize);
+            r = sync_unlock(st, held);
+        }
+    }
     else if (r == 0) {
         r = sync_scatter(st, 0, st->itemsize, tmp, 1, st->itemsize);
     }
