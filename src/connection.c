@@ -17,11 +17,8 @@
 
 #include <errno.h>
 #include <limits.h>
-#include <poll.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/uio.h>
-#include <unistd.h>
 
 #include "structmember.h"
 
@@ -244,7 +241,7 @@ fd_read_exact(int fd, char *buf, size_t n, int inside)
             if (want > (size_t)SSIZE_MAX) {
                 want = (size_t)SSIZE_MAX;
             }
-            r = read(fd, buf + done, want);
+            r = fastmp_platform_read(fd, buf + done, want);
             if (r > 0) {
                 done += (size_t)r;
             }
@@ -292,7 +289,7 @@ fd_writev_all(int fd, struct iovec *iov, int iovcnt)
 
         Py_BEGIN_ALLOW_THREADS
         for (;;) {
-            r = writev(fd, iov, iovcnt);
+            r = fastmp_platform_writev(fd, iov, iovcnt);
             if (r < 0) {
                 err = errno;
                 break;
@@ -389,7 +386,7 @@ spin_look(ConnectionObject *self, char *buf, size_t n, int *got)
 {
     *got = 0;
     if (self->sock != 0) {
-        ssize_t r = recv(self->fd, buf, n, MSG_DONTWAIT);
+        ssize_t r = fastmp_platform_recv_nowait(self->fd, buf, n);
         if (r > 0) {
             *got = (int)r;
             return r;
@@ -405,9 +402,7 @@ spin_look(ConnectionObject *self, char *buf, size_t n, int *got)
             return -1;
         }
     }
-    struct pollfd pfd = {self->fd, POLLIN, 0};
-    int r = poll(&pfd, 1, 0);
-    return r == 0 ? 0 : (r > 0 ? 1 : -1);
+    return fastmp_platform_poll_in(self->fd, 0);
 }
 
 /* Wait a little for the first bytes of a frame (at most n).  Returns the
@@ -439,9 +434,7 @@ conn_spin(ConnectionObject *self, char *buf, size_t n, int64_t *t0,
     }
     Py_BEGIN_ALLOW_THREADS
     do {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
+        fastmp_cpu_relax();
         r = spin_look(self, buf, n, &got);
     } while (r == 0 && fastmp_now_ns() - *t0 < (int64_t)budget);
     Py_END_ALLOW_THREADS
@@ -562,8 +555,7 @@ conn_close_fd(ConnectionObject *self)
     if (self->fd >= 0) {
         int fd = self->fd;
         self->fd = -1;
-        /* Linux frees the descriptor even when close reports EINTR. */
-        (void)close(fd);
+        (void)fastmp_platform_close(fd);
     }
 }
 
@@ -1123,55 +1115,6 @@ conn_recv(ConnectionObject *self, PyObject *Py_UNUSED(ignored))
     return res;
 }
 
-/* Wait until fd is readable (or at EOF/error), at most until d.
- * Returns 1 ready, 0 timed out, -1 with an exception set. */
-static int
-fd_wait_readable(int fd, const fastmp_deadline *d)
-{
-    struct pollfd pfd;
-    int r, err;
-
-    pfd.fd = fd;
-    pfd.events = POLLIN;
-    pfd.revents = 0;
-    /* First look without releasing the GIL. */
-    r = poll(&pfd, 1, 0);
-    if (r > 0) {
-        return 1;
-    }
-    if (r < 0 && errno != EINTR) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
-    }
-    for (;;) {
-        double left = fastmp_deadline_remaining(d);
-        int ms;
-
-        if (PyErr_CheckSignals() < 0) {
-            return -1;
-        }
-        if (left == 0.0) {
-            return 0;
-        }
-        ms = (int)(FASTMP_WAIT_SLICE_NS / 1000000);
-        if (left > 0 && left * 1000.0 < ms) {
-            ms = (int)(left * 1000.0) + 1;
-        }
-        Py_BEGIN_ALLOW_THREADS
-        r = poll(&pfd, 1, ms);
-        err = errno;
-        Py_END_ALLOW_THREADS
-        if (r > 0) {
-            return 1;
-        }
-        if (r < 0 && err != EINTR) {
-            errno = err;
-            PyErr_SetFromErrno(PyExc_OSError);
-            return -1;
-        }
-    }
-}
-
 PyDoc_STRVAR(conn_poll_doc,
 "poll($self, /, timeout=0.0)\n--\n\n"
 "Whether there is any input available to be read.");
@@ -1213,7 +1156,7 @@ conn_poll(ConnectionObject *self, PyObject *const *args, Py_ssize_t nargs,
     else if (fastmp_deadline_from_object(timeout, &d) < 0) {
         return NULL;
     }
-    r = fd_wait_readable(self->fd, &d);
+    r = fastmp_wait_readable(self->fd, &d);
     if (r < 0) {
         return NULL;
     }
@@ -1243,7 +1186,7 @@ conn_close(ConnectionObject *self, PyObject *Py_UNUSED(ignored))
     if (self->fd >= 0) {
         int fd = self->fd;
         self->fd = -1;
-        if (close(fd) < 0 && errno != EINTR) {
+        if (fastmp_platform_close(fd) < 0) {
             PyErr_SetFromErrno(PyExc_OSError);
             return NULL;
         }

@@ -27,6 +27,90 @@
  * platform: platform_linux.c.  A port to another OS replaces that file.
  * ------------------------------------------------------------------- */
 
+/* Every system call fastmp makes is behind a fastmp_platform_* function
+ * declared here (or a static inline one below).  They never touch the
+ * Python API: they return a status and keep errno; the caller raises,
+ * with fastmp_oserror_syscall() naming the call. */
+
+/* Spin-wait hint: `pause` on x86, `yield` on aarch64, nothing elsewhere. */
+static inline void
+fastmp_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* timespec arithmetic (CLOCK_MONOTONIC values; tv_nsec in [0, 1e9)). */
+#define FASTMP_NS_PER_SEC 1000000000
+
+static inline int64_t
+fastmp_ts_to_ns(const struct timespec *ts)
+{
+    return (int64_t)ts->tv_sec * FASTMP_NS_PER_SEC + ts->tv_nsec;
+}
+
+static inline struct timespec
+fastmp_ts_from_ns(int64_t ns)
+{
+    struct timespec ts;
+    ts.tv_sec = (time_t)(ns / FASTMP_NS_PER_SEC);
+    ts.tv_nsec = (long)(ns % FASTMP_NS_PER_SEC);
+    return ts;
+}
+
+/* Add ns (>= 0) to *ts. */
+static inline void
+fastmp_ts_add_ns(struct timespec *ts, int64_t ns)
+{
+    ts->tv_sec += (time_t)(ns / FASTMP_NS_PER_SEC);
+    ts->tv_nsec += (long)(ns % FASTMP_NS_PER_SEC);
+    if (ts->tv_nsec >= FASTMP_NS_PER_SEC) {
+        ts->tv_sec += 1;
+        ts->tv_nsec -= FASTMP_NS_PER_SEC;
+    }
+}
+
+/* 1 when a is earlier than b. */
+static inline int
+fastmp_ts_before(const struct timespec *a, const struct timespec *b)
+{
+    return a->tv_sec < b->tv_sec
+           || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+/* The CLOCK_MONOTONIC time now. */
+static inline void
+fastmp_platform_now(struct timespec *ts)
+{
+    (void)clock_gettime(CLOCK_MONOTONIC, ts);
+}
+
+/* The same in nanoseconds. */
+static inline int64_t
+fastmp_now_ns(void)
+{
+    struct timespec ts;
+    fastmp_platform_now(&ts);
+    return fastmp_ts_to_ns(&ts);
+}
+
+/* Sleep `ns` nanoseconds, resuming after signals (tests only). */
+void fastmp_platform_sleep_ns(int64_t ns);
+
+/* Stop this process with SIGSTOP (tests only). */
+void fastmp_platform_stop_self(void);
+
+/* How many CPUs this process may run on (its affinity mask); 0 when
+ * unknown. */
+int fastmp_platform_ncpus(void);
+
+/* close(2).  Linux frees the descriptor even when it reports EINTR, so
+ * that is not an error here.  0, or -1 with errno set. */
+int fastmp_platform_close(int fd);
+
 /* Create an anonymous shared-memory file of `size` bytes (sparse).
  * Returns an fd (close-on-exec) or -1 with errno set.  Uses memfd_create,
  * falling back to an immediately unlinked shm_open segment. */
@@ -51,6 +135,31 @@ void *fastmp_platform_shm_remap(void *addr, uint64_t old_size,
 
 /* Undo fastmp_platform_shm_map (NULL: nothing). */
 void fastmp_platform_shm_unmap(void *addr, uint64_t size);
+
+/* Free the pages of [offset, offset + len) of a shared-memory file; they
+ * read back as zeros.  Best effort: 0, or -1 with errno set. */
+int fastmp_platform_shm_punch(int fd, uint64_t offset, uint64_t len);
+
+/* Identity and resident size of an open file: device and inode, and the
+ * bytes it holds in memory.  0, or -1 with errno set. */
+int fastmp_platform_file_id(int fd, uint64_t *dev, uint64_t *ino,
+                            uint64_t *size);
+int fastmp_platform_file_resident(int fd, uint64_t *bytes);
+
+/* Named POSIX shared memory (shm_open / shm_unlink).  open returns an fd
+ * (create: O_CREAT | O_EXCL with `mode`) or -1 with errno set. */
+int fastmp_platform_shm_open_named(const char *name, int create, int mode);
+int fastmp_platform_shm_unlink_named(const char *name);
+
+/* Pipe and socket I/O for connection.c.  No retry on EINTR: the caller
+ * checks signals and retries.  read/writev/recv return like the
+ * syscalls; poll_in waits up to `ms` (0: a look) for fd to be readable
+ * and returns 1, 0, or -1 with errno set. */
+struct iovec;
+ssize_t fastmp_platform_read(int fd, void *buf, size_t n);
+ssize_t fastmp_platform_writev(int fd, const struct iovec *iov, int iovcnt);
+ssize_t fastmp_platform_recv_nowait(int fd, void *buf, size_t n);
+int fastmp_platform_poll_in(int fd, int ms);
 
 /* The machine's physical memory in bytes (cached; 0 when unknown). */
 uint64_t fastmp_platform_phys_bytes(void);
@@ -136,6 +245,38 @@ double fastmp_deadline_remaining(const fastmp_deadline *d);
 int fastmp_wait_futex(uint32_t *word, uint32_t expected,
                       const fastmp_deadline *d);
 
+/* As fastmp_wait_futex for waits that no exception may come out of (a
+ * lock protecting a critical section that must be entered): signal
+ * handlers are not run.  Returns 0 (re-check) or 1 (deadline passed). */
+int fastmp_wait_futex_quiet(uint32_t *word, uint32_t expected,
+                            const fastmp_deadline *d);
+
+/* Called WITH the GIL.  Wait until fd is readable (or at EOF or in
+ * error), at most until d, in slices with the GIL released and signals
+ * checked.  Returns 1 ready, 0 timed out, -1 with an exception set. */
+int fastmp_wait_readable(int fd, const fastmp_deadline *d);
+
+/* A monotonic "every slice" timer: *next is when the next look is due.
+ * fastmp_slice_due returns 1 (and moves *next one slice on) when it has
+ * come.  For looks that cost system calls (is a holder dead?), done at
+ * most once a slice however often the waiter is woken. */
+static inline void
+fastmp_slice_start(int64_t *next)
+{
+    *next = fastmp_now_ns() + FASTMP_WAIT_SLICE_NS;
+}
+
+static inline int
+fastmp_slice_due(int64_t *next)
+{
+    int64_t now = fastmp_now_ns();
+    if (now < *next) {
+        return 0;
+    }
+    *next = now + FASTMP_WAIT_SLICE_NS;
+    return 1;
+}
+
 /* Spinning before sleeping.  A wait that ends within microseconds (a peer
  * on another CPU answering) costs far less if the waiter watches for the
  * change than if it sleeps and is woken.  A fastmp_spin is process-local
@@ -149,7 +290,6 @@ typedef struct {
 } fastmp_spin;
 
 void fastmp_spin_init(fastmp_spin *sp);
-int64_t fastmp_now_ns(void);
 /* Record a wait of `waited` ns; `spun` says whether spinning saw it end. */
 void fastmp_spin_learn(fastmp_spin *sp, int64_t waited, int spun);
 
@@ -498,6 +638,13 @@ fastmp_newref(PyObject *o)
 #endif
 
 #define FASTMP_UNUSED(x) ((void)(x))
+
+/* Raise OSError from errno for a failed system call, naming it: the
+ * exception is the errno's OSError subclass (as PyErr_SetFromErrno picks
+ * it) with filename "(originated from <syscall>)".  Returns NULL.  For
+ * errors the stdlib raises too (a connection's read/write, shm_open's
+ * FileExistsError), the stdlib's own form is kept instead. */
+PyObject *fastmp_oserror_syscall(const char *syscall);
 
 /* Py_TPFLAGS_IMMUTABLETYPE arrived in 3.10. */
 #ifdef Py_TPFLAGS_IMMUTABLETYPE

@@ -12,12 +12,16 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #ifndef MFD_CLOEXEC
@@ -45,7 +49,7 @@ shm_open_anon(void)
     char name[64];
     for (int attempt = 0; attempt < 100; attempt++) {
         struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
+        fastmp_platform_now(&ts);
         snprintf(name, sizeof(name), "/fastmp-%ld-%lx-%d", (long)getpid(),
                  (unsigned long)ts.tv_nsec, attempt);
         int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -76,7 +80,7 @@ fastmp_platform_shm_anon(const char *tag, uint64_t size)
     }
     if (ftruncate(fd, (off_t)size) < 0) {
         int saved = errno;
-        close(fd);
+        (void)close(fd);
         errno = saved;
         return -1;
     }
@@ -138,6 +142,110 @@ fastmp_platform_shm_unmap(void *addr, uint64_t size)
     if (addr != NULL) {
         (void)munmap(addr, (size_t)size);
     }
+}
+
+int
+fastmp_platform_shm_punch(int fd, uint64_t offset, uint64_t len)
+{
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                     (off_t)offset, (off_t)len);
+}
+
+int
+fastmp_platform_file_id(int fd, uint64_t *dev, uint64_t *ino,
+                        uint64_t *size)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        return -1;
+    }
+    *dev = (uint64_t)st.st_dev;
+    *ino = (uint64_t)st.st_ino;
+    *size = (uint64_t)st.st_size;
+    return 0;
+}
+
+int
+fastmp_platform_file_resident(int fd, uint64_t *bytes)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        return -1;
+    }
+    *bytes = (uint64_t)st.st_blocks * 512;
+    return 0;
+}
+
+int
+fastmp_platform_shm_open_named(const char *name, int create, int mode)
+{
+    return shm_open(name, O_RDWR | (create ? O_CREAT | O_EXCL : 0),
+                    (mode_t)mode);
+}
+
+int
+fastmp_platform_shm_unlink_named(const char *name)
+{
+    return shm_unlink(name);
+}
+
+int
+fastmp_platform_close(int fd)
+{
+    if (close(fd) < 0 && errno != EINTR) {
+        return -1;
+    }
+    return 0;
+}
+
+ssize_t
+fastmp_platform_read(int fd, void *buf, size_t n)
+{
+    return read(fd, buf, n);
+}
+
+ssize_t
+fastmp_platform_writev(int fd, const struct iovec *iov, int iovcnt)
+{
+    return writev(fd, iov, iovcnt);
+}
+
+ssize_t
+fastmp_platform_recv_nowait(int fd, void *buf, size_t n)
+{
+    return recv(fd, buf, n, MSG_DONTWAIT);
+}
+
+int
+fastmp_platform_poll_in(int fd, int ms)
+{
+    struct pollfd pfd = {fd, POLLIN, 0};
+    int r = poll(&pfd, 1, ms);
+    return r > 0 ? 1 : r;
+}
+
+void
+fastmp_platform_sleep_ns(int64_t ns)
+{
+    struct timespec ts = fastmp_ts_from_ns(ns);
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
+}
+
+void
+fastmp_platform_stop_self(void)
+{
+    (void)raise(SIGSTOP);
+}
+
+int
+fastmp_platform_ncpus(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) != 0) {
+        return 0;
+    }
+    return CPU_COUNT(&set);
 }
 
 uint64_t

@@ -36,7 +36,6 @@
 #include <errno.h>
 #include <string.h>
 #include <structmember.h>
-#include <unistd.h>
 
 #define RING_PAGE 4096
 #define RING_MIN_CAP (UINT64_C(64) << 10)      /* initial ring and file */
@@ -362,7 +361,7 @@ ring_map_header(RingObject *q)
 {
     uint64_t size;
     if (fastmp_platform_shm_size(q->fd, &size) < 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
+        fastmp_oserror_syscall("fstat");
         return -1;
     }
     if (size < RING_PAGE + RING_MIN_CAP) {
@@ -410,7 +409,7 @@ ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     RingObject *q = (RingObject *)type->tp_alloc(type, 0);
     if (q == NULL) {
         if (fd >= 0) {
-            close(fd);
+            (void)fastmp_platform_close(fd);
         }
         return NULL;
     }
@@ -469,7 +468,7 @@ ring_dealloc(RingObject *q)
     fastmp_platform_shm_unmap(q->data, q->mapped);
     fastmp_platform_shm_unmap(q->h, RING_PAGE);
     if (q->fd >= 0) {
-        close(q->fd);
+        (void)fastmp_platform_close(q->fd);
     }
     tp->tp_free(q);
     Py_DECREF(tp);

@@ -479,38 +479,13 @@ warn_abandoned(SemLockObject *self)
                             self->mutex ? "lock" : "semaphore");
 }
 
-static void
-ts_add(struct timespec *ts, long ns)
-{
-    ts->tv_nsec += ns;
-    while (ts->tv_nsec >= 1000000000L) {
-        ts->tv_nsec -= 1000000000L;
-        ts->tv_sec += 1;
-    }
-}
-
-/* 1 when the time in *next has come (and moves *next one slice on). */
-static int
-check_due(struct timespec *next)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    if (now.tv_sec < next->tv_sec
-        || (now.tv_sec == next->tv_sec && now.tv_nsec < next->tv_nsec)) {
-        return 0;
-    }
-    *next = now;
-    ts_add(next, FASTMP_WAIT_SLICE_NS);
-    return 1;
-}
-
 /* Returns 1 acquired, 0 timed out, -1 exception. */
 static int
 acquire_slow(SemLockObject *self, const fastmp_deadline *d)
 {
     shared_sem *s = self->sem;
     int result = -1;
-    struct timespec next_check;
+    int64_t next_check;
     int64_t t0 = fastmp_now_ns();
     /* While recent waits were short, watch `word` first, before counting
      * ourselves in `nwaiters` (which makes every release pay for a futex
@@ -529,8 +504,7 @@ acquire_slow(SemLockObject *self, const fastmp_deadline *d)
     if (PyErr_CheckSignals() < 0) {
         return -1;
     }
-    clock_gettime(CLOCK_MONOTONIC, &next_check);
-    ts_add(&next_check, FASTMP_WAIT_SLICE_NS);
+    fastmp_slice_start(&next_check);
     __atomic_add_fetch(&s->nwaiters, 1, __ATOMIC_SEQ_CST);
     for (;;) {
         uint32_t v = __atomic_load_n(&s->word, __ATOMIC_SEQ_CST);
@@ -552,7 +526,7 @@ acquire_slow(SemLockObject *self, const fastmp_deadline *d)
         }
         /* The holder may be dead.  Looking costs syscalls, so do it at
          * most once per wait slice, however often we are woken. */
-        if (r == 0 && !check_due(&next_check)) {
+        if (r == 0 && !fastmp_slice_due(&next_check)) {
             continue;
         }
         if (self->mutex) {
@@ -634,9 +608,7 @@ do_acquire(SemLockObject *self, int blocking, PyObject *timeout)
      * Only reads until the lock looks free, so that the holder keeps the
      * cache line meanwhile (a failed CAS takes it away too). */
     for (int i = 0; i < SPIN_TRIES; i++) {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
+        fastmp_cpu_relax();
         uint32_t v = __atomic_load_n(&self->sem->word, __ATOMIC_RELAXED);
         if ((self->mutex ? v == 0 : v != 0) && try_once(self)) {
             note_acquired(self);
@@ -1729,7 +1701,7 @@ event_set(SemLockObject *self, PyObject *Py_UNUSED(ignored))
     __atomic_add_fetch(&s->gen, 1, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&s->nwaiters, __ATOMIC_SEQ_CST) != 0) {
         if (fastmp_platform_futex_wake(&s->gen, INT32_MAX) < 0) {
-            return PyErr_SetFromErrno(PyExc_OSError);
+            return fastmp_oserror_syscall("futex");
         }
     }
     Py_RETURN_NONE;
