@@ -784,7 +784,7 @@ fastmp_block_segment(const fastmp_block *b)
 /* ---- module functions -------------------------------------------- */
 
 static PyObject *
-arena_segment_attach(PyObject *module, PyObject *args)
+arena_segment_attach(PyObject *Py_UNUSED(module), PyObject *args)
 {
     int fd;
     unsigned long long size;
@@ -809,7 +809,7 @@ arena_segment_attach(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "segment size mismatch");
         return NULL;
     }
-    fastmp_state *st = (fastmp_state *)PyModule_GetState(module);
+    fastmp_state *st = fastmp_get_state();
     fastmp_segment_object *s = segment_new(st->SegmentType, fd, size);
     if (s == NULL) {
         return NULL;
@@ -889,7 +889,7 @@ arena_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
                          "resident", resident);
 }
 
-PyMethodDef fastmp_arena_functions[] = {
+static PyMethodDef arena_functions[] = {
     {"_segment_attach", arena_segment_attach, METH_VARARGS,
      "_segment_attach(fd, size, /)\n--\n\n"
      "Map a segment received from a parent (takes ownership of fd)."},
@@ -910,6 +910,9 @@ PyMethodDef fastmp_arena_functions[] = {
 int
 fastmp_arena_exec(PyObject *m, fastmp_state *st)
 {
+    if (PyModule_AddFunctions(m, arena_functions) < 0) {
+        return -1;
+    }
     st->SegmentType = (PyTypeObject *)PyType_FromModuleAndSpec(
         m, &segment_spec, NULL);
     if (st->SegmentType == NULL) {

@@ -1320,13 +1320,16 @@ static PyType_Spec conn_spec = {
     .slots = conn_slots,
 };
 
-PyMethodDef fastmp_connection_functions[] = {
+static PyMethodDef connection_functions[] = {
     {NULL, NULL, 0, NULL},
 };
 
 int
 fastmp_connection_exec(PyObject *m, fastmp_state *st)
 {
+    if (PyModule_AddFunctions(m, connection_functions) < 0) {
+        return -1;
+    }
     fastmp_connection_state *cs = &st->connection;
 
     cs->ConnectionType = (PyTypeObject *)PyType_FromModuleAndSpec(

@@ -585,13 +585,27 @@ typedef struct {
     fastmp_ring_state ring;
 } fastmp_state;
 
-/* The module state of the one fastmp._fastmp module imported in this
- * interpreter (set in the exec slot).  For code that has no module at
- * hand (dealloc of a heap type reaches it through the type instead). */
-fastmp_state *fastmp_get_state(void);
+/* Reaching the module state -- one convention for all code: call
+ * fastmp_get_state().  fastmp supports one interpreter per process
+ * (Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED; shared memory is per
+ * process anyway), so the state is one global pointer, set by the exec
+ * slot and reset to NULL by m_free: a load, cheaper than
+ * PyModule_GetState or PyType_GetModuleState, and the same from module
+ * functions, methods, dealloc and helpers.  It is NULL before exec and
+ * after the module is freed: code that can run then (dealloc, type
+ * checks, fastmp_semlock_unwrap) tests for NULL.  A method of a live
+ * fastmp object may assume non-NULL: its heap type holds the module. */
+extern fastmp_state *fastmp_current_state;
 
-/* Per-area exec hooks: create types, add them to the module.  Return 0,
- * or -1 with an exception set.  traverse/clear visit the area's state. */
+static inline fastmp_state *
+fastmp_get_state(void)
+{
+    return fastmp_current_state;
+}
+
+/* Per-area exec hooks: create types, add them and the area's module-level
+ * functions (PyModule_AddFunctions) to the module.  Return 0, or -1 with
+ * an exception set.  traverse/clear visit the area's state. */
 int fastmp_arena_exec(PyObject *m, fastmp_state *st);
 int fastmp_semlock_exec(PyObject *m, fastmp_state *st);
 int fastmp_sharedctypes_exec(PyObject *m, fastmp_state *st);
@@ -611,16 +625,8 @@ void fastmp_shm_clear(fastmp_state *st);
 void fastmp_connection_clear(fastmp_state *st);
 void fastmp_ring_clear(fastmp_state *st);
 
-/* Module-level functions each area contributes (NULL-terminated arrays,
- * concatenated by module.c).  An area without functions provides a
- * table holding only the sentinel. */
-extern PyMethodDef fastmp_arena_functions[];
-extern PyMethodDef fastmp_semlock_functions[];
-extern PyMethodDef fastmp_sharedctypes_functions[];
-extern PyMethodDef fastmp_shm_functions[];
-extern PyMethodDef fastmp_connection_functions[];
-extern PyMethodDef fastmp_ring_functions[];
-extern PyMethodDef fastmp_owner_functions[];
+/* The owner lock's test hook functions. */
+int fastmp_owner_exec(PyObject *m);
 
 /* ---------------------------------------------------------------------
  * small helpers

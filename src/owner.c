@@ -149,7 +149,7 @@ owner_stall_py(PyObject *module, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-PyMethodDef fastmp_owner_functions[] = {
+static PyMethodDef owner_functions[] = {
     {"_owner_stall", owner_stall_py, METH_O,
      "_owner_stall(seconds, /)\n--\n\n"
      "Tests only: the next owner-lock acquisition in this process stalls "
@@ -157,3 +157,9 @@ PyMethodDef fastmp_owner_functions[] = {
      "stops itself with SIGSTOP)."},
     {NULL, NULL, 0, NULL},
 };
+
+int
+fastmp_owner_exec(PyObject *m)
+{
+    return PyModule_AddFunctions(m, owner_functions);
+}

@@ -1243,7 +1243,7 @@ ring_setup(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
-PyMethodDef fastmp_ring_functions[] = {
+static PyMethodDef ring_functions[] = {
     {"_ring_setup", ring_setup, METH_VARARGS,
      "_ring_setup(dumps, plain_dumps, protocol, loads, Empty, Full, /)\n"
      "--\n\nGive the queue code its pickler and exception types."},
@@ -1253,6 +1253,9 @@ PyMethodDef fastmp_ring_functions[] = {
 int
 fastmp_ring_exec(PyObject *m, fastmp_state *st)
 {
+    if (PyModule_AddFunctions(m, ring_functions) < 0) {
+        return -1;
+    }
     st->ring.RingType = (PyTypeObject *)PyType_FromModuleAndSpec(
         m, &ring_spec, NULL);
     if (st->ring.RingType == NULL) {

@@ -188,8 +188,13 @@ fork_check(SemLockObject *o)
     }
 }
 
-#define ISMINE(o) (fork_check(o), (o)->count > 0 \
-                   && PyThread_get_thread_ident() == (o)->last_tid)
+/* Does the calling thread hold this lock (count > 0, taken by it)? */
+static inline int
+is_mine(SemLockObject *o)
+{
+    fork_check(o);
+    return o->count > 0 && PyThread_get_thread_ident() == o->last_tid;
+}
 
 static PyObject *
 module_warning(void)
@@ -572,7 +577,7 @@ static int
 do_acquire(SemLockObject *self, int blocking, PyObject *timeout)
 {
     fork_check(self);
-    if (self->kind == SEMLOCK_RECURSIVE_MUTEX && ISMINE(self)) {
+    if (self->kind == SEMLOCK_RECURSIVE_MUTEX && is_mine(self)) {
         self->count++;
         return 1;
     }
@@ -629,7 +634,7 @@ do_release(SemLockObject *self)
     shared_sem *s = self->sem;
     fork_check(self);
     if (self->kind == SEMLOCK_RECURSIVE_MUTEX) {
-        if (!ISMINE(self)) {
+        if (!is_mine(self)) {
             PyErr_SetString(PyExc_AssertionError,
                             "attempt to release recursive lock not owned "
                             "by thread");
@@ -1344,7 +1349,7 @@ semlock_count(SemLockObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 semlock_is_mine(SemLockObject *self, PyObject *Py_UNUSED(ignored))
 {
-    return PyBool_FromLong(ISMINE(self));
+    return PyBool_FromLong(is_mine(self));
 }
 
 static long
@@ -1817,7 +1822,7 @@ semlock_forget_all(PyObject *module, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-PyMethodDef fastmp_semlock_functions[] = {
+static PyMethodDef semlock_functions[] = {
     {"_semlock_forget_all", semlock_forget_all, METH_NOARGS,
      "_semlock_forget_all($module, /)\n--\n\n"
      "Forget the semaphore units this process holds (normal exit)."},
@@ -1827,6 +1832,9 @@ PyMethodDef fastmp_semlock_functions[] = {
 int
 fastmp_semlock_exec(PyObject *m, fastmp_state *st)
 {
+    if (PyModule_AddFunctions(m, semlock_functions) < 0) {
+        return -1;
+    }
     PyObject *t = PyType_FromModuleAndSpec(m, &semlock_spec, NULL);
     if (t == NULL) {
         return -1;
@@ -1989,7 +1997,7 @@ int
 fastmp_semlock_held_by_me(PyObject *semlock)
 {
     SemLockObject *self = (SemLockObject *)semlock;
-    return self->kind == SEMLOCK_RECURSIVE_MUTEX && ISMINE(self);
+    return self->kind == SEMLOCK_RECURSIVE_MUTEX && is_mine(self);
 }
 
 /* The words a lock-free reader of data this mutex protects checks (see

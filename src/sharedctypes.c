@@ -123,9 +123,9 @@ static PyType_Spec block_spec = {
 };
 
 static PyObject *
-sct_block_alloc(PyObject *module, PyObject *arg)
+sct_block_alloc(PyObject *Py_UNUSED(module), PyObject *arg)
 {
-    fastmp_state *st = PyModule_GetState(module);
+    fastmp_state *st = fastmp_get_state();
     Py_ssize_t size = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
     if (size == -1 && PyErr_Occurred()) {
         return NULL;
@@ -151,9 +151,9 @@ sct_block_alloc(PyObject *module, PyObject *arg)
 }
 
 static PyObject *
-sct_block_attach(PyObject *module, PyObject *args)
+sct_block_attach(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    fastmp_state *st = PyModule_GetState(module);
+    fastmp_state *st = fastmp_get_state();
     PyObject *seg;
     unsigned long long offset, size;
     if (!PyArg_ParseTuple(args, "OKK:_block_attach", &seg, &offset, &size)) {
@@ -216,7 +216,7 @@ code_is_signed(int code)
 }
 
 /* Bits of an integer element, zero-extended. */
-static uint64_t
+static inline uint64_t
 int_bits_load(const char *p, Py_ssize_t size)
 {
     switch (size) {
@@ -1448,44 +1448,59 @@ array_ass_item(SyncObject *self, Py_ssize_t i, PyObject *v)
 }
 
 /* Fill `list` (n fresh slots) from n packed elements: one tight loop per
- * element type, since this is the hot part of `arr[:]`.  Integers in the
- * interpreter's small-int range come from the table in the module state
- * (the very objects PyLong_FromLong would return). */
-#define UNPACK_LOOP(ctype, make)                                        \
-    do {                                                                \
-        for (Py_ssize_t k = 0; k < n; k++) {                            \
-            ctype x;                                                    \
-            memcpy(&x, buf + k * (Py_ssize_t)sizeof(ctype),             \
-                   sizeof(ctype));                                      \
-            PyObject *o = make(x);                                      \
-            if (o == NULL) {                                            \
-                return -1;                                              \
-            }                                                           \
-            PyList_SET_ITEM(list, k, o);                                \
-        }                                                               \
-        return 0;                                                       \
-    } while (0)
-
-static inline PyObject *
-int_from_long(PyObject *const *small, long v)
+ * element kind, since this is the hot part of `arr[:]`; always inlined,
+ * so the compiler specialises each for the constant size it is called
+ * with.  Integers in the interpreter's small-int range come from the
+ * table in the module state (the very objects PyLong_FromLong would
+ * return). */
+static inline __attribute__((always_inline)) int
+unpack_ints(const char *buf, Py_ssize_t n, PyObject *list,
+            PyObject *const *small, Py_ssize_t size, int is_signed)
 {
-    if (v >= FASTMP_SMALL_INT_MIN && v <= FASTMP_SMALL_INT_MAX) {
-        return Py_NewRef(small[v - FASTMP_SMALL_INT_MIN]);
+    int shift = 64 - 8 * (int)size;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        uint64_t bits = int_bits_load(buf + k * size, size);
+        PyObject *o;
+        if (is_signed) {
+            int64_t v = (int64_t)(bits << shift) >> shift;
+            o = (v >= FASTMP_SMALL_INT_MIN && v <= FASTMP_SMALL_INT_MAX)
+                    ? Py_NewRef(small[v - FASTMP_SMALL_INT_MIN])
+                    : PyLong_FromLongLong((long long)v);
+        }
+        else {
+            o = bits <= (uint64_t)FASTMP_SMALL_INT_MAX
+                    ? Py_NewRef(small[(int64_t)bits - FASTMP_SMALL_INT_MIN])
+                    : PyLong_FromUnsignedLongLong(bits);
+        }
+        if (o == NULL) {
+            return -1;
+        }
+        PyList_SET_ITEM(list, k, o);
     }
-    return PyLong_FromLong(v);
+    return 0;
 }
 
-static inline PyObject *
-int_from_ulong(PyObject *const *small, unsigned long v)
+static inline __attribute__((always_inline)) int
+unpack_floats(const char *buf, Py_ssize_t n, PyObject *list, int is_double)
 {
-    if (v <= (unsigned long)FASTMP_SMALL_INT_MAX) {
-        return Py_NewRef(small[(long)v - FASTMP_SMALL_INT_MIN]);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        double x;
+        if (is_double) {
+            memcpy(&x, buf + k * (Py_ssize_t)sizeof(double), sizeof(x));
+        }
+        else {
+            float f;
+            memcpy(&f, buf + k * (Py_ssize_t)sizeof(float), sizeof(f));
+            x = f;
+        }
+        PyObject *o = PyFloat_FromDouble(x);
+        if (o == NULL) {
+            return -1;
+        }
+        PyList_SET_ITEM(list, k, o);
     }
-    return PyLong_FromUnsignedLong(v);
+    return 0;
 }
-
-#define INT_S(x) int_from_long(small, (long)(x))
-#define INT_U(x) int_from_ulong(small, (unsigned long)(x))
 
 static int
 unpack_list(int code, const char *buf, Py_ssize_t n, PyObject *list)
@@ -1496,19 +1511,25 @@ unpack_list(int code, const char *buf, Py_ssize_t n, PyObject *list)
     }
     PyObject *const *small = st->sharedctypes.small_ints;
     switch (code) {
-    case 'b': UNPACK_LOOP(signed char, INT_S);
-    case 'B': UNPACK_LOOP(unsigned char, INT_U);
-    case 'h': UNPACK_LOOP(short, INT_S);
-    case 'H': UNPACK_LOOP(unsigned short, INT_U);
-    case 'i': UNPACK_LOOP(int, INT_S);
-    case 'I': UNPACK_LOOP(unsigned int, INT_U);
-    case 'l': UNPACK_LOOP(long, INT_S);
-    case 'L': UNPACK_LOOP(unsigned long, INT_U);
-    case 'q': UNPACK_LOOP(long long, PyLong_FromLongLong);
-    case 'Q': UNPACK_LOOP(unsigned long long, PyLong_FromUnsignedLongLong);
-    case 'f': UNPACK_LOOP(float, PyFloat_FromDouble);
-    case 'd': UNPACK_LOOP(double, PyFloat_FromDouble);
-    case '?': UNPACK_LOOP(_Bool, PyBool_FromLong);
+    case 'b': return unpack_ints(buf, n, list, small, 1, 1);
+    case 'B': return unpack_ints(buf, n, list, small, 1, 0);
+    case 'h': return unpack_ints(buf, n, list, small, sizeof(short), 1);
+    case 'H': return unpack_ints(buf, n, list, small, sizeof(short), 0);
+    case 'i': return unpack_ints(buf, n, list, small, sizeof(int), 1);
+    case 'I': return unpack_ints(buf, n, list, small, sizeof(int), 0);
+    case 'l': return unpack_ints(buf, n, list, small, sizeof(long), 1);
+    case 'L': return unpack_ints(buf, n, list, small, sizeof(long), 0);
+    case 'q': return unpack_ints(buf, n, list, small, sizeof(long long), 1);
+    case 'Q': return unpack_ints(buf, n, list, small, sizeof(long long), 0);
+    case 'f': return unpack_floats(buf, n, list, 0);
+    case 'd': return unpack_floats(buf, n, list, 1);
+    case '?':
+        for (Py_ssize_t k = 0; k < n; k++) {
+            _Bool b;
+            memcpy(&b, buf + k * (Py_ssize_t)sizeof(_Bool), sizeof(b));
+            PyList_SET_ITEM(list, k, PyBool_FromLong(b));
+        }
+        return 0;
     default:
         break;
     }
@@ -1522,9 +1543,6 @@ unpack_list(int code, const char *buf, Py_ssize_t n, PyObject *list)
     }
     return 0;
 }
-#undef UNPACK_LOOP
-#undef INT_S
-#undef INT_U
 
 /* The index `key` names in st's array (negative counts from the end), or
  * -1 with an exception set; `msg` is the stdlib's TypeError text. */
@@ -1793,7 +1811,7 @@ static PyType_Spec string_spec = {
 
 /* ---- module glue ---------------------------------------------------- */
 
-PyMethodDef fastmp_sharedctypes_functions[] = {
+static PyMethodDef sharedctypes_functions[] = {
     {"_block_alloc", sct_block_alloc, METH_O,
      PyDoc_STR("_block_alloc(size, /)\n--\n\n"
                "A new zeroed Block of shared memory.")},
@@ -1830,6 +1848,9 @@ add_type(PyObject *m, PyType_Spec *spec, PyObject *base, const char *name)
 int
 fastmp_sharedctypes_exec(PyObject *m, fastmp_state *st)
 {
+    if (PyModule_AddFunctions(m, sharedctypes_functions) < 0) {
+        return -1;
+    }
     fastmp_sharedctypes_state *s = &st->sharedctypes;
     s->BlockType = add_type(m, &block_spec, NULL, "Block");
     if (s->BlockType == NULL) {

@@ -182,9 +182,9 @@ shm_name_cstr(PyObject *name)
  * ValueError (empty segment) set.  A segment this call created is
  * unlinked again when a later step fails. */
 static PyObject *
-shm_open_func(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+shm_open_func(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    fastmp_state *st = PyModule_GetState(module);
+    fastmp_state *st = fastmp_get_state();
     const char *cname;
     int create, fd = -1, err;
     long mode;
@@ -1028,7 +1028,7 @@ static PyType_Spec core_spec = {
     .slots = core_slots,
 };
 
-PyMethodDef fastmp_shm_functions[] = {
+static PyMethodDef shm_functions[] = {
     {"_shm_open", (PyCFunction)(void (*)(void))shm_open_func, METH_FASTCALL,
      "_shm_open($module, name, create, size, mode, /)\n--\n\n"
      "Open (or create, sized) the named segment and map it whole."},
@@ -1051,6 +1051,9 @@ PyMethodDef fastmp_shm_functions[] = {
 int
 fastmp_shm_exec(PyObject *m, fastmp_state *st)
 {
+    if (PyModule_AddFunctions(m, shm_functions) < 0) {
+        return -1;
+    }
     PyObject *structmod;
 
     st->shm.MappingType = (PyTypeObject *)PyType_FromModuleAndSpec(
