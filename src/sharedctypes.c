@@ -1,6 +1,6 @@
 /*
  * sharedctypes.c -- shared storage blocks, the synchronized Value/Array
- * wrappers, and lock-free atomics on integer Values.
+ * wrappers.  The lock-free atomics on integer Values are atomics.c.
  *
  * Block: a Python object owning one arena block (fastmp_block) and
  * exporting it as a writable buffer.  RawValue/RawArray are ctypes objects
@@ -23,7 +23,6 @@
  */
 #include "fastmp.h"
 
-#include <structmember.h>
 #include <string.h>
 
 /* ---- Block ------------------------------------------------------------ */
@@ -196,8 +195,8 @@ code_size(int code)
     }
 }
 
-static int
-code_is_int(int code)
+int
+fastmp_code_is_int(int code)
 {
     switch (code) {
     case 'b': case 'B': case 'h': case 'H': case 'i': case 'I':
@@ -219,16 +218,11 @@ code_is_signed(int code)
 static inline uint64_t
 int_bits_load(const char *p, Py_ssize_t size)
 {
-    switch (size) {
-    case 1: { uint8_t v; memcpy(&v, p, 1); return v; }
-    case 2: { uint16_t v; memcpy(&v, p, 2); return v; }
-    case 4: { uint32_t v; memcpy(&v, p, 4); return v; }
-    default: { uint64_t v; memcpy(&v, p, 8); return v; }
-    }
+    return fastmp_int_mem((void *)p, size, FASTMP_INT_LOAD, 0, 0);
 }
 
-static PyObject *
-int_from_bits(int code, uint64_t bits)
+PyObject *
+fastmp_int_from_bits(int code, uint64_t bits)
 {
     switch (code) {
     case 'b': return PyLong_FromLong((int8_t)bits);
@@ -262,7 +256,7 @@ elem_unpack(int code, const char *p)
     case 'd': { double v; memcpy(&v, p, sizeof(v));
                 return PyFloat_FromDouble(v); }
     default:
-        return int_from_bits(code, int_bits_load(p, code_size(code)));
+        return fastmp_int_from_bits(code, int_bits_load(p, code_size(code)));
     }
 }
 
@@ -272,7 +266,7 @@ elem_unpack(int code, const char *p)
 static int
 elem_pack(int code, PyObject *v, char *out)
 {
-    if (code_is_int(code)) {
+    if (fastmp_code_is_int(code)) {
         if (!PyLong_Check(v)) {
             return 1;
         }
@@ -280,12 +274,7 @@ elem_pack(int code, PyObject *v, char *out)
         if (x == (unsigned long long)-1 && PyErr_Occurred()) {
             return -1;
         }
-        switch (code_size(code)) {
-        case 1: { uint8_t y = (uint8_t)x; memcpy(out, &y, 1); break; }
-        case 2: { uint16_t y = (uint16_t)x; memcpy(out, &y, 2); break; }
-        case 4: { uint32_t y = (uint32_t)x; memcpy(out, &y, 4); break; }
-        default: { uint64_t y = x; memcpy(out, &y, 8); break; }
-        }
+        (void)fastmp_int_mem(out, code_size(code), FASTMP_INT_STORE, x, 0);
         return 0;
     }
     switch (code) {
@@ -328,45 +317,9 @@ elem_pack(int code, PyObject *v, char *out)
 
 /* ---- SynchronizedBase ------------------------------------------------- */
 
-/* What a wrapper wraps.  Built by __init__ and never changed afterwards: a
- * second __init__ builds a new one and swaps it in.  Every operation holds
- * a reference on the state it started with (sync_hold / sync_drop), so
- * Python code it calls on the way -- a value's __index__ or __float__, a
- * foreign lock's acquire, another thread while the GIL is released -- may
- * re-initialise the wrapper without freeing or moving what the operation
- * uses: the operation ends on the object and the lock it began with, as
- * the stdlib's wrapper does (it reads self._obj once per access).  Process
- * local; `refs` is protected by the GIL. */
-typedef struct {
-    Py_ssize_t refs;        /* the wrapper's own + one per operation */
-    PyObject *obj;          /* the ctypes object */
-    PyObject *block;        /* the fastmp Block holding obj's data, or NULL */
-    PyObject *lock;         /* any object with acquire/release */
-    PyObject *acquire_m;    /* lock.acquire (slow path) */
-    PyObject *release_m;    /* lock.release (slow path) */
-    PyObject *semlock;      /* fastmp SemLock inside `lock`, or NULL */
-    const uint32_t *seq_word;   /* its words for lock-free reads, or NULL */
-    const uint32_t *seq_gen;
-    /* obj's data when it is arena memory (`block` is set, and kept alive
-     * here): that never moves.  NULL otherwise: memory a ctypes object
-     * owns moves when ctypes.resize() grows it, so it is asked for at each
-     * access (sync_mem). */
-    char *ptr;
-    Py_ssize_t nbytes;      /* bytes the fast paths touch */
-    Py_ssize_t length;      /* elements (arrays), 1 for values */
-    Py_ssize_t itemsize;    /* fast element size, 0 when no fast path */
-    int code;               /* fast element code ('i', 'd', ...) or 0 */
-} sync_state;
-
-typedef struct {
-    PyObject_HEAD
-    sync_state *st;         /* NULL until __init__ has run */
-    PyObject *weakreflist;
-} SyncObject;
-
 /* Drop one reference on st; the last one frees it. */
-static void
-sync_drop(sync_state *st)
+void
+fastmp_sync_drop(sync_state *st)
 {
     if (--st->refs > 0) {
         return;
@@ -395,12 +348,12 @@ sync_hold(SyncObject *self)
     return st;
 }
 
-/* The address of st's data, valid until sync_mem_done(view) and only
+/* The address of st's data, valid until fastmp_sync_mem_done(view) and only
  * while no Python code runs: call it after every conversion and after
  * taking the lock.  Arena memory is st->ptr; any other object is asked
  * for its buffer again, which *view holds.  NULL with an exception set. */
-static char *
-sync_mem(sync_state *st, Py_buffer *view)
+char *
+fastmp_sync_mem(sync_state *st, Py_buffer *view)
 {
     view->obj = NULL;
     if (st->ptr != NULL) {
@@ -419,14 +372,6 @@ sync_mem(sync_state *st, Py_buffer *view)
         return NULL;
     }
     return view->buf;
-}
-
-static inline void
-sync_mem_done(Py_buffer *view)
-{
-    if (view->obj != NULL) {
-        PyBuffer_Release(view);
-    }
 }
 
 /* Take the lock.  Returns 0 when taken, 1 when this thread already held
@@ -533,10 +478,10 @@ sync_gather(sync_state *s, char *dst, Py_ssize_t off, Py_ssize_t n,
         return -1;
     }
     Py_buffer view;
-    char *base = sync_mem(s, &view);
+    char *base = fastmp_sync_mem(s, &view);
     if (base != NULL) {
         copy_strided(dst, sz, base + off, stride, n, sz);
-        sync_mem_done(&view);
+        fastmp_sync_mem_done(&view);
     }
     return sync_unlock(s, held);
 }
@@ -554,10 +499,10 @@ sync_scatter(sync_state *s, Py_ssize_t off, Py_ssize_t stride,
         return -1;
     }
     Py_buffer view;
-    char *base = sync_mem(s, &view);
+    char *base = fastmp_sync_mem(s, &view);
     if (base != NULL) {
         copy_strided(base + off, stride, src, sz, n, sz);
-        sync_mem_done(&view);
+        fastmp_sync_mem_done(&view);
     }
     return sync_unlock(s, held);
 }
@@ -660,11 +605,11 @@ sync_init(SyncObject *self, PyObject *args, PyObject *kwds)
     sync_state *old = self->st;
     self->st = st;
     if (old != NULL) {
-        sync_drop(old);
+        fastmp_sync_drop(old);
     }
     return 0;
 error:
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return -1;
 }
 
@@ -690,7 +635,7 @@ sync_clear(SyncObject *self)
     sync_state *st = self->st;
     self->st = NULL;
     if (st != NULL) {
-        sync_drop(st);
+        fastmp_sync_drop(st);
     }
     return 0;
 }
@@ -717,7 +662,7 @@ sync_repr(SyncObject *self)
     sync_state *st = sync_hold(self);
     PyObject *r = PyUnicode_FromFormat("<%s wrapper for %S>",
                                        Py_TYPE(self)->tp_name, st->obj);
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -775,7 +720,7 @@ sync_acquire(SyncObject *self, PyObject *args, PyObject *kwds)
     else {
         r = PyObject_Call(st->acquire_m, args, kwds);
     }
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -787,7 +732,7 @@ sync_release(SyncObject *self, PyObject *args, PyObject *kwds)
         return NULL;
     }
     PyObject *r = PyObject_Call(st->release_m, args, kwds);
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -806,7 +751,7 @@ sync_enter(SyncObject *self, PyObject *Py_UNUSED(ignored))
     else {
         r = PyObject_CallMethod(st->lock, "__enter__", NULL);
     }
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -830,7 +775,7 @@ sync_exit(SyncObject *self, PyObject *const *args, Py_ssize_t nargs)
             Py_DECREF(meth);
         }
     }
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -881,7 +826,7 @@ sync_getfield(SyncObject *self, PyObject *name)
         return NULL;
     }
     PyObject *r = sync_locked_getattr(st, s);
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -902,7 +847,7 @@ sync_setfield(SyncObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     int r = sync_locked_setattr(st, s, args[1]);
-    sync_drop(st);
+    fastmp_sync_drop(st);
     if (r < 0) {
         return NULL;
     }
@@ -918,12 +863,12 @@ sync_getbuffer_attr(SyncObject *self, void *Py_UNUSED(c))
     }
     Py_buffer view;
     PyObject *r = NULL;
-    char *p = sync_mem(st, &view);
+    char *p = fastmp_sync_mem(st, &view);
     if (p != NULL) {
         r = PyLong_FromVoidPtr(p);
-        sync_mem_done(&view);
+        fastmp_sync_mem_done(&view);
     }
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -1026,7 +971,7 @@ value_get(SyncObject *self, void *Py_UNUSED(closure))
             r = elem_unpack(st->code, tmp);
         }
     }
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -1049,277 +994,14 @@ value_set(SyncObject *self, PyObject *v, void *Py_UNUSED(closure))
     else if (r == 0) {
         r = sync_scatter(st, 0, st->itemsize, tmp, 1, st->itemsize);
     }
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r < 0 ? -1 : 0;
 }
 
-/* ---- atomics ------------------------------------------------------ */
-
-static int
-atomic_ready(sync_state *st)
-{
-    if (!code_is_int(st->code)) {
-        PyErr_SetString(PyExc_TypeError,
-                        "atomic operations need an integer Value");
-        return -1;
-    }
-    return 0;
-}
-
-/* The wrapper's state for an atomic operation, or NULL with TypeError set
- * when it wraps no integer value. */
-static sync_state *
-atomic_hold(SyncObject *self)
-{
-    sync_state *st = self->st;
-    if (st == NULL) {
-        PyErr_SetString(PyExc_TypeError,
-                        "atomic operations need an integer Value");
-        return NULL;
-    }
-    if (atomic_ready(st) < 0) {
-        return NULL;
-    }
-    st->refs++;
-    return st;
-}
-
-/* The bits of a Python integer truncated to the Value's width (wraps as
- * the C type does). */
-static int
-atomic_arg(PyObject *v, uint64_t *out)
-{
-    PyObject *idx = PyNumber_Index(v);
-    if (idx == NULL) {
-        return -1;
-    }
-    unsigned long long x = PyLong_AsUnsignedLongLongMask(idx);
-    Py_DECREF(idx);
-    if (x == (unsigned long long)-1 && PyErr_Occurred()) {
-        return -1;
-    }
-    *out = x;
-    return 0;
-}
-
-enum { AT_ADD, AT_FETCH_ADD, AT_XCHG };
-
-static uint64_t
-atomic_rmw(void *p, Py_ssize_t size, int op, uint64_t n)
-{
-    switch (size) {
-    case 1:
-        if (op == AT_XCHG) {
-            return __atomic_exchange_n((uint8_t *)p, (uint8_t)n,
-                                       __ATOMIC_SEQ_CST);
-        }
-        return __atomic_fetch_add((uint8_t *)p, (uint8_t)n,
-                                  __ATOMIC_SEQ_CST);
-    case 2:
-        if (op == AT_XCHG) {
-            return __atomic_exchange_n((uint16_t *)p, (uint16_t)n,
-                                       __ATOMIC_SEQ_CST);
-        }
-        return __atomic_fetch_add((uint16_t *)p, (uint16_t)n,
-                                  __ATOMIC_SEQ_CST);
-    case 4:
-        if (op == AT_XCHG) {
-            return __atomic_exchange_n((uint32_t *)p, (uint32_t)n,
-                                       __ATOMIC_SEQ_CST);
-        }
-        return __atomic_fetch_add((uint32_t *)p, (uint32_t)n,
-                                  __ATOMIC_SEQ_CST);
-    default:
-        if (op == AT_XCHG) {
-            return __atomic_exchange_n((uint64_t *)p, n, __ATOMIC_SEQ_CST);
-        }
-        return __atomic_fetch_add((uint64_t *)p, n, __ATOMIC_SEQ_CST);
-    }
-}
-
-static PyObject *
-atomic_op(SyncObject *self, PyObject *arg, int op)
-{
-    uint64_t n;
-    sync_state *st = atomic_hold(self);
-    if (st == NULL) {
-        return NULL;
-    }
-    PyObject *r = NULL;
-    Py_buffer view;
-    char *p;
-    /* The argument first: its __index__ may run any code. */
-    if (atomic_arg(arg, &n) == 0 && (p = sync_mem(st, &view)) != NULL) {
-        uint64_t old = atomic_rmw(p, st->itemsize, op, n);
-        sync_mem_done(&view);
-        r = int_from_bits(st->code, op == AT_ADD ? old + n : old);
-    }
-    sync_drop(st);
-    return r;
-}
-
-static PyObject *
-value_add(SyncObject *self, PyObject *arg)
-{
-    return atomic_op(self, arg, AT_ADD);
-}
-
-static PyObject *
-value_fetch_add(SyncObject *self, PyObject *arg)
-{
-    return atomic_op(self, arg, AT_FETCH_ADD);
-}
-
-static PyObject *
-value_exchange(SyncObject *self, PyObject *arg)
-{
-    return atomic_op(self, arg, AT_XCHG);
-}
-
-static PyObject *
-value_load(SyncObject *self, PyObject *Py_UNUSED(ignored))
-{
-    sync_state *st = atomic_hold(self);
-    if (st == NULL) {
-        return NULL;
-    }
-    Py_buffer view;
-    char *p = sync_mem(st, &view);
-    PyObject *r = NULL;
-    if (p != NULL) {
-        uint64_t v;
-        switch (st->itemsize) {
-        case 1: v = __atomic_load_n((uint8_t *)p, __ATOMIC_SEQ_CST);
-                break;
-        case 2: v = __atomic_load_n((uint16_t *)p, __ATOMIC_SEQ_CST);
-                break;
-        case 4: v = __atomic_load_n((uint32_t *)p, __ATOMIC_SEQ_CST);
-                break;
-        default: v = __atomic_load_n((uint64_t *)p, __ATOMIC_SEQ_CST);
-                break;
-        }
-        sync_mem_done(&view);
-        r = int_from_bits(st->code, v);
-    }
-    sync_drop(st);
-    return r;
-}
-
-static PyObject *
-value_store(SyncObject *self, PyObject *arg)
-{
-    uint64_t n;
-    sync_state *st = atomic_hold(self);
-    if (st == NULL) {
-        return NULL;
-    }
-    Py_buffer view;
-    char *p;
-    if (atomic_arg(arg, &n) < 0 || (p = sync_mem(st, &view)) == NULL) {
-        sync_drop(st);
-        return NULL;
-    }
-    switch (st->itemsize) {
-    case 1: __atomic_store_n((uint8_t *)p, (uint8_t)n, __ATOMIC_SEQ_CST);
-            break;
-    case 2: __atomic_store_n((uint16_t *)p, (uint16_t)n, __ATOMIC_SEQ_CST);
-            break;
-    case 4: __atomic_store_n((uint32_t *)p, (uint32_t)n, __ATOMIC_SEQ_CST);
-            break;
-    default: __atomic_store_n((uint64_t *)p, n, __ATOMIC_SEQ_CST);
-            break;
-    }
-    sync_mem_done(&view);
-    sync_drop(st);
-    Py_RETURN_NONE;
-}
-
-static int
-atomic_cas(void *p, Py_ssize_t size, uint64_t e, uint64_t n)
-{
-    switch (size) {
-    case 1: {
-        uint8_t x = (uint8_t)e;
-        return __atomic_compare_exchange_n((uint8_t *)p, &x, (uint8_t)n, 0,
-                                           __ATOMIC_SEQ_CST,
-                                           __ATOMIC_SEQ_CST);
-    }
-    case 2: {
-        uint16_t x = (uint16_t)e;
-        return __atomic_compare_exchange_n((uint16_t *)p, &x, (uint16_t)n,
-                                           0, __ATOMIC_SEQ_CST,
-                                           __ATOMIC_SEQ_CST);
-    }
-    case 4: {
-        uint32_t x = (uint32_t)e;
-        return __atomic_compare_exchange_n((uint32_t *)p, &x, (uint32_t)n,
-                                           0, __ATOMIC_SEQ_CST,
-                                           __ATOMIC_SEQ_CST);
-    }
-    default: {
-        uint64_t x = e;
-        return __atomic_compare_exchange_n((uint64_t *)p, &x, n, 0,
-                                           __ATOMIC_SEQ_CST,
-                                           __ATOMIC_SEQ_CST);
-    }
-    }
-}
-
-static PyObject *
-value_compare_exchange(SyncObject *self, PyObject *const *args,
-                       Py_ssize_t nargs)
-{
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError,
-                     "compare_exchange expected 2 arguments, got %zd",
-                     nargs);
-        return NULL;
-    }
-    uint64_t e, n;
-    sync_state *st = atomic_hold(self);
-    if (st == NULL) {
-        return NULL;
-    }
-    Py_buffer view;
-    char *p;
-    if (atomic_arg(args[0], &e) < 0 || atomic_arg(args[1], &n) < 0
-        || (p = sync_mem(st, &view)) == NULL) {
-        sync_drop(st);
-        return NULL;
-    }
-    int ok = atomic_cas(p, st->itemsize, e, n);
-    sync_mem_done(&view);
-    sync_drop(st);
-    return PyBool_FromLong(ok);
-}
 static PyGetSetDef value_getset[] = {
     {"value", (getter)value_get, (setter)value_set,
      "The value, read or written under the lock.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyMethodDef value_methods[] = {
-    {"add", (PyCFunction)value_add, METH_O,
-     PyDoc_STR("add($self, n, /)\n--\n\n"
-               "Atomically add n (wrapping as the C type does); return "
-               "the new value.")},
-    {"fetch_add", (PyCFunction)value_fetch_add, METH_O,
-     PyDoc_STR("fetch_add($self, n, /)\n--\n\n"
-               "Atomically add n; return the value before the addition.")},
-    {"exchange", (PyCFunction)value_exchange, METH_O,
-     PyDoc_STR("exchange($self, v, /)\n--\n\n"
-               "Atomically store v; return the previous value.")},
-    {"compare_exchange", (PyCFunction)(void (*)(void))value_compare_exchange,
-     METH_FASTCALL,
-     PyDoc_STR("compare_exchange($self, expected, new, /)\n--\n\n"
-               "Atomically store new if the value equals expected (both "
-               "taken modulo the type's width); return True if stored.")},
-    {"load", (PyCFunction)value_load, METH_NOARGS,
-     PyDoc_STR("load($self, /)\n--\n\nAtomically read the value.")},
-    {"store", (PyCFunction)value_store, METH_O,
-     PyDoc_STR("store($self, v, /)\n--\n\n"
-               "Atomically write v (wrapped to the type's width).")},
-    {NULL, NULL, 0, NULL},
 };
 
 static PyType_Slot value_slots[] = {
@@ -1327,7 +1009,7 @@ static PyType_Slot value_slots[] = {
     {Py_tp_clear, sync_clear},
     {Py_tp_dealloc, sync_dealloc},
     {Py_tp_getset, value_getset},
-    {Py_tp_methods, value_methods},
+    {Py_tp_methods, fastmp_atomic_methods},
     {Py_tp_doc, "Synchronized(obj, lock, code=None)\n--\n\n"
                 "A synchronized shared ctypes value."},
     {0, NULL},
@@ -1428,7 +1110,7 @@ array_item(SyncObject *self, Py_ssize_t i)
         return NULL;
     }
     PyObject *r = array_item_st(st, i);
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -1443,7 +1125,7 @@ array_ass_item(SyncObject *self, Py_ssize_t i, PyObject *v)
         return -1;
     }
     int r = array_ass_item_st(st, i, v);
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -1633,7 +1315,7 @@ array_subscript(SyncObject *self, PyObject *key)
         return NULL;
     }
     PyObject *r = array_subscript_st(st, key);
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -1729,7 +1411,7 @@ array_ass_subscript(SyncObject *self, PyObject *key, PyObject *v)
         return -1;
     }
     int r = array_ass_subscript_st(st, key, v);
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -1765,7 +1447,7 @@ string_get(SyncObject *self, void *closure)
         return NULL;
     }
     PyObject *r = sync_locked_getattr(st, (const char *)closure);
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -1781,7 +1463,7 @@ string_set(SyncObject *self, PyObject *v, void *closure)
         return -1;
     }
     int r = sync_locked_setattr(st, (const char *)closure, v);
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 static PyGetSetDef string_getset[] = {
