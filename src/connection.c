@@ -647,51 +647,21 @@ conn_send_bytes(ConnectionObject *self, PyObject *const *args,
                 Py_ssize_t nargs, PyObject *kwnames)
 {
     PyObject *buf = NULL, *ooffset = NULL, *osize = Py_None;
-    Py_ssize_t offset = 0, size, i, nkw;
+    Py_ssize_t offset = 0, size;
     Py_buffer view;
     int r;
 
-    nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    if (nargs > 3) {
-        PyErr_Format(PyExc_TypeError,
-                     "send_bytes() takes at most 3 arguments (%zd given)",
-                     nargs + nkw);
+    static const fastmp_argspec spec = {
+        "_ConnectionBase.send_bytes", FASTMP_ARGS_PY, 3, 1,
+        {"buf", "offset", "size"}};
+    PyObject *a[3];
+    if (fastmp_parse_args(&spec, args, nargs, kwnames, a) < 0) {
         return NULL;
     }
-    if (nargs > 0) {
-        buf = args[0];
-    }
-    if (nargs > 1) {
-        ooffset = args[1];
-    }
-    if (nargs > 2) {
-        osize = args[2];
-    }
-    for (i = 0; i < nkw; i++) {
-        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
-        PyObject *v = args[nargs + i];
-        if (PyUnicode_CompareWithASCIIString(k, "buf") == 0 && buf == NULL) {
-            buf = v;
-        }
-        else if (PyUnicode_CompareWithASCIIString(k, "offset") == 0
-                 && ooffset == NULL) {
-            ooffset = v;
-        }
-        else if (PyUnicode_CompareWithASCIIString(k, "size") == 0
-                 && nargs < 3) {
-            osize = v;
-        }
-        else {
-            PyErr_Format(PyExc_TypeError,
-                         "send_bytes() got an unexpected or duplicate "
-                         "keyword argument '%U'", k);
-            return NULL;
-        }
-    }
-    if (buf == NULL) {
-        PyErr_SetString(PyExc_TypeError,
-                        "send_bytes() missing required argument 'buf'");
-        return NULL;
+    buf = a[0];
+    ooffset = a[1];
+    if (a[2] != NULL) {
+        osize = a[2];
     }
     if (conn_check_writable(self) < 0) {
         return NULL;
@@ -895,28 +865,18 @@ conn_recv_bytes(ConnectionObject *self, PyObject *const *args,
                 Py_ssize_t nargs, PyObject *kwnames)
 {
     PyObject *omax = Py_None;
-    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
     conn_limit lim = {INT64_MAX, NULL};
     uint64_t size;
     int r;
 
-    if (nargs + nkw > 1) {
-        PyErr_SetString(PyExc_TypeError,
-                        "recv_bytes() takes at most 1 argument");
+    static const fastmp_argspec spec = {
+        "_ConnectionBase.recv_bytes", FASTMP_ARGS_PY, 1, 0, {"maxlength"}};
+    PyObject *a[1];
+    if (fastmp_parse_args(&spec, args, nargs, kwnames, a) < 0) {
         return NULL;
     }
-    if (nargs == 1) {
-        omax = args[0];
-    }
-    else if (nkw == 1) {
-        if (PyUnicode_CompareWithASCIIString(
-                PyTuple_GET_ITEM(kwnames, 0), "maxlength") != 0) {
-            PyErr_Format(PyExc_TypeError,
-                         "recv_bytes() got an unexpected keyword argument "
-                         "'%U'", PyTuple_GET_ITEM(kwnames, 0));
-            return NULL;
-        }
-        omax = args[0];
+    if (a[0] != NULL) {
+        omax = a[0];
     }
     if (conn_check_readable(self) < 0) {
         return NULL;
@@ -1128,24 +1088,10 @@ conn_poll(ConnectionObject *self, PyObject *const *args, Py_ssize_t nargs,
     PyObject *timeout = NULL;
 
     /* poll(timeout=0.0): the stdlib accepts the keyword too. */
-    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    if (nargs + nkw > 1) {
-        PyErr_SetString(PyExc_TypeError, "poll() takes at most 1 argument");
+    static const fastmp_argspec spec = {
+        "_ConnectionBase.poll", FASTMP_ARGS_PY, 1, 0, {"timeout"}};
+    if (fastmp_parse_args(&spec, args, nargs, kwnames, &timeout) < 0) {
         return NULL;
-    }
-    if (nargs == 1) {
-        timeout = args[0];
-    }
-    else if (nkw == 1) {
-        PyObject *key = PyTuple_GET_ITEM(kwnames, 0);
-        if (!PyUnicode_Check(key)
-            || PyUnicode_CompareWithASCIIString(key, "timeout") != 0) {
-            PyErr_Format(PyExc_TypeError,
-                         "poll() got an unexpected keyword argument '%S'",
-                         key);
-            return NULL;
-        }
-        timeout = args[0];
     }
     if (conn_check_readable(self) < 0) {
         return NULL;

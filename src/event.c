@@ -58,21 +58,11 @@ event_wait(SemLockObject *self, PyObject *const *args, Py_ssize_t nargs,
            PyObject *kwnames)
 {
     shared_sem *s = self->sem;
-    PyObject *timeout = nargs >= 1 ? args[0] : NULL;
-    if (nargs > 1) {
-        PyErr_Format(PyExc_TypeError,
-                     "wait() takes at most 1 argument (%zd given)", nargs);
+    static const fastmp_argspec spec = {
+        "Event.wait", FASTMP_ARGS_PY, 1, 0, {"timeout"}};
+    PyObject *timeout;
+    if (fastmp_parse_args(&spec, args, nargs, kwnames, &timeout) < 0) {
         return NULL;
-    }
-    if (kwnames != NULL) {
-        if (PyTuple_GET_SIZE(kwnames) != 1 || timeout != NULL
-            || PyUnicode_CompareWithASCIIString(
-                   PyTuple_GET_ITEM(kwnames, 0), "timeout") != 0) {
-            PyErr_SetString(PyExc_TypeError,
-                            "wait() got an unexpected keyword argument");
-            return NULL;
-        }
-        timeout = args[nargs];
     }
     fastmp_deadline d;
     if (fastmp_deadline_from_object(timeout, &d) < 0) {

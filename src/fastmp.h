@@ -996,6 +996,44 @@ fastmp_newref(PyObject *o)
  * FileExistsError), the stdlib's own form is kept instead. */
 PyObject *fastmp_oserror_syscall(const char *syscall);
 
+/* Argument parsing for METH_FASTCALL | METH_KEYWORDS methods whose
+ * parameters are all positional-or-keyword (block, timeout, obj ...):
+ * the one place that words argument errors, as the stdlib does for the
+ * function fastmp stands in for.  `fname` is that function's name in
+ * messages: for FASTMP_ARGS_C an Argument Clinic function of the stdlib's
+ * C code ("acquire"), for FASTMP_ARGS_PY a method written in Python in the
+ * stdlib, by qualified name ("Queue.put"; the class part is dropped on
+ * 3.9, as 3.9 words it). */
+enum { FASTMP_ARGS_C, FASTMP_ARGS_PY };
+
+typedef struct {
+    const char *fname;
+    int style;                  /* FASTMP_ARGS_C or FASTMP_ARGS_PY */
+    int nparams;                /* at most 4, self not counted */
+    int required;               /* the first `required` must be given */
+    const char *names[4];
+} fastmp_argspec;
+
+int fastmp_parse_args_slow(const fastmp_argspec *spec, PyObject *const *args,
+                           Py_ssize_t nargs, PyObject *kwnames,
+                           PyObject **out);
+
+/* Fill out[0 .. spec->nparams - 1] with the arguments (NULL: not given).
+ * 0, or -1 with TypeError set.  Positional calls cost no function call. */
+static inline int
+fastmp_parse_args(const fastmp_argspec *spec, PyObject *const *args,
+                  Py_ssize_t nargs, PyObject *kwnames, PyObject **out)
+{
+    if (kwnames == NULL && nargs <= spec->nparams
+        && nargs >= spec->required) {
+        for (int i = 0; i < spec->nparams; i++) {
+            out[i] = i < nargs ? args[i] : NULL;
+        }
+        return 0;
+    }
+    return fastmp_parse_args_slow(spec, args, nargs, kwnames, out);
+}
+
 /* Py_TPFLAGS_IMMUTABLETYPE arrived in 3.10. */
 #ifdef Py_TPFLAGS_IMMUTABLETYPE
 #  define FASTMP_TPFLAGS_IMMUTABLE Py_TPFLAGS_IMMUTABLETYPE

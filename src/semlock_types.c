@@ -205,40 +205,13 @@ static PyObject *
 semlock_acquire(SemLockObject *self, PyObject *const *args,
                 Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *block = NULL, *timeout = NULL;
-    if (nargs > 2) {
-        PyErr_Format(PyExc_TypeError,
-                     "acquire() takes at most 2 arguments (%zd given)",
-                     nargs);
+    static const fastmp_argspec spec = {
+        "acquire", FASTMP_ARGS_C, 2, 0, {"block", "timeout"}};
+    PyObject *a[2];
+    if (fastmp_parse_args(&spec, args, nargs, kwnames, a) < 0) {
         return NULL;
     }
-    if (nargs >= 1) {
-        block = args[0];
-    }
-    if (nargs == 2) {
-        timeout = args[1];
-    }
-    if (kwnames != NULL) {
-        Py_ssize_t nk = PyTuple_GET_SIZE(kwnames);
-        for (Py_ssize_t i = 0; i < nk; i++) {
-            PyObject *k = PyTuple_GET_ITEM(kwnames, i);
-            PyObject *v = args[nargs + i];
-            if (PyUnicode_CompareWithASCIIString(k, "block") == 0
-                && block == NULL) {
-                block = v;
-            }
-            else if (PyUnicode_CompareWithASCIIString(k, "timeout") == 0
-                     && timeout == NULL) {
-                timeout = v;
-            }
-            else {
-                PyErr_Format(PyExc_TypeError,
-                             "acquire() got an unexpected or repeated "
-                             "keyword argument '%U'", k);
-                return NULL;
-            }
-        }
-    }
+    PyObject *block = a[0], *timeout = a[1];
     int blocking = 1;
     if (block != NULL && parse_block(block, &blocking) < 0) {
         return NULL;
