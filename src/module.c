@@ -82,6 +82,11 @@ static PyModuleDef_Slot fastmp_slots[] = {
 #if PY_VERSION_HEX >= 0x030C0000
     {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
 #endif
+#ifdef Py_mod_gil
+    /* 3.13+: fastmp relies on the GIL (docs/architecture.md, "Free
+     * threading"); a free-threaded interpreter re-enables it on import. */
+    {Py_mod_gil, Py_MOD_GIL_USED},
+#endif
     {0, NULL},
 };
 
