@@ -405,6 +405,22 @@ spin_look(ConnectionObject *self, char *buf, size_t n, int *got)
     return fastmp_platform_poll_in(self->fd, 0);
 }
 
+typedef struct {
+    ConnectionObject *self;
+    char *buf;
+    size_t n;
+    int got;
+} spin_look_args;
+
+/* spin_look for fastmp_spin_poll (runs without the GIL). */
+static int
+spin_look_cb(void *arg)
+{
+    spin_look_args *a = (spin_look_args *)arg;
+    ssize_t r = spin_look(a->self, a->buf, a->n, &a->got);
+    return r == 0 ? 0 : (r > 0 ? 1 : -1);
+}
+
 /* Wait a little for the first bytes of a frame (at most n).  Returns the
  * number of bytes already read into buf, in *t0 when waiting began (0
  * when input was there at once) and in *spun whether the spin saw input
@@ -432,14 +448,9 @@ conn_spin(ConnectionObject *self, char *buf, size_t n, int64_t *t0,
     if (budget == 0) {
         return 0;
     }
-    Py_BEGIN_ALLOW_THREADS
-    do {
-        fastmp_cpu_relax();
-        r = spin_look(self, buf, n, &got);
-    } while (r == 0 && fastmp_now_ns() - *t0 < (int64_t)budget);
-    Py_END_ALLOW_THREADS
-    *spun = r > 0;
-    return got;
+    spin_look_args la = {self, buf, n, 0};
+    *spun = fastmp_spin_poll(&self->spin, *t0, spin_look_cb, &la) > 0;
+    return la.got;
 }
 
 /* Read a frame header.  Returns 0 and the payload size, or -1. */

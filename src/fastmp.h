@@ -302,6 +302,13 @@ void fastmp_spin_learn(fastmp_spin *sp, int64_t waited, int spun);
 int fastmp_spin_watch(uint32_t *word, uint32_t expected, fastmp_spin *sp,
                       int64_t t0);
 
+/* Spin on a condition that is not a futex word (input on an fd): call
+ * look(arg) without the GIL (so it must not touch the Python API) until
+ * it returns non-zero or sp's budget, counted from t0, is spent.  Returns
+ * look's last result (0: the budget ran out first, or there was none). */
+int fastmp_spin_poll(fastmp_spin *sp, int64_t t0, int (*look)(void *arg),
+                     void *arg);
+
 /* fastmp_wait_futex, first watching `word` for a change without sleeping
  * (GIL released) for at most sp's budget.  Returns like
  * fastmp_wait_futex. */

@@ -295,13 +295,14 @@ fastmp_platform_futex_wake(uint32_t *word, int n)
 uint32_t fastmp_platform_cached_pid = 0;
 uint64_t fastmp_platform_cached_start = 0;
 
-/* Field 22 of /proc/<pid>/stat: start time in clock ticks after boot.
- * Returns 0 when the process does not exist or the file is unreadable. */
-static uint64_t
-read_start_time(uint32_t pid)
+/* Read /proc/<pid>/stat (pid 0: self) into buf, NUL-terminated, and
+ * return a pointer just past the command name (field 2, which may hold
+ * spaces and parentheses: the last ')'), or NULL when the process does
+ * not exist or the file is unreadable. */
+static char *
+read_proc_stat(uint32_t pid, char *buf, size_t size)
 {
     char path[64];
-    char buf[1024];
     if (pid == 0) {
         snprintf(path, sizeof(path), "/proc/self/stat");
     }
@@ -310,24 +311,31 @@ read_start_time(uint32_t pid)
     }
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        return 0;
+        return NULL;
     }
     ssize_t n;
     do {
-        n = read(fd, buf, sizeof(buf) - 1);
+        n = read(fd, buf, size - 1);
     } while (n < 0 && errno == EINTR);
     close(fd);
     if (n <= 0) {
-        return 0;
+        return NULL;
     }
     buf[n] = '\0';
-    /* The command name (field 2) may hold spaces and parentheses: skip to
-     * the last ')'. */
     char *p = strrchr(buf, ')');
+    return p != NULL ? p + 1 : NULL;
+}
+
+/* Field 22 of /proc/<pid>/stat: start time in clock ticks after boot.
+ * Returns 0 when the process does not exist or the file is unreadable. */
+static uint64_t
+read_start_time(uint32_t pid)
+{
+    char buf[1024];
+    char *p = read_proc_stat(pid, buf, sizeof(buf));
     if (p == NULL) {
         return 0;
     }
-    p++;
     /* Now at " S ppid ...": field 3 is the first token; we want field 22,
      * i.e. the 20th token from here. */
     for (int field = 3; field < 22; field++) {
@@ -358,21 +366,9 @@ read_start_time(uint32_t pid)
 static int
 is_zombie(uint32_t pid)
 {
-    char path[64];
-    char buf[512];
-    snprintf(path, sizeof(path), "/proc/%u/stat", pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        return 0;
-    }
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0) {
-        return 0;
-    }
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')');
-    return p != NULL && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
+    char buf[1024];
+    char *p = read_proc_stat(pid, buf, sizeof(buf));
+    return p != NULL && p[0] == ' ' && (p[1] == 'Z' || p[1] == 'X');
 }
 
 uint32_t

@@ -232,6 +232,24 @@ fastmp_spin_watch(uint32_t *word, uint32_t expected, fastmp_spin *sp,
 }
 
 int
+fastmp_spin_poll(fastmp_spin *sp, int64_t t0, int (*look)(void *arg),
+                 void *arg)
+{
+    int64_t budget = sp->budget_ns;
+    int r = 0;
+    if (budget == 0 || fastmp_now_ns() - t0 >= budget) {
+        return 0;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    do {
+        fastmp_cpu_relax();
+        r = look(arg);
+    } while (r == 0 && fastmp_now_ns() - t0 < budget);
+    Py_END_ALLOW_THREADS
+    return r;
+}
+
+int
 fastmp_wait_futex_spin(uint32_t *word, uint32_t expected,
                        const fastmp_deadline *d, fastmp_spin *sp)
 {
