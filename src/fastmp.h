@@ -293,6 +293,18 @@ typedef struct {
     uint32_t budget_ns;
 } fastmp_spin;
 
+/* 1 when spinning can pay at all: this process may run on more than one
+ * CPU (checked once).  A brief fixed spin (a few dozen pause
+ * instructions before the real wait) asks this too. */
+extern int fastmp_spin_cpus_ok;     /* -1 until known */
+int fastmp_spin_ok_slow(void);
+static inline int
+fastmp_spin_ok(void)
+{
+    int ok = fastmp_spin_cpus_ok;
+    return ok >= 0 ? ok : fastmp_spin_ok_slow();
+}
+
 void fastmp_spin_init(fastmp_spin *sp);
 /* Record a wait of `waited` ns; `spun` says whether spinning saw it end. */
 void fastmp_spin_learn(fastmp_spin *sp, int64_t waited, int spun);

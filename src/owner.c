@@ -69,8 +69,10 @@ fastmp_owner_lock(uint64_t *w, const fastmp_deadline *d, int flags)
     /* Liveness is looked at once a slice: it costs system calls. */
     int64_t next_check;
     fastmp_slice_start(&next_check);
-    /* Watch briefly (reads only) for a holder on another CPU to finish. */
-    for (int i = 0; i < OWNER_SPINS; i++) {
+    /* Watch briefly (reads only) for a holder on another CPU to finish
+     * (on one CPU it cannot run meanwhile: no spin). */
+    int spins = fastmp_spin_ok() ? OWNER_SPINS : 0;
+    for (int i = 0; i < spins; i++) {
         uint64_t v = __atomic_load_n(w, __ATOMIC_RELAXED);
         if (v == 0 && fastmp_owner_try(w)) {
             return 0;

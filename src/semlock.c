@@ -501,7 +501,8 @@ fastmp_sem_acquire(SemLockObject *self, int blocking, PyObject *timeout)
     /* A brief spin: a holder on the other core may be about to leave.
      * Only reads until the lock looks free, so that the holder keeps the
      * cache line meanwhile (a failed CAS takes it away too). */
-    for (int i = 0; i < SPIN_TRIES; i++) {
+    int tries = fastmp_spin_ok() ? SPIN_TRIES : 0;
+    for (int i = 0; i < tries; i++) {
         fastmp_cpu_relax();
         uint32_t v = __atomic_load_n(&self->sem->word, __ATOMIC_RELAXED);
         if ((self->mutex ? v == 0 : v != 0) && try_once(self)) {

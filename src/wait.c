@@ -177,22 +177,28 @@ fastmp_wait_readable(int fd, const fastmp_deadline *d)
 
 /* ---- spinning before sleeping ---------------------------------------- */
 
-static int spin_cpus_ok = -1;   /* more than one CPU to run on */
+int fastmp_spin_cpus_ok = -1;
+
+int
+fastmp_spin_ok_slow(void)
+{
+    if (fastmp_spin_cpus_ok < 0) {
+        fastmp_spin_cpus_ok = fastmp_platform_ncpus() > 1;
+    }
+    return fastmp_spin_cpus_ok;
+}
 
 void
 fastmp_spin_init(fastmp_spin *sp)
 {
-    if (spin_cpus_ok < 0) {
-        spin_cpus_ok = fastmp_platform_ncpus() > 1;
-    }
-    sp->budget_ns = spin_cpus_ok ? FASTMP_SPIN_CAP_NS : 0;
+    sp->budget_ns = fastmp_spin_ok() ? FASTMP_SPIN_CAP_NS : 0;
 }
 
 void
 fastmp_spin_learn(fastmp_spin *sp, int64_t waited, int spun)
 {
     uint32_t budget = sp->budget_ns;
-    if (spin_cpus_ok != 1) {
+    if (fastmp_spin_cpus_ok != 1) {
         return;
     }
     if (waited < FASTMP_SPIN_CAP_NS) {
