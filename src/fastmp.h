@@ -21,6 +21,11 @@
 #include <string.h>
 #include <time.h>
 
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
 #if PY_VERSION_HEX < 0x03090000
 #  error "fastmp needs CPython 3.9 or newer"
 #endif
@@ -155,15 +160,36 @@ int fastmp_platform_file_resident(int fd, uint64_t *bytes);
 int fastmp_platform_shm_open_named(const char *name, int create, int mode);
 int fastmp_platform_shm_unlink_named(const char *name);
 
-/* Pipe and socket I/O for connection.c.  No retry on EINTR: the caller
+/* Pipe and socket I/O for connection.c, inline: they are its hot path
+ * (one call fewer per message).  No retry on EINTR: the caller
  * checks signals and retries.  read/writev/recv return like the
  * syscalls; poll_in waits up to `ms` (0: a look) for fd to be readable
  * and returns 1, 0, or -1 with errno set. */
-struct iovec;
-ssize_t fastmp_platform_read(int fd, void *buf, size_t n);
-ssize_t fastmp_platform_writev(int fd, const struct iovec *iov, int iovcnt);
-ssize_t fastmp_platform_recv_nowait(int fd, void *buf, size_t n);
-int fastmp_platform_poll_in(int fd, int ms);
+static inline ssize_t
+fastmp_platform_read(int fd, void *buf, size_t n)
+{
+    return read(fd, buf, n);
+}
+
+static inline ssize_t
+fastmp_platform_writev(int fd, const struct iovec *iov, int iovcnt)
+{
+    return writev(fd, iov, iovcnt);
+}
+
+static inline ssize_t
+fastmp_platform_recv_nowait(int fd, void *buf, size_t n)
+{
+    return recv(fd, buf, n, MSG_DONTWAIT);
+}
+
+static inline int
+fastmp_platform_poll_in(int fd, int ms)
+{
+    struct pollfd pfd = {fd, POLLIN, 0};
+    int r = poll(&pfd, 1, ms);
+    return r > 0 ? 1 : r;
+}
 
 /* The machine's physical memory in bytes (cached; 0 when unknown). */
 uint64_t fastmp_platform_phys_bytes(void);
@@ -773,22 +799,55 @@ typedef struct {
     PyObject *weakreflist;
 } SyncObject;
 
-/* sharedctypes.c.  fastmp_sync_drop: drop one reference on st (the last
- * frees it).  fastmp_sync_mem: the address of st's data, valid until
- * fastmp_sync_mem_done(view) and only while no Python code runs; NULL
- * with an exception set.  fastmp_int_from_bits: the Python int of an
- * element of integer code `code` from its zero-extended bits.
- * fastmp_code_is_int: is `code` an integer element code? */
-void fastmp_sync_drop(sync_state *st);
-char *fastmp_sync_mem(sync_state *st, Py_buffer *view);
+/* sharedctypes.c.  fastmp_int_from_bits: the Python int of an element
+ * of integer code `code` from its zero-extended bits.  The rest are the
+ * out-of-line halves of the inline helpers below. */
+void fastmp_sync_free(sync_state *st);
+char *fastmp_sync_mem_slow(sync_state *st, Py_buffer *view);
 PyObject *fastmp_int_from_bits(int code, uint64_t bits);
-int fastmp_code_is_int(int code);
+
+/* Drop one reference on st; the last one frees it. */
+static inline void
+fastmp_sync_drop(sync_state *st)
+{
+    if (--st->refs <= 0) {
+        fastmp_sync_free(st);
+    }
+}
+
+/* The address of st's data, valid until fastmp_sync_mem_done(view) and
+ * only while no Python code runs: call it after every conversion and
+ * after taking the lock.  Arena memory is st->ptr; any other object is
+ * asked for its buffer again, which *view holds.  NULL with an exception
+ * set. */
+static inline char *
+fastmp_sync_mem(sync_state *st, Py_buffer *view)
+{
+    view->obj = NULL;
+    if (st->ptr != NULL) {
+        return st->ptr;
+    }
+    return fastmp_sync_mem_slow(st, view);
+}
 
 static inline void
 fastmp_sync_mem_done(Py_buffer *view)
 {
     if (view->obj != NULL) {
         PyBuffer_Release(view);
+    }
+}
+
+/* Is `code` an integer element code? */
+static inline int
+fastmp_code_is_int(int code)
+{
+    switch (code) {
+    case 'b': case 'B': case 'h': case 'H': case 'i': case 'I':
+    case 'l': case 'L': case 'q': case 'Q':
+        return 1;
+    default:
+        return 0;
     }
 }
 

@@ -198,32 +198,6 @@ fastmp_platform_close(int fd)
     return 0;
 }
 
-ssize_t
-fastmp_platform_read(int fd, void *buf, size_t n)
-{
-    return read(fd, buf, n);
-}
-
-ssize_t
-fastmp_platform_writev(int fd, const struct iovec *iov, int iovcnt)
-{
-    return writev(fd, iov, iovcnt);
-}
-
-ssize_t
-fastmp_platform_recv_nowait(int fd, void *buf, size_t n)
-{
-    return recv(fd, buf, n, MSG_DONTWAIT);
-}
-
-int
-fastmp_platform_poll_in(int fd, int ms)
-{
-    struct pollfd pfd = {fd, POLLIN, 0};
-    int r = poll(&pfd, 1, ms);
-    return r > 0 ? 1 : r;
-}
-
 void
 fastmp_platform_sleep_ns(int64_t ns)
 {

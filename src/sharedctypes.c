@@ -195,18 +195,6 @@ code_size(int code)
     }
 }
 
-int
-fastmp_code_is_int(int code)
-{
-    switch (code) {
-    case 'b': case 'B': case 'h': case 'H': case 'i': case 'I':
-    case 'l': case 'L': case 'q': case 'Q':
-        return 1;
-    default:
-        return 0;
-    }
-}
-
 static int
 code_is_signed(int code)
 {
@@ -317,13 +305,10 @@ elem_pack(int code, PyObject *v, char *out)
 
 /* ---- SynchronizedBase ------------------------------------------------- */
 
-/* Drop one reference on st; the last one frees it. */
+/* The last reference on st is gone (fastmp_sync_drop): free it. */
 void
-fastmp_sync_drop(sync_state *st)
+fastmp_sync_free(sync_state *st)
 {
-    if (--st->refs > 0) {
-        return;
-    }
     Py_XDECREF(st->obj);
     Py_XDECREF(st->block);
     Py_XDECREF(st->lock);
@@ -351,14 +336,11 @@ sync_hold(SyncObject *self)
 /* The address of st's data, valid until fastmp_sync_mem_done(view) and only
  * while no Python code runs: call it after every conversion and after
  * taking the lock.  Arena memory is st->ptr; any other object is asked
- * for its buffer again, which *view holds.  NULL with an exception set. */
+ * for its buffer again, which *view holds.  NULL with an exception set.
+ * (fastmp_sync_mem in fastmp.h handles arena memory inline.) */
 char *
-fastmp_sync_mem(sync_state *st, Py_buffer *view)
+fastmp_sync_mem_slow(sync_state *st, Py_buffer *view)
 {
-    view->obj = NULL;
-    if (st->ptr != NULL) {
-        return st->ptr;
-    }
     if (PyObject_GetBuffer(st->obj, view, PyBUF_SIMPLE | PyBUF_WRITABLE)
         < 0) {
         view->obj = NULL;
