@@ -15,8 +15,11 @@ if not sys.platform.startswith("linux"):
     # The platform layer (src/platform_linux.c) is Linux-only for now.
     raise SystemExit("fastmp currently builds on Linux only")
 
+# -fvisibility=hidden: only PyInit__fastmp is exported, so the calls from
+# one src/*.c file to another are direct (no PLT) and functions shared
+# between files can still be inlined within their own file.
 cflags = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
-          "-Werror=implicit-function-declaration"]
+          "-Werror=implicit-function-declaration", "-fvisibility=hidden"]
 ldflags = []
 if os.environ.get("FASTMP_WERROR"):
     cflags += ["-Werror"]

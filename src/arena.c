@@ -40,12 +40,7 @@
 #include "fastmp.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <sched.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #define SEG_MAGIC UINT64_C(0x66617374706d7332)     /* "fastmps2" */
 #define BLOCK_MAGIC UINT32_C(0x666d626b)           /* "fmbk" */
@@ -122,8 +117,8 @@ struct fastmp_segment_object {
     int fd;
     char *base;
     uint64_t size;
-    dev_t dev;
-    ino_t ino;
+    uint64_t dev;
+    uint64_t ino;
     uint32_t slot_pid;        /* my_slot is valid for this pid only */
     int my_slot;              /* holder slot of this process, -1: none */
     int64_t last_sweep;       /* fastmp_now_ns() of the last sweep */
@@ -221,27 +216,26 @@ map_error(uint64_t size)
 static fastmp_segment_object *
 segment_new(PyTypeObject *type, int fd, uint64_t size)
 {
-    struct stat stb;
-    if (fstat(fd, &stb) < 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
+    uint64_t dev, ino, fsize;
+    if (fastmp_platform_file_id(fd, &dev, &ino, &fsize) < 0) {
+        fastmp_oserror_syscall("fstat");
         return NULL;
     }
-    void *base = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE,
-                      MAP_SHARED, fd, 0);
-    if (base == MAP_FAILED) {
+    void *base = fastmp_platform_shm_map(fd, 0, size);
+    if (base == NULL) {
         map_error(size);
         return NULL;
     }
     fastmp_segment_object *s = PyObject_New(fastmp_segment_object, type);
     if (s == NULL) {
-        munmap(base, (size_t)size);
+        fastmp_platform_shm_unmap(base, size);
         return NULL;
     }
     s->fd = fd;
     s->base = base;
     s->size = size;
-    s->dev = stb.st_dev;
-    s->ino = stb.st_ino;
+    s->dev = dev;
+    s->ino = ino;
     s->slot_pid = 0;
     s->my_slot = -1;
     s->last_sweep = 0;
@@ -260,7 +254,7 @@ segment_create(fastmp_state *st, uint64_t size, int large)
     }
     fastmp_segment_object *s = segment_new(st->SegmentType, fd, size);
     if (s == NULL) {
-        close(fd);
+        (void)fastmp_platform_close(fd);
         return NULL;
     }
     seg_header *h = hdr(s);
@@ -277,11 +271,11 @@ segment_dealloc(fastmp_segment_object *s)
     PyTypeObject *tp = Py_TYPE(s);
     registry_remove(s);
     if (s->base != NULL) {
-        munmap(s->base, (size_t)s->size);
+        fastmp_platform_shm_unmap(s->base, s->size);
         s->base = NULL;
     }
     if (s->fd >= 0) {
-        close(s->fd);
+        (void)fastmp_platform_close(s->fd);
         s->fd = -1;
     }
     PyObject_Free(s);
@@ -400,8 +394,7 @@ pool_give_back(fastmp_segment_object *s, uint64_t off)
         uint64_t start = (off + 8 + 4095) & ~UINT64_C(4095);
         uint64_t end = (off - sizeof(block_header) + total) & ~UINT64_C(4095);
         if (end > start) {
-            (void)fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                            (off_t)start, (off_t)(end - start));
+            (void)fastmp_platform_shm_punch(s->fd, start, end - start);
         }
     }
     (void)seg_lock(h, 0);
@@ -791,32 +784,32 @@ fastmp_block_segment(const fastmp_block *b)
 /* ---- module functions -------------------------------------------- */
 
 static PyObject *
-arena_segment_attach(PyObject *module, PyObject *args)
+arena_segment_attach(PyObject *Py_UNUSED(module), PyObject *args)
 {
     int fd;
     unsigned long long size;
     if (!PyArg_ParseTuple(args, "iK:_segment_attach", &fd, &size)) {
         return NULL;
     }
-    struct stat stb;
-    if (fstat(fd, &stb) < 0) {
-        return PyErr_SetFromErrno(PyExc_OSError);
+    uint64_t dev, ino, fsize;
+    if (fastmp_platform_file_id(fd, &dev, &ino, &fsize) < 0) {
+        return fastmp_oserror_syscall("fstat");
     }
     for (fastmp_segment_object *s = registry; s != NULL; s = s->reg_next) {
-        if (s->dev == stb.st_dev && s->ino == stb.st_ino) {
+        if (s->dev == dev && s->ino == ino) {
             /* Already mapped here (e.g. two objects in one pickle stream
              * were not memoised together): keep one mapping. */
             if (s->fd != fd) {
-                close(fd);
+                (void)fastmp_platform_close(fd);
             }
             return Py_NewRef((PyObject *)s);
         }
     }
-    if ((uint64_t)stb.st_size < size || size < HEADER_BYTES) {
+    if ((uint64_t)fsize < size || size < HEADER_BYTES) {
         PyErr_SetString(PyExc_ValueError, "segment size mismatch");
         return NULL;
     }
-    fastmp_state *st = (fastmp_state *)PyModule_GetState(module);
+    fastmp_state *st = fastmp_get_state();
     fastmp_segment_object *s = segment_new(st->SegmentType, fd, size);
     if (s == NULL) {
         return NULL;
@@ -883,10 +876,10 @@ arena_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
     Py_ssize_t nseg = 0, nblocks = 0;
     unsigned long long resident = 0;
     for (fastmp_segment_object *s = registry; s != NULL; s = s->reg_next) {
-        struct stat stb;
+        uint64_t bytes;
         nseg++;
-        if (fstat(s->fd, &stb) == 0) {
-            resident += (unsigned long long)stb.st_blocks * 512;
+        if (fastmp_platform_file_resident(s->fd, &bytes) == 0) {
+            resident += (unsigned long long)bytes;
         }
     }
     for (fastmp_block *b = tracked; b != NULL; b = b->next) {
@@ -896,7 +889,7 @@ arena_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
                          "resident", resident);
 }
 
-PyMethodDef fastmp_arena_functions[] = {
+static PyMethodDef arena_functions[] = {
     {"_segment_attach", arena_segment_attach, METH_VARARGS,
      "_segment_attach(fd, size, /)\n--\n\n"
      "Map a segment received from a parent (takes ownership of fd)."},
@@ -917,6 +910,9 @@ PyMethodDef fastmp_arena_functions[] = {
 int
 fastmp_arena_exec(PyObject *m, fastmp_state *st)
 {
+    if (PyModule_AddFunctions(m, arena_functions) < 0) {
+        return -1;
+    }
     st->SegmentType = (PyTypeObject *)PyType_FromModuleAndSpec(
         m, &segment_spec, NULL);
     if (st->SegmentType == NULL) {

@@ -17,11 +17,8 @@
 
 #include <errno.h>
 #include <limits.h>
-#include <poll.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/uio.h>
-#include <unistd.h>
 
 #include "structmember.h"
 
@@ -90,7 +87,7 @@ fd_read_exact(int fd, char *buf, size_t n, int inside)
             if (want > (size_t)SSIZE_MAX) {
                 want = (size_t)SSIZE_MAX;
             }
-            r = read(fd, buf + done, want);
+            r = fastmp_platform_read(fd, buf + done, want);
             if (r > 0) {
                 done += (size_t)r;
             }
@@ -138,7 +135,7 @@ fd_writev_all(int fd, struct iovec *iov, int iovcnt)
 
         Py_BEGIN_ALLOW_THREADS
         for (;;) {
-            r = writev(fd, iov, iovcnt);
+            r = fastmp_platform_writev(fd, iov, iovcnt);
             if (r < 0) {
                 err = errno;
                 break;
@@ -235,7 +232,7 @@ spin_look(ConnectionObject *self, char *buf, size_t n, int *got)
 {
     *got = 0;
     if (self->sock != 0) {
-        ssize_t r = recv(self->fd, buf, n, MSG_DONTWAIT);
+        ssize_t r = fastmp_platform_recv_nowait(self->fd, buf, n);
         if (r > 0) {
             *got = (int)r;
             return r;
@@ -251,8 +248,22 @@ spin_look(ConnectionObject *self, char *buf, size_t n, int *got)
             return -1;
         }
     }
-    struct pollfd pfd = {self->fd, POLLIN, 0};
-    int r = poll(&pfd, 1, 0);
+    return fastmp_platform_poll_in(self->fd, 0);
+}
+
+typedef struct {
+    ConnectionObject *self;
+    char *buf;
+    size_t n;
+    int got;
+} spin_look_args;
+
+/* spin_look for fastmp_spin_poll (runs without the GIL). */
+static int
+spin_look_cb(void *arg)
+{
+    spin_look_args *a = (spin_look_args *)arg;
+    ssize_t r = spin_look(a->self, a->buf, a->n, &a->got);
     return r == 0 ? 0 : (r > 0 ? 1 : -1);
 }
 
@@ -283,16 +294,9 @@ conn_spin(ConnectionObject *self, char *buf, size_t n, int64_t *t0,
     if (budget == 0) {
         return 0;
     }
-    Py_BEGIN_ALLOW_THREADS
-    do {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
-        r = spin_look(self, buf, n, &got);
-    } while (r == 0 && fastmp_now_ns() - *t0 < (int64_t)budget);
-    Py_END_ALLOW_THREADS
-    *spun = r > 0;
-    return got;
+    spin_look_args la = {self, buf, n, 0};
+    *spun = fastmp_spin_poll(&self->spin, *t0, spin_look_cb, &la) > 0;
+    return la.got;
 }
 
 /* Read a frame header.  Returns 0 and the payload size, or -1. */
@@ -408,8 +412,7 @@ conn_close_fd(ConnectionObject *self)
     if (self->fd >= 0) {
         int fd = self->fd;
         self->fd = -1;
-        /* Linux frees the descriptor even when close reports EINTR. */
-        (void)close(fd);
+        (void)fastmp_platform_close(fd);
     }
 }
 
@@ -501,51 +504,21 @@ conn_send_bytes(ConnectionObject *self, PyObject *const *args,
                 Py_ssize_t nargs, PyObject *kwnames)
 {
     PyObject *buf = NULL, *ooffset = NULL, *osize = Py_None;
-    Py_ssize_t offset = 0, size, i, nkw;
+    Py_ssize_t offset = 0, size;
     Py_buffer view;
     int r;
 
-    nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    if (nargs > 3) {
-        PyErr_Format(PyExc_TypeError,
-                     "send_bytes() takes at most 3 arguments (%zd given)",
-                     nargs + nkw);
+    static const fastmp_argspec spec = {
+        "_ConnectionBase.send_bytes", FASTMP_ARGS_PY, 3, 1,
+        {"buf", "offset", "size"}};
+    PyObject *a[3];
+    if (fastmp_parse_args(&spec, args, nargs, kwnames, a) < 0) {
         return NULL;
     }
-    if (nargs > 0) {
-        buf = args[0];
-    }
-    if (nargs > 1) {
-        ooffset = args[1];
-    }
-    if (nargs > 2) {
-        osize = args[2];
-    }
-    for (i = 0; i < nkw; i++) {
-        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
-        PyObject *v = args[nargs + i];
-        if (PyUnicode_CompareWithASCIIString(k, "buf") == 0 && buf == NULL) {
-            buf = v;
-        }
-        else if (PyUnicode_CompareWithASCIIString(k, "offset") == 0
-                 && ooffset == NULL) {
-            ooffset = v;
-        }
-        else if (PyUnicode_CompareWithASCIIString(k, "size") == 0
-                 && nargs < 3) {
-            osize = v;
-        }
-        else {
-            PyErr_Format(PyExc_TypeError,
-                         "send_bytes() got an unexpected or duplicate "
-                         "keyword argument '%U'", k);
-            return NULL;
-        }
-    }
-    if (buf == NULL) {
-        PyErr_SetString(PyExc_TypeError,
-                        "send_bytes() missing required argument 'buf'");
-        return NULL;
+    buf = a[0];
+    ooffset = a[1];
+    if (a[2] != NULL) {
+        osize = a[2];
     }
     if (conn_check_writable(self) < 0) {
         return NULL;
@@ -739,28 +712,18 @@ conn_recv_bytes(ConnectionObject *self, PyObject *const *args,
                 Py_ssize_t nargs, PyObject *kwnames)
 {
     PyObject *omax = Py_None;
-    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
     conn_limit lim = {INT64_MAX, NULL};
     uint64_t size;
     int r;
 
-    if (nargs + nkw > 1) {
-        PyErr_SetString(PyExc_TypeError,
-                        "recv_bytes() takes at most 1 argument");
+    static const fastmp_argspec spec = {
+        "_ConnectionBase.recv_bytes", FASTMP_ARGS_PY, 1, 0, {"maxlength"}};
+    PyObject *a[1];
+    if (fastmp_parse_args(&spec, args, nargs, kwnames, a) < 0) {
         return NULL;
     }
-    if (nargs == 1) {
-        omax = args[0];
-    }
-    else if (nkw == 1) {
-        if (PyUnicode_CompareWithASCIIString(
-                PyTuple_GET_ITEM(kwnames, 0), "maxlength") != 0) {
-            PyErr_Format(PyExc_TypeError,
-                         "recv_bytes() got an unexpected keyword argument "
-                         "'%U'", PyTuple_GET_ITEM(kwnames, 0));
-            return NULL;
-        }
-        omax = args[0];
+    if (a[0] != NULL) {
+        omax = a[0];
     }
     if (conn_check_readable(self) < 0) {
         return NULL;
@@ -955,55 +918,6 @@ conn_recv(ConnectionObject *self, PyObject *Py_UNUSED(ignored))
     return res;
 }
 
-/* Wait until fd is readable (or at EOF/error), at most until d.
- * Returns 1 ready, 0 timed out, -1 with an exception set. */
-static int
-fd_wait_readable(int fd, const fastmp_deadline *d)
-{
-    struct pollfd pfd;
-    int r, err;
-
-    pfd.fd = fd;
-    pfd.events = POLLIN;
-    pfd.revents = 0;
-    /* First look without releasing the GIL. */
-    r = poll(&pfd, 1, 0);
-    if (r > 0) {
-        return 1;
-    }
-    if (r < 0 && errno != EINTR) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
-    }
-    for (;;) {
-        double left = fastmp_deadline_remaining(d);
-        int ms;
-
-        if (PyErr_CheckSignals() < 0) {
-            return -1;
-        }
-        if (left == 0.0) {
-            return 0;
-        }
-        ms = (int)(FASTMP_WAIT_SLICE_NS / 1000000);
-        if (left > 0 && left * 1000.0 < ms) {
-            ms = (int)(left * 1000.0) + 1;
-        }
-        Py_BEGIN_ALLOW_THREADS
-        r = poll(&pfd, 1, ms);
-        err = errno;
-        Py_END_ALLOW_THREADS
-        if (r > 0) {
-            return 1;
-        }
-        if (r < 0 && err != EINTR) {
-            errno = err;
-            PyErr_SetFromErrno(PyExc_OSError);
-            return -1;
-        }
-    }
-}
-
 PyDoc_STRVAR(conn_poll_doc,
 "poll($self, /, timeout=0.0)\n--\n\n"
 "Whether there is any input available to be read.");
@@ -1017,24 +931,10 @@ conn_poll(ConnectionObject *self, PyObject *const *args, Py_ssize_t nargs,
     PyObject *timeout = NULL;
 
     /* poll(timeout=0.0): the stdlib accepts the keyword too. */
-    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    if (nargs + nkw > 1) {
-        PyErr_SetString(PyExc_TypeError, "poll() takes at most 1 argument");
+    static const fastmp_argspec spec = {
+        "_ConnectionBase.poll", FASTMP_ARGS_PY, 1, 0, {"timeout"}};
+    if (fastmp_parse_args(&spec, args, nargs, kwnames, &timeout) < 0) {
         return NULL;
-    }
-    if (nargs == 1) {
-        timeout = args[0];
-    }
-    else if (nkw == 1) {
-        PyObject *key = PyTuple_GET_ITEM(kwnames, 0);
-        if (!PyUnicode_Check(key)
-            || PyUnicode_CompareWithASCIIString(key, "timeout") != 0) {
-            PyErr_Format(PyExc_TypeError,
-                         "poll() got an unexpected keyword argument '%S'",
-                         key);
-            return NULL;
-        }
-        timeout = args[0];
     }
     if (conn_check_readable(self) < 0) {
         return NULL;
@@ -1045,7 +945,7 @@ conn_poll(ConnectionObject *self, PyObject *const *args, Py_ssize_t nargs,
     else if (fastmp_deadline_from_object(timeout, &d) < 0) {
         return NULL;
     }
-    r = fd_wait_readable(self->fd, &d);
+    r = fastmp_wait_readable(self->fd, &d);
     if (r < 0) {
         return NULL;
     }
@@ -1075,7 +975,7 @@ conn_close(ConnectionObject *self, PyObject *Py_UNUSED(ignored))
     if (self->fd >= 0) {
         int fd = self->fd;
         self->fd = -1;
-        if (close(fd) < 0 && errno != EINTR) {
+        if (fastmp_platform_close(fd) < 0) {
             PyErr_SetFromErrno(PyExc_OSError);
             return NULL;
         }
@@ -1209,13 +1109,16 @@ static PyType_Spec conn_spec = {
     .slots = conn_slots,
 };
 
-PyMethodDef fastmp_connection_functions[] = {
+static PyMethodDef connection_functions[] = {
     {NULL, NULL, 0, NULL},
 };
 
 int
 fastmp_connection_exec(PyObject *m, fastmp_state *st)
 {
+    if (PyModule_AddFunctions(m, connection_functions) < 0) {
+        return -1;
+    }
     fastmp_connection_state *cs = &st->connection;
 
     cs->ConnectionType = (PyTypeObject *)PyType_FromModuleAndSpec(

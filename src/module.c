@@ -1,24 +1,13 @@
 /*
  * module.c -- fastmp._fastmp: module definition, multi-phase init and the
- * module state's traverse/clear/free.  Each area registers its types from
- * its own exec hook and contributes module-level functions through a
- * method table.
+ * module state's traverse/clear/free.  Each area registers its types and
+ * its module-level functions (PyModule_AddFunctions) from its own exec
+ * hook.
  */
 #include "fastmp.h"
 
-static struct PyModuleDef fastmp_module;
-
-/* The state of the module imported in this interpreter.  fastmp supports
- * one interpreter per process (shared memory is per process anyway), so a
- * single pointer suffices; it is only read by code that has no module at
- * hand. */
-static fastmp_state *current_state = NULL;
-
-fastmp_state *
-fastmp_get_state(void)
-{
-    return current_state;
-}
+/* See fastmp.h, "module state". */
+fastmp_state *fastmp_current_state = NULL;
 
 static int
 fastmp_exec(PyObject *m)
@@ -27,8 +16,9 @@ fastmp_exec(PyObject *m)
     if (st == NULL) {
         return -1;
     }
-    current_state = st;
-    if (fastmp_arena_exec(m, st) < 0
+    fastmp_current_state = st;
+    if (fastmp_owner_exec(m) < 0
+        || fastmp_arena_exec(m, st) < 0
         || fastmp_semlock_exec(m, st) < 0
         || fastmp_sharedctypes_exec(m, st) < 0
         || fastmp_shm_exec(m, st) < 0
@@ -82,7 +72,12 @@ fastmp_clear(PyObject *m)
 static void
 fastmp_free(void *m)
 {
+    fastmp_state *st = (fastmp_state *)PyModule_GetState((PyObject *)m);
     fastmp_clear((PyObject *)m);
+    /* Nothing may reach the freed state through the global. */
+    if (st != NULL && fastmp_current_state == st) {
+        fastmp_current_state = NULL;
+    }
 }
 
 static PyModuleDef_Slot fastmp_slots[] = {
@@ -90,38 +85,13 @@ static PyModuleDef_Slot fastmp_slots[] = {
 #if PY_VERSION_HEX >= 0x030C0000
     {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
 #endif
+#ifdef Py_mod_gil
+    /* 3.13+: fastmp relies on the GIL (docs/architecture.md, "Free
+     * threading"); a free-threaded interpreter re-enables it on import. */
+    {Py_mod_gil, Py_MOD_GIL_USED},
+#endif
     {0, NULL},
 };
-
-/* Concatenate the areas' method tables into one (built once, at import). */
-static PyMethodDef *
-collect_methods(void)
-{
-    PyMethodDef *tables[] = {
-        fastmp_arena_functions, fastmp_semlock_functions,
-        fastmp_sharedctypes_functions, fastmp_shm_functions,
-        fastmp_connection_functions, fastmp_ring_functions,
-        fastmp_owner_functions, fastmp_pickling_functions,
-    };
-    size_t ntables = sizeof(tables) / sizeof(tables[0]);
-    size_t n = 0;
-    for (size_t i = 0; i < ntables; i++) {
-        for (PyMethodDef *d = tables[i]; d->ml_name != NULL; d++) {
-            n++;
-        }
-    }
-    PyMethodDef *all = PyMem_RawCalloc(n + 1, sizeof(PyMethodDef));
-    if (all == NULL) {
-        return NULL;
-    }
-    size_t k = 0;
-    for (size_t i = 0; i < ntables; i++) {
-        for (PyMethodDef *d = tables[i]; d->ml_name != NULL; d++) {
-            all[k++] = *d;
-        }
-    }
-    return all;
-}
 
 static struct PyModuleDef fastmp_module = {
     PyModuleDef_HEAD_INIT,
@@ -138,12 +108,5 @@ static struct PyModuleDef fastmp_module = {
 PyMODINIT_FUNC
 PyInit__fastmp(void)
 {
-    if (fastmp_module.m_methods == NULL) {
-        PyMethodDef *methods = collect_methods();
-        if (methods == NULL) {
-            return PyErr_NoMemory();
-        }
-        fastmp_module.m_methods = methods;
-    }
     return PyModuleDef_Init(&fastmp_module);
 }

@@ -18,9 +18,6 @@
  */
 #include "fastmp.h"
 
-#include <errno.h>
-#include <signal.h>
-#include <unistd.h>
 
 int fastmp_owner_stall_armed = 0;
 static double stall_seconds = 0;     /* < 0: SIGSTOP ourselves */
@@ -31,14 +28,10 @@ fastmp_owner_stall(void)
     /* Disarm first: the stall happens once, at the next acquisition. */
     fastmp_owner_stall_armed = 0;
     if (stall_seconds < 0) {
-        (void)raise(SIGSTOP);
+        fastmp_platform_stop_self();
     }
     else {
-        struct timespec ts;
-        ts.tv_sec = (time_t)stall_seconds;
-        ts.tv_nsec = (long)((stall_seconds - (double)ts.tv_sec) * 1e9);
-        while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-        }
+        fastmp_platform_sleep_ns((int64_t)(stall_seconds * 1e9));
     }
 }
 
@@ -63,16 +56,6 @@ fastmp_owner_takeover(uint64_t *w, uint64_t seen)
                                        __ATOMIC_RELAXED);
 }
 
-static inline void
-cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 #define OWNER_SPINS 100
 
 int
@@ -84,14 +67,17 @@ fastmp_owner_lock(uint64_t *w, const fastmp_deadline *d, int flags)
     }
     uint64_t self = fastmp_owner_self();
     /* Liveness is looked at once a slice: it costs system calls. */
-    int64_t next_check = fastmp_now_ns() + FASTMP_WAIT_SLICE_NS;
-    /* Watch briefly (reads only) for a holder on another CPU to finish. */
-    for (int i = 0; i < OWNER_SPINS; i++) {
+    int64_t next_check;
+    fastmp_slice_start(&next_check);
+    /* Watch briefly (reads only) for a holder on another CPU to finish
+     * (on one CPU it cannot run meanwhile: no spin). */
+    int spins = fastmp_spin_ok() ? OWNER_SPINS : 0;
+    for (int i = 0; i < spins; i++) {
         uint64_t v = __atomic_load_n(w, __ATOMIC_RELAXED);
         if (v == 0 && fastmp_owner_try(w)) {
             return 0;
         }
-        cpu_relax();
+        fastmp_cpu_relax();
     }
     for (;;) {
         uint64_t v = __atomic_load_n(w, __ATOMIC_ACQUIRE);
@@ -121,8 +107,7 @@ fastmp_owner_lock(uint64_t *w, const fastmp_deadline *d, int flags)
                 continue;
             }
         }
-        else if (fastmp_now_ns() >= next_check) {
-            next_check = fastmp_now_ns() + FASTMP_WAIT_SLICE_NS;
+        else if (fastmp_slice_due(&next_check)) {
             if (fastmp_owner_takeover(w, v)) {
                 return 1;
             }
@@ -139,26 +124,14 @@ fastmp_owner_lock(uint64_t *w, const fastmp_deadline *d, int flags)
         int r;
         if (flags & FASTMP_OWNER_INTERRUPTIBLE) {
             r = fastmp_wait_futex(fastmp_owner_futex(w), (uint32_t)v, d);
-            if (r != 0) {
-                return r < 0 ? -1 : 2;
-            }
         }
         else {
-            /* Sleep one slice (no exception may come out of here). */
-            struct timespec until;
-            clock_gettime(CLOCK_MONOTONIC, &until);
-            until.tv_nsec += FASTMP_WAIT_SLICE_NS;
-            if (until.tv_nsec >= 1000000000) {
-                until.tv_sec += 1;
-                until.tv_nsec -= 1000000000;
-            }
-            Py_BEGIN_ALLOW_THREADS
-            (void)fastmp_platform_futex_wait(fastmp_owner_futex(w),
-                                             (uint32_t)v, &until);
-            Py_END_ALLOW_THREADS
-            if (fastmp_deadline_expired(d)) {
-                return 2;
-            }
+            /* No exception may come out of here. */
+            r = fastmp_wait_futex_quiet(fastmp_owner_futex(w), (uint32_t)v,
+                                        d);
+        }
+        if (r != 0) {
+            return r < 0 ? -1 : 2;
         }
     }
 }
@@ -178,7 +151,7 @@ owner_stall_py(PyObject *module, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-PyMethodDef fastmp_owner_functions[] = {
+static PyMethodDef owner_functions[] = {
     {"_owner_stall", owner_stall_py, METH_O,
      "_owner_stall(seconds, /)\n--\n\n"
      "Tests only: the next owner-lock acquisition in this process stalls "
@@ -186,3 +159,9 @@ PyMethodDef fastmp_owner_functions[] = {
      "stops itself with SIGSTOP)."},
     {NULL, NULL, 0, NULL},
 };
+
+int
+fastmp_owner_exec(PyObject *m)
+{
+    return PyModule_AddFunctions(m, owner_functions);
+}

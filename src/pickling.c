@@ -360,7 +360,7 @@ pickling_py_loads(PyObject *module, PyObject *data)
     return fastmp_loads(data);
 }
 
-PyMethodDef fastmp_pickling_functions[] = {
+static PyMethodDef pickling_functions[] = {
     {"_dumps", pickling_py_dumps, METH_O,
      "_dumps($module, obj, /)\n--\n\n"
      "Pickle obj as multiprocessing.reduction.ForkingPickler.dumps does "
@@ -391,7 +391,7 @@ fastmp_pickling_exec(PyObject *m, fastmp_state *st)
     if (ps->str_dump == NULL || ps->str_clear_memo == NULL) {
         return -1;
     }
-    return 0;
+    return PyModule_AddFunctions(m, pickling_functions);
 }
 
 int

@@ -12,12 +12,16 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #ifndef MFD_CLOEXEC
@@ -45,7 +49,7 @@ shm_open_anon(void)
     char name[64];
     for (int attempt = 0; attempt < 100; attempt++) {
         struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
+        fastmp_platform_now(&ts);
         snprintf(name, sizeof(name), "/fastmp-%ld-%lx-%d", (long)getpid(),
                  (unsigned long)ts.tv_nsec, attempt);
         int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -76,7 +80,7 @@ fastmp_platform_shm_anon(const char *tag, uint64_t size)
     }
     if (ftruncate(fd, (off_t)size) < 0) {
         int saved = errno;
-        close(fd);
+        (void)close(fd);
         errno = saved;
         return -1;
     }
@@ -140,6 +144,84 @@ fastmp_platform_shm_unmap(void *addr, uint64_t size)
     }
 }
 
+int
+fastmp_platform_shm_punch(int fd, uint64_t offset, uint64_t len)
+{
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                     (off_t)offset, (off_t)len);
+}
+
+int
+fastmp_platform_file_id(int fd, uint64_t *dev, uint64_t *ino,
+                        uint64_t *size)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        return -1;
+    }
+    *dev = (uint64_t)st.st_dev;
+    *ino = (uint64_t)st.st_ino;
+    *size = (uint64_t)st.st_size;
+    return 0;
+}
+
+int
+fastmp_platform_file_resident(int fd, uint64_t *bytes)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        return -1;
+    }
+    *bytes = (uint64_t)st.st_blocks * 512;
+    return 0;
+}
+
+int
+fastmp_platform_shm_open_named(const char *name, int create, int mode)
+{
+    return shm_open(name, O_RDWR | (create ? O_CREAT | O_EXCL : 0),
+                    (mode_t)mode);
+}
+
+int
+fastmp_platform_shm_unlink_named(const char *name)
+{
+    return shm_unlink(name);
+}
+
+int
+fastmp_platform_close(int fd)
+{
+    if (close(fd) < 0 && errno != EINTR) {
+        return -1;
+    }
+    return 0;
+}
+
+void
+fastmp_platform_sleep_ns(int64_t ns)
+{
+    struct timespec ts = fastmp_ts_from_ns(ns);
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
+}
+
+void
+fastmp_platform_stop_self(void)
+{
+    (void)raise(SIGSTOP);
+}
+
+int
+fastmp_platform_ncpus(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) != 0) {
+        return 0;
+    }
+    return CPU_COUNT(&set);
+}
+
 uint64_t
 fastmp_platform_phys_bytes(void)
 {
@@ -187,13 +269,14 @@ fastmp_platform_futex_wake(uint32_t *word, int n)
 uint32_t fastmp_platform_cached_pid = 0;
 uint64_t fastmp_platform_cached_start = 0;
 
-/* Field 22 of /proc/<pid>/stat: start time in clock ticks after boot.
- * Returns 0 when the process does not exist or the file is unreadable. */
-static uint64_t
-read_start_time(uint32_t pid)
+/* Read /proc/<pid>/stat (pid 0: self) into buf, NUL-terminated, and
+ * return a pointer just past the command name (field 2, which may hold
+ * spaces and parentheses: the last ')'), or NULL when the process does
+ * not exist or the file is unreadable. */
+static char *
+read_proc_stat(uint32_t pid, char *buf, size_t size)
 {
     char path[64];
-    char buf[1024];
     if (pid == 0) {
         snprintf(path, sizeof(path), "/proc/self/stat");
     }
@@ -202,24 +285,31 @@ read_start_time(uint32_t pid)
     }
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        return 0;
+        return NULL;
     }
     ssize_t n;
     do {
-        n = read(fd, buf, sizeof(buf) - 1);
+        n = read(fd, buf, size - 1);
     } while (n < 0 && errno == EINTR);
     close(fd);
     if (n <= 0) {
-        return 0;
+        return NULL;
     }
     buf[n] = '\0';
-    /* The command name (field 2) may hold spaces and parentheses: skip to
-     * the last ')'. */
     char *p = strrchr(buf, ')');
+    return p != NULL ? p + 1 : NULL;
+}
+
+/* Field 22 of /proc/<pid>/stat: start time in clock ticks after boot.
+ * Returns 0 when the process does not exist or the file is unreadable. */
+static uint64_t
+read_start_time(uint32_t pid)
+{
+    char buf[1024];
+    char *p = read_proc_stat(pid, buf, sizeof(buf));
     if (p == NULL) {
         return 0;
     }
-    p++;
     /* Now at " S ppid ...": field 3 is the first token; we want field 22,
      * i.e. the 20th token from here. */
     for (int field = 3; field < 22; field++) {
@@ -250,21 +340,9 @@ read_start_time(uint32_t pid)
 static int
 is_zombie(uint32_t pid)
 {
-    char path[64];
-    char buf[512];
-    snprintf(path, sizeof(path), "/proc/%u/stat", pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        return 0;
-    }
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0) {
-        return 0;
-    }
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')');
-    return p != NULL && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
+    char buf[1024];
+    char *p = read_proc_stat(pid, buf, sizeof(buf));
+    return p != NULL && p[0] == ' ' && (p[1] == 'Z' || p[1] == 'X');
 }
 
 uint32_t

@@ -36,7 +36,6 @@
 #include <errno.h>
 #include <string.h>
 #include <structmember.h>
-#include <unistd.h>
 
 #define RING_PAGE 4096
 #define RING_MIN_CAP (UINT64_C(64) << 10)      /* initial ring and file */
@@ -370,7 +369,7 @@ ring_map_header(RingObject *q)
 {
     uint64_t size;
     if (fastmp_platform_shm_size(q->fd, &size) < 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
+        fastmp_oserror_syscall("fstat");
         return -1;
     }
     if (size < RING_PAGE + RING_MIN_CAP) {
@@ -418,7 +417,7 @@ ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     RingObject *q = (RingObject *)type->tp_alloc(type, 0);
     if (q == NULL) {
         if (fd >= 0) {
-            close(fd);
+            (void)fastmp_platform_close(fd);
         }
         return NULL;
     }
@@ -477,7 +476,7 @@ ring_dealloc(RingObject *q)
     fastmp_platform_shm_unmap(q->data, q->mapped);
     fastmp_platform_shm_unmap(q->h, RING_PAGE);
     if (q->fd >= 0) {
-        close(q->fd);
+        (void)fastmp_platform_close(q->fd);
     }
     tp->tp_free(q);
     Py_DECREF(tp);
@@ -762,70 +761,23 @@ ring_get_impl(RingObject *q, int block, PyObject *timeout)
     return res;
 }
 
-/* Parse (obj, block=True, timeout=None) / (block=True, timeout=None). */
-static int
-parse_block_timeout(PyObject *const *args, Py_ssize_t nargs,
-                    PyObject *kwnames, Py_ssize_t npos, const char *fname,
-                    PyObject **out)
-{
-    /* out[0..npos-1] positional-required, then block, timeout. */
-    Py_ssize_t total = npos + 2;
-    for (Py_ssize_t i = 0; i < total; i++) {
-        out[i] = NULL;
-    }
-    if (nargs > total) {
-        PyErr_Format(PyExc_TypeError,
-                     "%s() takes at most %zd arguments (%zd given)", fname,
-                     total, nargs);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < nargs; i++) {
-        out[i] = args[i];
-    }
-    if (kwnames != NULL) {
-        static const char *names[] = {"obj", "block", "timeout"};
-        Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
-        for (Py_ssize_t k = 0; k < nkw; k++) {
-            PyObject *key = PyTuple_GET_ITEM(kwnames, k);
-            Py_ssize_t idx = -1;
-            for (Py_ssize_t j = 0; j < total; j++) {
-                const char *nm = names[j + (npos == 0 ? 1 : 0)];
-                if (PyUnicode_CompareWithASCIIString(key, nm) == 0) {
-                    idx = j;
-                    break;
-                }
-            }
-            if (idx < 0) {
-                PyErr_Format(PyExc_TypeError,
-                             "%s() got an unexpected keyword argument '%U'",
-                             fname, key);
-                return -1;
-            }
-            if (out[idx] != NULL) {
-                PyErr_Format(PyExc_TypeError,
-                             "%s() got multiple values for argument '%U'",
-                             fname, key);
-                return -1;
-            }
-            out[idx] = args[nargs + k];
-        }
-    }
-    for (Py_ssize_t i = 0; i < npos; i++) {
-        if (out[i] == NULL) {
-            PyErr_Format(PyExc_TypeError,
-                         "%s() missing required argument 'obj'", fname);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 static PyObject *
 ring_put(RingObject *q, PyObject *const *args, Py_ssize_t nargs,
          PyObject *kwnames)
 {
+    static const fastmp_argspec put_spec = {
+        "Queue.put", FASTMP_ARGS_PY, 3, 1, {"obj", "block", "timeout"}};
+    static const fastmp_argspec joinable_put_spec = {
+        "JoinableQueue.put", FASTMP_ARGS_PY, 3, 1,
+        {"obj", "block", "timeout"}};
+    /* The stdlib's JoinableQueue overrides put(): its errors name it.
+     * Looked at only when the call is not plain positional. */
+    const fastmp_argspec *spec = &put_spec;
+    if ((kwnames != NULL || nargs < 1 || nargs > 3) && q->h->joinable) {
+        spec = &joinable_put_spec;
+    }
     PyObject *a[3];
-    if (parse_block_timeout(args, nargs, kwnames, 1, "put", a) < 0) {
+    if (fastmp_parse_args(spec, args, nargs, kwnames, a) < 0) {
         return NULL;
     }
     int block = 1;
@@ -839,11 +791,13 @@ static PyObject *
 ring_get(RingObject *q, PyObject *const *args, Py_ssize_t nargs,
          PyObject *kwnames)
 {
+    static const fastmp_argspec spec = {
+        "Queue.get", FASTMP_ARGS_PY, 2, 0, {"block", "timeout"}};
     PyObject *a[2];
     if (nargs == 0 && kwnames == NULL) {
         return ring_get_impl(q, 1, NULL);
     }
-    if (parse_block_timeout(args, nargs, kwnames, 0, "get", a) < 0) {
+    if (fastmp_parse_args(&spec, args, nargs, kwnames, a) < 0) {
         return NULL;
     }
     int block = 1;
@@ -1151,13 +1105,16 @@ static PyType_Spec ring_spec = {
 
 /* ---- module level ------------------------------------------------ */
 
-PyMethodDef fastmp_ring_functions[] = {
+static PyMethodDef ring_functions[] = {
     {NULL, NULL, 0, NULL},
 };
 
 int
 fastmp_ring_exec(PyObject *m, fastmp_state *st)
 {
+    if (PyModule_AddFunctions(m, ring_functions) < 0) {
+        return -1;
+    }
     st->ring.RingType = (PyTypeObject *)PyType_FromModuleAndSpec(
         m, &ring_spec, NULL);
     if (st->ring.RingType == NULL) {

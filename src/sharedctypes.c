@@ -1,6 +1,6 @@
 /*
  * sharedctypes.c -- shared storage blocks, the synchronized Value/Array
- * wrappers, and lock-free atomics on integer Values.
+ * wrappers.  The lock-free atomics on integer Values are atomics.c.
  *
  * Block: a Python object owning one arena block (fastmp_block) and
  * exporting it as a writable buffer.  RawValue/RawArray are ctypes objects
@@ -23,7 +23,6 @@
  */
 #include "fastmp.h"
 
-#include <structmember.h>
 #include <string.h>
 
 /* ---- Block ------------------------------------------------------------ */
@@ -123,9 +122,9 @@ static PyType_Spec block_spec = {
 };
 
 static PyObject *
-sct_block_alloc(PyObject *module, PyObject *arg)
+sct_block_alloc(PyObject *Py_UNUSED(module), PyObject *arg)
 {
-    fastmp_state *st = PyModule_GetState(module);
+    fastmp_state *st = fastmp_get_state();
     Py_ssize_t size = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
     if (size == -1 && PyErr_Occurred()) {
         return NULL;
@@ -151,9 +150,9 @@ sct_block_alloc(PyObject *module, PyObject *arg)
 }
 
 static PyObject *
-sct_block_attach(PyObject *module, PyObject *args)
+sct_block_attach(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    fastmp_state *st = PyModule_GetState(module);
+    fastmp_state *st = fastmp_get_state();
     PyObject *seg;
     unsigned long long offset, size;
     if (!PyArg_ParseTuple(args, "OKK:_block_attach", &seg, &offset, &size)) {
@@ -197,18 +196,6 @@ code_size(int code)
 }
 
 static int
-code_is_int(int code)
-{
-    switch (code) {
-    case 'b': case 'B': case 'h': case 'H': case 'i': case 'I':
-    case 'l': case 'L': case 'q': case 'Q':
-        return 1;
-    default:
-        return 0;
-    }
-}
-
-static int
 code_is_signed(int code)
 {
     return code == 'b' || code == 'h' || code == 'i' || code == 'l' ||
@@ -216,19 +203,14 @@ code_is_signed(int code)
 }
 
 /* Bits of an integer element, zero-extended. */
-static uint64_t
+static inline uint64_t
 int_bits_load(const char *p, Py_ssize_t size)
 {
-    switch (size) {
-    case 1: { uint8_t v; memcpy(&v, p, 1); return v; }
-    case 2: { uint16_t v; memcpy(&v, p, 2); return v; }
-    case 4: { uint32_t v; memcpy(&v, p, 4); return v; }
-    default: { uint64_t v; memcpy(&v, p, 8); return v; }
-    }
+    return fastmp_int_mem((void *)p, size, FASTMP_INT_LOAD, 0, 0);
 }
 
-static PyObject *
-int_from_bits(int code, uint64_t bits)
+PyObject *
+fastmp_int_from_bits(int code, uint64_t bits)
 {
     switch (code) {
     case 'b': return PyLong_FromLong((int8_t)bits);
@@ -262,7 +244,7 @@ elem_unpack(int code, const char *p)
     case 'd': { double v; memcpy(&v, p, sizeof(v));
                 return PyFloat_FromDouble(v); }
     default:
-        return int_from_bits(code, int_bits_load(p, code_size(code)));
+        return fastmp_int_from_bits(code, int_bits_load(p, code_size(code)));
     }
 }
 
@@ -272,7 +254,7 @@ elem_unpack(int code, const char *p)
 static int
 elem_pack(int code, PyObject *v, char *out)
 {
-    if (code_is_int(code)) {
+    if (fastmp_code_is_int(code)) {
         if (!PyLong_Check(v)) {
             return 1;
         }
@@ -280,12 +262,7 @@ elem_pack(int code, PyObject *v, char *out)
         if (x == (unsigned long long)-1 && PyErr_Occurred()) {
             return -1;
         }
-        switch (code_size(code)) {
-        case 1: { uint8_t y = (uint8_t)x; memcpy(out, &y, 1); break; }
-        case 2: { uint16_t y = (uint16_t)x; memcpy(out, &y, 2); break; }
-        case 4: { uint32_t y = (uint32_t)x; memcpy(out, &y, 4); break; }
-        default: { uint64_t y = x; memcpy(out, &y, 8); break; }
-        }
+        (void)fastmp_int_mem(out, code_size(code), FASTMP_INT_STORE, x, 0);
         return 0;
     }
     switch (code) {
@@ -328,49 +305,10 @@ elem_pack(int code, PyObject *v, char *out)
 
 /* ---- SynchronizedBase ------------------------------------------------- */
 
-/* What a wrapper wraps.  Built by __init__ and never changed afterwards: a
- * second __init__ builds a new one and swaps it in.  Every operation holds
- * a reference on the state it started with (sync_hold / sync_drop), so
- * Python code it calls on the way -- a value's __index__ or __float__, a
- * foreign lock's acquire, another thread while the GIL is released -- may
- * re-initialise the wrapper without freeing or moving what the operation
- * uses: the operation ends on the object and the lock it began with, as
- * the stdlib's wrapper does (it reads self._obj once per access).  Process
- * local; `refs` is protected by the GIL. */
-typedef struct {
-    Py_ssize_t refs;        /* the wrapper's own + one per operation */
-    PyObject *obj;          /* the ctypes object */
-    PyObject *block;        /* the fastmp Block holding obj's data, or NULL */
-    PyObject *lock;         /* any object with acquire/release */
-    PyObject *acquire_m;    /* lock.acquire (slow path) */
-    PyObject *release_m;    /* lock.release (slow path) */
-    PyObject *semlock;      /* fastmp SemLock inside `lock`, or NULL */
-    const uint32_t *seq_word;   /* its words for lock-free reads, or NULL */
-    const uint32_t *seq_gen;
-    /* obj's data when it is arena memory (`block` is set, and kept alive
-     * here): that never moves.  NULL otherwise: memory a ctypes object
-     * owns moves when ctypes.resize() grows it, so it is asked for at each
-     * access (sync_mem). */
-    char *ptr;
-    Py_ssize_t nbytes;      /* bytes the fast paths touch */
-    Py_ssize_t length;      /* elements (arrays), 1 for values */
-    Py_ssize_t itemsize;    /* fast element size, 0 when no fast path */
-    int code;               /* fast element code ('i', 'd', ...) or 0 */
-} sync_state;
-
-typedef struct {
-    PyObject_HEAD
-    sync_state *st;         /* NULL until __init__ has run */
-    PyObject *weakreflist;
-} SyncObject;
-
-/* Drop one reference on st; the last one frees it. */
-static void
-sync_drop(sync_state *st)
+/* The last reference on st is gone (fastmp_sync_drop): free it. */
+void
+fastmp_sync_free(sync_state *st)
 {
-    if (--st->refs > 0) {
-        return;
-    }
     Py_XDECREF(st->obj);
     Py_XDECREF(st->block);
     Py_XDECREF(st->lock);
@@ -395,17 +333,14 @@ sync_hold(SyncObject *self)
     return st;
 }
 
-/* The address of st's data, valid until sync_mem_done(view) and only
+/* The address of st's data, valid until fastmp_sync_mem_done(view) and only
  * while no Python code runs: call it after every conversion and after
  * taking the lock.  Arena memory is st->ptr; any other object is asked
- * for its buffer again, which *view holds.  NULL with an exception set. */
-static char *
-sync_mem(sync_state *st, Py_buffer *view)
+ * for its buffer again, which *view holds.  NULL with an exception set.
+ * (fastmp_sync_mem in fastmp.h handles arena memory inline.) */
+char *
+fastmp_sync_mem_slow(sync_state *st, Py_buffer *view)
 {
-    view->obj = NULL;
-    if (st->ptr != NULL) {
-        return st->ptr;
-    }
     if (PyObject_GetBuffer(st->obj, view, PyBUF_SIMPLE | PyBUF_WRITABLE)
         < 0) {
         view->obj = NULL;
@@ -419,14 +354,6 @@ sync_mem(sync_state *st, Py_buffer *view)
         return NULL;
     }
     return view->buf;
-}
-
-static inline void
-sync_mem_done(Py_buffer *view)
-{
-    if (view->obj != NULL) {
-        PyBuffer_Release(view);
-    }
 }
 
 /* Take the lock.  Returns 0 when taken, 1 when this thread already held
@@ -533,10 +460,10 @@ sync_gather(sync_state *s, char *dst, Py_ssize_t off, Py_ssize_t n,
         return -1;
     }
     Py_buffer view;
-    char *base = sync_mem(s, &view);
+    char *base = fastmp_sync_mem(s, &view);
     if (base != NULL) {
         copy_strided(dst, sz, base + off, stride, n, sz);
-        sync_mem_done(&view);
+        fastmp_sync_mem_done(&view);
     }
     return sync_unlock(s, held);
 }
@@ -554,10 +481,10 @@ sync_scatter(sync_state *s, Py_ssize_t off, Py_ssize_t stride,
         return -1;
     }
     Py_buffer view;
-    char *base = sync_mem(s, &view);
+    char *base = fastmp_sync_mem(s, &view);
     if (base != NULL) {
         copy_strided(base + off, stride, src, sz, n, sz);
-        sync_mem_done(&view);
+        fastmp_sync_mem_done(&view);
     }
     return sync_unlock(s, held);
 }
@@ -660,11 +587,11 @@ sync_init(SyncObject *self, PyObject *args, PyObject *kwds)
     sync_state *old = self->st;
     self->st = st;
     if (old != NULL) {
-        sync_drop(old);
+        fastmp_sync_drop(old);
     }
     return 0;
 error:
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return -1;
 }
 
@@ -690,7 +617,7 @@ sync_clear(SyncObject *self)
     sync_state *st = self->st;
     self->st = NULL;
     if (st != NULL) {
-        sync_drop(st);
+        fastmp_sync_drop(st);
     }
     return 0;
 }
@@ -717,7 +644,7 @@ sync_repr(SyncObject *self)
     sync_state *st = sync_hold(self);
     PyObject *r = PyUnicode_FromFormat("<%s wrapper for %S>",
                                        Py_TYPE(self)->tp_name, st->obj);
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -775,7 +702,7 @@ sync_acquire(SyncObject *self, PyObject *args, PyObject *kwds)
     else {
         r = PyObject_Call(st->acquire_m, args, kwds);
     }
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -787,7 +714,7 @@ sync_release(SyncObject *self, PyObject *args, PyObject *kwds)
         return NULL;
     }
     PyObject *r = PyObject_Call(st->release_m, args, kwds);
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -806,7 +733,7 @@ sync_enter(SyncObject *self, PyObject *Py_UNUSED(ignored))
     else {
         r = PyObject_CallMethod(st->lock, "__enter__", NULL);
     }
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -830,7 +757,7 @@ sync_exit(SyncObject *self, PyObject *const *args, Py_ssize_t nargs)
             Py_DECREF(meth);
         }
     }
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -881,7 +808,7 @@ sync_getfield(SyncObject *self, PyObject *name)
         return NULL;
     }
     PyObject *r = sync_locked_getattr(st, s);
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -902,7 +829,7 @@ sync_setfield(SyncObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     int r = sync_locked_setattr(st, s, args[1]);
-    sync_drop(st);
+    fastmp_sync_drop(st);
     if (r < 0) {
         return NULL;
     }
@@ -918,12 +845,12 @@ sync_getbuffer_attr(SyncObject *self, void *Py_UNUSED(c))
     }
     Py_buffer view;
     PyObject *r = NULL;
-    char *p = sync_mem(st, &view);
+    char *p = fastmp_sync_mem(st, &view);
     if (p != NULL) {
         r = PyLong_FromVoidPtr(p);
-        sync_mem_done(&view);
+        fastmp_sync_mem_done(&view);
     }
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -1026,7 +953,7 @@ value_get(SyncObject *self, void *Py_UNUSED(closure))
             r = elem_unpack(st->code, tmp);
         }
     }
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -1060,277 +987,14 @@ value_set(SyncObject *self, PyObject *v, void *Py_UNUSED(closure))
     else if (r == 0) {
         r = sync_scatter(st, 0, st->itemsize, tmp, 1, st->itemsize);
     }
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r < 0 ? -1 : 0;
 }
 
-/* ---- atomics ------------------------------------------------------ */
-
-static int
-atomic_ready(sync_state *st)
-{
-    if (!code_is_int(st->code)) {
-        PyErr_SetString(PyExc_TypeError,
-                        "atomic operations need an integer Value");
-        return -1;
-    }
-    return 0;
-}
-
-/* The wrapper's state for an atomic operation, or NULL with TypeError set
- * when it wraps no integer value. */
-static sync_state *
-atomic_hold(SyncObject *self)
-{
-    sync_state *st = self->st;
-    if (st == NULL) {
-        PyErr_SetString(PyExc_TypeError,
-                        "atomic operations need an integer Value");
-        return NULL;
-    }
-    if (atomic_ready(st) < 0) {
-        return NULL;
-    }
-    st->refs++;
-    return st;
-}
-
-/* The bits of a Python integer truncated to the Value's width (wraps as
- * the C type does). */
-static int
-atomic_arg(PyObject *v, uint64_t *out)
-{
-    PyObject *idx = PyNumber_Index(v);
-    if (idx == NULL) {
-        return -1;
-    }
-    unsigned long long x = PyLong_AsUnsignedLongLongMask(idx);
-    Py_DECREF(idx);
-    if (x == (unsigned long long)-1 && PyErr_Occurred()) {
-        return -1;
-    }
-    *out = x;
-    return 0;
-}
-
-enum { AT_ADD, AT_FETCH_ADD, AT_XCHG };
-
-static uint64_t
-atomic_rmw(void *p, Py_ssize_t size, int op, uint64_t n)
-{
-    switch (size) {
-    case 1:
-        if (op == AT_XCHG) {
-            return __atomic_exchange_n((uint8_t *)p, (uint8_t)n,
-                                       __ATOMIC_SEQ_CST);
-        }
-        return __atomic_fetch_add((uint8_t *)p, (uint8_t)n,
-                                  __ATOMIC_SEQ_CST);
-    case 2:
-        if (op == AT_XCHG) {
-            return __atomic_exchange_n((uint16_t *)p, (uint16_t)n,
-                                       __ATOMIC_SEQ_CST);
-        }
-        return __atomic_fetch_add((uint16_t *)p, (uint16_t)n,
-                                  __ATOMIC_SEQ_CST);
-    case 4:
-        if (op == AT_XCHG) {
-            return __atomic_exchange_n((uint32_t *)p, (uint32_t)n,
-                                       __ATOMIC_SEQ_CST);
-        }
-        return __atomic_fetch_add((uint32_t *)p, (uint32_t)n,
-                                  __ATOMIC_SEQ_CST);
-    default:
-        if (op == AT_XCHG) {
-            return __atomic_exchange_n((uint64_t *)p, n, __ATOMIC_SEQ_CST);
-        }
-        return __atomic_fetch_add((uint64_t *)p, n, __ATOMIC_SEQ_CST);
-    }
-}
-
-static PyObject *
-atomic_op(SyncObject *self, PyObject *arg, int op)
-{
-    uint64_t n;
-    sync_state *st = atomic_hold(self);
-    if (st == NULL) {
-        return NULL;
-    }
-    PyObject *r = NULL;
-    Py_buffer view;
-    char *p;
-    /* The argument first: its __index__ may run any code. */
-    if (atomic_arg(arg, &n) == 0 && (p = sync_mem(st, &view)) != NULL) {
-        uint64_t old = atomic_rmw(p, st->itemsize, op, n);
-        sync_mem_done(&view);
-        r = int_from_bits(st->code, op == AT_ADD ? old + n : old);
-    }
-    sync_drop(st);
-    return r;
-}
-
-static PyObject *
-value_add(SyncObject *self, PyObject *arg)
-{
-    return atomic_op(self, arg, AT_ADD);
-}
-
-static PyObject *
-value_fetch_add(SyncObject *self, PyObject *arg)
-{
-    return atomic_op(self, arg, AT_FETCH_ADD);
-}
-
-static PyObject *
-value_exchange(SyncObject *self, PyObject *arg)
-{
-    return atomic_op(self, arg, AT_XCHG);
-}
-
-static PyObject *
-value_load(SyncObject *self, PyObject *Py_UNUSED(ignored))
-{
-    sync_state *st = atomic_hold(self);
-    if (st == NULL) {
-        return NULL;
-    }
-    Py_buffer view;
-    char *p = sync_mem(st, &view);
-    PyObject *r = NULL;
-    if (p != NULL) {
-        uint64_t v;
-        switch (st->itemsize) {
-        case 1: v = __atomic_load_n((uint8_t *)p, __ATOMIC_SEQ_CST);
-                break;
-        case 2: v = __atomic_load_n((uint16_t *)p, __ATOMIC_SEQ_CST);
-                break;
-        case 4: v = __atomic_load_n((uint32_t *)p, __ATOMIC_SEQ_CST);
-                break;
-        default: v = __atomic_load_n((uint64_t *)p, __ATOMIC_SEQ_CST);
-                break;
-        }
-        sync_mem_done(&view);
-        r = int_from_bits(st->code, v);
-    }
-    sync_drop(st);
-    return r;
-}
-
-static PyObject *
-value_store(SyncObject *self, PyObject *arg)
-{
-    uint64_t n;
-    sync_state *st = atomic_hold(self);
-    if (st == NULL) {
-        return NULL;
-    }
-    Py_buffer view;
-    char *p;
-    if (atomic_arg(arg, &n) < 0 || (p = sync_mem(st, &view)) == NULL) {
-        sync_drop(st);
-        return NULL;
-    }
-    switch (st->itemsize) {
-    case 1: __atomic_store_n((uint8_t *)p, (uint8_t)n, __ATOMIC_SEQ_CST);
-            break;
-    case 2: __atomic_store_n((uint16_t *)p, (uint16_t)n, __ATOMIC_SEQ_CST);
-            break;
-    case 4: __atomic_store_n((uint32_t *)p, (uint32_t)n, __ATOMIC_SEQ_CST);
-            break;
-    default: __atomic_store_n((uint64_t *)p, n, __ATOMIC_SEQ_CST);
-            break;
-    }
-    sync_mem_done(&view);
-    sync_drop(st);
-    Py_RETURN_NONE;
-}
-
-static int
-atomic_cas(void *p, Py_ssize_t size, uint64_t e, uint64_t n)
-{
-    switch (size) {
-    case 1: {
-        uint8_t x = (uint8_t)e;
-        return __atomic_compare_exchange_n((uint8_t *)p, &x, (uint8_t)n, 0,
-                                           __ATOMIC_SEQ_CST,
-                                           __ATOMIC_SEQ_CST);
-    }
-    case 2: {
-        uint16_t x = (uint16_t)e;
-        return __atomic_compare_exchange_n((uint16_t *)p, &x, (uint16_t)n,
-                                           0, __ATOMIC_SEQ_CST,
-                                           __ATOMIC_SEQ_CST);
-    }
-    case 4: {
-        uint32_t x = (uint32_t)e;
-        return __atomic_compare_exchange_n((uint32_t *)p, &x, (uint32_t)n,
-                                           0, __ATOMIC_SEQ_CST,
-                                           __ATOMIC_SEQ_CST);
-    }
-    default: {
-        uint64_t x = e;
-        return __atomic_compare_exchange_n((uint64_t *)p, &x, n, 0,
-                                           __ATOMIC_SEQ_CST,
-                                           __ATOMIC_SEQ_CST);
-    }
-    }
-}
-
-static PyObject *
-value_compare_exchange(SyncObject *self, PyObject *const *args,
-                       Py_ssize_t nargs)
-{
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError,
-                     "compare_exchange expected 2 arguments, got %zd",
-                     nargs);
-        return NULL;
-    }
-    uint64_t e, n;
-    sync_state *st = atomic_hold(self);
-    if (st == NULL) {
-        return NULL;
-    }
-    Py_buffer view;
-    char *p;
-    if (atomic_arg(args[0], &e) < 0 || atomic_arg(args[1], &n) < 0
-        || (p = sync_mem(st, &view)) == NULL) {
-        sync_drop(st);
-        return NULL;
-    }
-    int ok = atomic_cas(p, st->itemsize, e, n);
-    sync_mem_done(&view);
-    sync_drop(st);
-    return PyBool_FromLong(ok);
-}
 static PyGetSetDef value_getset[] = {
     {"value", (getter)value_get, (setter)value_set,
      "The value, read or written under the lock.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyMethodDef value_methods[] = {
-    {"add", (PyCFunction)value_add, METH_O,
-     PyDoc_STR("add($self, n, /)\n--\n\n"
-               "Atomically add n (wrapping as the C type does); return "
-               "the new value.")},
-    {"fetch_add", (PyCFunction)value_fetch_add, METH_O,
-     PyDoc_STR("fetch_add($self, n, /)\n--\n\n"
-               "Atomically add n; return the value before the addition.")},
-    {"exchange", (PyCFunction)value_exchange, METH_O,
-     PyDoc_STR("exchange($self, v, /)\n--\n\n"
-               "Atomically store v; return the previous value.")},
-    {"compare_exchange", (PyCFunction)(void (*)(void))value_compare_exchange,
-     METH_FASTCALL,
-     PyDoc_STR("compare_exchange($self, expected, new, /)\n--\n\n"
-               "Atomically store new if the value equals expected (both "
-               "taken modulo the type's width); return True if stored.")},
-    {"load", (PyCFunction)value_load, METH_NOARGS,
-     PyDoc_STR("load($self, /)\n--\n\nAtomically read the value.")},
-    {"store", (PyCFunction)value_store, METH_O,
-     PyDoc_STR("store($self, v, /)\n--\n\n"
-               "Atomically write v (wrapped to the type's width).")},
-    {NULL, NULL, 0, NULL},
 };
 
 static PyType_Slot value_slots[] = {
@@ -1338,7 +1002,7 @@ static PyType_Slot value_slots[] = {
     {Py_tp_clear, sync_clear},
     {Py_tp_dealloc, sync_dealloc},
     {Py_tp_getset, value_getset},
-    {Py_tp_methods, value_methods},
+    {Py_tp_methods, fastmp_atomic_methods},
     {Py_tp_doc, "Synchronized(obj, lock, code=None)\n--\n\n"
                 "A synchronized shared ctypes value."},
     {0, NULL},
@@ -1439,7 +1103,7 @@ array_item(SyncObject *self, Py_ssize_t i)
         return NULL;
     }
     PyObject *r = array_item_st(st, i);
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -1454,49 +1118,64 @@ array_ass_item(SyncObject *self, Py_ssize_t i, PyObject *v)
         return -1;
     }
     int r = array_ass_item_st(st, i, v);
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
 /* Fill `list` (n fresh slots) from n packed elements: one tight loop per
- * element type, since this is the hot part of `arr[:]`.  Integers in the
- * interpreter's small-int range come from the table in the module state
- * (the very objects PyLong_FromLong would return). */
-#define UNPACK_LOOP(ctype, make)                                        \
-    do {                                                                \
-        for (Py_ssize_t k = 0; k < n; k++) {                            \
-            ctype x;                                                    \
-            memcpy(&x, buf + k * (Py_ssize_t)sizeof(ctype),             \
-                   sizeof(ctype));                                      \
-            PyObject *o = make(x);                                      \
-            if (o == NULL) {                                            \
-                return -1;                                              \
-            }                                                           \
-            PyList_SET_ITEM(list, k, o);                                \
-        }                                                               \
-        return 0;                                                       \
-    } while (0)
-
-static inline PyObject *
-int_from_long(PyObject *const *small, long v)
+ * element kind, since this is the hot part of `arr[:]`; always inlined,
+ * so the compiler specialises each for the constant size it is called
+ * with.  Integers in the interpreter's small-int range come from the
+ * table in the module state (the very objects PyLong_FromLong would
+ * return). */
+static inline __attribute__((always_inline)) int
+unpack_ints(const char *buf, Py_ssize_t n, PyObject *list,
+            PyObject *const *small, Py_ssize_t size, int is_signed)
 {
-    if (v >= FASTMP_SMALL_INT_MIN && v <= FASTMP_SMALL_INT_MAX) {
-        return Py_NewRef(small[v - FASTMP_SMALL_INT_MIN]);
+    int shift = 64 - 8 * (int)size;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        uint64_t bits = int_bits_load(buf + k * size, size);
+        PyObject *o;
+        if (is_signed) {
+            int64_t v = (int64_t)(bits << shift) >> shift;
+            o = (v >= FASTMP_SMALL_INT_MIN && v <= FASTMP_SMALL_INT_MAX)
+                    ? Py_NewRef(small[v - FASTMP_SMALL_INT_MIN])
+                    : PyLong_FromLongLong((long long)v);
+        }
+        else {
+            o = bits <= (uint64_t)FASTMP_SMALL_INT_MAX
+                    ? Py_NewRef(small[(int64_t)bits - FASTMP_SMALL_INT_MIN])
+                    : PyLong_FromUnsignedLongLong(bits);
+        }
+        if (o == NULL) {
+            return -1;
+        }
+        PyList_SET_ITEM(list, k, o);
     }
-    return PyLong_FromLong(v);
+    return 0;
 }
 
-static inline PyObject *
-int_from_ulong(PyObject *const *small, unsigned long v)
+static inline __attribute__((always_inline)) int
+unpack_floats(const char *buf, Py_ssize_t n, PyObject *list, int is_double)
 {
-    if (v <= (unsigned long)FASTMP_SMALL_INT_MAX) {
-        return Py_NewRef(small[(long)v - FASTMP_SMALL_INT_MIN]);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        double x;
+        if (is_double) {
+            memcpy(&x, buf + k * (Py_ssize_t)sizeof(double), sizeof(x));
+        }
+        else {
+            float f;
+            memcpy(&f, buf + k * (Py_ssize_t)sizeof(float), sizeof(f));
+            x = f;
+        }
+        PyObject *o = PyFloat_FromDouble(x);
+        if (o == NULL) {
+            return -1;
+        }
+        PyList_SET_ITEM(list, k, o);
     }
-    return PyLong_FromUnsignedLong(v);
+    return 0;
 }
-
-#define INT_S(x) int_from_long(small, (long)(x))
-#define INT_U(x) int_from_ulong(small, (unsigned long)(x))
 
 static int
 unpack_list(int code, const char *buf, Py_ssize_t n, PyObject *list)
@@ -1507,19 +1186,25 @@ unpack_list(int code, const char *buf, Py_ssize_t n, PyObject *list)
     }
     PyObject *const *small = st->sharedctypes.small_ints;
     switch (code) {
-    case 'b': UNPACK_LOOP(signed char, INT_S);
-    case 'B': UNPACK_LOOP(unsigned char, INT_U);
-    case 'h': UNPACK_LOOP(short, INT_S);
-    case 'H': UNPACK_LOOP(unsigned short, INT_U);
-    case 'i': UNPACK_LOOP(int, INT_S);
-    case 'I': UNPACK_LOOP(unsigned int, INT_U);
-    case 'l': UNPACK_LOOP(long, INT_S);
-    case 'L': UNPACK_LOOP(unsigned long, INT_U);
-    case 'q': UNPACK_LOOP(long long, PyLong_FromLongLong);
-    case 'Q': UNPACK_LOOP(unsigned long long, PyLong_FromUnsignedLongLong);
-    case 'f': UNPACK_LOOP(float, PyFloat_FromDouble);
-    case 'd': UNPACK_LOOP(double, PyFloat_FromDouble);
-    case '?': UNPACK_LOOP(_Bool, PyBool_FromLong);
+    case 'b': return unpack_ints(buf, n, list, small, 1, 1);
+    case 'B': return unpack_ints(buf, n, list, small, 1, 0);
+    case 'h': return unpack_ints(buf, n, list, small, sizeof(short), 1);
+    case 'H': return unpack_ints(buf, n, list, small, sizeof(short), 0);
+    case 'i': return unpack_ints(buf, n, list, small, sizeof(int), 1);
+    case 'I': return unpack_ints(buf, n, list, small, sizeof(int), 0);
+    case 'l': return unpack_ints(buf, n, list, small, sizeof(long), 1);
+    case 'L': return unpack_ints(buf, n, list, small, sizeof(long), 0);
+    case 'q': return unpack_ints(buf, n, list, small, sizeof(long long), 1);
+    case 'Q': return unpack_ints(buf, n, list, small, sizeof(long long), 0);
+    case 'f': return unpack_floats(buf, n, list, 0);
+    case 'd': return unpack_floats(buf, n, list, 1);
+    case '?':
+        for (Py_ssize_t k = 0; k < n; k++) {
+            _Bool b;
+            memcpy(&b, buf + k * (Py_ssize_t)sizeof(_Bool), sizeof(b));
+            PyList_SET_ITEM(list, k, PyBool_FromLong(b));
+        }
+        return 0;
     default:
         break;
     }
@@ -1533,9 +1218,6 @@ unpack_list(int code, const char *buf, Py_ssize_t n, PyObject *list)
     }
     return 0;
 }
-#undef UNPACK_LOOP
-#undef INT_S
-#undef INT_U
 
 /* The index `key` names in st's array (negative counts from the end), or
  * -1 with an exception set; `msg` is the stdlib's TypeError text. */
@@ -1626,7 +1308,7 @@ array_subscript(SyncObject *self, PyObject *key)
         return NULL;
     }
     PyObject *r = array_subscript_st(st, key);
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -1722,7 +1404,7 @@ array_ass_subscript(SyncObject *self, PyObject *key, PyObject *v)
         return -1;
     }
     int r = array_ass_subscript_st(st, key, v);
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -1758,7 +1440,7 @@ string_get(SyncObject *self, void *closure)
         return NULL;
     }
     PyObject *r = sync_locked_getattr(st, (const char *)closure);
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 
@@ -1774,7 +1456,7 @@ string_set(SyncObject *self, PyObject *v, void *closure)
         return -1;
     }
     int r = sync_locked_setattr(st, (const char *)closure, v);
-    sync_drop(st);
+    fastmp_sync_drop(st);
     return r;
 }
 static PyGetSetDef string_getset[] = {
@@ -1804,7 +1486,7 @@ static PyType_Spec string_spec = {
 
 /* ---- module glue ---------------------------------------------------- */
 
-PyMethodDef fastmp_sharedctypes_functions[] = {
+static PyMethodDef sharedctypes_functions[] = {
     {"_block_alloc", sct_block_alloc, METH_O,
      PyDoc_STR("_block_alloc(size, /)\n--\n\n"
                "A new zeroed Block of shared memory.")},
@@ -1841,6 +1523,9 @@ add_type(PyObject *m, PyType_Spec *spec, PyObject *base, const char *name)
 int
 fastmp_sharedctypes_exec(PyObject *m, fastmp_state *st)
 {
+    if (PyModule_AddFunctions(m, sharedctypes_functions) < 0) {
+        return -1;
+    }
     fastmp_sharedctypes_state *s = &st->sharedctypes;
     s->BlockType = add_type(m, &block_spec, NULL, "Block");
     if (s->BlockType == NULL) {

@@ -19,11 +19,7 @@
 #include "fastmp.h"       /* Python.h: _GNU_SOURCE already defined */
 
 #include <errno.h>
-#include <fcntl.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 /* ---- _ShmMapping --------------------------------------------------- */
 
@@ -49,9 +45,9 @@ mapping_ensure(MappingObject *self)
         PyErr_SetString(PyExc_BufferError, "shared memory is closed");
         return -1;
     }
-    addr = mmap(NULL, (size_t)self->size, PROT_READ | PROT_WRITE,
-                MAP_SHARED, self->fd, 0);
-    if (addr == MAP_FAILED) {
+    addr = fastmp_platform_shm_map(self->fd, 0, (uint64_t)self->size);
+    if (addr == NULL) {
+        /* As the stdlib's mmap.mmap raises it. */
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
@@ -82,11 +78,11 @@ mapping_dealloc(PyObject *op)
     PyTypeObject *tp = Py_TYPE(op);
     if (self->addr != NULL) {
         /* No view can exist here: each one holds a reference to us. */
-        (void)munmap(self->addr, (size_t)self->size);
+        fastmp_platform_shm_unmap(self->addr, (uint64_t)self->size);
         self->addr = NULL;
     }
     if (self->fd >= 0) {
-        (void)close(self->fd);
+        (void)fastmp_platform_close(self->fd);
         self->fd = -1;
     }
     tp->tp_free(op);
@@ -101,7 +97,7 @@ mapping_close(PyObject *op, PyObject *Py_UNUSED(ignored))
     if (self->fd >= 0) {
         int fd = self->fd;
         self->fd = -1;
-        if (close(fd) < 0 && errno != EINTR) {
+        if (fastmp_platform_close(fd) < 0) {
             return PyErr_SetFromErrno(PyExc_OSError);
         }
     }
@@ -186,14 +182,14 @@ shm_name_cstr(PyObject *name)
  * ValueError (empty segment) set.  A segment this call created is
  * unlinked again when a later step fails. */
 static PyObject *
-shm_open_func(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+shm_open_func(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    fastmp_state *st = PyModule_GetState(module);
+    fastmp_state *st = fastmp_get_state();
     const char *cname;
     int create, fd = -1, err;
     long mode;
     Py_ssize_t size;
-    struct stat sb;
+    uint64_t dev, ino, fsize;
     MappingObject *m;
 
     if (nargs != 4) {
@@ -216,52 +212,55 @@ shm_open_func(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (mode == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    fd = shm_open(cname, O_RDWR | (create ? O_CREAT | O_EXCL : 0),
-                  (mode_t)mode);
+    fd = fastmp_platform_shm_open_named(cname, create, (int)mode);
     if (fd < 0) {
         return shm_oserror(errno, args[0]);
     }
-    if (create && ftruncate(fd, (off_t)size) < 0) {
-        goto os_error;
-    }
     if (create) {
-        sb.st_size = (off_t)size;
+        if (size < 0) {
+            err = EINVAL;       /* what ftruncate says */
+            goto os_error_errno;
+        }
+        if (fastmp_platform_shm_resize(fd, (uint64_t)size) < 0) {
+            goto os_error;
+        }
+        fsize = (uint64_t)size;
     }
-    else if (fstat(fd, &sb) < 0) {
+    else if (fastmp_platform_file_id(fd, &dev, &ino, &fsize) < 0) {
         goto os_error;
     }
-    if (sb.st_size == 0) {
-        (void)close(fd);
+    if (fsize == 0) {
+        (void)fastmp_platform_close(fd);
         if (create) {
-            (void)shm_unlink(cname);
+            (void)fastmp_platform_shm_unlink_named(cname);
         }
         PyErr_SetString(PyExc_ValueError, "cannot mmap an empty file");
         return NULL;
     }
-    if ((uint64_t)sb.st_size > (uint64_t)PY_SSIZE_T_MAX) {
+    if (fsize > (uint64_t)PY_SSIZE_T_MAX) {
         err = EFBIG;
         goto os_error_errno;
     }
     m = PyObject_New(MappingObject, st->shm.MappingType);
     if (m == NULL) {
-        (void)close(fd);
+        (void)fastmp_platform_close(fd);
         if (create) {
-            (void)shm_unlink(cname);
+            (void)fastmp_platform_shm_unlink_named(cname);
         }
         return NULL;
     }
     m->fd = fd;
     m->addr = NULL;
-    m->size = (Py_ssize_t)sb.st_size;
+    m->size = (Py_ssize_t)fsize;
     m->closed = 0;
     return (PyObject *)m;
 
 os_error:
     err = errno;
 os_error_errno:
-    (void)close(fd);
+    (void)fastmp_platform_close(fd);
     if (create) {
-        (void)shm_unlink(cname);
+        (void)fastmp_platform_shm_unlink_named(cname);
     }
     return shm_oserror(err, args[0]);
 }
@@ -273,7 +272,7 @@ shm_unlink_func(PyObject *Py_UNUSED(module), PyObject *name)
     if (cname == NULL) {
         return NULL;
     }
-    if (shm_unlink(cname) < 0) {
+    if (fastmp_platform_shm_unlink_named(cname) < 0) {
         return shm_oserror(errno, name);
     }
     Py_RETURN_NONE;
@@ -327,14 +326,12 @@ shm_track_init(PyObject *Py_UNUSED(module), PyObject *const *args,
         PyErr_SetString(PyExc_ValueError, "bad slot count");
         return NULL;
     }
-    addr = mmap(NULL, (size_t)nslots * TRACK_SLOT, PROT_READ | PROT_WRITE,
-                MAP_SHARED, fd, 0);
-    if (addr == MAP_FAILED) {
-        return PyErr_SetFromErrno(PyExc_OSError);
+    addr = fastmp_platform_shm_map(fd, 0, (uint64_t)nslots * TRACK_SLOT);
+    if (addr == NULL) {
+        return fastmp_oserror_syscall("mmap");
     }
-    if (track_table != NULL) {
-        (void)munmap(track_table, (size_t)track_nslots * TRACK_SLOT);
-    }
+    fastmp_platform_shm_unmap(track_table,
+                              (uint64_t)track_nslots * TRACK_SLOT);
     track_table = addr;
     track_nslots = nslots;
     track_hint = 0;
@@ -1031,7 +1028,7 @@ static PyType_Spec core_spec = {
     .slots = core_slots,
 };
 
-PyMethodDef fastmp_shm_functions[] = {
+static PyMethodDef shm_functions[] = {
     {"_shm_open", (PyCFunction)(void (*)(void))shm_open_func, METH_FASTCALL,
      "_shm_open($module, name, create, size, mode, /)\n--\n\n"
      "Open (or create, sized) the named segment and map it whole."},
@@ -1054,6 +1051,9 @@ PyMethodDef fastmp_shm_functions[] = {
 int
 fastmp_shm_exec(PyObject *m, fastmp_state *st)
 {
+    if (PyModule_AddFunctions(m, shm_functions) < 0) {
+        return -1;
+    }
     PyObject *structmod;
 
     st->shm.MappingType = (PyTypeObject *)PyType_FromModuleAndSpec(

@@ -8,31 +8,6 @@
 
 #include <errno.h>
 #include <math.h>
-#include <sched.h>
-
-static void
-now_monotonic(struct timespec *ts)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-}
-
-static int
-ts_before(const struct timespec *a, const struct timespec *b)
-{
-    return a->tv_sec < b->tv_sec
-           || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
-}
-
-static void
-ts_add_ns(struct timespec *ts, int64_t ns)
-{
-    ts->tv_sec += (time_t)(ns / 1000000000);
-    ts->tv_nsec += (long)(ns % 1000000000);
-    if (ts->tv_nsec >= 1000000000) {
-        ts->tv_sec += 1;
-        ts->tv_nsec -= 1000000000;
-    }
-}
 
 void
 fastmp_deadline_from_seconds(double seconds, fastmp_deadline *d)
@@ -42,14 +17,14 @@ fastmp_deadline_from_seconds(double seconds, fastmp_deadline *d)
         return;
     }
     d->forever = 0;
-    now_monotonic(&d->at);
+    fastmp_platform_now(&d->at);
     /* Cap at ~30 years so the arithmetic cannot overflow time_t. */
     if (seconds > 1e9) {
         seconds = 1e9;
     }
     double whole = floor(seconds);
     d->at.tv_sec += (time_t)whole;
-    ts_add_ns(&d->at, (int64_t)((seconds - whole) * 1e9));
+    fastmp_ts_add_ns(&d->at, (int64_t)((seconds - whole) * 1e9));
 }
 
 int
@@ -81,8 +56,8 @@ fastmp_deadline_expired(const fastmp_deadline *d)
         return 0;
     }
     struct timespec now;
-    now_monotonic(&now);
-    return !ts_before(&now, &d->at);
+    fastmp_platform_now(&now);
+    return !fastmp_ts_before(&now, &d->at);
 }
 
 double
@@ -92,39 +67,50 @@ fastmp_deadline_remaining(const fastmp_deadline *d)
         return -1.0;
     }
     struct timespec now;
-    now_monotonic(&now);
+    fastmp_platform_now(&now);
     double r = (double)(d->at.tv_sec - now.tv_sec)
                + (double)(d->at.tv_nsec - now.tv_nsec) / 1e9;
     return r > 0 ? r : 0.0;
+}
+
+/* Sleep on word (GIL released) for at most one slice, never past d.
+ * Returns 1 when this slice ended at the deadline, 0 to re-check, or
+ * -errno when the futex call failed. */
+static int
+futex_slice(uint32_t *word, uint32_t expected, const fastmp_deadline *d)
+{
+    struct timespec until;
+    fastmp_platform_now(&until);
+    fastmp_ts_add_ns(&until, FASTMP_WAIT_SLICE_NS);
+    int final_slice = 0;
+    if (!d->forever && !fastmp_ts_before(&until, &d->at)) {
+        until = d->at;
+        final_slice = 1;
+    }
+    int r;
+    Py_BEGIN_ALLOW_THREADS
+    r = fastmp_platform_futex_wait(word, expected, &until);
+    Py_END_ALLOW_THREADS
+    if (r == ETIMEDOUT) {
+        return final_slice;
+    }
+    return r == 0 ? 0 : -r;
 }
 
 int
 fastmp_wait_futex(uint32_t *word, uint32_t expected,
                   const fastmp_deadline *d)
 {
-    struct timespec until;
-    now_monotonic(&until);
-    ts_add_ns(&until, FASTMP_WAIT_SLICE_NS);
-    int final_slice = 0;
-    if (!d->forever) {
-        if (!ts_before(&until, &d->at)) {
-            until = d->at;
-            final_slice = 1;
-        }
-    }
-    int r;
-    Py_BEGIN_ALLOW_THREADS
-    r = fastmp_platform_futex_wait(word, expected, &until);
-    Py_END_ALLOW_THREADS
-    if (r != 0 && r != ETIMEDOUT) {
-        errno = r;
-        PyErr_SetFromErrno(PyExc_OSError);
+    int r = futex_slice(word, expected, d);
+    if (r < 0) {
+        errno = -r;
+        fastmp_oserror_syscall("futex");
         return -1;
     }
     if (PyErr_CheckSignals() < 0) {
         return -1;
     }
-    if (r == ETIMEDOUT && final_slice) {
+    if (r == 1) {
         return 1;
     }
     if (!d->forever && fastmp_deadline_expired(d)) {
@@ -133,37 +119,86 @@ fastmp_wait_futex(uint32_t *word, uint32_t expected,
     return 0;
 }
 
+int
+fastmp_wait_futex_quiet(uint32_t *word, uint32_t expected,
+                        const fastmp_deadline *d)
+{
+    int r = futex_slice(word, expected, d);
+    if (r == 1) {
+        return 1;
+    }
+    return !d->forever && fastmp_deadline_expired(d);
+}
+
+/* ---- waiting for input on a file descriptor ------------------------ */
+
+int
+fastmp_wait_readable(int fd, const fastmp_deadline *d)
+{
+    int r, err;
+
+    /* First look without releasing the GIL. */
+    r = fastmp_platform_poll_in(fd, 0);
+    if (r > 0) {
+        return 1;
+    }
+    if (r < 0 && errno != EINTR) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    for (;;) {
+        double left = fastmp_deadline_remaining(d);
+        int ms;
+
+        if (PyErr_CheckSignals() < 0) {
+            return -1;
+        }
+        if (left == 0.0) {
+            return 0;
+        }
+        ms = (int)(FASTMP_WAIT_SLICE_NS / 1000000);
+        if (left > 0 && left * 1000.0 < ms) {
+            ms = (int)(left * 1000.0) + 1;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        r = fastmp_platform_poll_in(fd, ms);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (r > 0) {
+            return 1;
+        }
+        if (r < 0 && err != EINTR) {
+            errno = err;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+    }
+}
+
 /* ---- spinning before sleeping ---------------------------------------- */
 
-static int spin_cpus_ok = -1;   /* more than one CPU to run on */
+int fastmp_spin_cpus_ok = -1;
+
+int
+fastmp_spin_ok_slow(void)
+{
+    if (fastmp_spin_cpus_ok < 0) {
+        fastmp_spin_cpus_ok = fastmp_platform_ncpus() > 1;
+    }
+    return fastmp_spin_cpus_ok;
+}
 
 void
 fastmp_spin_init(fastmp_spin *sp)
 {
-    if (spin_cpus_ok < 0) {
-        cpu_set_t set;
-        int n = 0;
-        if (sched_getaffinity(0, sizeof(set), &set) == 0) {
-            n = CPU_COUNT(&set);
-        }
-        spin_cpus_ok = n > 1;
-    }
-    sp->budget_ns = spin_cpus_ok ? FASTMP_SPIN_CAP_NS : 0;
-}
-
-int64_t
-fastmp_now_ns(void)
-{
-    struct timespec ts;
-    now_monotonic(&ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    sp->budget_ns = fastmp_spin_ok() ? FASTMP_SPIN_CAP_NS : 0;
 }
 
 void
 fastmp_spin_learn(fastmp_spin *sp, int64_t waited, int spun)
 {
     uint32_t budget = sp->budget_ns;
-    if (spin_cpus_ok != 1) {
+    if (fastmp_spin_cpus_ok != 1) {
         return;
     }
     if (waited < FASTMP_SPIN_CAP_NS) {
@@ -192,9 +227,7 @@ fastmp_spin_watch(uint32_t *word, uint32_t expected, fastmp_spin *sp,
     int changed = 0;
     Py_BEGIN_ALLOW_THREADS
     do {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
+        fastmp_cpu_relax();
         if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != expected) {
             changed = 1;
             break;
@@ -202,6 +235,24 @@ fastmp_spin_watch(uint32_t *word, uint32_t expected, fastmp_spin *sp,
     } while (fastmp_now_ns() - t0 < budget);
     Py_END_ALLOW_THREADS
     return changed;
+}
+
+int
+fastmp_spin_poll(fastmp_spin *sp, int64_t t0, int (*look)(void *arg),
+                 void *arg)
+{
+    int64_t budget = sp->budget_ns;
+    int r = 0;
+    if (budget == 0 || fastmp_now_ns() - t0 >= budget) {
+        return 0;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    do {
+        fastmp_cpu_relax();
+        r = look(arg);
+    } while (r == 0 && fastmp_now_ns() - t0 < budget);
+    Py_END_ALLOW_THREADS
+    return r;
 }
 
 int
