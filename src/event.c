@@ -2,14 +2,17 @@
  * event.c -- Event: a flag and a generation count on futex words.
  *
  * The same shared block as a SemLock (so pickling is shared), created as
- * a counting semaphore with maxvalue 0: `word` is the flag (0 unset,
- * 1 set; plain atomic stores), `gen` counts set() calls (atomic add, after
- * the flag is stored) and is the word waiters sleep on, `nwaiters` counts
- * sleepers so that set() only wakes when someone sleeps.  A waiter returns
- * True once `gen` moved past what it read on entry, even if clear()
- * followed at once, as threading.Event's waiters do: it was waiting when
- * the flag was set.  Nobody holds anything, so a process dying inside any
- * method leaves nothing to recover.
+ * a counting semaphore with maxvalue 0.  `gen` is the one word of its
+ * state, changed by single atomic operations only: bit 0 is the flag,
+ * the bits above count the set() calls that raised it (set: CAS from an
+ * unset value v to (v + 2) | 1; clear: atomic and of ~1).  Waiters sleep
+ * on it; `nwaiters` counts them so that set() only wakes when someone
+ * sleeps.  A waiter returns True once the count moved past what it read
+ * on entry, even if clear() followed at once, as threading.Event's
+ * waiters do: it was waiting when the flag was set.  Flag and count
+ * change together, so a waiter can never see one without the other.
+ * Nobody holds anything, so a process dying inside any method leaves
+ * nothing to recover.
  */
 #include "fastmp.h"
 
@@ -29,15 +32,21 @@ static PyObject *
 event_is_set(SemLockObject *self, PyObject *Py_UNUSED(ignored))
 {
     return PyBool_FromLong(
-        __atomic_load_n(&self->sem->word, __ATOMIC_ACQUIRE) != 0);
+        __atomic_load_n(&self->sem->gen, __ATOMIC_ACQUIRE) & 1);
 }
 
 static PyObject *
 event_set(SemLockObject *self, PyObject *Py_UNUSED(ignored))
 {
     shared_sem *s = self->sem;
-    __atomic_store_n(&s->word, 1, __ATOMIC_SEQ_CST);
-    __atomic_add_fetch(&s->gen, 1, __ATOMIC_SEQ_CST);
+    uint32_t v = __atomic_load_n(&s->gen, __ATOMIC_SEQ_CST);
+    do {
+        if (v & 1) {
+            Py_RETURN_NONE;     /* already set: nobody is waiting for it */
+        }
+    } while (!__atomic_compare_exchange_n(&s->gen, &v, (v + 2) | 1, 1,
+                                          __ATOMIC_SEQ_CST,
+                                          __ATOMIC_SEQ_CST));
     if (__atomic_load_n(&s->nwaiters, __ATOMIC_SEQ_CST) != 0) {
         if (fastmp_platform_futex_wake(&s->gen, INT32_MAX) < 0) {
             return fastmp_oserror_syscall("futex");
@@ -49,7 +58,7 @@ event_set(SemLockObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 event_clear(SemLockObject *self, PyObject *Py_UNUSED(ignored))
 {
-    __atomic_store_n(&self->sem->word, 0, __ATOMIC_SEQ_CST);
+    (void)__atomic_fetch_and(&self->sem->gen, ~UINT32_C(1), __ATOMIC_SEQ_CST);
     Py_RETURN_NONE;
 }
 
@@ -68,10 +77,10 @@ event_wait(SemLockObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (fastmp_deadline_from_object(timeout, &d) < 0) {
         return NULL;
     }
-    /* The generation first: a set() after this read moves it, whether or
-     * not the flag is still set when we look. */
+    /* Flag and count in one read: a set() after it moves the count,
+     * whether or not the flag is still set when we look again. */
     uint32_t g = __atomic_load_n(&s->gen, __ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&s->word, __ATOMIC_SEQ_CST) != 0) {
+    if (g & 1) {
         Py_RETURN_TRUE;
     }
     __atomic_add_fetch(&s->nwaiters, 1, __ATOMIC_SEQ_CST);
@@ -86,11 +95,12 @@ event_wait(SemLockObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (r < 0) {
         return NULL;
     }
-    if (__atomic_load_n(&s->gen, __ATOMIC_SEQ_CST) != g) {
+    uint32_t now = __atomic_load_n(&s->gen, __ATOMIC_SEQ_CST);
+    if ((now >> 1) != (g >> 1)) {
         Py_RETURN_TRUE;
     }
     /* Timed out: the flag as it is now. */
-    return PyBool_FromLong(__atomic_load_n(&s->word, __ATOMIC_ACQUIRE) != 0);
+    return PyBool_FromLong(now & 1);
 }
 
 static PyMethodDef event_methods[] = {

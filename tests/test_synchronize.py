@@ -570,3 +570,29 @@ def test_acquire_block_argument_like_the_stdlib(ctx, block):
         with pytest.raises(exc):
             held.acquire(block=block)
         assert lock.acquire(False) is True
+
+
+def _event_pong(ping, pong, n):
+    for _ in range(n):
+        if not ping.wait(30):
+            raise SystemExit(3)
+        ping.clear()
+        pong.set()
+
+
+@pytest.mark.timeout(120)
+def test_event_handoff_stays_in_step(ctx):
+    # Two processes hand a turn back and forth through two events.  A wait
+    # must return only for a set() of its own round: a late wake-up from
+    # the previous round would put the two out of step (and hang them).
+    n = 3000
+    ping, pong = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_event_pong, args=(ping, pong, n))
+    p.start()
+    for i in range(n):
+        ping.set()
+        assert pong.wait(30), "round %d" % i
+        pong.clear()
+        assert not pong.is_set()
+    p.join(30)
+    assert p.exitcode == 0
