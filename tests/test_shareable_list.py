@@ -736,6 +736,16 @@ def test_writer_lock_stalled_holder(fctx):
         _cleanup(sl)
 
 
+def _kill_and_cleanup(sl, *procs):
+    """Teardown of the writer-lock tests: no child outlives its test."""
+    import signal
+    for p in procs:
+        if p is not None and p.is_alive():
+            os.kill(p.pid, signal.SIGKILL)
+            p.join(10)
+    _cleanup(sl)
+
+
 def _holder_stopped(fctx, sl):
     """Start a child that stops itself (SIGSTOP) holding the writer lock
     on its way to sl[0] = 1, and a second writer of sl[1] = 2 that must
@@ -778,11 +788,7 @@ def test_writer_lock_stopped_holder_is_not_robbed(fctx):
         seq, owner = _trailer_state(sl)
         assert seq % 2 == 0 and owner == 0
     finally:
-        for p in (a, b):
-            if p is not None and p.is_alive():
-                os.kill(p.pid, signal.SIGKILL)
-                p.join(10)
-        _cleanup(sl)
+        _kill_and_cleanup(sl, a, b)
 
 
 @pytest.mark.timeout(120)
@@ -803,8 +809,4 @@ def test_writer_lock_killed_holder_is_taken_over(fctx):
         seq, owner = _trailer_state(sl)
         assert seq % 2 == 0 and owner == 0
     finally:
-        for p in (a, b):
-            if p is not None and p.is_alive():
-                os.kill(p.pid, signal.SIGKILL)
-                p.join(10)
-        _cleanup(sl)
+        _kill_and_cleanup(sl, a, b)
