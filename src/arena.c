@@ -35,28 +35,28 @@
  * object is pickled for a spawn/forkserver child (fastmp/_arena.py).
  */
 #ifndef _GNU_SOURCE
-#  define _GNU_SOURCE 1
+#define _GNU_SOURCE 1
 #endif
 #include "fastmp.h"
 
 #include <errno.h>
 #include <string.h>
 
-#define SEG_MAGIC UINT64_C(0x66617374706d7332)     /* "fastmps2" */
-#define BLOCK_MAGIC UINT32_C(0x666d626b)           /* "fmbk" */
+#define SEG_MAGIC UINT64_C(0x66617374706d7332) /* "fastmps2" */
+#define BLOCK_MAGIC UINT32_C(0x666d626b)       /* "fmbk" */
 #define HEADER_BYTES 4096
-#define MIN_CLASS_SHIFT 5                          /* 32-byte blocks */
-#define MAX_CLASS_SHIFT 16                         /* 64 KiB blocks */
+#define MIN_CLASS_SHIFT 5  /* 32-byte blocks */
+#define MAX_CLASS_SHIFT 16 /* 64 KiB blocks */
 #define NCLASSES (MAX_CLASS_SHIFT - MIN_CLASS_SHIFT + 1)
 #define CLS_LARGE 0xffffU
-#define POOL_FIRST_BYTES (UINT64_C(1) << 20)       /* 1 MiB, then doubling */
-#define POOL_MAX_BYTES (UINT64_C(64) << 20)        /* up to 64 MiB */
+#define POOL_FIRST_BYTES (UINT64_C(1) << 20) /* 1 MiB, then doubling */
+#define POOL_MAX_BYTES (UINT64_C(64) << 20)  /* up to 64 MiB */
 #define PUNCH_MIN_BYTES (64 * 1024)
-#define NHOLDERS 48                                /* holder slots a segment */
+#define NHOLDERS 48 /* holder slots a segment */
 #define REFS_OVF_SHIFT 48
 #define REFS_OVF_ONE (UINT64_C(1) << REFS_OVF_SHIFT)
 #define REFS_MASK (REFS_OVF_ONE - 1)
-#define SLOT_RECOVERING FASTMP_OWNER_WAITERS       /* in a holders[] value */
+#define SLOT_RECOVERING FASTMP_OWNER_WAITERS /* in a holders[] value */
 #define SWEEP_INTERVAL_NS (INT64_C(1000) * 1000 * 1000)
 
 /* The shared header at the start of every segment.
@@ -119,10 +119,10 @@ struct fastmp_segment_object {
     uint64_t size;
     uint64_t dev;
     uint64_t ino;
-    uint32_t slot_pid;        /* my_slot is valid for this pid only */
-    int my_slot;              /* holder slot of this process, -1: none */
-    int64_t last_sweep;       /* fastmp_now_ns() of the last sweep */
-    fastmp_segment_object *reg_prev, *reg_next;   /* live segments */
+    uint32_t slot_pid;  /* my_slot is valid for this pid only */
+    int my_slot;        /* holder slot of this process, -1: none */
+    int64_t last_sweep; /* fastmp_now_ns() of the last sweep */
+    fastmp_segment_object *reg_prev, *reg_next; /* live segments */
 };
 
 /* Process-local bookkeeping (never shared): the live segments of this
@@ -435,7 +435,7 @@ recover_slot(fastmp_segment_object *s, int i)
     while (off + sizeof(block_header) <= end) {
         block_header *bh = (block_header *)(s->base + off);
         if (bh->magic != BLOCK_MAGIC || bh->cls >= NCLASSES) {
-            break;      /* not a block: stop rather than walk garbage */
+            break; /* not a block: stop rather than walk garbage */
         }
         uint64_t total = (uint64_t)1 << (bh->cls + MIN_CLASS_SHIFT);
         if (__atomic_load_n(&bh->refs, __ATOMIC_RELAXED) & bit) {
@@ -543,8 +543,8 @@ pool_take(fastmp_segment_object *s, int cls, uint64_t ref)
         if (bh != NULL && bh->magic == BLOCK_MAGIC && bh->cls == cls
             && __atomic_load_n(&bh->refs, __ATOMIC_ACQUIRE) == 0) {
             off = head;
-            __atomic_store_n(&h->free_head[cls],
-                             *(uint64_t *)(s->base + off), __ATOMIC_RELAXED);
+            __atomic_store_n(&h->free_head[cls], *(uint64_t *)(s->base + off),
+                             __ATOMIC_RELAXED);
         }
         else {
             /* A corrupt list: forget it (its blocks leak) rather than
@@ -594,7 +594,8 @@ fastmp_block_alloc(size_t size, fastmp_block *b)
         return -1;
     }
     size_t total = size + sizeof(block_header);
-    total = (total + FASTMP_BLOCK_ALIGN - 1) & ~(size_t)(FASTMP_BLOCK_ALIGN - 1);
+    total =
+        (total + FASTMP_BLOCK_ALIGN - 1) & ~(size_t)(FASTMP_BLOCK_ALIGN - 1);
     int cls = class_for(total);
     if (cls < 0) {
         /* A large block: a segment of its own, whose lifetime is the
@@ -708,7 +709,7 @@ fastmp_block_attach(PyObject *seg, uint64_t offset, size_t size,
     }
     if (bh->cls >= NCLASSES
         || size > ((size_t)1 << (bh->cls + MIN_CLASS_SHIFT))
-                  - sizeof(block_header)) {
+                      - sizeof(block_header)) {
         PyErr_SetString(PyExc_ValueError, "invalid shared block reference");
         return -1;
     }
@@ -734,8 +735,7 @@ fastmp_block_attach(PyObject *seg, uint64_t offset, size_t size,
         }
         uint64_t want = how == HOW_BIT ? n | ref : n + ref;
         if (__atomic_compare_exchange_n(&bh->refs, &n, want, 1,
-                                        __ATOMIC_ACQ_REL,
-                                        __ATOMIC_ACQUIRE)) {
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
             break;
         }
     }
@@ -815,7 +815,7 @@ arena_segment_attach(PyObject *Py_UNUSED(module), PyObject *args)
         return NULL;
     }
     if (__atomic_load_n(&hdr(s)->magic, __ATOMIC_ACQUIRE) != SEG_MAGIC) {
-        s->fd = -1;             /* the caller still owns fd on error */
+        s->fd = -1; /* the caller still owns fd on error */
         Py_DECREF(s);
         PyErr_SetString(PyExc_ValueError, "not a fastmp segment");
         return NULL;
@@ -913,8 +913,8 @@ fastmp_arena_exec(PyObject *m, fastmp_state *st)
     if (PyModule_AddFunctions(m, arena_functions) < 0) {
         return -1;
     }
-    st->SegmentType = (PyTypeObject *)PyType_FromModuleAndSpec(
-        m, &segment_spec, NULL);
+    st->SegmentType =
+        (PyTypeObject *)PyType_FromModuleAndSpec(m, &segment_spec, NULL);
     if (st->SegmentType == NULL) {
         return -1;
     }

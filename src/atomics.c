@@ -108,8 +108,8 @@ value_load(SyncObject *self, PyObject *Py_UNUSED(ignored))
     char *p = fastmp_sync_mem(st, &view);
     PyObject *r = NULL;
     if (p != NULL) {
-        uint64_t v = fastmp_int_mem(p, st->itemsize, FASTMP_INT_ATOMIC_LOAD,
-                                    0, 0);
+        uint64_t v =
+            fastmp_int_mem(p, st->itemsize, FASTMP_INT_ATOMIC_LOAD, 0, 0);
         fastmp_sync_mem_done(&view);
         r = fastmp_int_from_bits(st->code, v);
     }
@@ -143,8 +143,7 @@ value_compare_exchange(SyncObject *self, PyObject *const *args,
 {
     if (nargs != 2) {
         PyErr_Format(PyExc_TypeError,
-                     "compare_exchange expected 2 arguments, got %zd",
-                     nargs);
+                     "compare_exchange expected 2 arguments, got %zd", nargs);
         return NULL;
     }
     uint64_t e, n;
@@ -187,4 +186,3 @@ PyMethodDef fastmp_atomic_methods[] = {
                "Atomically write v (wrapped to the type's width).")},
     {NULL, NULL, 0, NULL},
 };
-

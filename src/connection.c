@@ -24,11 +24,11 @@
 
 typedef struct {
     PyObject_HEAD
-    int fd;                 /* -1 once closed */
+    int fd; /* -1 once closed */
     char readable;
     char writable;
-    signed char sock;       /* fd is a socket: 1, not: 0, not known: -1 */
-    fastmp_spin spin;       /* spinning before a blocking read */
+    signed char sock; /* fd is a socket: 1, not: 0, not known: -1 */
+    fastmp_spin spin; /* spinning before a blocking read */
     PyObject *weakreflist;
 } ConnectionObject;
 
@@ -272,8 +272,7 @@ spin_look_cb(void *arg)
  * when input was there at once) and in *spun whether the spin saw input
  * arrive. */
 static int
-conn_spin(ConnectionObject *self, char *buf, size_t n, int64_t *t0,
-          int *spun)
+conn_spin(ConnectionObject *self, char *buf, size_t n, int64_t *t0, int *spun)
 {
     int got;
     ssize_t r;
@@ -314,8 +313,8 @@ conn_recv_header(ConnectionObject *self, uint64_t *size)
         if (t0 != 0 && PyErr_CheckSignals() < 0) {
             return -1;
         }
-        if (fd_read_exact(fd, (char *)h + got, (size_t)(4 - got),
-                          got > 0) < 0) {
+        if (fd_read_exact(fd, (char *)h + got, (size_t)(4 - got), got > 0)
+            < 0) {
             return -1;
         }
     }
@@ -496,8 +495,8 @@ conn_dealloc(ConnectionObject *self)
 }
 
 PyDoc_STRVAR(conn_send_bytes_doc,
-"send_bytes($self, /, buf, offset=0, size=None)\n--\n\n"
-"Send the bytes data from a bytes-like object.");
+             "send_bytes($self, /, buf, offset=0, size=None)\n--\n\n"
+             "Send the bytes data from a bytes-like object.");
 
 static PyObject *
 conn_send_bytes(ConnectionObject *self, PyObject *const *args,
@@ -508,9 +507,11 @@ conn_send_bytes(ConnectionObject *self, PyObject *const *args,
     Py_buffer view;
     int r;
 
-    static const fastmp_argspec spec = {
-        "_ConnectionBase.send_bytes", FASTMP_ARGS_PY, 3, 1,
-        {"buf", "offset", "size"}};
+    static const fastmp_argspec spec = {"_ConnectionBase.send_bytes",
+                                        FASTMP_ARGS_PY,
+                                        3,
+                                        1,
+                                        {"buf", "offset", "size"}};
     PyObject *a[3];
     if (fastmp_parse_args(&spec, args, nargs, kwnames, a) < 0) {
         return NULL;
@@ -553,8 +554,7 @@ conn_send_bytes(ConnectionObject *self, PyObject *const *args,
             goto error;
         }
         if (size > view.len - offset) {
-            PyErr_SetString(PyExc_ValueError,
-                            "buffer length < offset + size");
+            PyErr_SetString(PyExc_ValueError, "buffer length < offset + size");
             goto error;
         }
     }
@@ -570,9 +570,8 @@ error:
     return NULL;
 }
 
-PyDoc_STRVAR(conn_send_doc,
-"send($self, obj, /)\n--\n\n"
-"Send a (picklable) object.");
+PyDoc_STRVAR(conn_send_doc, "send($self, obj, /)\n--\n\n"
+                            "Send a (picklable) object.");
 
 static PyObject *
 conn_send(ConnectionObject *self, PyObject *obj)
@@ -622,8 +621,8 @@ conn_bad_message_length(ConnectionObject *self)
  * directly; anything else is kept in `obj` and compared with the Python
  * operators, with their errors. */
 typedef struct {
-    int64_t v;          /* the value (ints); ints past INT64_MAX: INT64_MAX */
-    PyObject *obj;      /* borrowed: not an exact int, compare through it */
+    int64_t v;     /* the value (ints); ints past INT64_MAX: INT64_MAX */
+    PyObject *obj; /* borrowed: not an exact int, compare through it */
 } conn_limit;
 
 /* Fill *lim from o and check `o < 0` (ValueError(negative_msg)).  0, or
@@ -704,8 +703,8 @@ conn_limit_above(const conn_limit *lim, uint64_t n)
 }
 
 PyDoc_STRVAR(conn_recv_bytes_doc,
-"recv_bytes($self, /, maxlength=None)\n--\n\n"
-"Receive bytes data as a bytes object.");
+             "recv_bytes($self, /, maxlength=None)\n--\n\n"
+             "Receive bytes data as a bytes object.");
 
 static PyObject *
 conn_recv_bytes(ConnectionObject *self, PyObject *const *args,
@@ -789,9 +788,9 @@ conn_recv_into_unusable(ConnectionObject *self, Py_ssize_t buflen,
 }
 
 PyDoc_STRVAR(conn_recv_bytes_into_doc,
-"recv_bytes_into($self, /, buf, offset=0)\n--\n\n"
-"Receive bytes data into a writeable bytes-like object.\n"
-"Return the number of bytes read.");
+             "recv_bytes_into($self, /, buf, offset=0)\n--\n\n"
+             "Receive bytes data into a writeable bytes-like object.\n"
+             "Return the number of bytes read.");
 
 static PyObject *
 conn_recv_bytes_into(ConnectionObject *self, PyObject *args, PyObject *kwds)
@@ -805,8 +804,8 @@ conn_recv_bytes_into(ConnectionObject *self, PyObject *args, PyObject *kwds)
     uint64_t size;
     int r;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:recv_bytes_into",
-                                     kwlist, &buf, &ooff)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:recv_bytes_into", kwlist,
+                                     &buf, &ooff)) {
         return NULL;
     }
     if (conn_check_readable(self) < 0) {
@@ -819,7 +818,8 @@ conn_recv_bytes_into(ConnectionObject *self, PyObject *args, PyObject *kwds)
         /* the stdlib's memoryview(buf) */
         PyErr_Format(PyExc_TypeError,
                      "memoryview: a bytes-like object is required, "
-                     "not '%.200s'", Py_TYPE(buf)->tp_name);
+                     "not '%.200s'",
+                     Py_TYPE(buf)->tp_name);
         return NULL;
     }
     /* Not PyBUF_WRITABLE: a read-only buffer fails only after the read,
@@ -847,8 +847,8 @@ conn_recv_bytes_into(ConnectionObject *self, PyObject *args, PyObject *kwds)
             goto done;
         }
         offset = lim.obj == NULL
-                 ? (Py_ssize_t)lim.v
-                 : PyNumber_AsSsize_t(lim.obj, PyExc_OverflowError);
+                     ? (Py_ssize_t)lim.v
+                     : PyNumber_AsSsize_t(lim.obj, PyExc_OverflowError);
         if (offset == -1 && PyErr_Occurred()) {
             goto done;
         }
@@ -870,8 +870,8 @@ conn_recv_bytes_into(ConnectionObject *self, PyObject *args, PyObject *kwds)
     if (size <= (uint64_t)(view.len - offset)) {
         /* Fits: read straight into the caller's buffer, which the view
          * keeps alive and pinned while the GIL is released. */
-        if (fd_read_exact(self->fd, (char *)view.buf + offset,
-                          (size_t)size, 0) == 0) {
+        if (fd_read_exact(self->fd, (char *)view.buf + offset, (size_t)size, 0)
+            == 0) {
             res = PyLong_FromUnsignedLongLong((unsigned long long)size);
         }
         goto done;
@@ -893,9 +893,8 @@ done:
     return res;
 }
 
-PyDoc_STRVAR(conn_recv_doc,
-"recv($self, /)\n--\n\n"
-"Receive a (picklable) object.");
+PyDoc_STRVAR(conn_recv_doc, "recv($self, /)\n--\n\n"
+                            "Receive a (picklable) object.");
 
 static PyObject *
 conn_recv(ConnectionObject *self, PyObject *Py_UNUSED(ignored))
@@ -919,8 +918,8 @@ conn_recv(ConnectionObject *self, PyObject *Py_UNUSED(ignored))
 }
 
 PyDoc_STRVAR(conn_poll_doc,
-"poll($self, /, timeout=0.0)\n--\n\n"
-"Whether there is any input available to be read.");
+             "poll($self, /, timeout=0.0)\n--\n\n"
+             "Whether there is any input available to be read.");
 
 static PyObject *
 conn_poll(ConnectionObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -952,9 +951,8 @@ conn_poll(ConnectionObject *self, PyObject *const *args, Py_ssize_t nargs,
     return PyBool_FromLong(r);
 }
 
-PyDoc_STRVAR(conn_fileno_doc,
-"fileno($self, /)\n--\n\n"
-"File descriptor or handle of the connection");
+PyDoc_STRVAR(conn_fileno_doc, "fileno($self, /)\n--\n\n"
+                              "File descriptor or handle of the connection");
 
 static PyObject *
 conn_fileno(ConnectionObject *self, PyObject *Py_UNUSED(ignored))
@@ -965,9 +963,8 @@ conn_fileno(ConnectionObject *self, PyObject *Py_UNUSED(ignored))
     return PyLong_FromLong(self->fd);
 }
 
-PyDoc_STRVAR(conn_close_doc,
-"close($self, /)\n--\n\n"
-"Close the connection");
+PyDoc_STRVAR(conn_close_doc, "close($self, /)\n--\n\n"
+                             "Close the connection");
 
 static PyObject *
 conn_close(ConnectionObject *self, PyObject *Py_UNUSED(ignored))
@@ -1062,8 +1059,7 @@ static PyMethodDef conn_methods[] = {
     {"fileno", (PyCFunction)conn_fileno, METH_NOARGS, conn_fileno_doc},
     {"close", (PyCFunction)conn_close, METH_NOARGS, conn_close_doc},
     {"__enter__", (PyCFunction)conn_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))conn_exit, METH_FASTCALL,
-     NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))conn_exit, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1080,25 +1076,22 @@ static PyGetSetDef conn_getset[] = {
 };
 
 static PyMemberDef conn_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET,
-     offsetof(ConnectionObject, weakreflist), READONLY, NULL},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(ConnectionObject, weakreflist),
+     READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
-PyDoc_STRVAR(conn_doc,
-"Connection(handle, readable=True, writable=True)\n--\n\n"
-"Connection based on an arbitrary file descriptor (a socket or a pipe),\n"
-"speaking the multiprocessing.connection wire format.");
+PyDoc_STRVAR(
+    conn_doc,
+    "Connection(handle, readable=True, writable=True)\n--\n\n"
+    "Connection based on an arbitrary file descriptor (a socket or a pipe),\n"
+    "speaking the multiprocessing.connection wire format.");
 
 static PyType_Slot conn_slots[] = {
-    {Py_tp_new, conn_new},
-    {Py_tp_init, conn_init},
-    {Py_tp_dealloc, conn_dealloc},
-    {Py_tp_methods, conn_methods},
-    {Py_tp_getset, conn_getset},
-    {Py_tp_members, conn_members},
-    {Py_tp_doc, (void *)conn_doc},
-    {0, NULL},
+    {Py_tp_new, conn_new},         {Py_tp_init, conn_init},
+    {Py_tp_dealloc, conn_dealloc}, {Py_tp_methods, conn_methods},
+    {Py_tp_getset, conn_getset},   {Py_tp_members, conn_members},
+    {Py_tp_doc, (void *)conn_doc}, {0, NULL},
 };
 
 static PyType_Spec conn_spec = {
@@ -1121,13 +1114,13 @@ fastmp_connection_exec(PyObject *m, fastmp_state *st)
     }
     fastmp_connection_state *cs = &st->connection;
 
-    cs->ConnectionType = (PyTypeObject *)PyType_FromModuleAndSpec(
-        m, &conn_spec, NULL);
+    cs->ConnectionType =
+        (PyTypeObject *)PyType_FromModuleAndSpec(m, &conn_spec, NULL);
     if (cs->ConnectionType == NULL) {
         return -1;
     }
-    if (PyModule_AddObject(m, "Connection",
-                           Py_NewRef(cs->ConnectionType)) < 0) {
+    if (PyModule_AddObject(m, "Connection", Py_NewRef(cs->ConnectionType))
+        < 0) {
         Py_DECREF(cs->ConnectionType);
         return -1;
     }

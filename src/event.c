@@ -21,8 +21,7 @@ event_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"ctx", NULL};
     PyObject *ctx = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$O:Event", kwlist,
-                                     &ctx)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$O:Event", kwlist, &ctx)) {
         return NULL;
     }
     return fastmp_sem_create(type, SEMLOCK_SEMAPHORE, 0, 0, Py_None);
@@ -31,8 +30,8 @@ event_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static PyObject *
 event_is_set(SemLockObject *self, PyObject *Py_UNUSED(ignored))
 {
-    return PyBool_FromLong(
-        __atomic_load_n(&self->sem->gen, __ATOMIC_ACQUIRE) & 1);
+    return PyBool_FromLong(__atomic_load_n(&self->sem->gen, __ATOMIC_ACQUIRE)
+                           & 1);
 }
 
 static PyObject *
@@ -42,11 +41,10 @@ event_set(SemLockObject *self, PyObject *Py_UNUSED(ignored))
     uint32_t v = __atomic_load_n(&s->gen, __ATOMIC_SEQ_CST);
     do {
         if (v & 1) {
-            Py_RETURN_NONE;     /* already set: nobody is waiting for it */
+            Py_RETURN_NONE; /* already set: nobody is waiting for it */
         }
     } while (!__atomic_compare_exchange_n(&s->gen, &v, (v + 2) | 1, 1,
-                                          __ATOMIC_SEQ_CST,
-                                          __ATOMIC_SEQ_CST));
+                                          __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
     if (__atomic_load_n(&s->nwaiters, __ATOMIC_SEQ_CST) != 0) {
         if (fastmp_platform_futex_wake(&s->gen, INT32_MAX) < 0) {
             return fastmp_oserror_syscall("futex");
@@ -137,10 +135,9 @@ static PyType_Slot event_slots[] = {
 };
 
 static PyType_Spec event_spec = {
-    "fastmp.synchronize.Event", sizeof(SemLockObject), 0, FASTMP_SEM_SUB_FLAGS,
-    event_slots,
+    "fastmp.synchronize.Event", sizeof(SemLockObject), 0,
+    FASTMP_SEM_SUB_FLAGS,       event_slots,
 };
-
 
 int
 fastmp_event_exec(PyObject *m)

@@ -28,7 +28,7 @@
 #include <unistd.h>
 
 #if PY_VERSION_HEX < 0x03090000
-#  error "fastmp needs CPython 3.9 or newer"
+#error "fastmp needs CPython 3.9 or newer"
 #endif
 
 #define FASTMP_UNUSED(x) ((void)(x))
@@ -249,8 +249,8 @@ void fastmp_platform_after_fork_child(void);
 #define FASTMP_WAIT_SLICE_NS (50 * 1000 * 1000)
 
 typedef struct {
-    int forever;             /* 1: no deadline */
-    struct timespec at;      /* absolute CLOCK_MONOTONIC */
+    int forever;        /* 1: no deadline */
+    struct timespec at; /* absolute CLOCK_MONOTONIC */
 } fastmp_deadline;
 
 /* Fill *d from a Python timeout: Py_None or NULL means forever; a number is
@@ -323,7 +323,7 @@ typedef struct {
 /* 1 when spinning can pay at all: this process may run on more than one
  * CPU (checked once).  A brief fixed spin (a few dozen pause
  * instructions before the real wait) asks this too. */
-extern int fastmp_spin_cpus_ok;     /* -1 until known */
+extern int fastmp_spin_cpus_ok; /* -1 until known */
 int fastmp_spin_ok_slow(void);
 static inline int
 fastmp_spin_ok(void)
@@ -394,9 +394,8 @@ fastmp_owner_pid(uint64_t v)
 static inline uint64_t
 fastmp_owner_self(void)
 {
-    return fastmp_owner_make(
-        fastmp_platform_getpid(),
-        fastmp_owner_token(fastmp_platform_self_start()));
+    return fastmp_owner_make(fastmp_platform_getpid(),
+                             fastmp_owner_token(fastmp_platform_self_start()));
 }
 
 /* The futex half of an owner word. */
@@ -438,12 +437,14 @@ int fastmp_owner_dead(uint64_t v);
 int fastmp_owner_takeover(uint64_t *w, uint64_t seen);
 
 /* Flags of fastmp_owner_lock. */
-#define FASTMP_OWNER_INTERRUPTIBLE 1  /* check signals between slices
-                                          (may fail with an exception) */
-#define FASTMP_OWNER_SELF_IS_STALE 2  /* critical sections never release
-                                          the GIL: finding this process as
-                                          the holder means it died there
-                                          (or the word is corrupt) */
+#define FASTMP_OWNER_INTERRUPTIBLE                                            \
+    1 /* check signals between slices                                         \
+          (may fail with an exception) */
+#define FASTMP_OWNER_SELF_IS_STALE                                            \
+    2 /* critical sections never release                                      \
+          the GIL: finding this process as                                    \
+          the holder means it died there                                      \
+          (or the word is corrupt) */
 
 /* Blocking acquire.  Called WITH the GIL, which is released while
  * sleeping.  Returns 0 taken, 1 taken over from a dead holder (the caller
@@ -477,13 +478,13 @@ typedef struct fastmp_segment_object fastmp_segment_object;
  * owns arena memory; fastmp_block_alloc/attach register it so that a fork
  * child takes its own reference. */
 typedef struct fastmp_block {
-    fastmp_segment_object *seg;   /* strong ref (a Python object) */
-    uint64_t offset;              /* of the user data within the segment */
-    void *ptr;                    /* seg base + offset */
-    size_t size;                  /* usable bytes */
-    int released;                 /* this process's reference is gone */
-    int how;                      /* how this process holds it (arena.c) */
-    struct fastmp_block *prev, *next;   /* tracking list (process-local) */
+    fastmp_segment_object *seg;       /* strong ref (a Python object) */
+    uint64_t offset;                  /* of the user data within the segment */
+    void *ptr;                        /* seg base + offset */
+    size_t size;                      /* usable bytes */
+    int released;                     /* this process's reference is gone */
+    int how;                          /* how this process holds it (arena.c) */
+    struct fastmp_block *prev, *next; /* tracking list (process-local) */
     /* Other handles of this process on the same block (a ring). */
     struct fastmp_block *sib_prev, *sib_next;
 } fastmp_block;
@@ -563,14 +564,13 @@ int fastmp_semlock_seq(PyObject *semlock, const uint32_t **word,
 /* One process's record of the units of a counting semaphore it holds.
  *
  *   pid: 0 when free; claimed with a CAS 0 -> pid by the process itself,
- *       set back to 0 by that process (fastmp_sem_forget_slot) or by a waiter that
- *       found the process dead (after taking its units).
- *   taken: written only by the owning process, under its GIL, with plain
- *       atomic stores (no read-modify-write, so no locked instruction;
- *       sub-interpreters with a GIL each would need a real atomic add):
- *       +1 for each tracked acquire, -1 when the owner pays a unit back
- *       itself.  Set equal to `paid` when the slot is claimed.
- *   paid: units paid back on the owner's behalf: CAS +1 by a release in
+ *       set back to 0 by that process (fastmp_sem_forget_slot) or by a waiter
+ * that found the process dead (after taking its units). taken: written only by
+ * the owning process, under its GIL, with plain atomic stores (no
+ * read-modify-write, so no locked instruction; sub-interpreters with a GIL
+ * each would need a real atomic add): +1 for each tracked acquire, -1 when the
+ * owner pays a unit back itself.  Set equal to `paid` when the slot is
+ * claimed. paid: units paid back on the owner's behalf: CAS +1 by a release in
  *       another process, CAS up to `taken` by a waiter recovering a dead
  *       owner's units or by the owner forgetting its slot.
  *   start: written by the owner right after claiming (0 = not yet known:
@@ -632,22 +632,21 @@ typedef struct SemLockObject {
     shared_sem *sem;
     int kind;
     int maxvalue;
-    int mutex;                  /* mutex mode */
-    int count;                  /* process-local recursion/acquire count */
+    int mutex; /* mutex mode */
+    int count; /* process-local recursion/acquire count */
     unsigned long last_tid;
-    uint32_t slot_pid;          /* slot cache: valid when == our pid */
+    uint32_t slot_pid; /* slot cache: valid when == our pid */
     int slot_idx;
-    uint32_t count_pid;         /* process `count` belongs to */
-    fastmp_spin spin;           /* how long blocking waits lasted */
+    uint32_t count_pid; /* process `count` belongs to */
+    fastmp_spin spin;   /* how long blocking waits lasted */
     PyObject *name;
     PyObject *weakreflist;
-    PyObject *dict;             /* instance attributes (subtypes) */
+    PyObject *dict; /* instance attributes (subtypes) */
     /* Process-local list of objects whose process holds a slot, so that
      * a normal exit can clear them (see fastmp_sem_forget_slot). */
     struct SemLockObject *held_prev, *held_next;
     int in_held;
 } SemLockObject;
-
 
 /* `count` is per process: a fork child starts at 0 (the stdlib resets it
  * from an after-fork hook; a pid check does the same without one). */
@@ -668,7 +667,6 @@ fastmp_sem_is_mine(SemLockObject *o)
     fastmp_sem_fork_check(o);
     return o->count > 0 && PyThread_get_thread_ident() == o->last_tid;
 }
-
 
 /* semlock.c.  fastmp_sem_acquire: 1 acquired, 0 not (non-blocking or
  * timed out), -1 with an exception set.  timeout NULL or None: forever.
@@ -715,8 +713,8 @@ fastmp_sem_py_exit(SemLockObject *self, PyObject *const *args,
 }
 
 /* semlock_types.c: pieces of the SemLock type that Event shares. */
-#define FASTMP_SEM_SUB_FLAGS (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE \
-                              | Py_TPFLAGS_HAVE_GC)
+#define FASTMP_SEM_SUB_FLAGS                                                  \
+    (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC)
 PyObject *fastmp_sem_create(PyTypeObject *type, int kind, int value,
                             int maxvalue, PyObject *name);
 void fastmp_sem_dealloc(SemLockObject *self);
@@ -739,7 +737,6 @@ int fastmp_event_exec(PyObject *m);
 
 /* end semlock internals */
 
-
 /* ---------------------------------------------------------------------
  * area: sharedctypes (sharedctypes.c)
  * ------------------------------------------------------------------- */
@@ -748,11 +745,11 @@ int fastmp_event_exec(PyObject *m);
 #define FASTMP_SMALL_INT_MAX 256
 
 typedef struct {
-    PyTypeObject *BlockType;          /* a Block of arena memory */
-    PyTypeObject *SyncBaseType;       /* SynchronizedBase */
-    PyTypeObject *SyncType;           /* Synchronized (values, atomics) */
-    PyTypeObject *SyncArrayType;      /* SynchronizedArray */
-    PyTypeObject *SyncStringType;     /* SynchronizedString (char arrays) */
+    PyTypeObject *BlockType;      /* a Block of arena memory */
+    PyTypeObject *SyncBaseType;   /* SynchronizedBase */
+    PyTypeObject *SyncType;       /* Synchronized (values, atomics) */
+    PyTypeObject *SyncArrayType;  /* SynchronizedArray */
+    PyTypeObject *SyncStringType; /* SynchronizedString (char arrays) */
     /* The interpreter's cached ints -5..256, held here so that building
      * a list from an array of small values needs no call per element. */
     PyObject *small_ints[FASTMP_SMALL_INT_MAX - FASTMP_SMALL_INT_MIN + 1];
@@ -774,29 +771,29 @@ typedef struct {
  * the stdlib's wrapper does (it reads self._obj once per access).  Process
  * local; `refs` is protected by the GIL. */
 typedef struct {
-    Py_ssize_t refs;        /* the wrapper's own + one per operation */
-    PyObject *obj;          /* the ctypes object */
-    PyObject *block;        /* the fastmp Block holding obj's data, or NULL */
-    PyObject *lock;         /* any object with acquire/release */
-    PyObject *acquire_m;    /* lock.acquire (slow path) */
-    PyObject *release_m;    /* lock.release (slow path) */
-    PyObject *semlock;      /* fastmp SemLock inside `lock`, or NULL */
-    const uint32_t *seq_word;   /* its words for lock-free reads, or NULL */
+    Py_ssize_t refs;     /* the wrapper's own + one per operation */
+    PyObject *obj;       /* the ctypes object */
+    PyObject *block;     /* the fastmp Block holding obj's data, or NULL */
+    PyObject *lock;      /* any object with acquire/release */
+    PyObject *acquire_m; /* lock.acquire (slow path) */
+    PyObject *release_m; /* lock.release (slow path) */
+    PyObject *semlock;   /* fastmp SemLock inside `lock`, or NULL */
+    const uint32_t *seq_word; /* its words for lock-free reads, or NULL */
     const uint32_t *seq_gen;
     /* obj's data when it is arena memory (`block` is set, and kept alive
      * here): that never moves.  NULL otherwise: memory a ctypes object
      * owns moves when ctypes.resize() grows it, so it is asked for at each
      * access (sync_mem). */
     char *ptr;
-    Py_ssize_t nbytes;      /* bytes the fast paths touch */
-    Py_ssize_t length;      /* elements (arrays), 1 for values */
-    Py_ssize_t itemsize;    /* fast element size, 0 when no fast path */
-    int code;               /* fast element code ('i', 'd', ...) or 0 */
+    Py_ssize_t nbytes;   /* bytes the fast paths touch */
+    Py_ssize_t length;   /* elements (arrays), 1 for values */
+    Py_ssize_t itemsize; /* fast element size, 0 when no fast path */
+    int code;            /* fast element code ('i', 'd', ...) or 0 */
 } sync_state;
 
 typedef struct {
     PyObject_HEAD
-    sync_state *st;         /* NULL until __init__ has run */
+    sync_state *st; /* NULL until __init__ has run */
     PyObject *weakreflist;
 } SyncObject;
 
@@ -844,8 +841,16 @@ static inline int
 fastmp_code_is_int(int code)
 {
     switch (code) {
-    case 'b': case 'B': case 'h': case 'H': case 'i': case 'I':
-    case 'l': case 'L': case 'q': case 'Q':
+    case 'b':
+    case 'B':
+    case 'h':
+    case 'H':
+    case 'i':
+    case 'I':
+    case 'l':
+    case 'L':
+    case 'q':
+    case 'Q':
         return 1;
     default:
         return 0;
@@ -881,57 +886,93 @@ fastmp_int_mem(void *p, Py_ssize_t size, int op, uint64_t a, uint64_t b)
     case 1: {
         uint8_t *q = (uint8_t *)p, x = (uint8_t)a;
         switch (op) {
-        case FASTMP_INT_LOAD: memcpy(&x, q, 1); return x;
-        case FASTMP_INT_STORE: memcpy(q, &x, 1); return 0;
-        case FASTMP_INT_ATOMIC_LOAD: return __atomic_load_n(q, FASTMP_SC);
-        case FASTMP_INT_ATOMIC_STORE: __atomic_store_n(q, x, FASTMP_SC);
-                                      return 0;
-        case FASTMP_INT_FETCH_ADD: return __atomic_fetch_add(q, x, FASTMP_SC);
-        case FASTMP_INT_XCHG: return __atomic_exchange_n(q, x, FASTMP_SC);
-        default: return __atomic_compare_exchange_n(
-                     q, &x, (uint8_t)b, 0, FASTMP_SC, FASTMP_SC);
+        case FASTMP_INT_LOAD:
+            memcpy(&x, q, 1);
+            return x;
+        case FASTMP_INT_STORE:
+            memcpy(q, &x, 1);
+            return 0;
+        case FASTMP_INT_ATOMIC_LOAD:
+            return __atomic_load_n(q, FASTMP_SC);
+        case FASTMP_INT_ATOMIC_STORE:
+            __atomic_store_n(q, x, FASTMP_SC);
+            return 0;
+        case FASTMP_INT_FETCH_ADD:
+            return __atomic_fetch_add(q, x, FASTMP_SC);
+        case FASTMP_INT_XCHG:
+            return __atomic_exchange_n(q, x, FASTMP_SC);
+        default:
+            return __atomic_compare_exchange_n(q, &x, (uint8_t)b, 0, FASTMP_SC,
+                                               FASTMP_SC);
         }
     }
     case 2: {
         uint16_t *q = (uint16_t *)p, x = (uint16_t)a;
         switch (op) {
-        case FASTMP_INT_LOAD: memcpy(&x, q, 2); return x;
-        case FASTMP_INT_STORE: memcpy(q, &x, 2); return 0;
-        case FASTMP_INT_ATOMIC_LOAD: return __atomic_load_n(q, FASTMP_SC);
-        case FASTMP_INT_ATOMIC_STORE: __atomic_store_n(q, x, FASTMP_SC);
-                                      return 0;
-        case FASTMP_INT_FETCH_ADD: return __atomic_fetch_add(q, x, FASTMP_SC);
-        case FASTMP_INT_XCHG: return __atomic_exchange_n(q, x, FASTMP_SC);
-        default: return __atomic_compare_exchange_n(
-                     q, &x, (uint16_t)b, 0, FASTMP_SC, FASTMP_SC);
+        case FASTMP_INT_LOAD:
+            memcpy(&x, q, 2);
+            return x;
+        case FASTMP_INT_STORE:
+            memcpy(q, &x, 2);
+            return 0;
+        case FASTMP_INT_ATOMIC_LOAD:
+            return __atomic_load_n(q, FASTMP_SC);
+        case FASTMP_INT_ATOMIC_STORE:
+            __atomic_store_n(q, x, FASTMP_SC);
+            return 0;
+        case FASTMP_INT_FETCH_ADD:
+            return __atomic_fetch_add(q, x, FASTMP_SC);
+        case FASTMP_INT_XCHG:
+            return __atomic_exchange_n(q, x, FASTMP_SC);
+        default:
+            return __atomic_compare_exchange_n(q, &x, (uint16_t)b, 0,
+                                               FASTMP_SC, FASTMP_SC);
         }
     }
     case 4: {
         uint32_t *q = (uint32_t *)p, x = (uint32_t)a;
         switch (op) {
-        case FASTMP_INT_LOAD: memcpy(&x, q, 4); return x;
-        case FASTMP_INT_STORE: memcpy(q, &x, 4); return 0;
-        case FASTMP_INT_ATOMIC_LOAD: return __atomic_load_n(q, FASTMP_SC);
-        case FASTMP_INT_ATOMIC_STORE: __atomic_store_n(q, x, FASTMP_SC);
-                                      return 0;
-        case FASTMP_INT_FETCH_ADD: return __atomic_fetch_add(q, x, FASTMP_SC);
-        case FASTMP_INT_XCHG: return __atomic_exchange_n(q, x, FASTMP_SC);
-        default: return __atomic_compare_exchange_n(
-                     q, &x, (uint32_t)b, 0, FASTMP_SC, FASTMP_SC);
+        case FASTMP_INT_LOAD:
+            memcpy(&x, q, 4);
+            return x;
+        case FASTMP_INT_STORE:
+            memcpy(q, &x, 4);
+            return 0;
+        case FASTMP_INT_ATOMIC_LOAD:
+            return __atomic_load_n(q, FASTMP_SC);
+        case FASTMP_INT_ATOMIC_STORE:
+            __atomic_store_n(q, x, FASTMP_SC);
+            return 0;
+        case FASTMP_INT_FETCH_ADD:
+            return __atomic_fetch_add(q, x, FASTMP_SC);
+        case FASTMP_INT_XCHG:
+            return __atomic_exchange_n(q, x, FASTMP_SC);
+        default:
+            return __atomic_compare_exchange_n(q, &x, (uint32_t)b, 0,
+                                               FASTMP_SC, FASTMP_SC);
         }
     }
     default: {
         uint64_t *q = (uint64_t *)p, x = a;
         switch (op) {
-        case FASTMP_INT_LOAD: memcpy(&x, q, 8); return x;
-        case FASTMP_INT_STORE: memcpy(q, &x, 8); return 0;
-        case FASTMP_INT_ATOMIC_LOAD: return __atomic_load_n(q, FASTMP_SC);
-        case FASTMP_INT_ATOMIC_STORE: __atomic_store_n(q, x, FASTMP_SC);
-                                      return 0;
-        case FASTMP_INT_FETCH_ADD: return __atomic_fetch_add(q, x, FASTMP_SC);
-        case FASTMP_INT_XCHG: return __atomic_exchange_n(q, x, FASTMP_SC);
-        default: return __atomic_compare_exchange_n(
-                     q, &x, b, 0, FASTMP_SC, FASTMP_SC);
+        case FASTMP_INT_LOAD:
+            memcpy(&x, q, 8);
+            return x;
+        case FASTMP_INT_STORE:
+            memcpy(q, &x, 8);
+            return 0;
+        case FASTMP_INT_ATOMIC_LOAD:
+            return __atomic_load_n(q, FASTMP_SC);
+        case FASTMP_INT_ATOMIC_STORE:
+            __atomic_store_n(q, x, FASTMP_SC);
+            return 0;
+        case FASTMP_INT_FETCH_ADD:
+            return __atomic_fetch_add(q, x, FASTMP_SC);
+        case FASTMP_INT_XCHG:
+            return __atomic_exchange_n(q, x, FASTMP_SC);
+        default:
+            return __atomic_compare_exchange_n(q, &x, b, 0, FASTMP_SC,
+                                               FASTMP_SC);
         }
     }
     }
@@ -941,15 +982,14 @@ fastmp_int_mem(void *p, Py_ssize_t size, int op, uint64_t a, uint64_t b)
 
 /* end sharedctypes internals */
 
-
 /* ---------------------------------------------------------------------
  * area: shm (shm.c) -- SharedMemory, ShareableList
  * ------------------------------------------------------------------- */
 
 typedef struct {
-    PyTypeObject *MappingType;        /* _ShmMapping: one mmap of a segment */
-    PyTypeObject *ListCoreType;       /* _ShareableListCore */
-    PyObject *struct_error;           /* struct.error */
+    PyTypeObject *MappingType;  /* _ShmMapping: one mmap of a segment */
+    PyTypeObject *ListCoreType; /* _ShareableListCore */
+    PyObject *struct_error;     /* struct.error */
 } fastmp_shm_state;
 
 /* end area: shm */
@@ -962,8 +1002,8 @@ typedef struct {
  * ------------------------------------------------------------------- */
 
 typedef struct {
-    PyTypeObject *TableType;  /* the dispatch table's type */
-    PyObject *table;          /* its one instance */
+    PyTypeObject *TableType; /* the dispatch table's type */
+    PyObject *table;         /* its one instance */
     /* Filled on first use (importing multiprocessing.reduction at module
      * exec would slow down `import fastmp`). */
     PyObject *extra_reducers; /* ForkingPickler._extra_reducers */
@@ -975,7 +1015,7 @@ typedef struct {
     int busy;                 /* `pickler` is dumping: a nested dump (a
                                  reducer that pickles, another thread)
                                  uses a fresh one */
-    PyObject *str_dump, *str_clear_memo;    /* interned names */
+    PyObject *str_dump, *str_clear_memo; /* interned names */
 } fastmp_pickling_state;
 
 /* Pickle obj as ForkingPickler.dumps(obj) does: the same bytes, the same
@@ -1008,9 +1048,9 @@ typedef struct {
  * ------------------------------------------------------------------- */
 
 typedef struct {
-    PyTypeObject *RingType;       /* _Ring, base of fastmp.queues.Queue */
-    PyObject *Empty;              /* queue.Empty, filled on first use */
-    PyObject *Full;               /* queue.Full, filled on first use */
+    PyTypeObject *RingType; /* _Ring, base of fastmp.queues.Queue */
+    PyObject *Empty;        /* queue.Empty, filled on first use */
+    PyObject *Full;         /* queue.Full, filled on first use */
 } fastmp_ring_state;
 
 /* end area: ring */
@@ -1021,7 +1061,7 @@ typedef struct {
 
 typedef struct {
     PyTypeObject *SegmentType;
-    PyObject *alloc_segment;      /* arena.c: the pool segment to carve */
+    PyObject *alloc_segment; /* arena.c: the pool segment to carve */
     fastmp_semlock_state semlock;
     fastmp_sharedctypes_state sharedctypes;
     fastmp_shm_state shm;
@@ -1060,8 +1100,7 @@ int fastmp_ring_exec(PyObject *m, fastmp_state *st);
 int fastmp_pickling_exec(PyObject *m, fastmp_state *st);
 
 int fastmp_semlock_traverse(fastmp_state *st, visitproc visit, void *arg);
-int fastmp_sharedctypes_traverse(fastmp_state *st, visitproc visit,
-                                 void *arg);
+int fastmp_sharedctypes_traverse(fastmp_state *st, visitproc visit, void *arg);
 int fastmp_shm_traverse(fastmp_state *st, visitproc visit, void *arg);
 int fastmp_connection_traverse(fastmp_state *st, visitproc visit, void *arg);
 int fastmp_ring_traverse(fastmp_state *st, visitproc visit, void *arg);
@@ -1088,7 +1127,7 @@ fastmp_newref(PyObject *o)
     Py_INCREF(o);
     return o;
 }
-#  define Py_NewRef(o) fastmp_newref((PyObject *)(o))
+#define Py_NewRef(o) fastmp_newref((PyObject *)(o))
 #endif
 
 /* Raise OSError from errno for a failed system call, naming it: the
@@ -1110,9 +1149,9 @@ enum { FASTMP_ARGS_C, FASTMP_ARGS_PY };
 
 typedef struct {
     const char *fname;
-    int style;                  /* FASTMP_ARGS_C or FASTMP_ARGS_PY */
-    int nparams;                /* at most 4, self not counted */
-    int required;               /* the first `required` must be given */
+    int style;    /* FASTMP_ARGS_C or FASTMP_ARGS_PY */
+    int nparams;  /* at most 4, self not counted */
+    int required; /* the first `required` must be given */
     const char *names[4];
 } fastmp_argspec;
 
@@ -1126,8 +1165,7 @@ static inline int
 fastmp_parse_args(const fastmp_argspec *spec, PyObject *const *args,
                   Py_ssize_t nargs, PyObject *kwnames, PyObject **out)
 {
-    if (kwnames == NULL && nargs <= spec->nparams
-        && nargs >= spec->required) {
+    if (kwnames == NULL && nargs <= spec->nparams && nargs >= spec->required) {
         for (int i = 0; i < spec->nparams; i++) {
             out[i] = i < nargs ? args[i] : NULL;
         }
@@ -1138,9 +1176,9 @@ fastmp_parse_args(const fastmp_argspec *spec, PyObject *const *args,
 
 /* Py_TPFLAGS_IMMUTABLETYPE arrived in 3.10. */
 #ifdef Py_TPFLAGS_IMMUTABLETYPE
-#  define FASTMP_TPFLAGS_IMMUTABLE Py_TPFLAGS_IMMUTABLETYPE
+#define FASTMP_TPFLAGS_IMMUTABLE Py_TPFLAGS_IMMUTABLETYPE
 #else
-#  define FASTMP_TPFLAGS_IMMUTABLE 0
+#define FASTMP_TPFLAGS_IMMUTABLE 0
 #endif
 
 #endif /* FASTMP_H */

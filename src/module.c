@@ -17,13 +17,10 @@ fastmp_exec(PyObject *m)
         return -1;
     }
     fastmp_current_state = st;
-    if (fastmp_owner_exec(m) < 0
-        || fastmp_arena_exec(m, st) < 0
+    if (fastmp_owner_exec(m) < 0 || fastmp_arena_exec(m, st) < 0
         || fastmp_semlock_exec(m, st) < 0
-        || fastmp_sharedctypes_exec(m, st) < 0
-        || fastmp_shm_exec(m, st) < 0
-        || fastmp_connection_exec(m, st) < 0
-        || fastmp_ring_exec(m, st) < 0
+        || fastmp_sharedctypes_exec(m, st) < 0 || fastmp_shm_exec(m, st) < 0
+        || fastmp_connection_exec(m, st) < 0 || fastmp_ring_exec(m, st) < 0
         || fastmp_pickling_exec(m, st) < 0) {
         return -1;
     }

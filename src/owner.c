@@ -18,9 +18,8 @@
  */
 #include "fastmp.h"
 
-
 int fastmp_owner_stall_armed = 0;
-static double stall_seconds = 0;     /* < 0: SIGSTOP ourselves */
+static double stall_seconds = 0; /* < 0: SIGSTOP ourselves */
 
 void
 fastmp_owner_stall(void)
@@ -40,7 +39,7 @@ fastmp_owner_dead(uint64_t v)
 {
     uint32_t pid = fastmp_owner_pid(v);
     if (pid == 0 || (uint32_t)(v >> 32) == 0) {
-        return 1;       /* names nobody, or no token: not a real holder */
+        return 1; /* names nobody, or no token: not a real holder */
     }
     return !fastmp_platform_pid_alive32(pid, (uint32_t)(v >> 32));
 }
@@ -84,10 +83,9 @@ fastmp_owner_lock(uint64_t *w, const fastmp_deadline *d, int flags)
         if (v == 0) {
             /* Free: take it, marking waiters since others may sleep. */
             uint64_t expected = 0;
-            if (__atomic_compare_exchange_n(w, &expected,
-                                            self | FASTMP_OWNER_WAITERS, 0,
-                                            __ATOMIC_ACQUIRE,
-                                            __ATOMIC_RELAXED)) {
+            if (__atomic_compare_exchange_n(
+                    w, &expected, self | FASTMP_OWNER_WAITERS, 0,
+                    __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
                 if (fastmp_owner_stall_armed) {
                     fastmp_owner_stall();
                 }
@@ -99,9 +97,8 @@ fastmp_owner_lock(uint64_t *w, const fastmp_deadline *d, int flags)
             if (flags & FASTMP_OWNER_SELF_IS_STALE) {
                 /* Nothing of ours can be inside: take it back. */
                 uint64_t mine = self | (v & FASTMP_OWNER_WAITERS);
-                if (__atomic_compare_exchange_n(w, &v, mine, 0,
-                                                __ATOMIC_ACQUIRE,
-                                                __ATOMIC_RELAXED)) {
+                if (__atomic_compare_exchange_n(
+                        w, &v, mine, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
                     return 1;
                 }
                 continue;
@@ -114,9 +111,8 @@ fastmp_owner_lock(uint64_t *w, const fastmp_deadline *d, int flags)
         }
         if (!(v & FASTMP_OWNER_WAITERS)) {
             uint64_t marked = v | FASTMP_OWNER_WAITERS;
-            if (!__atomic_compare_exchange_n(w, &v, marked, 0,
-                                             __ATOMIC_RELAXED,
-                                             __ATOMIC_RELAXED)) {
+            if (!__atomic_compare_exchange_n(
+                    w, &v, marked, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
                 continue;
             }
             v = marked;
@@ -127,8 +123,7 @@ fastmp_owner_lock(uint64_t *w, const fastmp_deadline *d, int flags)
         }
         else {
             /* No exception may come out of here. */
-            r = fastmp_wait_futex_quiet(fastmp_owner_futex(w), (uint32_t)v,
-                                        d);
+            r = fastmp_wait_futex_quiet(fastmp_owner_futex(w), (uint32_t)v, d);
         }
         if (r != 0) {
             return r < 0 ? -1 : 2;

@@ -139,8 +139,9 @@ pickling_load(fastmp_pickling_state *ps)
         return -1;
     }
     extra = PyObject_GetAttrString(fp, "_extra_reducers");
-    copyreg = extra == NULL ? NULL : PyObject_GetAttrString(
-        fp, "_copyreg_dispatch_table");
+    copyreg = extra == NULL
+                  ? NULL
+                  : PyObject_GetAttrString(fp, "_copyreg_dispatch_table");
     loads = copyreg == NULL ? NULL : PyObject_GetAttrString(fp, "loads");
     if (loads == NULL) {
         goto error;
@@ -196,7 +197,7 @@ pickler_new(fastmp_pickling_state *ps, PyObject **pickler, PyObject **out)
     cls = import_attr("pickle", "Pickler");
     p = cls == NULL ? NULL : PyObject_CallOneArg(cls, ns);
     if (p == NULL
-            || PyObject_SetAttrString(p, "dispatch_table", ps->table) < 0) {
+        || PyObject_SetAttrString(p, "dispatch_table", ps->table) < 0) {
         goto done;
     }
     *pickler = Py_NewRef(p);
@@ -229,8 +230,7 @@ pickled_join(PyObject *out)
     for (i = 0; i < n; i++) {
         PyObject *c = PyList_GET_ITEM(out, i);
         if (!PyBytes_Check(c)) {
-            PyErr_Format(PyExc_TypeError,
-                         "pickler wrote %.200s, not bytes",
+            PyErr_Format(PyExc_TypeError, "pickler wrote %.200s, not bytes",
                          Py_TYPE(c)->tp_name);
             return NULL;
         }
@@ -277,8 +277,7 @@ pickler_dump(fastmp_pickling_state *ps, PyObject *pickler, PyObject *out,
      * next dump refer back to it): clear it after every dump. */
     r = PyObject_VectorcallMethod(ps->str_clear_memo, args,
                                   1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    if (r == NULL
-            || PyList_SetSlice(out, 0, PyList_GET_SIZE(out), NULL) < 0) {
+    if (r == NULL || PyList_SetSlice(out, 0, PyList_GET_SIZE(out), NULL) < 0) {
         Py_XDECREF(r);
         Py_DECREF(res);
         return NULL;
@@ -310,8 +309,7 @@ fastmp_dumps(PyObject *obj)
         Py_DECREF(out);
         return res;
     }
-    if (ps->pickler == NULL
-            && pickler_new(ps, &ps->pickler, &ps->out) < 0) {
+    if (ps->pickler == NULL && pickler_new(ps, &ps->pickler, &ps->out) < 0) {
         return NULL;
     }
     ps->busy = 1;
@@ -372,17 +370,24 @@ static PyMethodDef pickling_functions[] = {
 };
 
 /* Every object the state holds, for traverse and clear. */
-#define PICKLING_OBJECTS(X)                                             \
-    X(TableType) X(table) X(extra_reducers) X(copyreg_table) X(loads)   \
-    X(pickler) X(out) X(str_dump) X(str_clear_memo)
+#define PICKLING_OBJECTS(X)                                                   \
+    X(TableType)                                                              \
+    X(table)                                                                  \
+    X(extra_reducers)                                                         \
+    X(copyreg_table)                                                          \
+    X(loads)                                                                  \
+    X(pickler)                                                                \
+    X(out)                                                                    \
+    X(str_dump)                                                               \
+    X(str_clear_memo)
 
 int
 fastmp_pickling_exec(PyObject *m, fastmp_state *st)
 {
     fastmp_pickling_state *ps = &st->pickling;
 
-    ps->TableType = (PyTypeObject *)PyType_FromModuleAndSpec(
-        m, &table_spec, NULL);
+    ps->TableType =
+        (PyTypeObject *)PyType_FromModuleAndSpec(m, &table_spec, NULL);
     if (ps->TableType == NULL) {
         return -1;
     }

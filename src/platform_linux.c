@@ -4,7 +4,7 @@
  * another OS replaces this file.
  */
 #ifndef _GNU_SOURCE
-#  define _GNU_SOURCE 1
+#define _GNU_SOURCE 1
 #endif
 #include "fastmp.h"
 
@@ -25,7 +25,7 @@
 #include <unistd.h>
 
 #ifndef MFD_CLOEXEC
-#  define MFD_CLOEXEC 0x0001U
+#define MFD_CLOEXEC 0x0001U
 #endif
 
 static int
@@ -119,8 +119,8 @@ fastmp_platform_shm_map(int fd, uint64_t offset, uint64_t size)
         errno = ENOMEM;
         return NULL;
     }
-    void *p = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED,
-                   fd, (off_t)offset);
+    void *p = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+                   (off_t)offset);
     return p == MAP_FAILED ? NULL : p;
 }
 
@@ -131,8 +131,7 @@ fastmp_platform_shm_remap(void *addr, uint64_t old_size, uint64_t new_size)
         errno = ENOMEM;
         return NULL;
     }
-    void *p = mremap(addr, (size_t)old_size, (size_t)new_size,
-                     MREMAP_MAYMOVE);
+    void *p = mremap(addr, (size_t)old_size, (size_t)new_size, MREMAP_MAYMOVE);
     return p == MAP_FAILED ? NULL : p;
 }
 
@@ -152,8 +151,7 @@ fastmp_platform_shm_punch(int fd, uint64_t offset, uint64_t len)
 }
 
 int
-fastmp_platform_file_id(int fd, uint64_t *dev, uint64_t *ino,
-                        uint64_t *size)
+fastmp_platform_file_id(int fd, uint64_t *dev, uint64_t *ino, uint64_t *size)
 {
     struct stat st;
     if (fstat(fd, &st) < 0) {
@@ -243,14 +241,14 @@ fastmp_platform_futex_wait(uint32_t *word, uint32_t expected,
     /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC timeout.  Not
      * FUTEX_PRIVATE_FLAG: the word lives in MAP_SHARED memory and the
      * waker is another process. */
-    long r = syscall(SYS_futex, word, FUTEX_WAIT_BITSET, expected, until,
-                     NULL, FUTEX_BITSET_MATCH_ANY);
+    long r = syscall(SYS_futex, word, FUTEX_WAIT_BITSET, expected, until, NULL,
+                     FUTEX_BITSET_MATCH_ANY);
     if (r == 0) {
         return 0;
     }
     switch (errno) {
-    case EAGAIN:     /* *word != expected */
-    case EINTR:      /* a signal: the caller checks for handlers */
+    case EAGAIN: /* *word != expected */
+    case EINTR:  /* a signal: the caller checks for handlers */
         return 0;
     case ETIMEDOUT:
         return ETIMEDOUT;
@@ -395,7 +393,7 @@ pid_alive_as(uint32_t pid, uint64_t start, int low32)
             int same = low32 ? fastmp_owner_token(now) == (uint32_t)start
                              : now == start;
             if (!same) {
-                return 0;       /* the pid was reused */
+                return 0; /* the pid was reused */
             }
         }
         if (now == 0 && kill((pid_t)pid, 0) < 0 && errno == ESRCH) {

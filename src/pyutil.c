@@ -64,11 +64,10 @@ parse_c(const fastmp_argspec *spec, PyObject *const *args, Py_ssize_t nargs,
     Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
     int max = spec->nparams;
     if (nargs + nkw > max) {
-        PyErr_Format(PyExc_TypeError,
-                     "%s takes %s %d %sargument%s (%zd given)", f,
-                     spec->required < max ? "at most" : "exactly", max,
-                     nargs == 0 ? "keyword " : "", max == 1 ? "" : "s",
-                     nargs + nkw);
+        PyErr_Format(
+            PyExc_TypeError, "%s takes %s %d %sargument%s (%zd given)", f,
+            spec->required < max ? "at most" : "exactly", max,
+            nargs == 0 ? "keyword " : "", max == 1 ? "" : "s", nargs + nkw);
         return -1;
     }
     Py_ssize_t used = 0;
@@ -100,7 +99,8 @@ parse_c(const fastmp_argspec *spec, PyObject *const *args, Py_ssize_t nargs,
         if (i >= 0 && i < nargs) {
             PyErr_Format(PyExc_TypeError,
                          "argument for %s given by name ('%s') and "
-                         "position (%d)", f, spec->names[i], i + 1);
+                         "position (%d)",
+                         f, spec->names[i], i + 1);
             return -1;
         }
     }
@@ -109,8 +109,7 @@ parse_c(const fastmp_argspec *spec, PyObject *const *args, Py_ssize_t nargs,
         if (find_param(spec, key) < 0) {
 #if PY_VERSION_HEX >= 0x030D0000
             PyErr_Format(PyExc_TypeError,
-                         "%s got an unexpected keyword argument '%U'", f,
-                         key);
+                         "%s got an unexpected keyword argument '%U'", f, key);
 #else
             PyErr_Format(PyExc_TypeError,
                          "'%U' is an invalid keyword argument for %s", key,
@@ -119,14 +118,14 @@ parse_c(const fastmp_argspec *spec, PyObject *const *args, Py_ssize_t nargs,
             return -1;
         }
     }
-    return 0;   /* not reached: every keyword was a parameter */
+    return 0; /* not reached: every keyword was a parameter */
 }
 
 /* The errors of a function written in Python (the interpreter's
  * argument binding), in the order it checks; self is counted. */
 static int
-parse_py(const fastmp_argspec *spec, PyObject *const *args,
-         Py_ssize_t nargs, PyObject *kwnames, PyObject **out)
+parse_py(const fastmp_argspec *spec, PyObject *const *args, Py_ssize_t nargs,
+         PyObject *kwnames, PyObject **out)
 {
     const char *f = py_fname(spec->fname);
     Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
@@ -155,13 +154,15 @@ parse_py(const fastmp_argspec *spec, PyObject *const *args,
         if (lo == hi) {
             PyErr_Format(PyExc_TypeError,
                          "%s() takes %d positional argument%s but %zd %s "
-                         "given", f, hi, hi == 1 ? "" : "s", nargs + 1,
+                         "given",
+                         f, hi, hi == 1 ? "" : "s", nargs + 1,
                          nargs + 1 == 1 ? "was" : "were");
         }
         else {
             PyErr_Format(PyExc_TypeError,
                          "%s() takes from %d to %d positional arguments "
-                         "but %zd were given", f, lo, hi, nargs + 1);
+                         "but %zd were given",
+                         f, lo, hi, nargs + 1);
         }
         return -1;
     }
@@ -174,7 +175,8 @@ parse_py(const fastmp_argspec *spec, PyObject *const *args,
             if (out[i] == NULL) {
                 PyErr_Format(PyExc_TypeError,
                              "%s() missing 1 required positional argument: "
-                             "'%s'", f, spec->names[i]);
+                             "'%s'",
+                             f, spec->names[i]);
                 return -1;
             }
         }

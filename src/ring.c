@@ -29,7 +29,7 @@
  * stays in the queue.  That is all a takeover needs: it repairs nothing.
  */
 #ifndef _GNU_SOURCE
-#  define _GNU_SOURCE 1
+#define _GNU_SOURCE 1
 #endif
 #include "fastmp.h"
 
@@ -38,19 +38,19 @@
 #include <structmember.h>
 
 #define RING_PAGE 4096
-#define RING_MIN_CAP (UINT64_C(64) << 10)      /* initial ring and file */
-#define RING_KEEP (UINT64_C(4) << 20)          /* kept when drained */
-#define RING_MAX_CAP (UINT64_C(1) << 62)       /* arithmetic bound */
-#define RING_MAGIC UINT64_C(0x666d7071726e6732)    /* "fmpqrng2" */
+#define RING_MIN_CAP (UINT64_C(64) << 10)       /* initial ring and file */
+#define RING_KEEP (UINT64_C(4) << 20)           /* kept when drained */
+#define RING_MAX_CAP (UINT64_C(1) << 62)        /* arithmetic bound */
+#define RING_MAGIC UINT64_C(0x666d7071726e6732) /* "fmpqrng2" */
 
 /* The state the queue lock protects (see ring_header.slot). */
 typedef struct {
-    uint64_t head;          /* offset in [0, cap) of the oldest record */
-    uint64_t tail;          /* offset in [0, cap) after the newest one */
-    uint64_t used;          /* bytes of records from head to tail */
-    uint64_t cap;           /* ring size in use: a power of two */
-    uint64_t nitems;        /* records between head and tail */
-    uint64_t unfinished;    /* JoinableQueue: puts minus task_done()s */
+    uint64_t head;       /* offset in [0, cap) of the oldest record */
+    uint64_t tail;       /* offset in [0, cap) after the newest one */
+    uint64_t used;       /* bytes of records from head to tail */
+    uint64_t cap;        /* ring size in use: a power of two */
+    uint64_t nitems;     /* records between head and tail */
+    uint64_t unfinished; /* JoinableQueue: puts minus task_done()s */
 } ring_slot;
 
 /* The shared header, the first page of the queue's file.
@@ -98,16 +98,16 @@ _Static_assert(offsetof(ring_header, lock) % 8 == 0, "owner lock alignment");
 
 typedef struct {
     PyObject_HEAD
-    int fd;                 /* the queue's file (header page + data) */
-    ring_header *h;         /* its first page, mapped once */
-    char *data;             /* the data, mapped `mapped` bytes (or NULL) */
-    uint64_t mapped;        /* follows h->data_size, under the lock */
-    int closed;             /* process-local, as the stdlib's _closed */
-    int used;               /* this process has put: join_thread() ends
-                               reads */
-    int reader_closed;      /* empty() raises OSError, as the stdlib's */
-    fastmp_spin get_spin;   /* how long this process's waits lasted: */
-    fastmp_spin put_spin;   /* for an item, for room, for task_done */
+    int fd;               /* the queue's file (header page + data) */
+    ring_header *h;       /* its first page, mapped once */
+    char *data;           /* the data, mapped `mapped` bytes (or NULL) */
+    uint64_t mapped;      /* follows h->data_size, under the lock */
+    int closed;           /* process-local, as the stdlib's _closed */
+    int used;             /* this process has put: join_thread() ends
+                             reads */
+    int reader_closed;    /* empty() raises OSError, as the stdlib's */
+    fastmp_spin get_spin; /* how long this process's waits lasted: */
+    fastmp_spin put_spin; /* for an item, for room, for task_done */
     fastmp_spin join_spin;
     PyObject *weakreflist;
 } RingObject;
@@ -144,8 +144,8 @@ ring_memory_error(int err, const char *what, uint64_t bytes)
 {
     if (err == ENOMEM || err == ENOSPC || err == EFBIG) {
         PyErr_Format(PyExc_MemoryError,
-                     "queue: cannot %s %llu bytes of shared memory (%s)",
-                     what, (unsigned long long)bytes, strerror(err));
+                     "queue: cannot %s %llu bytes of shared memory (%s)", what,
+                     (unsigned long long)bytes, strerror(err));
         return -1;
     }
     PyObject *msg = PyUnicode_FromFormat(
@@ -430,8 +430,8 @@ ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     fastmp_spin_init(&q->put_spin);
     fastmp_spin_init(&q->join_spin);
     if (attach == Py_None) {
-        q->fd = fastmp_platform_shm_anon("fastmp-queue",
-                                         RING_PAGE + RING_MIN_CAP);
+        q->fd =
+            fastmp_platform_shm_anon("fastmp-queue", RING_PAGE + RING_MIN_CAP);
         if (q->fd < 0) {
             ring_memory_error(errno, "reserve", RING_PAGE + RING_MIN_CAP);
             goto error;
@@ -563,8 +563,8 @@ ring_put_impl(RingObject *q, PyObject *obj, int block, PyObject *timeout)
                 goto error;
             }
             uint64_t len = n;
-            uint64_t off = ring_write(q, s->cap, s->tail,
-                                      (const char *)&len, 8);
+            uint64_t off =
+                ring_write(q, s->cap, s->tail, (const char *)&len, 8);
             ring_write(q, s->cap, off, view.buf, n);
             s->tail = (s->tail + need) & (s->cap - 1);
             s->used += need;
@@ -597,8 +597,7 @@ ring_put_impl(RingObject *q, PyObject *obj, int block, PyObject *timeout)
             }
             have_deadline = 1;
         }
-        int r = ring_sleep(&h->get_seq, seen, &h->putters, &d,
-                           &q->put_spin);
+        int r = ring_sleep(&h->get_seq, seen, &h->putters, &d, &q->put_spin);
         if (r < 0) {
             goto error;
         }
@@ -768,7 +767,10 @@ ring_put(RingObject *q, PyObject *const *args, Py_ssize_t nargs,
     static const fastmp_argspec put_spec = {
         "Queue.put", FASTMP_ARGS_PY, 3, 1, {"obj", "block", "timeout"}};
     static const fastmp_argspec joinable_put_spec = {
-        "JoinableQueue.put", FASTMP_ARGS_PY, 3, 1,
+        "JoinableQueue.put",
+        FASTMP_ARGS_PY,
+        3,
+        1,
         {"obj", "block", "timeout"}};
     /* The stdlib's JoinableQueue overrides put(): its errors name it.
      * Looked at only when the call is not plain positional. */
@@ -930,8 +932,7 @@ ring_task_done(RingObject *q, PyObject *Py_UNUSED(ignored))
     ring_slot *cs = slot_cur(h);
     if (cs->unfinished == 0) {
         ring_unlock(h);
-        PyErr_SetString(PyExc_ValueError,
-                        "task_done() called too many times");
+        PyErr_SetString(PyExc_ValueError, "task_done() called too many times");
         return NULL;
     }
     ring_slot *s = slot_next(h);
@@ -965,8 +966,8 @@ ring_join(RingObject *q, PyObject *Py_UNUSED(ignored))
         uint32_t seen = __atomic_load_n(&h->done_seq, __ATOMIC_SEQ_CST);
         __atomic_add_fetch(&h->joiners, 1, __ATOMIC_SEQ_CST);
         ring_unlock(h);
-        if (ring_sleep(&h->done_seq, seen, &h->joiners, &d,
-                       &q->join_spin) < 0) {
+        if (ring_sleep(&h->done_seq, seen, &h->joiners, &d, &q->join_spin)
+            < 0) {
             return NULL;
         }
     }
@@ -1071,8 +1072,7 @@ static PyMethodDef ring_methods[] = {
 
 static PyGetSetDef ring_getset[] = {
     {"_maxsize", (getter)ring_get_maxsize, NULL, "maxsize (0: none)", NULL},
-    {"_closed", (getter)ring_get_closed, NULL, "closed in this process",
-     NULL},
+    {"_closed", (getter)ring_get_closed, NULL, "closed in this process", NULL},
     {"_unfinished_tasks_count", (getter)ring_get_unfinished, NULL,
      "JoinableQueue: unfinished tasks", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -1115,8 +1115,8 @@ fastmp_ring_exec(PyObject *m, fastmp_state *st)
     if (PyModule_AddFunctions(m, ring_functions) < 0) {
         return -1;
     }
-    st->ring.RingType = (PyTypeObject *)PyType_FromModuleAndSpec(
-        m, &ring_spec, NULL);
+    st->ring.RingType =
+        (PyTypeObject *)PyType_FromModuleAndSpec(m, &ring_spec, NULL);
     if (st->ring.RingType == NULL) {
         return -1;
     }

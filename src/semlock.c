@@ -32,21 +32,18 @@
 #include <string.h>
 
 #ifndef SPIN_TRIES
-#  define SPIN_TRIES 64
+#define SPIN_TRIES 64
 #endif
-
 
 /* `pair` from and to (word, tracked). */
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-#  define PAIR(w, t) \
-    ((uint64_t)(uint32_t)(w) | ((uint64_t)(uint32_t)(t) << 32))
-#  define PAIR_WORD(p) ((uint32_t)(p))
-#  define PAIR_TRACKED(p) ((uint32_t)((p) >> 32))
+#define PAIR(w, t) ((uint64_t)(uint32_t)(w) | ((uint64_t)(uint32_t)(t) << 32))
+#define PAIR_WORD(p) ((uint32_t)(p))
+#define PAIR_TRACKED(p) ((uint32_t)((p) >> 32))
 #else
-#  define PAIR(w, t) \
-    ((uint64_t)(uint32_t)(t) | ((uint64_t)(uint32_t)(w) << 32))
-#  define PAIR_WORD(p) ((uint32_t)((p) >> 32))
-#  define PAIR_TRACKED(p) ((uint32_t)(p))
+#define PAIR(w, t) ((uint64_t)(uint32_t)(t) | ((uint64_t)(uint32_t)(w) << 32))
+#define PAIR_WORD(p) ((uint32_t)((p) >> 32))
+#define PAIR_TRACKED(p) ((uint32_t)(p))
 #endif
 
 static SemLockObject *held_head = NULL;
@@ -165,7 +162,7 @@ my_slot(SemLockObject *self, int claim)
     uint64_t start = fastmp_platform_self_start();
     if (self->slot_pid == me
         && __atomic_load_n(&s->slots[self->slot_idx].pid, __ATOMIC_ACQUIRE)
-           == me) {
+               == me) {
         /* (Re-checked: another object on the same block in this process
          * may have cleared the slot when it was deallocated.) */
         return self->slot_idx;
@@ -173,7 +170,7 @@ my_slot(SemLockObject *self, int claim)
     for (int i = 0; i < FASTMP_SEM_NSLOTS; i++) {
         if (__atomic_load_n(&s->slots[i].pid, __ATOMIC_ACQUIRE) == me
             && __atomic_load_n(&s->slots[i].start, __ATOMIC_ACQUIRE)
-               == start) {
+                   == start) {
             self->slot_pid = me;
             self->slot_idx = i;
             held_add(self);
@@ -234,8 +231,7 @@ count_pay(SemLockObject *self, int *own)
         sem_slot *sl = &s->slots[mine];
         if (slot_held(sl) > 0) {
             __atomic_store_n(&sl->taken,
-                             __atomic_load_n(&sl->taken, __ATOMIC_RELAXED)
-                                 - 1,
+                             __atomic_load_n(&sl->taken, __ATOMIC_RELAXED) - 1,
                              __ATOMIC_RELEASE);
             *own = 1;
             return mine;
@@ -306,8 +302,7 @@ count_settle(shared_sem *s, uint32_t u, int to_word)
         uint32_t t = PAIR_TRACKED(p);
         np = PAIR(PAIR_WORD(p) + (to_word ? u : 0), t > u ? t - u : 0);
     } while (!__atomic_compare_exchange_n(&s->pair, &p, np, 1,
-                                          __ATOMIC_SEQ_CST,
-                                          __ATOMIC_RELAXED));
+                                          __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
 }
 
 /* Give back the units of dead processes.  Returns the number of units
@@ -336,9 +331,8 @@ count_recover(SemLockObject *self)
         uint64_t st = start;
         if (__atomic_compare_exchange_n(&sl->start, &st, 0, 0,
                                         __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
-            (void)__atomic_compare_exchange_n(&sl->pid, &pid, 0, 0,
-                                              __ATOMIC_ACQ_REL,
-                                              __ATOMIC_RELAXED);
+            (void)__atomic_compare_exchange_n(
+                &sl->pid, &pid, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
         }
     }
     if (total > 1) {
@@ -567,8 +561,7 @@ fastmp_sem_release(SemLockObject *self)
         }
         np = PAIR(v + 1, (paid >= 0 && t > 0) ? t - 1 : t);
     } while (!__atomic_compare_exchange_n(&s->pair, &p, np, 1,
-                                          __ATOMIC_SEQ_CST,
-                                          __ATOMIC_RELAXED));
+                                          __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
     if (__atomic_load_n(&s->nwaiters, __ATOMIC_SEQ_CST) != 0) {
         (void)fastmp_platform_futex_wake(&s->word, 1);
     }

@@ -41,8 +41,8 @@ semlock_alloc(PyTypeObject *type, int kind, int maxvalue, PyObject *name)
 static PyObject *
 semlock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"kind", "value", "maxvalue", "name", "unlink",
-                             NULL};
+    static char *kwlist[] = {"kind", "value",  "maxvalue",
+                             "name", "unlink", NULL};
     int kind, value, maxvalue, unlink;
     PyObject *name;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiiOp:SemLock", kwlist,
@@ -60,7 +60,7 @@ semlock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 /* A new SemLock of `type` with a fresh shared block. */
 PyObject *
 fastmp_sem_create(PyTypeObject *type, int kind, int value, int maxvalue,
-               PyObject *name)
+                  PyObject *name)
 {
     if (value < 0 || maxvalue < 0 || value > maxvalue) {
         errno = EINVAL;
@@ -106,13 +106,12 @@ fastmp_sem_rebuild(PyObject *cls, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "invalid SemLock state");
         return NULL;
     }
-    SemLockObject *self = semlock_alloc((PyTypeObject *)cls, kind, maxvalue,
-                                        name);
+    SemLockObject *self =
+        semlock_alloc((PyTypeObject *)cls, kind, maxvalue, name);
     if (self == NULL) {
         return NULL;
     }
-    if (fastmp_block_attach(seg, offset, sizeof(shared_sem), &self->blk)
-        < 0) {
+    if (fastmp_block_attach(seg, offset, sizeof(shared_sem), &self->blk) < 0) {
         Py_DECREF(self);
         return NULL;
     }
@@ -179,14 +178,14 @@ parse_block(PyObject *block, int *out)
     *out = b;
     return 0;
 #else
-#  if PY_VERSION_HEX < 0x030A0000
+#if PY_VERSION_HEX < 0x030A0000
     /* 3.9's PyLong_AsLong would still take a float's __int__. */
     if (PyFloat_Check(block)) {
         PyErr_SetString(PyExc_TypeError,
                         "integer argument expected, got float");
         return -1;
     }
-#  endif
+#endif
     long v = PyLong_AsLong(block);
     if (v == -1 && PyErr_Occurred()) {
         return -1;
@@ -202,8 +201,8 @@ parse_block(PyObject *block, int *out)
 }
 
 static PyObject *
-semlock_acquire(SemLockObject *self, PyObject *const *args,
-                Py_ssize_t nargs, PyObject *kwnames)
+semlock_acquire(SemLockObject *self, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames)
 {
     static const fastmp_argspec spec = {
         "acquire", FASTMP_ARGS_C, 2, 0, {"block", "timeout"}};
@@ -337,36 +336,40 @@ semlock_releasebuffer(SemLockObject *self, Py_buffer *view)
     FASTMP_UNUSED(view);
 }
 
-#define SEMLOCK_METHODS \
-    {"acquire", (PyCFunction)(void (*)(void))semlock_acquire, \
-     METH_FASTCALL | METH_KEYWORDS, \
-     "acquire($self, /, block=True, timeout=None)\n--\n\n" \
-     "Acquire the semaphore/lock."}, \
-    {"release", (PyCFunction)semlock_release, METH_NOARGS, \
-     "release($self, /)\n--\n\nRelease the semaphore/lock."}, \
-    {"__enter__", (PyCFunction)fastmp_sem_py_enter, METH_NOARGS, \
-     "__enter__($self, /)\n--\n\nEnter the semaphore/lock."}, \
-    {"__exit__", (PyCFunction)(void (*)(void))fastmp_sem_py_exit, METH_FASTCALL, \
-     "__exit__($self, *args, /)\n--\n\nExit the semaphore/lock."}, \
-    {"_count", (PyCFunction)semlock_count, METH_NOARGS, \
-     "_count($self, /)\n--\n\nNum of `acquire()`s minus num of " \
-     "`release()`s for this process."}, \
-    {"_is_mine", (PyCFunction)semlock_is_mine, METH_NOARGS, \
-     "_is_mine($self, /)\n--\n\nWhether the lock is owned by this " \
-     "thread."}, \
-    {"_get_value", (PyCFunction)semlock_get_value, METH_NOARGS, \
-     "_get_value($self, /)\n--\n\nGet the value of the semaphore."}, \
-    {"_is_zero", (PyCFunction)semlock_is_zero, METH_NOARGS, \
-     "_is_zero($self, /)\n--\n\nReturn whether semaphore has value zero."}, \
-    {"_after_fork", (PyCFunction)semlock_after_fork, METH_NOARGS, \
-     "_after_fork($self, /)\n--\n\nRezero the net acquisition count after " \
-     "fork()."}, \
-    {"_state", (PyCFunction)fastmp_sem_state, METH_NOARGS, \
-     "_state($self, /)\n--\n\n(segment, offset, kind, maxvalue, name): " \
-     "what _rebuild takes; pickle only while spawning a child."}, \
-    {"_rebuild", (PyCFunction)fastmp_sem_rebuild, METH_VARARGS | METH_CLASS, \
-     "_rebuild(segment, offset, kind, maxvalue, name, /)\n--\n\n" \
-     "Attach to an existing SemLock (in a child process)."},
+#define SEMLOCK_METHODS                                                       \
+    {"acquire", (PyCFunction)(void (*)(void))semlock_acquire,                 \
+     METH_FASTCALL | METH_KEYWORDS,                                           \
+     "acquire($self, /, block=True, timeout=None)\n--\n\n"                    \
+     "Acquire the semaphore/lock."},                                          \
+        {"release", (PyCFunction)semlock_release, METH_NOARGS,                \
+         "release($self, /)\n--\n\nRelease the semaphore/lock."},             \
+        {"__enter__", (PyCFunction)fastmp_sem_py_enter, METH_NOARGS,          \
+         "__enter__($self, /)\n--\n\nEnter the semaphore/lock."},             \
+        {"__exit__", (PyCFunction)(void (*)(void))fastmp_sem_py_exit,         \
+         METH_FASTCALL,                                                       \
+         "__exit__($self, *args, /)\n--\n\nExit the semaphore/lock."},        \
+        {"_count", (PyCFunction)semlock_count, METH_NOARGS,                   \
+         "_count($self, /)\n--\n\nNum of `acquire()`s minus num of "          \
+         "`release()`s for this process."},                                   \
+        {"_is_mine", (PyCFunction)semlock_is_mine, METH_NOARGS,               \
+         "_is_mine($self, /)\n--\n\nWhether the lock is owned by this "       \
+         "thread."},                                                          \
+        {"_get_value", (PyCFunction)semlock_get_value, METH_NOARGS,           \
+         "_get_value($self, /)\n--\n\nGet the value of the semaphore."},      \
+        {"_is_zero", (PyCFunction)semlock_is_zero, METH_NOARGS,               \
+         "_is_zero($self, /)\n--\n\nReturn whether semaphore has value "      \
+         "zero."},                                                            \
+        {"_after_fork", (PyCFunction)semlock_after_fork, METH_NOARGS,         \
+         "_after_fork($self, /)\n--\n\nRezero the net acquisition count "     \
+         "after "                                                             \
+         "fork()."},                                                          \
+        {"_state", (PyCFunction)fastmp_sem_state, METH_NOARGS,                \
+         "_state($self, /)\n--\n\n(segment, offset, kind, maxvalue, name): "  \
+         "what _rebuild takes; pickle only while spawning a child."},         \
+        {"_rebuild", (PyCFunction)fastmp_sem_rebuild,                         \
+         METH_VARARGS | METH_CLASS,                                           \
+         "_rebuild(segment, offset, kind, maxvalue, name, /)\n--\n\n"         \
+         "Attach to an existing SemLock (in a child process)."},
 
 /* For the stdlib-named subtypes: helpers kept in fastmp/synchronize.py
  * (cold paths: repr and pickling). */
@@ -394,28 +397,25 @@ fastmp_sem_reduce(PyObject *self, PyObject *Py_UNUSED(ignored))
     return call_sync_helper("_reduce", self);
 }
 
-#define SEMLOCK_SUB_METHODS \
-    {"locked", (PyCFunction)semlock_is_zero, METH_NOARGS, \
-     "locked($self, /)\n--\n\nReturn True if it cannot be acquired now."}, \
-    {"__reduce__", (PyCFunction)fastmp_sem_reduce, METH_NOARGS, \
-     "__reduce__($self, /)\n--\n\nPickle (only while spawning a child)."},
+#define SEMLOCK_SUB_METHODS                                                   \
+    {"locked", (PyCFunction)semlock_is_zero, METH_NOARGS,                     \
+     "locked($self, /)\n--\n\nReturn True if it cannot be acquired now."},    \
+        {"__reduce__", (PyCFunction)fastmp_sem_reduce, METH_NOARGS,           \
+         "__reduce__($self, /)\n--\n\nPickle (only while spawning a "         \
+         "child)."},
 
 static PyMethodDef semlock_methods[] = {
-    SEMLOCK_METHODS
-    {NULL, NULL, 0, NULL},
+    SEMLOCK_METHODS{NULL, NULL, 0, NULL},
 };
 
 static PyMethodDef lock_methods[] = {
-    SEMLOCK_METHODS
-    SEMLOCK_SUB_METHODS
-    {NULL, NULL, 0, NULL},
+    SEMLOCK_METHODS SEMLOCK_SUB_METHODS{NULL, NULL, 0, NULL},
 };
 
 static PyMethodDef sem_methods[] = {
-    SEMLOCK_METHODS
-    SEMLOCK_SUB_METHODS
-    {"get_value", (PyCFunction)semlock_get_value, METH_NOARGS,
-     "get_value($self, /)\n--\n\nThe semaphore's current value."},
+    SEMLOCK_METHODS SEMLOCK_SUB_METHODS{
+        "get_value", (PyCFunction)semlock_get_value, METH_NOARGS,
+        "get_value($self, /)\n--\n\nThe semaphore's current value."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -432,14 +432,14 @@ static PyGetSetDef semlock_getset[] = {
 };
 
 static PyMemberDef semlock_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET,
-     offsetof(SemLockObject, weakreflist), READONLY, NULL},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(SemLockObject, weakreflist),
+     READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
 PyMemberDef fastmp_sem_sub_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET,
-     offsetof(SemLockObject, weakreflist), READONLY, NULL},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(SemLockObject, weakreflist),
+     READONLY, NULL},
     {"__dictoffset__", T_PYSSIZET, offsetof(SemLockObject, dict), READONLY,
      NULL},
     {NULL, 0, 0, 0, NULL},
@@ -488,8 +488,7 @@ rlock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"ctx", NULL};
     PyObject *ctx = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$O:RLock", kwlist,
-                                     &ctx)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$O:RLock", kwlist, &ctx)) {
         return NULL;
     }
     return fastmp_sem_create(type, SEMLOCK_RECURSIVE_MUTEX, 1, 1, Py_None);
@@ -505,8 +504,8 @@ semaphore_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                                      &value, &ctx)) {
         return NULL;
     }
-    return fastmp_sem_create(type, SEMLOCK_SEMAPHORE, value, FASTMP_SEM_VALUE_MAX,
-                          Py_None);
+    return fastmp_sem_create(type, SEMLOCK_SEMAPHORE, value,
+                             FASTMP_SEM_VALUE_MAX, Py_None);
 }
 
 static PyObject *
@@ -522,44 +521,36 @@ bounded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return fastmp_sem_create(type, SEMLOCK_SEMAPHORE, value, value, Py_None);
 }
 
-#define SUB_SLOTS(newfunc, methods, doc) \
-    {Py_tp_new, newfunc}, \
-    {Py_tp_traverse, fastmp_sem_traverse}, \
-    {Py_tp_clear, fastmp_sem_tp_clear}, \
-    {Py_tp_repr, fastmp_sem_repr}, \
-    {Py_tp_methods, methods}, \
-    {Py_tp_members, fastmp_sem_sub_members}, \
-    {Py_tp_doc, doc}, \
-    {0, NULL},
+#define SUB_SLOTS(newfunc, methods, doc)                                      \
+    {Py_tp_new, newfunc}, {Py_tp_traverse, fastmp_sem_traverse},              \
+        {Py_tp_clear, fastmp_sem_tp_clear}, {Py_tp_repr, fastmp_sem_repr},    \
+        {Py_tp_methods, methods}, {Py_tp_members, fastmp_sem_sub_members},    \
+        {Py_tp_doc, doc}, {0, NULL},
 
 static PyType_Slot lock_slots[] = {
     SUB_SLOTS(lock_new, lock_methods,
               "Lock(*, ctx=None)\n--\n\nA non-recursive lock shared by "
-              "processes.")
-};
+              "processes.")};
 static PyType_Slot rlock_slots[] = {
     SUB_SLOTS(rlock_new, lock_methods,
               "RLock(*, ctx=None)\n--\n\nA recursive lock shared by "
-              "processes.")
-};
+              "processes.")};
 static PyType_Slot semaphore_slots[] = {
     SUB_SLOTS(semaphore_new, sem_methods,
               "Semaphore(value=1, *, ctx=None)\n--\n\nA semaphore shared "
-              "by processes.")
-};
+              "by processes.")};
 static PyType_Slot bounded_slots[] = {
     SUB_SLOTS(bounded_new, sem_methods,
               "BoundedSemaphore(value=1, *, ctx=None)\n--\n\nA bounded "
-              "semaphore shared by processes.")
-};
+              "semaphore shared by processes.")};
 
 static PyType_Spec sub_specs[] = {
     {"fastmp.synchronize.Lock", sizeof(SemLockObject), 0, FASTMP_SEM_SUB_FLAGS,
      lock_slots},
-    {"fastmp.synchronize.RLock", sizeof(SemLockObject), 0, FASTMP_SEM_SUB_FLAGS,
-     rlock_slots},
-    {"fastmp.synchronize.Semaphore", sizeof(SemLockObject), 0, FASTMP_SEM_SUB_FLAGS,
-     semaphore_slots},
+    {"fastmp.synchronize.RLock", sizeof(SemLockObject), 0,
+     FASTMP_SEM_SUB_FLAGS, rlock_slots},
+    {"fastmp.synchronize.Semaphore", sizeof(SemLockObject), 0,
+     FASTMP_SEM_SUB_FLAGS, semaphore_slots},
     {"fastmp.synchronize.BoundedSemaphore", sizeof(SemLockObject), 0,
      FASTMP_SEM_SUB_FLAGS, bounded_slots},
 };
@@ -627,8 +618,9 @@ fastmp_semlock_exec(PyObject *m, fastmp_state *st)
         }
         PyObject *sub = PyType_FromModuleAndSpec(m, &sub_specs[i], bases);
         Py_DECREF(bases);
-        if (sub == NULL || fastmp_sem_install_specials(descr_type,
-                                            (PyTypeObject *)sub) < 0) {
+        if (sub == NULL
+            || fastmp_sem_install_specials(descr_type, (PyTypeObject *)sub)
+                   < 0) {
             Py_XDECREF(sub);
             Py_DECREF(descr_type);
             return -1;
@@ -643,7 +635,7 @@ fastmp_semlock_exec(PyObject *m, fastmp_state *st)
             return -1;
         }
     }
-    Py_DECREF(descr_type);      /* its instances hold it */
+    Py_DECREF(descr_type); /* its instances hold it */
     st->semlock.AbandonedLockWarning = PyErr_NewExceptionWithDoc(
         "fastmp.AbandonedLockWarning",
         "A lock or semaphore was taken over from a process that died while "
@@ -653,14 +645,16 @@ fastmp_semlock_exec(PyObject *m, fastmp_state *st)
         return -1;
     }
     if (PyModule_AddObject(m, "AbandonedLockWarning",
-                           Py_NewRef(st->semlock.AbandonedLockWarning)) < 0) {
+                           Py_NewRef(st->semlock.AbandonedLockWarning))
+        < 0) {
         Py_DECREF(st->semlock.AbandonedLockWarning);
         return -1;
     }
-    if (PyModule_AddIntConstant(m, "RECURSIVE_MUTEX",
-                                SEMLOCK_RECURSIVE_MUTEX) < 0
+    if (PyModule_AddIntConstant(m, "RECURSIVE_MUTEX", SEMLOCK_RECURSIVE_MUTEX)
+            < 0
         || PyModule_AddIntConstant(m, "SEMAPHORE", SEMLOCK_SEMAPHORE) < 0
-        || PyModule_AddIntConstant(m, "SEM_VALUE_MAX", FASTMP_SEM_VALUE_MAX) < 0) {
+        || PyModule_AddIntConstant(m, "SEM_VALUE_MAX", FASTMP_SEM_VALUE_MAX)
+               < 0) {
         return -1;
     }
     return 0;
@@ -680,4 +674,3 @@ fastmp_semlock_clear(fastmp_state *st)
     Py_CLEAR(st->semlock.SemLockType);
     Py_CLEAR(st->semlock.AbandonedLockWarning);
 }
-

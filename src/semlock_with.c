@@ -29,11 +29,11 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
-    PyTypeObject *owner;        /* the type whose dict holds it */
+    PyTypeObject *owner; /* the type whose dict holds it */
     int is_exit;
 } SpecialDescr;
 
-static PyTypeObject *bound_type;    /* set once by fastmp_sem_with_init */
+static PyTypeObject *bound_type; /* set once by fastmp_sem_with_init */
 static BoundSpecial *bound_free[BOUND_FREE_MAX];
 static int bound_nfree;
 
@@ -75,8 +75,8 @@ bound_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
         PyErr_SetString(PyExc_ReferenceError, "the lock is gone");
         return NULL;
     }
-    return special_call(b->lock, b->is_exit, args,
-                        PyVectorcall_NARGS(nargsf), kwnames);
+    return special_call(b->lock, b->is_exit, args, PyVectorcall_NARGS(nargsf),
+                        kwnames);
 }
 
 static int
@@ -185,16 +185,11 @@ static PyMemberDef special_members[] = {
 };
 
 static PyType_Slot bound_slots[] = {
-    {Py_tp_dealloc, bound_dealloc},
-    {Py_tp_traverse, bound_traverse},
-    {Py_tp_clear, bound_clear},
-    {Py_tp_call, PyVectorcall_Call},
-    {Py_tp_repr, bound_repr},
-    {Py_tp_richcompare, bound_richcompare},
-    {Py_tp_hash, bound_hash},
-    {Py_tp_getset, bound_getset},
-    {Py_tp_members, special_members},
-    {0, NULL},
+    {Py_tp_dealloc, bound_dealloc},   {Py_tp_traverse, bound_traverse},
+    {Py_tp_clear, bound_clear},       {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_repr, bound_repr},         {Py_tp_richcompare, bound_richcompare},
+    {Py_tp_hash, bound_hash},         {Py_tp_getset, bound_getset},
+    {Py_tp_members, special_members}, {0, NULL},
 };
 
 static PyType_Spec bound_spec = {
@@ -213,7 +208,8 @@ descr_check(SpecialDescr *d, PyObject *obj)
     }
     PyErr_Format(PyExc_TypeError,
                  "descriptor '%s' for '%s' objects doesn't apply to a "
-                 "'%s' object", special_name(d->is_exit), d->owner->tp_name,
+                 "'%s' object",
+                 special_name(d->is_exit), d->owner->tp_name,
                  Py_TYPE(obj)->tp_name);
     return -1;
 }
@@ -225,8 +221,7 @@ descr_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
     SpecialDescr *d = (SpecialDescr *)callable;
     Py_ssize_t n = PyVectorcall_NARGS(nargsf);
     if (n < 1) {
-        PyErr_Format(PyExc_TypeError,
-                     "unbound method %s() needs an argument",
+        PyErr_Format(PyExc_TypeError, "unbound method %s() needs an argument",
                      special_name(d->is_exit));
         return NULL;
     }
@@ -304,14 +299,10 @@ static PyMemberDef descr_members[] = {
 };
 
 static PyType_Slot descr_slots[] = {
-    {Py_tp_dealloc, descr_dealloc},
-    {Py_tp_traverse, descr_traverse},
-    {Py_tp_call, PyVectorcall_Call},
-    {Py_tp_descr_get, descr_get},
-    {Py_tp_repr, descr_repr},
-    {Py_tp_getset, descr_getset},
-    {Py_tp_members, descr_members},
-    {0, NULL},
+    {Py_tp_dealloc, descr_dealloc},  {Py_tp_traverse, descr_traverse},
+    {Py_tp_call, PyVectorcall_Call}, {Py_tp_descr_get, descr_get},
+    {Py_tp_repr, descr_repr},        {Py_tp_getset, descr_getset},
+    {Py_tp_members, descr_members},  {0, NULL},
 };
 
 static PyType_Spec descr_spec = {
@@ -332,7 +323,7 @@ fastmp_sem_install_specials(PyTypeObject *descr_type, PyTypeObject *t)
             return -1;
         }
         d->vectorcall = descr_vectorcall;
-        d->owner = t;           /* borrowed: t's dict holds d */
+        d->owner = t; /* borrowed: t's dict holds d */
         d->is_exit = is_exit;
         PyObject_GC_Track(d);
         int r = PyDict_SetItemString(t->tp_dict, special_name(is_exit),
@@ -351,8 +342,8 @@ fastmp_sem_with_init(PyObject *m)
 {
     if (bound_type == NULL) {
         /* Kept for the life of the process, like its free list. */
-        bound_type = (PyTypeObject *)PyType_FromModuleAndSpec(
-            m, &bound_spec, NULL);
+        bound_type =
+            (PyTypeObject *)PyType_FromModuleAndSpec(m, &bound_spec, NULL);
         if (bound_type == NULL) {
             return NULL;
         }

@@ -133,8 +133,7 @@ sct_block_alloc(PyObject *Py_UNUSED(module), PyObject *arg)
         PyErr_SetString(PyExc_ValueError, "size must be >= 0");
         return NULL;
     }
-    BlockObject *self = PyObject_New(BlockObject,
-                                     st->sharedctypes.BlockType);
+    BlockObject *self = PyObject_New(BlockObject, st->sharedctypes.BlockType);
     if (self == NULL) {
         return NULL;
     }
@@ -162,8 +161,7 @@ sct_block_attach(PyObject *Py_UNUSED(module), PyObject *args)
         PyErr_SetString(PyExc_TypeError, "a Segment is required");
         return NULL;
     }
-    BlockObject *self = PyObject_New(BlockObject,
-                                     st->sharedctypes.BlockType);
+    BlockObject *self = PyObject_New(BlockObject, st->sharedctypes.BlockType);
     if (self == NULL) {
         return NULL;
     }
@@ -183,23 +181,38 @@ static Py_ssize_t
 code_size(int code)
 {
     switch (code) {
-    case '?': return sizeof(_Bool);
-    case 'c': case 'b': case 'B': return 1;
-    case 'h': case 'H': return sizeof(short);
-    case 'i': case 'I': return sizeof(int);
-    case 'l': case 'L': return sizeof(long);
-    case 'q': case 'Q': return sizeof(long long);
-    case 'f': return sizeof(float);
-    case 'd': return sizeof(double);
-    default: return 0;
+    case '?':
+        return sizeof(_Bool);
+    case 'c':
+    case 'b':
+    case 'B':
+        return 1;
+    case 'h':
+    case 'H':
+        return sizeof(short);
+    case 'i':
+    case 'I':
+        return sizeof(int);
+    case 'l':
+    case 'L':
+        return sizeof(long);
+    case 'q':
+    case 'Q':
+        return sizeof(long long);
+    case 'f':
+        return sizeof(float);
+    case 'd':
+        return sizeof(double);
+    default:
+        return 0;
     }
 }
 
 static int
 code_is_signed(int code)
 {
-    return code == 'b' || code == 'h' || code == 'i' || code == 'l' ||
-           code == 'q';
+    return code == 'b' || code == 'h' || code == 'i' || code == 'l'
+           || code == 'q';
 }
 
 /* Bits of an integer element, zero-extended. */
@@ -213,11 +226,16 @@ PyObject *
 fastmp_int_from_bits(int code, uint64_t bits)
 {
     switch (code) {
-    case 'b': return PyLong_FromLong((int8_t)bits);
-    case 'B': return PyLong_FromUnsignedLong((uint8_t)bits);
-    case 'h': return PyLong_FromLong((short)(uint16_t)bits);
-    case 'H': return PyLong_FromUnsignedLong((uint16_t)bits);
-    default: break;
+    case 'b':
+        return PyLong_FromLong((int8_t)bits);
+    case 'B':
+        return PyLong_FromUnsignedLong((uint8_t)bits);
+    case 'h':
+        return PyLong_FromLong((short)(uint16_t)bits);
+    case 'H':
+        return PyLong_FromUnsignedLong((uint16_t)bits);
+    default:
+        break;
     }
     Py_ssize_t size = code_size(code);
     if (code_is_signed(code)) {
@@ -237,12 +255,23 @@ static PyObject *
 elem_unpack(int code, const char *p)
 {
     switch (code) {
-    case '?': { _Bool v; memcpy(&v, p, sizeof(v)); return PyBool_FromLong(v); }
-    case 'c': return PyBytes_FromStringAndSize(p, 1);
-    case 'f': { float v; memcpy(&v, p, sizeof(v));
-                return PyFloat_FromDouble(v); }
-    case 'd': { double v; memcpy(&v, p, sizeof(v));
-                return PyFloat_FromDouble(v); }
+    case '?': {
+        _Bool v;
+        memcpy(&v, p, sizeof(v));
+        return PyBool_FromLong(v);
+    }
+    case 'c':
+        return PyBytes_FromStringAndSize(p, 1);
+    case 'f': {
+        float v;
+        memcpy(&v, p, sizeof(v));
+        return PyFloat_FromDouble(v);
+    }
+    case 'd': {
+        double v;
+        memcpy(&v, p, sizeof(v));
+        return PyFloat_FromDouble(v);
+    }
     default:
         return fastmp_int_from_bits(code, int_bits_load(p, code_size(code)));
     }
@@ -281,7 +310,8 @@ elem_pack(int code, PyObject *v, char *out)
             return 0;
         }
         return 1;
-    case 'f': case 'd': {
+    case 'f':
+    case 'd': {
         if (!PyFloat_Check(v) && !PyLong_Check(v)) {
             return 1;
         }
@@ -341,8 +371,7 @@ sync_hold(SyncObject *self)
 char *
 fastmp_sync_mem_slow(sync_state *st, Py_buffer *view)
 {
-    if (PyObject_GetBuffer(st->obj, view, PyBUF_SIMPLE | PyBUF_WRITABLE)
-        < 0) {
+    if (PyObject_GetBuffer(st->obj, view, PyBUF_SIMPLE | PyBUF_WRITABLE) < 0) {
         view->obj = NULL;
         return NULL;
     }
@@ -473,8 +502,8 @@ sync_gather(sync_state *s, char *dst, Py_ssize_t off, Py_ssize_t n,
  * converted before: no Python code runs between finding the address and
  * the copy.  Returns 0, or -1 with an exception set. */
 static int
-sync_scatter(sync_state *s, Py_ssize_t off, Py_ssize_t stride,
-             const char *src, Py_ssize_t n, Py_ssize_t sz)
+sync_scatter(sync_state *s, Py_ssize_t off, Py_ssize_t stride, const char *src,
+             Py_ssize_t n, Py_ssize_t sz)
 {
     int held = sync_lock(s);
     if (held < 0) {
@@ -500,8 +529,8 @@ block_holds(PyObject *w, const char *p, Py_ssize_t len)
     }
     BlockObject *b = (BlockObject *)w;
     const char *lo = (const char *)b->blk.ptr;
-    return b->have_blk && !b->blk.released && p >= lo
-           && len >= 0 && (size_t)(p - lo) + (size_t)len <= b->blk.size;
+    return b->have_blk && !b->blk.released && p >= lo && len >= 0
+           && (size_t)(p - lo) + (size_t)len <= b->blk.size;
 }
 
 static int
@@ -515,8 +544,8 @@ sync_init(SyncObject *self, PyObject *args, PyObject *kwds)
                                      kwlist, &obj, &lock, &codestr)) {
         return -1;
     }
-    if (codestr != NULL && codestr[0] != '\0' && codestr[1] == '\0' &&
-        code_size(codestr[0]) > 0) {
+    if (codestr != NULL && codestr[0] != '\0' && codestr[1] == '\0'
+        && code_size(codestr[0]) > 0) {
         code = codestr[0];
     }
     sync_state *st = PyMem_Calloc(1, sizeof(*st));
@@ -652,7 +681,7 @@ static PyObject *
 sync_get_obj(SyncObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (self->st == NULL) {
-        (void)sync_hold(self);      /* raises */
+        (void)sync_hold(self); /* raises */
         return NULL;
     }
     return Py_NewRef(self->st->obj);
@@ -662,7 +691,7 @@ static PyObject *
 sync_get_lock(SyncObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (self->st == NULL) {
-        (void)sync_hold(self);      /* raises */
+        (void)sync_hold(self); /* raises */
         return NULL;
     }
     return Py_NewRef(self->st->lock);
@@ -694,10 +723,9 @@ sync_acquire(SyncObject *self, PyObject *args, PyObject *kwds)
         return NULL;
     }
     PyObject *r;
-    if (st->semlock != NULL && PyTuple_GET_SIZE(args) == 0 &&
-        (kwds == NULL || PyDict_GET_SIZE(kwds) == 0)) {
-        r = fastmp_semlock_enter(st->semlock) < 0 ? NULL
-                                                  : Py_NewRef(Py_True);
+    if (st->semlock != NULL && PyTuple_GET_SIZE(args) == 0
+        && (kwds == NULL || PyDict_GET_SIZE(kwds) == 0)) {
+        r = fastmp_semlock_enter(st->semlock) < 0 ? NULL : Py_NewRef(Py_True);
     }
     else {
         r = PyObject_Call(st->acquire_m, args, kwds);
@@ -727,8 +755,7 @@ sync_enter(SyncObject *self, PyObject *Py_UNUSED(ignored))
     }
     PyObject *r;
     if (st->semlock != NULL) {
-        r = fastmp_semlock_enter(st->semlock) < 0 ? NULL
-                                                  : Py_NewRef(Py_True);
+        r = fastmp_semlock_enter(st->semlock) < 0 ? NULL : Py_NewRef(Py_True);
     }
     else {
         r = PyObject_CallMethod(st->lock, "__enter__", NULL);
@@ -876,8 +903,8 @@ static PyMemberDef sync_members[] = {
 static PyGetSetDef sync_getset[] = {
     {"_obj", (getter)sync_obj_attr, NULL,
      "The ctypes object (None before __init__).", NULL},
-    {"_lock", (getter)sync_lock_attr, NULL,
-     "The lock (None before __init__).", NULL},
+    {"_lock", (getter)sync_lock_attr, NULL, "The lock (None before __init__).",
+     NULL},
     {"_address", (getter)sync_getbuffer_attr, NULL,
      "Address of the shared data in this process.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -1021,7 +1048,7 @@ static Py_ssize_t
 array_len(SyncObject *self)
 {
     if (self->st == NULL) {
-        (void)sync_hold(self);      /* raises */
+        (void)sync_hold(self); /* raises */
         return -1;
     }
     return self->st->length;
@@ -1059,8 +1086,8 @@ array_item_st(sync_state *st, Py_ssize_t i)
         return r;
     }
     char tmp[16];
-    if (sync_gather(st, tmp, i * st->itemsize, 1, st->itemsize,
-                    st->itemsize) < 0) {
+    if (sync_gather(st, tmp, i * st->itemsize, 1, st->itemsize, st->itemsize)
+        < 0) {
         return NULL;
     }
     return elem_unpack(st->code, tmp);
@@ -1186,18 +1213,30 @@ unpack_list(int code, const char *buf, Py_ssize_t n, PyObject *list)
     }
     PyObject *const *small = st->sharedctypes.small_ints;
     switch (code) {
-    case 'b': return unpack_ints(buf, n, list, small, 1, 1);
-    case 'B': return unpack_ints(buf, n, list, small, 1, 0);
-    case 'h': return unpack_ints(buf, n, list, small, sizeof(short), 1);
-    case 'H': return unpack_ints(buf, n, list, small, sizeof(short), 0);
-    case 'i': return unpack_ints(buf, n, list, small, sizeof(int), 1);
-    case 'I': return unpack_ints(buf, n, list, small, sizeof(int), 0);
-    case 'l': return unpack_ints(buf, n, list, small, sizeof(long), 1);
-    case 'L': return unpack_ints(buf, n, list, small, sizeof(long), 0);
-    case 'q': return unpack_ints(buf, n, list, small, sizeof(long long), 1);
-    case 'Q': return unpack_ints(buf, n, list, small, sizeof(long long), 0);
-    case 'f': return unpack_floats(buf, n, list, 0);
-    case 'd': return unpack_floats(buf, n, list, 1);
+    case 'b':
+        return unpack_ints(buf, n, list, small, 1, 1);
+    case 'B':
+        return unpack_ints(buf, n, list, small, 1, 0);
+    case 'h':
+        return unpack_ints(buf, n, list, small, sizeof(short), 1);
+    case 'H':
+        return unpack_ints(buf, n, list, small, sizeof(short), 0);
+    case 'i':
+        return unpack_ints(buf, n, list, small, sizeof(int), 1);
+    case 'I':
+        return unpack_ints(buf, n, list, small, sizeof(int), 0);
+    case 'l':
+        return unpack_ints(buf, n, list, small, sizeof(long), 1);
+    case 'L':
+        return unpack_ints(buf, n, list, small, sizeof(long), 0);
+    case 'q':
+        return unpack_ints(buf, n, list, small, sizeof(long long), 1);
+    case 'Q':
+        return unpack_ints(buf, n, list, small, sizeof(long long), 0);
+    case 'f':
+        return unpack_floats(buf, n, list, 0);
+    case 'd':
+        return unpack_floats(buf, n, list, 1);
     case '?':
         for (Py_ssize_t k = 0; k < n; k++) {
             _Bool b;
@@ -1535,8 +1574,8 @@ fastmp_sharedctypes_exec(PyObject *m, fastmp_state *st)
     if (s->SyncBaseType == NULL) {
         return -1;
     }
-    s->SyncType = add_type(m, &value_spec, (PyObject *)s->SyncBaseType,
-                           "Synchronized");
+    s->SyncType =
+        add_type(m, &value_spec, (PyObject *)s->SyncBaseType, "Synchronized");
     if (s->SyncType == NULL) {
         return -1;
     }
@@ -1545,8 +1584,7 @@ fastmp_sharedctypes_exec(PyObject *m, fastmp_state *st)
     if (s->SyncArrayType == NULL) {
         return -1;
     }
-    s->SyncStringType = add_type(m, &string_spec,
-                                 (PyObject *)s->SyncArrayType,
+    s->SyncStringType = add_type(m, &string_spec, (PyObject *)s->SyncArrayType,
                                  "SynchronizedString");
     if (s->SyncStringType == NULL) {
         return -1;

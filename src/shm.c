@@ -16,7 +16,7 @@
  * Functions: _shm_open(name, create, size, mode) -> _ShmMapping,
  *            _shm_unlink(name).
  */
-#include "fastmp.h"       /* Python.h: _GNU_SOURCE already defined */
+#include "fastmp.h" /* Python.h: _GNU_SOURCE already defined */
 
 #include <errno.h>
 #include <string.h>
@@ -25,11 +25,11 @@
 
 typedef struct {
     PyObject_HEAD
-    int fd;                 /* -1 after close() */
-    char *addr;             /* NULL until first mapped */
+    int fd;     /* -1 after close() */
+    char *addr; /* NULL until first mapped */
     Py_ssize_t size;
-    int closed;             /* SharedMemory.close() was called: refuse new
-                             * exports and ShareableList access */
+    int closed; /* SharedMemory.close() was called: refuse new
+                 * exports and ShareableList access */
 } MappingObject;
 
 /* Map the segment if not yet done.  0, or -1 with an exception set
@@ -161,8 +161,8 @@ shm_name_cstr(PyObject *name)
     Py_ssize_t len;
     const char *s;
     if (!PyUnicode_Check(name)) {
-        PyErr_Format(PyExc_TypeError,
-                     "name must be str, not %.100s", Py_TYPE(name)->tp_name);
+        PyErr_Format(PyExc_TypeError, "name must be str, not %.100s",
+                     Py_TYPE(name)->tp_name);
         return NULL;
     }
     s = PyUnicode_AsUTF8AndSize(name, &len);
@@ -182,7 +182,8 @@ shm_name_cstr(PyObject *name)
  * ValueError (empty segment) set.  A segment this call created is
  * unlinked again when a later step fails. */
 static PyObject *
-shm_open_func(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+shm_open_func(PyObject *Py_UNUSED(module), PyObject *const *args,
+              Py_ssize_t nargs)
 {
     fastmp_state *st = fastmp_get_state();
     const char *cname;
@@ -218,7 +219,7 @@ shm_open_func(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
     }
     if (create) {
         if (size < 0) {
-            err = EINVAL;       /* what ftruncate says */
+            err = EINVAL; /* what ftruncate says */
             goto os_error_errno;
         }
         if (fastmp_platform_shm_resize(fd, (uint64_t)size) < 0) {
@@ -298,7 +299,7 @@ shm_unlink_func(PyObject *Py_UNUSED(module), PyObject *name)
 
 #define TRACK_SLOT 512
 
-static char *track_table = NULL;    /* inherited by fork children */
+static char *track_table = NULL; /* inherited by fork children */
 static Py_ssize_t track_nslots = 0;
 static Py_ssize_t track_hint = 0;
 
@@ -361,8 +362,7 @@ shm_track_add(PyObject *Py_UNUSED(module), PyObject *name)
             continue;
         }
         if (__atomic_compare_exchange_n((uint32_t *)slot, &expected, 1, 0,
-                                        __ATOMIC_ACQUIRE,
-                                        __ATOMIC_RELAXED)) {
+                                        __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
             memcpy(slot + 4, cname, (size_t)len + 1);
             track_hint = i + 1;
             return PyLong_FromSsize_t(i);
@@ -476,13 +476,13 @@ _Static_assert(offsetof(sl_trailer, owner) % 8 == 0, "owner alignment");
 
 typedef struct {
     PyObject_HEAD
-    MappingObject *mapping;   /* NULL until _bind() */
+    MappingObject *mapping; /* NULL until _bind() */
     Py_ssize_t n;
-    int64_t *offsets;         /* n + 1, copied and validated at _bind */
-    Py_ssize_t data;          /* byte offsets in the mapping */
+    int64_t *offsets; /* n + 1, copied and validated at _bind */
+    Py_ssize_t data;  /* byte offsets in the mapping */
     Py_ssize_t fmts;
     Py_ssize_t codes;
-    sl_trailer *trailer;      /* NULL: no seqlock (stdlib-made list) */
+    sl_trailer *trailer; /* NULL: no seqlock (stdlib-made list) */
 } ListCoreObject;
 
 static int
@@ -629,7 +629,7 @@ core_get_atomic(PyObject *op, void *Py_UNUSED(closure))
 
 /* Item writes and the repair below never release the GIL: finding this
  * process named as the holder means the word is stale. */
-#define SL_OWNER_FLAGS \
+#define SL_OWNER_FLAGS                                                        \
     (FASTMP_OWNER_INTERRUPTIBLE | FASTMP_OWNER_SELF_IS_STALE)
 
 /* Take the writer lock of tr, blocking (GIL released, Ctrl-C checked; a
@@ -1003,8 +1003,7 @@ static PyMethodDef core_methods[] = {
 
 static PyGetSetDef core_getset[] = {
     {"_atomic", core_get_atomic, NULL,
-     "True when item writes are atomic for readers (fastmp-made list).",
-     NULL},
+     "True when item writes are atomic for readers (fastmp-made list).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1056,13 +1055,13 @@ fastmp_shm_exec(PyObject *m, fastmp_state *st)
     }
     PyObject *structmod;
 
-    st->shm.MappingType = (PyTypeObject *)PyType_FromModuleAndSpec(
-        m, &mapping_spec, NULL);
+    st->shm.MappingType =
+        (PyTypeObject *)PyType_FromModuleAndSpec(m, &mapping_spec, NULL);
     if (st->shm.MappingType == NULL) {
         return -1;
     }
-    st->shm.ListCoreType = (PyTypeObject *)PyType_FromModuleAndSpec(
-        m, &core_spec, NULL);
+    st->shm.ListCoreType =
+        (PyTypeObject *)PyType_FromModuleAndSpec(m, &core_spec, NULL);
     if (st->shm.ListCoreType == NULL) {
         return -1;
     }
@@ -1075,13 +1074,14 @@ fastmp_shm_exec(PyObject *m, fastmp_state *st)
     if (st->shm.struct_error == NULL) {
         return -1;
     }
-    if (PyModule_AddObject(m, "_ShmMapping",
-                           Py_NewRef(st->shm.MappingType)) < 0) {
+    if (PyModule_AddObject(m, "_ShmMapping", Py_NewRef(st->shm.MappingType))
+        < 0) {
         Py_DECREF(st->shm.MappingType);
         return -1;
     }
     if (PyModule_AddObject(m, "_ShareableListCore",
-                           Py_NewRef(st->shm.ListCoreType)) < 0) {
+                           Py_NewRef(st->shm.ListCoreType))
+        < 0) {
         Py_DECREF(st->shm.ListCoreType);
         return -1;
     }

@@ -98,8 +98,7 @@ futex_slice(uint32_t *word, uint32_t expected, const fastmp_deadline *d)
 }
 
 int
-fastmp_wait_futex(uint32_t *word, uint32_t expected,
-                  const fastmp_deadline *d)
+fastmp_wait_futex(uint32_t *word, uint32_t expected, const fastmp_deadline *d)
 {
     int r = futex_slice(word, expected, d);
     if (r < 0) {
