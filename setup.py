@@ -5,6 +5,7 @@ FASTMP_SANITIZE=1 to build with AddressSanitizer and UBSan (run the
 tests with the ASan runtime preloaded; see docs/development.md), and
 FASTMP_DEBUG=1 for -O0 -g.
 """
+
 import glob
 import os
 import sys
@@ -18,8 +19,14 @@ if not sys.platform.startswith("linux"):
 # -fvisibility=hidden: only PyInit__fastmp is exported, so the calls from
 # one src/*.c file to another are direct (no PLT) and functions shared
 # between files can still be inlined within their own file.
-cflags = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
-          "-Werror=implicit-function-declaration", "-fvisibility=hidden"]
+cflags = [
+    "-std=gnu11",
+    "-Wall",
+    "-Wextra",
+    "-Wno-missing-field-initializers",
+    "-Werror=implicit-function-declaration",
+    "-fvisibility=hidden",
+]
 ldflags = []
 if os.environ.get("FASTMP_WERROR"):
     cflags += ["-Werror"]
@@ -28,8 +35,11 @@ if os.environ.get("FASTMP_DEBUG"):
 else:
     cflags += ["-O2"]
 if os.environ.get("FASTMP_SANITIZE"):
-    san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
-           "-fno-sanitize-recover=undefined"]
+    san = [
+        "-fsanitize=address,undefined",
+        "-fno-omit-frame-pointer",
+        "-fno-sanitize-recover=undefined",
+    ]
     cflags += san + ["-g"]
     ldflags += san
 

@@ -8,6 +8,7 @@ Prints one JSON line: {"per_op": seconds, "n": iterations} on success
 {"na": reason} when the implementation lacks the API, or
 {"error": message} when the case failed.
 """
+
 import importlib
 import json
 import sys
@@ -44,6 +45,7 @@ def calibrate(run, target, max_n):
 
 def measure(case, impl, target, repeats):
     import cases
+
     mp = None if impl in case.peers else importlib.import_module(impl)
     target = max(target, case.min_target)
     bench = case.fn(mp, impl)
@@ -60,9 +62,14 @@ def measure(case, impl, target, repeats):
 
 
 def main(argv):
-    name, impl, target, repeats = argv[1], argv[2], float(argv[3]), \
-        int(argv[4])
+    name, impl, target, repeats = (
+        argv[1],
+        argv[2],
+        float(argv[3]),
+        int(argv[4]),
+    )
     import cases
+
     case = cases.CASES[name]
     try:
         out = measure(case, impl, target, repeats)

@@ -1,10 +1,11 @@
 """Connection benchmarks: ping-pong and send_bytes throughput, fastmp vs
 the stdlib, measured in the same run (medians of several rounds)."""
+
+import multiprocessing
 import statistics
 import sys
 import time
 
-import multiprocessing
 import fastmp
 
 N_PING = 5000
@@ -66,16 +67,22 @@ def med(f, *a, rounds=5):
 
 def main():
     rows = [("Pipe ping-pong, small object", pingpong, ())]
-    for size, n in ((1024, 20000), (65536, 2000), (1 << 20, 200),
-                    (64 << 20, 4)):
+    for size, n in (
+        (1024, 20000),
+        (65536, 2000),
+        (1 << 20, 200),
+        (64 << 20, 4),
+    ):
         rows.append(("send_bytes %d B" % size, bulk, (size, n)))
     print("| operation | stdlib | fastmp | ratio |")
     print("|---|---:|---:|---:|")
     for name, f, args in rows:
         s = med(f, multiprocessing, *args)
         m = med(f, fastmp, *args)
-        print("| %s | %.1f us | %.1f us | %.2fx |"
-              % (name, s * 1e6, m * 1e6, s / m))
+        print(
+            "| %s | %.1f us | %.1f us | %.2fx |"
+            % (name, s * 1e6, m * 1e6, s / m)
+        )
         sys.stdout.flush()
 
 

@@ -5,6 +5,7 @@
 Prints per-operation times (best of 5 repeats) and the ratio
 stdlib/fastmp.
 """
+
 import timeit
 from multiprocessing import shared_memory as std
 
@@ -18,11 +19,13 @@ def best(stmt, number, repeat=5):
 def bench_list_get_set(mod):
     sl = mod.ShareableList([1, 2.5, "text", b"raw", None, True] * 10)
     try:
+
         def run():
             sl[3] = sl[3]
             sl[0] = sl[0]
             sl[2] = sl[2]
             sl[1] = sl[1]
+
         return best(run, 20000) / 4
     finally:
         sl.shm.close()
@@ -43,7 +46,8 @@ def bench_create_close_unlink(mod):
         m = mod.SharedMemory(create=True, size=4096)
         m.close()
         m.unlink()
-    run()     # start the tracker outside the measurement
+
+    run()  # start the tracker outside the measurement
     return best(run, 2000)
 
 
@@ -51,9 +55,11 @@ def bench_attach(mod):
     m = mod.SharedMemory(create=True, size=4096)
     name = m.name
     try:
+
         def run():
             a = mod.SharedMemory(name)
             a.close()
+
         return best(run, 2000)
     finally:
         m.close()
@@ -73,8 +79,7 @@ def main():
     for label, fn in CASES:
         s = fn(std)
         f = fn(fast)
-        print(f"{label:<34} {s * 1e6:10.2f}us {f * 1e6:10.2f}us "
-              f"{s / f:7.1f}x")
+        print(f"{label:<34} {s * 1e6:10.2f}us {f * 1e6:10.2f}us {s / f:7.1f}x")
 
 
 if __name__ == "__main__":

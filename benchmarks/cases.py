@@ -20,6 +20,7 @@ Two-process cases use the fork start method: helper processes are started
 once, outside the timed region, and are driven through a control pipe
 (``Workers``); per-op time is total wall time over total operations.
 """
+
 import importlib
 import os
 import statistics
@@ -50,27 +51,61 @@ class Direct:
 
 
 class Case:
-    def __init__(self, fn, name, group, desc, goal, goal_text, peers,
-                 baseline, max_n, min_target, nbytes):
+    def __init__(
+        self,
+        fn,
+        name,
+        group,
+        desc,
+        goal,
+        goal_text,
+        peers,
+        baseline,
+        max_n,
+        min_target,
+        nbytes,
+    ):
         self.fn = fn
         self.name = name
         self.group = group
         self.desc = desc
-        self.goal = goal            # minimum ratio stdlib/fastmp, or None
+        self.goal = goal  # minimum ratio stdlib/fastmp, or None
         self.goal_text = goal_text  # as docs/performance.md states it
-        self.peers = tuple(peers)   # extra implementations (e.g. faster_fifo)
-        self.baseline = baseline    # what the stdlib column runs instead
-        self.max_n = max_n          # cap on the calibrated iteration count
+        self.peers = tuple(peers)  # extra implementations (e.g. faster_fifo)
+        self.baseline = baseline  # what the stdlib column runs instead
+        self.max_n = max_n  # cap on the calibrated iteration count
         self.min_target = min_target  # floor on the measurement duration
-        self.nbytes = nbytes        # payload per op, for a throughput note
+        self.nbytes = nbytes  # payload per op, for a throughput note
 
 
-def case(name, group, desc, goal=None, goal_text="", peers=(),
-         baseline=None, max_n=10 ** 8, min_target=0.0, nbytes=None):
+def case(
+    name,
+    group,
+    desc,
+    goal=None,
+    goal_text="",
+    peers=(),
+    baseline=None,
+    max_n=10**8,
+    min_target=0.0,
+    nbytes=None,
+):
     def register(fn):
-        CASES[name] = Case(fn, name, group, desc, goal, goal_text, peers,
-                           baseline, max_n, min_target, nbytes)
+        CASES[name] = Case(
+            fn,
+            name,
+            group,
+            desc,
+            goal,
+            goal_text,
+            peers,
+            baseline,
+            max_n,
+            min_target,
+            nbytes,
+        )
         return fn
+
     return register
 
 
@@ -90,16 +125,19 @@ def submodule(mp, name):
 
 def loop_bench(op):
     """A Bench that calls ``op()`` n times."""
+
     def run(n):
         t0 = perf()
         for _ in repeat(None, n):
             op()
         return perf() - t0
+
     return Bench(run)
 
 
 # ---------------------------------------------------------------------------
 # Helper processes driven through a control pipe (fork start method).
+
 
 def _serve(conn, target, args):
     while True:
@@ -120,12 +158,12 @@ class Workers:
 
     def __init__(self, ctx, target, args=(), count=1):
         import multiprocessing as std
+
         self.conns = []
         self.procs = []
         for _ in range(count):
             a, b = std.Pipe()
-            p = ctx.Process(target=_serve, args=(b, target, args),
-                            daemon=True)
+            p = ctx.Process(target=_serve, args=(b, target, args), daemon=True)
             p.start()
             b.close()
             self.conns.append(a)
@@ -161,8 +199,14 @@ def fork_ctx(mp):
 # ---------------------------------------------------------------------------
 # Locks, events, process start, import time.
 
-@case("lock", "locks", "Lock acquire+release, uncontended",
-      goal=2.0, goal_text=">= 2x")
+
+@case(
+    "lock",
+    "locks",
+    "Lock acquire+release, uncontended",
+    goal=2.0,
+    goal_text=">= 2x",
+)
 def _lock(mp, impl):
     lk = mp.Lock()
     acq, rel = lk.acquire, lk.release
@@ -170,6 +214,7 @@ def _lock(mp, impl):
     def op():
         acq()
         rel()
+
     return loop_bench(op)
 
 
@@ -183,6 +228,7 @@ def _rlock_with(mp, impl):
             with lk:
                 pass
         return perf() - t0
+
     return Bench(run)
 
 
@@ -194,6 +240,7 @@ def _semaphore(mp, impl):
     def op():
         acq()
         rel()
+
     return loop_bench(op)
 
 
@@ -204,9 +251,13 @@ def _lock_contend(n, lk):
         rel()
 
 
-@case("lock_contended", "locks",
-      "two processes contending on one Lock (per acquire+release)",
-      goal=1.5, goal_text=">= 1.5x")
+@case(
+    "lock_contended",
+    "locks",
+    "two processes contending on one Lock (per acquire+release)",
+    goal=1.5,
+    goal_text=">= 1.5x",
+)
 def _lock_contended(mp, impl):
     ctx = fork_ctx(mp)
     lk = ctx.Lock()
@@ -218,6 +269,7 @@ def _lock_contended(mp, impl):
         _lock_contend(n, lk)
         w.wait()
         return (perf() - t0) / 2
+
     return Bench(run, w.close)
 
 
@@ -228,8 +280,11 @@ def _event_echo(n, e1, e2):
         e2.set()
 
 
-@case("event_handoff", "locks",
-      "Event set/wait handoff between two processes (round trip)")
+@case(
+    "event_handoff",
+    "locks",
+    "Event set/wait handoff between two processes (round trip)",
+)
 def _event_handoff(mp, impl):
     ctx = fork_ctx(mp)
     e1, e2 = ctx.Event(), ctx.Event()
@@ -244,16 +299,23 @@ def _event_handoff(mp, impl):
             e2.clear()
         w.wait()
         return perf() - t0
+
     return Bench(run, w.close)
 
 
-@case("lock_create", "locks", "Lock creation (create and drop)",
-      goal=10.0, goal_text=">= 10x")
+@case(
+    "lock_create",
+    "locks",
+    "Lock creation (create and drop)",
+    goal=10.0,
+    goal_text=">= 10x",
+)
 def _lock_create(mp, impl):
     Lock = mp.Lock
 
     def op():
         Lock()
+
     return loop_bench(op)
 
 
@@ -278,13 +340,21 @@ def _process_case(method):
                 p.start()
                 p.join()
             return perf() - t0
+
         return Bench(run)
+
     return fn
 
 
 for _m in ("fork", "spawn", "forkserver"):
-    case("process_" + _m, "process", f"Process start+join ({_m})",
-         goal=1.0, goal_text="no slower", max_n=2000)(_process_case(_m))
+    case(
+        "process_" + _m,
+        "process",
+        f"Process start+join ({_m})",
+        goal=1.0,
+        goal_text="no slower",
+        max_n=2000,
+    )(_process_case(_m))
 
 
 def _interp_time(argv, env):
@@ -301,24 +371,32 @@ def _import_time(code):
     for _ in range(pairs):
         imp.append(_interp_time([py, "-c", code], env))
         base.append(_interp_time([py, "-c", "pass"], env))
-    return Direct(max(statistics.median(imp) - statistics.median(base),
-                      1e-9), pairs)
+    return Direct(
+        max(statistics.median(imp) - statistics.median(base), 1e-9), pairs
+    )
 
 
 # ``import fastmp`` alone loads almost nothing: its names are loaded on
 # first use (PEP 562).  This case measures that deferral, not the cost of a
 # program that uses fastmp; ``import_first_use`` measures that.
-@case("import", "process",
-      "`import X` alone (fastmp defers its modules to first use), in a "
-      "fresh interpreter, minus `python -c pass`",
-      goal=1.0, goal_text="no slower")
+@case(
+    "import",
+    "process",
+    "`import X` alone (fastmp defers its modules to first use), in a "
+    "fresh interpreter, minus `python -c pass`",
+    goal=1.0,
+    goal_text="no slower",
+)
 def _import(mp, impl):
     return _import_time("import " + impl)
 
 
-@case("import_first_use", "process",
-      "`import X; X.Lock()` (import plus first use), in a fresh "
-      "interpreter, minus `python -c pass`")
+@case(
+    "import_first_use",
+    "process",
+    "`import X; X.Lock()` (import plus first use), in a fresh "
+    "interpreter, minus `python -c pass`",
+)
 def _import_first_use(mp, impl):
     return _import_time("import %s; %s.Lock()" % (impl, impl))
 
@@ -326,8 +404,14 @@ def _import_first_use(mp, impl):
 # ---------------------------------------------------------------------------
 # Shared ctypes and shared memory.
 
-@case("value_read", "shared", "`Value('i').value` read",
-      goal=4.0, goal_text=">= 4x")
+
+@case(
+    "value_read",
+    "shared",
+    "`Value('i').value` read",
+    goal=4.0,
+    goal_text=">= 4x",
+)
 def _value_read(mp, impl):
     v = mp.Value("i", 7)
 
@@ -336,6 +420,7 @@ def _value_read(mp, impl):
         for _ in repeat(None, n):
             _ = v.value
         return perf() - t0
+
     return Bench(run)
 
 
@@ -348,6 +433,7 @@ def _value_write(mp, impl):
         for _ in repeat(None, n):
             v.value = 3
         return perf() - t0
+
     return Bench(run)
 
 
@@ -358,8 +444,13 @@ def _locked_incr(n, v):
             v.value += 1
 
 
-@case("value_locked_incr", "shared",
-      "`with v.get_lock(): v.value += 1`", goal=5.0, goal_text=">= 5x")
+@case(
+    "value_locked_incr",
+    "shared",
+    "`with v.get_lock(): v.value += 1`",
+    goal=5.0,
+    goal_text=">= 5x",
+)
 def _value_locked_incr(mp, impl):
     v = mp.Value("i", 0)
 
@@ -367,20 +458,27 @@ def _value_locked_incr(mp, impl):
         t0 = perf()
         _locked_incr(n, v)
         return perf() - t0
+
     return Bench(run)
 
 
-@case("value_atomic_add", "shared",
-      "atomic `v.add(1)` (stdlib column: locked `+= 1`)",
-      goal=15.0, goal_text=">= 15x the locked stdlib increment",
-      baseline="with v.get_lock(): v.value += 1")
+@case(
+    "value_atomic_add",
+    "shared",
+    "atomic `v.add(1)` (stdlib column: locked `+= 1`)",
+    goal=15.0,
+    goal_text=">= 15x the locked stdlib increment",
+    baseline="with v.get_lock(): v.value += 1",
+)
 def _value_atomic_add(mp, impl):
     v = mp.Value("i", 0)
     if impl == "multiprocessing":
+
         def locked(n):
             t0 = perf()
             _locked_incr(n, v)
             return perf() - t0
+
         return Bench(locked)
     add = getattr(v, "add", None)
     if add is None:
@@ -391,11 +489,17 @@ def _value_atomic_add(mp, impl):
         for _ in repeat(None, n):
             add(1)
         return perf() - t0
+
     return Bench(run)
 
 
-@case("array_getitem", "shared", "`Array('d', 1000)[i]`",
-      goal=10.0, goal_text=">= 10x")
+@case(
+    "array_getitem",
+    "shared",
+    "`Array('d', 1000)[i]`",
+    goal=10.0,
+    goal_text=">= 10x",
+)
 def _array_getitem(mp, impl):
     a = mp.Array("d", 1000)
 
@@ -404,11 +508,17 @@ def _array_getitem(mp, impl):
         for _ in repeat(None, n):
             a[500]
         return perf() - t0
+
     return Bench(run)
 
 
-@case("array_slice_read", "shared", "`Array('i', 1000)[:]`",
-      goal=10.0, goal_text=">= 10x")
+@case(
+    "array_slice_read",
+    "shared",
+    "`Array('i', 1000)[:]`",
+    goal=10.0,
+    goal_text=">= 10x",
+)
 def _array_slice_read(mp, impl):
     a = mp.Array("i", 1000)
 
@@ -417,11 +527,11 @@ def _array_slice_read(mp, impl):
         for _ in repeat(None, n):
             a[:]
         return perf() - t0
+
     return Bench(run)
 
 
-@case("array_slice_assign", "shared",
-      "`Array('i', 1000)[:] = list_of_1000`")
+@case("array_slice_assign", "shared", "`Array('i', 1000)[:] = list_of_1000`")
 def _array_slice_assign(mp, impl):
     a = mp.Array("i", 1000)
     data = list(range(1000))
@@ -431,12 +541,17 @@ def _array_slice_assign(mp, impl):
         for _ in repeat(None, n):
             a[:] = data
         return perf() - t0
+
     return Bench(run)
 
 
-@case("value_contended_incr", "shared",
-      "two processes incrementing a Value under its lock (per increment)",
-      goal=3.0, goal_text=">= 3x")
+@case(
+    "value_contended_incr",
+    "shared",
+    "two processes incrementing a Value under its lock (per increment)",
+    goal=3.0,
+    goal_text=">= 3x",
+)
 def _value_contended_incr(mp, impl):
     ctx = fork_ctx(mp)
     v = ctx.Value("i", 0)
@@ -449,14 +564,20 @@ def _value_contended_incr(mp, impl):
         _locked_incr(n, v)
         w.wait()
         dt = perf() - t0
-        if (v.value - start - 2 * n) % 2 ** 32:  # 'i' wraps at 32 bits
+        if (v.value - start - 2 * n) % 2**32:  # 'i' wraps at 32 bits
             raise AssertionError("lost increments")
         return dt / 2
+
     return Bench(run, w.close)
 
 
-@case("shareable_list_getset", "shared", "`sl[i] = sl[i]` on a ShareableList",
-      goal=10.0, goal_text=">= 10x")
+@case(
+    "shareable_list_getset",
+    "shared",
+    "`sl[i] = sl[i]` on a ShareableList",
+    goal=10.0,
+    goal_text=">= 10x",
+)
 def _shareable_list(mp, impl):
     sm = submodule(mp, "shared_memory")
     sl = sm.ShareableList([1, 2.5, "abc", b"xyz", None, 12345])
@@ -470,11 +591,17 @@ def _shareable_list(mp, impl):
     def close():
         sl.shm.close()
         sl.shm.unlink()
+
     return Bench(run, close)
 
 
-@case("shm_create", "shared", "`SharedMemory` create+close+unlink (4 KiB)",
-      goal=2.0, goal_text=">= 2x")
+@case(
+    "shm_create",
+    "shared",
+    "`SharedMemory` create+close+unlink (4 KiB)",
+    goal=2.0,
+    goal_text=">= 2x",
+)
 def _shm_create(mp, impl):
     SharedMemory = submodule(mp, "shared_memory").SharedMemory
 
@@ -482,6 +609,7 @@ def _shm_create(mp, impl):
         s = SharedMemory(create=True, size=4096)
         s.close()
         s.unlink()
+
     return loop_bench(op)
 
 
@@ -497,6 +625,7 @@ def _shm_attach(mp, impl):
     def close():
         owner.close()
         owner.unlink()
+
     return Bench(loop_bench(op).run, close)
 
 
@@ -512,9 +641,13 @@ def _echo(n, conn):
         send(recv())
 
 
-@case("pipe_pingpong", "connection",
-      "Pipe round trip, small object, two processes",
-      goal=2.5, goal_text=">= 2.5x")
+@case(
+    "pipe_pingpong",
+    "connection",
+    "Pipe round trip, small object, two processes",
+    goal=2.5,
+    goal_text=">= 2.5x",
+)
 def _pipe_pingpong(mp, impl):
     ctx = fork_ctx(mp)
     a, b = ctx.Pipe()
@@ -529,6 +662,7 @@ def _pipe_pingpong(mp, impl):
             recv()
         w.wait()
         return perf() - t0
+
     return Bench(run, w.close)
 
 
@@ -555,11 +689,18 @@ def _bytes_case(size, label, goal=None, goal_text=""):
             a.recv_bytes()
             w.wait()
             return perf() - t0
+
         return Bench(run, w.close)
-    case("send_bytes_" + label, "connection",
-         f"Pipe `send_bytes`/`recv_bytes` {label}, two processes",
-         goal=goal, goal_text=goal_text,
-         max_n=10 ** 7 if size < 2 ** 20 else 2000, nbytes=size)(fn)
+
+    case(
+        "send_bytes_" + label,
+        "connection",
+        f"Pipe `send_bytes`/`recv_bytes` {label}, two processes",
+        goal=goal,
+        goal_text=goal_text,
+        max_n=10**7 if size < 2**20 else 2000,
+        nbytes=size,
+    )(fn)
 
 
 _bytes_case(1024, "1KiB")
@@ -592,24 +733,41 @@ def _queue_1to1(item):
             _produce(n, q, item)
             w.wait()
             return perf() - t0
+
         return Bench(run, w.close)
+
     return fn
 
 
-case("queue_1to1_small", "queue",
-     "Queue, 1 producer -> 1 consumer process, small items (per item)",
-     goal=5.0, goal_text=">= 5x")(_queue_1to1(SMALL))
-case("queue_1to1_1MiB", "queue",
-     "Queue, 1 producer -> 1 consumer process, 1 MiB items (per item)",
-     max_n=2000, nbytes=1 << 20)(_queue_1to1(b"x" * (1 << 20)))
+case(
+    "queue_1to1_small",
+    "queue",
+    "Queue, 1 producer -> 1 consumer process, small items (per item)",
+    goal=5.0,
+    goal_text=">= 5x",
+)(_queue_1to1(SMALL))
+case(
+    "queue_1to1_1MiB",
+    "queue",
+    "Queue, 1 producer -> 1 consumer process, 1 MiB items (per item)",
+    max_n=2000,
+    nbytes=1 << 20,
+)(_queue_1to1(b"x" * (1 << 20)))
 
 
 def _split(n, k):
     return [n // k + (1 if i < n % k else 0) for i in range(k)]
 
 
-def _many_to_many(make_queue, ctx, producers, consumers, item,
-                  produce=_produce, consume=_consume):
+def _many_to_many(
+    make_queue,
+    ctx,
+    producers,
+    consumers,
+    item,
+    produce=_produce,
+    consume=_consume,
+):
     """Per-message time of `producers` processes putting `item` and
     `consumers` processes taking messages from one queue.  `produce(n, q,
     item)` and `consume(n, q)` are the helpers' loops."""
@@ -629,12 +787,18 @@ def _many_to_many(make_queue, ctx, producers, consumers, item,
     def close():
         prod.close()
         cons.close()
+
     return Bench(run, close)
 
 
-@case("queue_4to4", "queue",
-      "Queue, 4 producers -> 4 consumers, small items (per item)",
-      goal=5.0, goal_text=">= 5x", min_target=0.2)
+@case(
+    "queue_4to4",
+    "queue",
+    "Queue, 4 producers -> 4 consumers, small items (per item)",
+    goal=5.0,
+    goal_text=">= 5x",
+    min_target=0.2,
+)
 def _queue_4to4(mp, impl):
     ctx = fork_ctx(mp)
     return _many_to_many(ctx.Queue, ctx, 4, 4, SMALL)
@@ -647,8 +811,11 @@ def _consume_done(n, q):
         done()
 
 
-@case("joinable_queue", "queue",
-      "JoinableQueue put / get+task_done (other process) / join (per item)")
+@case(
+    "joinable_queue",
+    "queue",
+    "JoinableQueue put / get+task_done (other process) / join (per item)",
+)
 def _joinable(mp, impl):
     ctx = fork_ctx(mp)
     q = ctx.JoinableQueue()
@@ -661,6 +828,7 @@ def _joinable(mp, impl):
         q.join()
         w.wait()
         return perf() - t0
+
     return Bench(run, w.close)
 
 
@@ -673,6 +841,7 @@ FF_MSG = (12345,) * 5
 
 def _ff_queue():
     import faster_fifo
+
     return faster_fifo.Queue(1000 * 1000)
 
 
@@ -688,36 +857,49 @@ def _ff_produce(n, q, item):
         put(item, True, 60.0)
 
 
-@case("fasterfifo_20to20", "queue",
-      "faster-fifo's workload: 20 producers -> 20 consumers, (i,)*5 "
-      "tuples, one get() per message (per message)",
-      goal_text="ahead of faster-fifo", peers=("faster_fifo",),
-      min_target=0.5)
+@case(
+    "fasterfifo_20to20",
+    "queue",
+    "faster-fifo's workload: 20 producers -> 20 consumers, (i,)*5 "
+    "tuples, one get() per message (per message)",
+    goal_text="ahead of faster-fifo",
+    peers=("faster_fifo",),
+    min_target=0.5,
+)
 def _fasterfifo(mp, impl):
     if impl == "faster_fifo":
         try:
             make = _ff_queue
             make().close()
         except ImportError:
-            raise NotAvailable("faster-fifo is not installed")
+            raise NotAvailable("faster-fifo is not installed") from None
         import multiprocessing as std
+
         ctx = std.get_context("fork")
     else:
         ctx = fork_ctx(mp)
         make = ctx.Queue
-    return _many_to_many(make, ctx, FF_PRODUCERS, FF_CONSUMERS, FF_MSG,
-                         _ff_produce, _ff_consume)
+    return _many_to_many(
+        make, ctx, FF_PRODUCERS, FF_CONSUMERS, FF_MSG, _ff_produce, _ff_consume
+    )
 
 
 # ---------------------------------------------------------------------------
 # Extras: Pool and Manager (fall through to the stdlib until fastmp has them).
 
+
 def _trivial(x):
     return x
 
 
-@case("pool_map", "extras", "`Pool(2).map` of a trivial function (per item)",
-      goal=2.0, goal_text=">= 2x", min_target=0.3)
+@case(
+    "pool_map",
+    "extras",
+    "`Pool(2).map` of a trivial function (per item)",
+    goal=2.0,
+    goal_text=">= 2x",
+    min_target=0.3,
+)
 def _pool_map(mp, impl):
     pool = fork_ctx(mp).Pool(2)
     pool.map(_trivial, range(100))
@@ -731,12 +913,17 @@ def _pool_map(mp, impl):
     def close():
         pool.terminate()
         pool.join()
+
     return Bench(run, close)
 
 
-@case("pool_apply_async", "extras",
-      "`Pool.apply_async(f, (x,)).get()` round trip",
-      goal=5.0, goal_text=">= 5x")
+@case(
+    "pool_apply_async",
+    "extras",
+    "`Pool.apply_async(f, (x,)).get()` round trip",
+    goal=5.0,
+    goal_text=">= 5x",
+)
 def _pool_apply(mp, impl):
     pool = fork_ctx(mp).Pool(2)
     pool.apply(_trivial, (1,))
@@ -748,11 +935,17 @@ def _pool_apply(mp, impl):
     def close():
         pool.terminate()
         pool.join()
+
     return Bench(loop_bench(op).run, close)
 
 
-@case("manager_dict", "extras", "`Manager().dict()` set+get (per pair)",
-      goal=3.0, goal_text=">= 3x")
+@case(
+    "manager_dict",
+    "extras",
+    "`Manager().dict()` set+get (per pair)",
+    goal=3.0,
+    goal_text=">= 3x",
+)
 def _manager_dict(mp, impl):
     m = fork_ctx(mp).Manager()
     d = m.dict()

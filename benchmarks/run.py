@@ -18,6 +18,7 @@ project's stated goal for it (docs/performance.md).
 It measures the fastmp this interpreter imports: the installed package
 (``pip install .``), or an in-place build put on ``PYTHONPATH``.
 """
+
 import argparse
 import datetime
 import fnmatch
@@ -33,7 +34,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import cases as _cases
+import cases as _cases  # noqa: E402 (found through the path set above)
 
 IMPLS = ("multiprocessing", "fastmp")
 PEER_LABELS = {"faster_fifo": "faster-fifo"}
@@ -66,13 +67,19 @@ def select(only):
     if not only:
         return names
     pats = [p.strip() for p in only.split(",") if p.strip()]
-    return [n for n in names
-            if any(fnmatch.fnmatchcase(n, p) or p == _cases.CASES[n].group
-                   for p in pats)]
+    return [
+        n
+        for n in names
+        if any(
+            fnmatch.fnmatchcase(n, p) or p == _cases.CASES[n].group
+            for p in pats
+        )
+    ]
 
 
 def _site_dirs():
     import site
+
     dirs = set(getattr(site, "getsitepackages", lambda: [])())
     if getattr(site, "ENABLE_USER_SITE", False) and site.USER_SITE:
         dirs.add(site.USER_SITE)
@@ -84,6 +91,7 @@ def find_fastmp():
     installed one, or an in-place build on PYTHONPATH), or None.  The
     working directory is not searched: the workers run elsewhere."""
     import importlib.util
+
     spec = importlib.util.find_spec("fastmp")
     if spec is None or not spec.origin:
         return None
@@ -99,6 +107,7 @@ def compile_tree(pkg):
     measurement -- would compile fastmp from source first.  An installed
     package was compiled by pip already."""
     import compileall
+
     if pkg and os.path.realpath(os.path.dirname(pkg)) not in _site_dirs():
         compileall.compile_dir(pkg, quiet=1)
 
@@ -110,8 +119,9 @@ def worker_env(quick, pkg=None):
     parent = os.path.dirname(pkg) if pkg else None
     if parent and os.path.realpath(parent) not in _site_dirs():
         env["PYTHONPATH"] = os.pathsep.join(
-            [parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
-                        if p])
+            [parent]
+            + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        )
     if quick:
         env.setdefault("FASTMP_BENCH_IMPORT_PAIRS", "4")
     return env
@@ -119,13 +129,25 @@ def worker_env(quick, pkg=None):
 
 def run_worker(name, impl, target, repeats, env):
     """One measurement in a fresh interpreter; returns the worker's dict."""
-    argv = [sys.executable, os.path.join(HERE, "_worker.py"), name, impl,
-            repr(target), str(repeats)]
+    argv = [
+        sys.executable,
+        os.path.join(HERE, "_worker.py"),
+        name,
+        impl,
+        repr(target),
+        str(repeats),
+    ]
     # cwd: not the repository's root, whose uncompiled source tree would
     # shadow the installed package in ``python -c`` children.
-    proc = subprocess.Popen(argv, env=env, cwd=HERE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        cwd=HERE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=WORKER_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -140,29 +162,40 @@ def run_worker(name, impl, target, repeats, env):
         res = {"error": f"exit code {proc.returncode}: {tail}"}
     if "error" in res and err.strip():
         # The table has room for one line; the whole story goes here.
-        print(f"--- {name} [{impl}] failed; its stderr:\n{err.rstrip()}\n---",
-              file=sys.stderr, flush=True)
+        print(
+            f"--- {name} [{impl}] failed; its stderr:\n{err.rstrip()}\n---",
+            file=sys.stderr,
+            flush=True,
+        )
     return res
 
 
 def summarize(case, impl_runs):
     """Medians per implementation, ratio, goal status for one case."""
     row = {
-        "name": case.name, "group": case.group, "desc": case.desc,
-        "goal": case.goal, "goal_text": case.goal_text,
-        "baseline": case.baseline, "nbytes": case.nbytes, "impls": {},
+        "name": case.name,
+        "group": case.group,
+        "desc": case.desc,
+        "goal": case.goal,
+        "goal_text": case.goal_text,
+        "baseline": case.baseline,
+        "nbytes": case.nbytes,
+        "impls": {},
     }
     for impl, runs in impl_runs.items():
         times = [r["per_op"] for r in runs if "per_op" in r]
-        info = {"rounds": [r.get("per_op") for r in runs],
-                "n": [r.get("n") for r in runs]}
+        info = {
+            "rounds": [r.get("per_op") for r in runs],
+            "n": [r.get("n") for r in runs],
+        }
         if times and len(times) == len(runs):
             info["median"] = statistics.median(times)
         else:
             info["median"] = None
             bad = [r for r in runs if "per_op" not in r]
-            info["na" if "na" in bad[0] else "error"] = \
-                bad[0].get("na") or bad[0].get("error")
+            info["na" if "na" in bad[0] else "error"] = bad[0].get(
+                "na"
+            ) or bad[0].get("error")
         row["impls"][impl] = info
     std = row["impls"]["multiprocessing"]["median"]
     fm = row["impls"]["fastmp"]["median"]
@@ -229,9 +262,14 @@ def notes(row):
     for impl, info in row["impls"].items():
         label = PEER_LABELS.get(impl, impl)
         if impl not in IMPLS and info["median"]:
-            out.append("{} {}; {}/fastmp {}".format(
-                label, fmt_time(info["median"]), label,
-                fmt_ratio(row["peer_ratio"].get(impl))))
+            out.append(
+                "{} {}; {}/fastmp {}".format(
+                    label,
+                    fmt_time(info["median"]),
+                    label,
+                    fmt_ratio(row["peer_ratio"].get(impl)),
+                )
+            )
         if info.get("na"):
             out.append("{}: n/a ({})".format(label, info["na"]))
         if info.get("error"):
@@ -240,23 +278,39 @@ def notes(row):
         for impl in IMPLS:
             m = row["impls"][impl]["median"]
             if m:
-                out.append("{} {:.0f} MB/s".format(
-                    "stdlib" if impl == "multiprocessing" else impl,
-                    row["nbytes"] / m / 1e6))
+                out.append(
+                    "{} {:.0f} MB/s".format(
+                        "stdlib" if impl == "multiprocessing" else impl,
+                        row["nbytes"] / m / 1e6,
+                    )
+                )
     return "; ".join(out)
 
 
-COLUMNS = ("case", "operation", "stdlib", "fastmp", "stdlib/fastmp",
-           "goal", "status", "notes")
+COLUMNS = (
+    "case",
+    "operation",
+    "stdlib",
+    "fastmp",
+    "stdlib/fastmp",
+    "goal",
+    "status",
+    "notes",
+)
 
 
 def table_rows(rows):
     for r in rows:
-        yield (r["name"], r["desc"],
-               fmt_time(r["impls"]["multiprocessing"]["median"]),
-               fmt_time(r["impls"]["fastmp"]["median"]),
-               fmt_ratio(r["ratio"]), r["goal_text"], status_text(r),
-               notes(r))
+        yield (
+            r["name"],
+            r["desc"],
+            fmt_time(r["impls"]["multiprocessing"]["median"]),
+            fmt_time(r["impls"]["fastmp"]["median"]),
+            fmt_ratio(r["ratio"]),
+            r["goal_text"],
+            status_text(r),
+            notes(r),
+        )
 
 
 def print_table(rows, file=sys.stdout):
@@ -275,8 +329,10 @@ def print_table(rows, file=sys.stdout):
 
 
 def markdown(rows, meta):
-    lines = ["| " + " | ".join(COLUMNS) + " |",
-             "|---|---|---:|---:|---:|---|---|---|"]
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|---|---|---:|---:|---:|---|---|---|",
+    ]
     for r in table_rows(rows):
         cells = [(f"`{r[0]}`")] + [c.replace("|", "\\|") for c in r[1:]]
         lines.append("| " + " | ".join(cells) + " |")
@@ -286,9 +342,14 @@ def markdown(rows, meta):
         "measurement{}; times are medians over rounds, the ratio is the "
         "median of the per-round ratios stdlib time / fastmp time (> 1: "
         "fastmp faster); load average {} at start, {} at end.".format(
-            meta["python"], meta["rounds"], meta["target"],
+            meta["python"],
+            meta["rounds"],
+            meta["target"],
             ", --quick" if meta["quick"] else "",
-            meta["loadavg_start"], meta["loadavg_end"]))
+            meta["loadavg_start"],
+            meta["loadavg_end"],
+        )
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -304,9 +365,10 @@ def splice(path, table, meta):
         head, rest = text.split(BEGIN, 1)
         _, tail = rest.split(END, 1)
     except ValueError:
-        raise SystemExit(f"{path} has no bench-table markers")
+        raise SystemExit(f"{path} has no bench-table markers") from None
     stamp = "Run of {} on {} ({} CPUs), {}.\n\n".format(
-        meta["date"], meta["platform"], meta["cpus"], meta["python"])
+        meta["date"], meta["platform"], meta["cpus"], meta["python"]
+    )
     with open(path, "w") as f:
         f.write(head + BEGIN + "\n" + stamp + table + END + tail)
 
@@ -314,11 +376,15 @@ def splice(path, table, meta):
 def plot(rows, path):
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is not installed: skipping the plot "
-              "(pip install matplotlib)", file=sys.stderr)
+        print(
+            "matplotlib is not installed: skipping the plot "
+            "(pip install matplotlib)",
+            file=sys.stderr,
+        )
         return False
     pts = [r for r in rows if r["ratio"]]
     if not pts:
@@ -330,18 +396,20 @@ def plot(rows, path):
     colors = []
     for r in pts[::-1]:
         met = r["goal_met"]
-        colors.append("#2a9d3f" if met else "#c0392b" if met is False
-                      else "#7f8c8d")
+        colors.append(
+            "#2a9d3f" if met else "#c0392b" if met is False else "#7f8c8d"
+        )
     ax.barh(names, ratios, color=colors)
     for i, r in enumerate(pts[::-1]):
         goal = goal_ratio(r)
         if goal:
-            ax.plot([goal, goal], [i - 0.4, i + 0.4], color="k",
-                    linewidth=1.5)
+            ax.plot([goal, goal], [i - 0.4, i + 0.4], color="k", linewidth=1.5)
     ax.axvline(1.0, color="#555", linewidth=0.8, linestyle="--")
     ax.set_xscale("log")
-    ax.set_xlabel("stdlib time / fastmp time (log scale; > 1: fastmp "
-                  "faster; black tick: goal)")
+    ax.set_xlabel(
+        "stdlib time / fastmp time (log scale; > 1: fastmp "
+        "faster; black tick: goal)"
+    )
     ax.set_title("fastmp vs multiprocessing (green: goal met, red: not met)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -351,20 +419,35 @@ def plot(rows, path):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="shorter measurements and fewer rounds (~2 min)")
-    ap.add_argument("--only", metavar="PATTERN",
-                    help="comma-separated case names, globs or groups")
-    ap.add_argument("--rounds", type=int, help="rounds per implementation "
-                    "(default 7, 3 with --quick)")
-    ap.add_argument("--target", type=float, help="seconds per measurement "
-                    "(default 0.1, 0.03 with --quick)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="shorter measurements and fewer rounds (~2 min)",
+    )
+    ap.add_argument(
+        "--only",
+        metavar="PATTERN",
+        help="comma-separated case names, globs or groups",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds per implementation (default 7, 3 with --quick)",
+    )
+    ap.add_argument(
+        "--target",
+        type=float,
+        help="seconds per measurement (default 0.1, 0.03 with --quick)",
+    )
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--markdown", metavar="PATH")
     ap.add_argument("--plot", metavar="PATH")
-    ap.add_argument("--markdown-into", metavar="DOC",
-                    help="replace the table between the bench-table "
-                    "markers of DOC (e.g. docs/performance.md)")
+    ap.add_argument(
+        "--markdown-into",
+        metavar="DOC",
+        help="replace the table between the bench-table "
+        "markers of DOC (e.g. docs/performance.md)",
+    )
     ap.add_argument("--list", action="store_true", help="list the cases")
     args = ap.parse_args(argv)
 
@@ -381,25 +464,34 @@ def main(argv=None):
     repeats = 1 if args.quick else 3
     pkg = find_fastmp()
     if pkg is None:
-        print("fastmp is not installed: run `pip install .` first; its "
-              "column will read n/a", file=sys.stderr)
-    elif not any(f.startswith("_fastmp") and f.endswith(".so")
-                 for f in os.listdir(pkg)):
-        print(f"fastmp at {pkg} has no compiled extension: run `pip "
-              "install .` (or build it in place); its column will read n/a",
-              file=sys.stderr)
+        print(
+            "fastmp is not installed: run `pip install .` first; its "
+            "column will read n/a",
+            file=sys.stderr,
+        )
+    elif not any(
+        f.startswith("_fastmp") and f.endswith(".so") for f in os.listdir(pkg)
+    ):
+        print(
+            f"fastmp at {pkg} has no compiled extension: run `pip "
+            "install .` (or build it in place); its column will read n/a",
+            file=sys.stderr,
+        )
     else:
         print(f"measuring fastmp from {pkg}", file=sys.stderr)
     compile_tree(pkg)
     env = worker_env(args.quick, pkg)
     meta = {
-        "date": datetime.datetime.now(datetime.timezone.utc)
-        .strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M UTC"
+        ),
         "python": f"CPython {platform.python_version()}",
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
-        "rounds": rounds, "target": target, "repeats": repeats,
+        "rounds": rounds,
+        "target": target,
+        "repeats": repeats,
         "quick": args.quick,
         "loadavg_start": round(os.getloadavg()[0], 2),
     }
@@ -413,27 +505,34 @@ def main(argv=None):
         for rnd in range(rounds):
             # A B, B A, A B, ...: a drift of the machine's load during the
             # case then weighs on both implementations alike.
-            for impl in (impls if rnd % 2 == 0 else impls[::-1]):
-                runs[impl].append(
-                    run_worker(name, impl, target, repeats, env))
+            for impl in impls if rnd % 2 == 0 else impls[::-1]:
+                runs[impl].append(run_worker(name, impl, target, repeats, env))
         row = summarize(case, runs)
         rows.append(row)
         std = fmt_time(row["impls"]["multiprocessing"]["median"])
         fm = fmt_time(row["impls"]["fastmp"]["median"])
-        print(f"[{time.monotonic() - t0:5.1f}s] {name:<24} stdlib {std:<10} "
-              f"fastmp {fm:<10} {fmt_ratio(row['ratio'])}",
-              file=sys.stderr, flush=True)
+        print(
+            f"[{time.monotonic() - t0:5.1f}s] {name:<24} stdlib {std:<10} "
+            f"fastmp {fm:<10} {fmt_ratio(row['ratio'])}",
+            file=sys.stderr,
+            flush=True,
+        )
     meta["seconds"] = round(time.monotonic() - t_start, 1)
     meta["loadavg_end"] = round(os.getloadavg()[0], 2)
     print()
     print_table(rows)
-    print(f"\n{meta['python']} on {meta['platform']}, {meta['cpus']} CPUs; "
-          f"median of {rounds} round(s); total {meta['seconds']:.0f} s; "
-          f"load average {meta['loadavg_start']} at start, "
-          f"{meta['loadavg_end']} at end")
+    print(
+        f"\n{meta['python']} on {meta['platform']}, {meta['cpus']} CPUs; "
+        f"median of {rounds} round(s); total {meta['seconds']:.0f} s; "
+        f"load average {meta['loadavg_start']} at start, "
+        f"{meta['loadavg_end']} at end"
+    )
     if max(meta["loadavg_start"], meta["loadavg_end"]) > (meta["cpus"] or 1):
-        print("warning: the machine was busy (load average above the CPU "
-              "count): expect noisy figures", file=sys.stderr)
+        print(
+            "warning: the machine was busy (load average above the CPU "
+            "count): expect noisy figures",
+            file=sys.stderr,
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "cases": rows}, f, indent=1)

@@ -3,6 +3,7 @@ under a lock.  Run it unchanged on fastmp with
 
     python -m fastmp lock_counter.py
 """
+
 import multiprocessing
 
 
@@ -15,8 +16,10 @@ def work(counter, lock, n):
 if __name__ == "__main__":
     lock = multiprocessing.Lock()
     counter = multiprocessing.Value("i", 0, lock=False)
-    procs = [multiprocessing.Process(target=work, args=(counter, lock, 50_000))
-             for _ in range(4)]
+    procs = [
+        multiprocessing.Process(target=work, args=(counter, lock, 50_000))
+        for _ in range(4)
+    ]
     for p in procs:
         p.start()
     for p in procs:

@@ -5,6 +5,7 @@ with ``python -m fastmp script.py``.  The top-level names are the stdlib's;
 they are loaded on first use (PEP 562), so ``import fastmp`` itself costs
 less than ``import multiprocessing``.
 """
+
 import sys as _sys
 
 # The one place the version is written (pyproject.toml reads it).
@@ -13,14 +14,42 @@ __version__ = "0.1.0"
 # The same list, in the same order, as the stdlib's multiprocessing.__all__
 # (identical on every supported Python).
 __all__ = [
-    "Array", "AuthenticationError", "Barrier", "BoundedSemaphore",
-    "BufferTooShort", "Condition", "Event", "JoinableQueue", "Lock",
-    "Manager", "Pipe", "Pool", "Process", "ProcessError", "Queue", "RLock",
-    "RawArray", "RawValue", "Semaphore", "SimpleQueue", "TimeoutError",
-    "Value", "active_children", "allow_connection_pickling", "cpu_count",
-    "current_process", "freeze_support", "get_all_start_methods",
-    "get_context", "get_logger", "get_start_method", "log_to_stderr",
-    "parent_process", "reducer", "set_executable", "set_forkserver_preload",
+    "Array",
+    "AuthenticationError",
+    "Barrier",
+    "BoundedSemaphore",
+    "BufferTooShort",
+    "Condition",
+    "Event",
+    "JoinableQueue",
+    "Lock",
+    "Manager",
+    "Pipe",
+    "Pool",
+    "Process",
+    "ProcessError",
+    "Queue",
+    "RLock",
+    "RawArray",
+    "RawValue",
+    "Semaphore",
+    "SimpleQueue",
+    "TimeoutError",
+    "Value",
+    "active_children",
+    "allow_connection_pickling",
+    "cpu_count",
+    "current_process",
+    "freeze_support",
+    "get_all_start_methods",
+    "get_context",
+    "get_logger",
+    "get_start_method",
+    "log_to_stderr",
+    "parent_process",
+    "reducer",
+    "set_executable",
+    "set_forkserver_preload",
     "set_start_method",
 ]
 
@@ -41,16 +70,19 @@ def __getattr__(name):
     if name == "AbandonedLockWarning":
         # fastmp's own warning category (see docs/dead-holders.md).
         from ._fastmp import AbandonedLockWarning
+
         globals()[name] = AbandonedLockWarning
         return AbandonedLockWarning
     if name in _public:
         from . import context
+
         value = getattr(context._default_context, name)
         if name != "reducer":  # a property: always read it afresh
             globals()[name] = value
         return value
     if name in _submodules:
         import importlib
+
         return importlib.import_module("fastmp." + name)
     alias = _sys.modules.get("fastmp._alias")
     if alias is not None:
@@ -61,5 +93,6 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | _public | _submodules
-                  | {"AbandonedLockWarning"})
+    return sorted(
+        set(globals()) | _public | _submodules | {"AbandonedLockWarning"}
+    )

@@ -7,12 +7,15 @@ stdlib's, unless FASTMP_NO_FALLBACK=1.  The program runs as the interpreter
 would run it: same sys.argv, sys.path[0], __main__, __file__ and
 tracebacks.
 """
+
 import os
 import sys
 
-USAGE = ("usage: python -m fastmp [--start-method {fork,spawn,forkserver}]\n"
-         "                        (script.py | -c CODE | -m module) "
-         "[args ...]")
+USAGE = (
+    "usage: python -m fastmp [--start-method {fork,spawn,forkserver}]\n"
+    "                        (script.py | -c CODE | -m module) "
+    "[args ...]"
+)
 
 HELP = """%s
 
@@ -29,6 +32,7 @@ options:
 
 def _version():
     from fastmp import __version__
+
     return "fastmp %s (Python %s)" % (__version__, sys.version.split()[0])
 
 
@@ -56,10 +60,12 @@ def _parse(argv):
             continue
         if a in ("-m", "-c"):
             if i + 1 >= len(argv):
-                sys.exit("%s\nfastmp: argument expected for the %s option"
-                         % (USAGE, a))
+                sys.exit(
+                    "%s\nfastmp: argument expected for the %s option"
+                    % (USAGE, a)
+                )
             kind = "module" if a == "-m" else "code"
-            return method, kind, argv[i + 1], argv[i + 2:]
+            return method, kind, argv[i + 1], argv[i + 2 :]
         if a == "--":
             i += 1
             break
@@ -68,7 +74,7 @@ def _parse(argv):
         break
     if i >= len(argv):
         sys.exit(USAGE)
-    return method, "script", argv[i], argv[i + 1:]
+    return method, "script", argv[i], argv[i + 1 :]
 
 
 def _flush():
@@ -87,15 +93,18 @@ def _safe_path():
 def _new_main(file=None):
     import builtins
     import types
+
     main = types.ModuleType("__main__")
     main.__builtins__ = builtins
     main.__spec__ = None
     if file is not None:
         import importlib.machinery
+
         main.__file__ = file
         main.__cached__ = None
         main.__loader__ = importlib.machinery.SourceFileLoader(
-            "__main__", file)
+            "__main__", file
+        )
     sys.modules["__main__"] = main
     sys.modules["__mp_main__"] = main
     return main
@@ -124,8 +133,10 @@ def _run_script(path, args):
         with open(full, "rb") as f:
             source = f.read()
     except OSError as e:
-        sys.stderr.write("%s: can't open file %r: [Errno %d] %s\n"
-                         % (sys.executable, full, e.errno, e.strerror))
+        sys.stderr.write(
+            "%s: can't open file %r: [Errno %d] %s\n"
+            % (sys.executable, full, e.errno, e.strerror)
+        )
         sys.exit(2)
     if not _safe_path():
         sys.path[0] = os.path.dirname(os.path.realpath(full))
@@ -141,11 +152,13 @@ def _run_code(source, args):
         sys.path[0] = ""
     main = _new_main()
     from fastmp import _boot
+
     _exec(_boot.compile_c(source), main)
 
 
 def _run_module(name, args):
     import runpy
+
     # runpy replaces sys.argv[0] with the module's file, as python -m does;
     # sys.path[0] is the working directory already (we run under -m too).
     sys.argv = [name] + args
@@ -156,8 +169,7 @@ def _run_module(name, args):
 
 
 def main(argv=None):
-    method, kind, target, args = _parse(
-        sys.argv[1:] if argv is None else argv)
+    method, kind, target, args = _parse(sys.argv[1:] if argv is None else argv)
     from fastmp import _alias, _boot, context
 
     if method is not None:
@@ -165,8 +177,9 @@ def main(argv=None):
             sys.exit("fastmp: unknown start method %r" % method)
         # The default, not a fixed choice: the script may still call
         # set_start_method() once, as it could under plain python.
-        context._default_context._default_context = (
-            context._concrete_contexts[method])
+        context._default_context._default_context = context._concrete_contexts[
+            method
+        ]
     _alias.install()
     sys.excepthook = _boot.excepthook(sys.excepthook, [__file__])
     if kind == "script":

@@ -19,6 +19,7 @@ After ``install()``:
   resource tracker) runs ``python -m fastmp._boot -c ...``, which installs
   the aliasing before the stdlib's entry code runs.
 """
+
 import importlib
 import importlib.machinery
 import os
@@ -29,10 +30,19 @@ __all__ = []
 
 # Submodules of multiprocessing that fastmp mirrors: user code importing one
 # that fastmp lacks gets ImportError under FASTMP_NO_FALLBACK=1.
-MIRRORED = frozenset([
-    "synchronize", "sharedctypes", "shared_memory", "connection", "queues",
-    "pool", "managers", "context", "process",
-])
+MIRRORED = frozenset(
+    [
+        "synchronize",
+        "sharedctypes",
+        "shared_memory",
+        "connection",
+        "queues",
+        "pool",
+        "managers",
+        "context",
+        "process",
+    ]
+)
 
 _PREFIX = "multiprocessing."
 _installed = False
@@ -66,15 +76,18 @@ def _fastmp_has(sub):
     except KeyError:
         pass
     import fastmp
+
     mod = sys.modules.get("fastmp." + sub)
     if mod is not None:
         # A passthrough is the stdlib's module once imported, and says so
         # (first thing) while it runs.
-        own = (getattr(mod, "__name__", "").startswith("fastmp")
-               and not hasattr(mod, "__fastmp_passthrough__"))
+        own = getattr(mod, "__name__", "").startswith(
+            "fastmp"
+        ) and not hasattr(mod, "__fastmp_passthrough__")
     else:
         spec = importlib.machinery.PathFinder.find_spec(
-            "fastmp." + sub, fastmp.__path__)
+            "fastmp." + sub, fastmp.__path__
+        )
         own = spec is not None
         if own and spec.origin and spec.origin.endswith(".py"):
             try:
@@ -95,19 +108,29 @@ def _internal_caller():
     f = sys._getframe(1)
     while f is not None:
         fn = f.f_code.co_filename
-        if (fn.startswith("<frozen") or fn.startswith(_IMPORTLIB_DIR)
-                or fn == __file__ or fn == _PKG_INIT):
+        if (
+            fn.startswith("<frozen")
+            or fn.startswith(_IMPORTLIB_DIR)
+            or fn == __file__
+            or fn == _PKG_INIT
+        ):
             f = f.f_back
             continue
         name = f.f_globals.get("__name__") or ""
-        return (name.startswith(_PREFIX) or name == "fastmp"
-                or name.startswith("fastmp."))
+        return (
+            name.startswith(_PREFIX)
+            or name == "fastmp"
+            or name.startswith("fastmp.")
+        )
     return False
 
 
 def _fallback_allowed(sub):
-    return (not no_fallback() or sub.split(".")[0] not in MIRRORED
-            or _internal_caller())
+    return (
+        not no_fallback()
+        or sub.split(".")[0] not in MIRRORED
+        or _internal_caller()
+    )
 
 
 _stdlib_names = {}
@@ -121,9 +144,14 @@ def _stdlib_has(sub):
         return _stdlib_names[sub]
     except KeyError:
         pass
-    found = (not sub.startswith("_") and "." not in sub
-             and importlib.machinery.PathFinder.find_spec(
-                 _PREFIX + sub, [_stdlib_dir]) is not None)
+    found = (
+        not sub.startswith("_")
+        and "." not in sub
+        and importlib.machinery.PathFinder.find_spec(
+            _PREFIX + sub, [_stdlib_dir]
+        )
+        is not None
+    )
     _stdlib_names[sub] = found
     return found
 
@@ -195,24 +223,32 @@ class _Finder:
             # ``from multiprocessing import pool`` looks for fastmp.pool
             # (the package's real name): a module that only hands out the
             # stdlib's is a fall-through like any other.
-            top = fullname[len("fastmp."):].split(".")[0]
-            if (top in MIRRORED and no_fallback() and not _fastmp_has(top)
-                    and not _internal_caller()):
+            top = fullname[len("fastmp.") :].split(".")[0]
+            if (
+                top in MIRRORED
+                and no_fallback()
+                and not _fastmp_has(top)
+                and not _internal_caller()
+            ):
                 raise ModuleNotFoundError(
                     "fastmp has no %r of its own and FASTMP_NO_FALLBACK is "
-                    "set" % top, name=fullname)
+                    "set" % top,
+                    name=fullname,
+                )
             return None
         if not fullname.startswith(_PREFIX):
             return None
-        sub = fullname[len(_PREFIX):]
+        sub = fullname[len(_PREFIX) :]
         top = sub.split(".")[0]
         if _fastmp_has(top):
             return importlib.machinery.ModuleSpec(
-                fullname, _AliasLoader("fastmp." + sub))
+                fullname, _AliasLoader("fastmp." + sub)
+            )
         if not _fallback_allowed(sub):
             raise ModuleNotFoundError(
                 "fastmp has no %r and FASTMP_NO_FALLBACK is set" % sub,
-                name=fullname)
+                name=fullname,
+            )
         search = [_stdlib_dir] if "." not in sub else path
         return importlib.machinery.PathFinder.find_spec(fullname, search)
 
@@ -223,8 +259,9 @@ class _AliasedPackage(types.ModuleType):
     (so FASTMP_NO_FALLBACK can refuse them to user code)."""
 
     def __setattr__(self, name, value):
-        if (isinstance(value, types.ModuleType)
-                and getattr(value, "__name__", "").startswith(_PREFIX)):
+        if isinstance(value, types.ModuleType) and getattr(
+            value, "__name__", ""
+        ).startswith(_PREFIX):
             return
         super().__setattr__(name, value)
 
@@ -235,6 +272,7 @@ _BOOT = ["-m", "fastmp._boot"]
 def _args_with_boot(_orig):
     def _args_from_interpreter_flags():
         return _orig() + _BOOT
+
     _args_from_interpreter_flags.__wrapped__ = _orig
     return _args_from_interpreter_flags
 
@@ -245,6 +283,7 @@ def _export_path(parent):
     checkout found through the working directory, say), put its directory
     on PYTHONPATH so they find the same fastmp."""
     import site
+
     dirs = set()
     try:
         dirs.update(site.getsitepackages())
@@ -259,7 +298,8 @@ def _export_path(parent):
     if parent in dirs or parent in entries:
         return
     os.environ["PYTHONPATH"] = os.pathsep.join(
-        [parent] + ([current] if current else []))
+        [parent] + ([current] if current else [])
+    )
 
 
 def _forward_missing(mod, std):
@@ -274,8 +314,10 @@ def _forward_missing(mod, std):
         try:
             return getattr(_std, name)
         except AttributeError:
-            raise AttributeError("module %r has no attribute %r"
-                                 % (_mod, name)) from None
+            raise AttributeError(
+                "module %r has no attribute %r" % (_mod, name)
+            ) from None
+
     mod.__getattr__ = __getattr__
 
 
@@ -307,7 +349,7 @@ def install():
             except Exception:  # noqa: BLE001
                 pass
     for name in [n for n in sys.modules if n.startswith(_PREFIX)]:
-        sub = name[len(_PREFIX):]
+        sub = name[len(_PREFIX) :]
         if _fastmp_has(sub.split(".")[0]):
             mod = importlib.import_module("fastmp." + sub)
             if sys.modules[name] is not mod:
@@ -319,11 +361,13 @@ def install():
         # would then fail.  FASTMP_NO_FALLBACK cannot refuse it to an
         # import statement; it still refuses attribute access and
         # ``from multiprocessing import X`` (package_getattr).
-    _export_path(os.path.dirname(os.path.dirname(
-        os.path.abspath(fastmp.__file__))))
+    _export_path(
+        os.path.dirname(os.path.dirname(os.path.abspath(fastmp.__file__)))
+    )
     fastmp.__class__ = _AliasedPackage
     sys.modules["multiprocessing"] = fastmp
     sys.meta_path.insert(0, _Finder)
     util._args_from_interpreter_flags = _args_with_boot(
-        util._args_from_interpreter_flags)
+        util._args_from_interpreter_flags
+    )
     _installed = True

@@ -9,6 +9,7 @@ stdlib's RuntimeError, as for the stdlib's locks.
 Every module that creates arena objects imports this one, so the hooks are
 in place before such an object exists.
 """
+
 import copyreg
 import os
 

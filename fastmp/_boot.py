@@ -6,6 +6,7 @@ as ``python [flags] -c CODE [args]``; with the aliasing on, the flags end in
 ``python [flags] -m fastmp._boot -c CODE [args]``.  This module installs
 the aliasing and then runs CODE exactly as ``-c`` would have.
 """
+
 import os
 import sys
 
@@ -17,17 +18,21 @@ def excepthook(orig, skip=()):
     interpreter would without ``-m fastmp`` / ``-m fastmp._boot``: the
     frames of runpy, of this module and of the files in ``skip`` go."""
     import runpy
+
     skip = {_HERE, os.path.abspath(runpy.__file__)} | {
-        os.path.abspath(f) for f in skip}
+        os.path.abspath(f) for f in skip
+    }
 
     def hook(typ, value, tb):
         while tb is not None and (
-                tb.tb_frame.f_code.co_filename.startswith("<frozen runpy")
-                or os.path.abspath(tb.tb_frame.f_code.co_filename) in skip):
+            tb.tb_frame.f_code.co_filename.startswith("<frozen runpy")
+            or os.path.abspath(tb.tb_frame.f_code.co_filename) in skip
+        ):
             tb = tb.tb_next
         if isinstance(value, BaseException):
             value = value.with_traceback(tb)
         orig(typ, value, tb)
+
     return hook
 
 
@@ -37,9 +42,13 @@ def compile_c(source):
     that tracebacks show its lines, as they do under ``python -c``."""
     if sys.version_info >= (3, 13):
         import linecache
+
         linecache.cache["<string>"] = (
-            len(source), None,
-            [line + "\n" for line in source.splitlines()], "<string>")
+            len(source),
+            None,
+            [line + "\n" for line in source.splitlines()],
+            "<string>",
+        )
     return compile(source, "<string>", "exec")
 
 
@@ -61,8 +70,11 @@ def _main():
     main.__spec__ = None
     sys.modules["__main__"] = main
     # -m put the working directory first on sys.path where -c puts "".
-    if (sys.path and not sys.flags.isolated
-            and not getattr(sys.flags, "safe_path", False)):
+    if (
+        sys.path
+        and not sys.flags.isolated
+        and not getattr(sys.flags, "safe_path", False)
+    ):
         sys.path[0] = ""
     # An exception that reaches the top (an unpicklable target, say) shows
     # the traceback ``python -c`` shows, without this module's frames.

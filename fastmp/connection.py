@@ -7,6 +7,7 @@ the authentication handshake are Python (they are not on the data path)
 but hand out fastmp Connections.  The handshake never unpickles anything
 and caps every message it reads at 256 bytes.
 """
+
 import hmac
 import os
 import socket
@@ -22,7 +23,7 @@ from ._fastmp import Connection
 __all__ = ['Client', 'Listener', 'Pipe', 'wait']
 
 BUFSIZE = 8192
-CONNECTION_TIMEOUT = 20.
+CONNECTION_TIMEOUT = 20.0
 
 default_family = 'AF_INET'
 families = ['AF_INET']
@@ -47,7 +48,7 @@ def _validate_family(family):
 
 def address_type(address):
     """Return the type of the address: 'AF_INET' or 'AF_UNIX'."""
-    if type(address) == tuple:
+    if type(address) is tuple:
         return 'AF_INET'
     if type(address) is str and address.startswith('\\\\'):
         return 'AF_PIPE'
@@ -72,14 +73,12 @@ def Pipe(duplex=True):
         for s in (s1, s2):
             s.setblocking(True)
             try:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
-                             _PIPE_SNDBUF)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _PIPE_SNDBUF)
             except OSError:
                 pass
         return Connection(s1.detach()), Connection(s2.detach())
     rfd, wfd = os.pipe()
-    return (Connection(rfd, writable=False),
-            Connection(wfd, readable=False))
+    return (Connection(rfd, writable=False), Connection(wfd, readable=False))
 
 
 class Listener:
@@ -89,8 +88,9 @@ class Listener:
     """
 
     def __init__(self, address=None, family=None, backlog=1, authkey=None):
-        family = (family or (address and address_type(address))
-                  or default_family)
+        family = (
+            family or (address and address_type(address)) or default_family
+        )
         address = address or arbitrary_address(family)
         _validate_family(family)
         self._listener = SocketListener(address, family, backlog)
@@ -159,10 +159,12 @@ class SocketListener:
             raise
         self._family = family
         self._last_accepted = None
-        if (family == 'AF_UNIX'
-                and not util.is_abstract_socket_namespace(address)):
-            self._unlink = util.Finalize(self, os.unlink, args=(address,),
-                                         exitpriority=0)
+        if family == 'AF_UNIX' and not util.is_abstract_socket_namespace(
+            address
+        ):
+            self._unlink = util.Finalize(
+                self, os.unlink, args=(address,), exitpriority=0
+            )
         else:
             self._unlink = None
 
@@ -205,10 +207,11 @@ _CHALLENGE = b'#CHALLENGE#'
 _WELCOME = b'#WELCOME#'
 _FAILURE = b'#FAILURE#'
 _ALLOWED_DIGESTS = frozenset(
-    {b'md5', b'sha256', b'sha384', b'sha3_256', b'sha3_384'})
+    {b'md5', b'sha256', b'sha384', b'sha3_256', b'sha3_384'}
+)
 _MAX_DIGEST_LEN = max(len(d) for d in _ALLOWED_DIGESTS)
-_LEGACY_LENGTHS = (20, 16)     # legacy challenge body, bare HMAC-MD5
-_AUTH_MAX = 256                # cap on any message read before auth
+_LEGACY_LENGTHS = (20, 16)  # legacy challenge body, bare HMAC-MD5
+_AUTH_MAX = 256  # cap on any message read before auth
 
 
 def _split_digest(message):
@@ -218,10 +221,11 @@ def _split_digest(message):
     if message.startswith(b'{'):
         end = message.find(b'}', 1, _MAX_DIGEST_LEN + 2)
         if end > 0 and message[1:end] in _ALLOWED_DIGESTS:
-            return message[1:end].decode('ascii'), message[end + 1:]
+            return message[1:end].decode('ascii'), message[end + 1 :]
     raise AuthenticationError(
         'unsupported message length, missing digest prefix, '
-        f'or unsupported digest: {message=}')
+        f'or unsupported digest: {message=}'
+    )
 
 
 def _make_response(authkey, message):
@@ -229,7 +233,7 @@ def _make_response(authkey, message):
     if not name:
         try:
             return hmac.new(authkey, message, 'md5').digest()
-        except ValueError:      # no MD5 (FIPS): answer with SHA-256
+        except ValueError:  # no MD5 (FIPS): answer with SHA-256
             name = 'sha256'
     mac = hmac.new(authkey, message, name).digest()
     return b'{' + name.encode('ascii') + b'}' + mac
@@ -241,11 +245,13 @@ def _check_response(authkey, message, response):
     try:
         expected = hmac.new(authkey, message, name).digest()
     except ValueError:
-        raise AuthenticationError(f'response_digest={name!r} unsupported')
+        raise AuthenticationError(
+            f'response_digest={name!r} unsupported'
+        ) from None
     if len(expected) != len(mac):
         raise AuthenticationError(
-            f'expected {name!r} of length {len(expected)} '
-            f'got {len(mac)}')
+            f'expected {name!r} of length {len(expected)} got {len(mac)}'
+        )
     if not hmac.compare_digest(expected, mac):
         raise AuthenticationError('digest received was wrong')
 
@@ -253,9 +259,11 @@ def _check_response(authkey, message, response):
 def deliver_challenge(connection, authkey, digest_name='sha256'):
     if not isinstance(authkey, bytes):
         raise ValueError(  # noqa: TRY004  (the stdlib raises ValueError)
-            f"Authkey must be bytes, not {type(authkey)!s}")
-    message = (b'{' + digest_name.encode('ascii') + b'}'
-               + os.urandom(MESSAGE_LENGTH))
+            f"Authkey must be bytes, not {type(authkey)!s}"
+        )
+    message = (
+        b'{' + digest_name.encode('ascii') + b'}' + os.urandom(MESSAGE_LENGTH)
+    )
     connection.send_bytes(_CHALLENGE + message)
     response = connection.recv_bytes(_AUTH_MAX)
     try:
@@ -269,15 +277,16 @@ def deliver_challenge(connection, authkey, digest_name='sha256'):
 def answer_challenge(connection, authkey):
     if not isinstance(authkey, bytes):
         raise ValueError(  # noqa: TRY004  (the stdlib raises ValueError)
-            f"Authkey must be bytes, not {type(authkey)!s}")
+            f"Authkey must be bytes, not {type(authkey)!s}"
+        )
     message = connection.recv_bytes(_AUTH_MAX)
     if not message.startswith(_CHALLENGE):
         raise AuthenticationError(
-            f'Protocol error, expected challenge: {message=}')
-    message = message[len(_CHALLENGE):]
+            f'Protocol error, expected challenge: {message=}'
+        )
+    message = message[len(_CHALLENGE) :]
     if len(message) < 20:
-        raise AuthenticationError(
-            f'challenge too short: {len(message)} bytes')
+        raise AuthenticationError(f'challenge too short: {len(message)} bytes')
     connection.send_bytes(_make_response(authkey, message))
     if connection.recv_bytes(_AUTH_MAX) != _WELCOME:
         raise AuthenticationError('digest sent was rejected')
@@ -286,6 +295,7 @@ def answer_challenge(connection, authkey):
 #
 # xmlrpc serialisation, as the stdlib offers it
 #
+
 
 class ConnectionWrapper:
     def __init__(self, conn, dumps, loads):
@@ -304,11 +314,13 @@ class ConnectionWrapper:
 
 def _xml_dumps(obj):
     import xmlrpc.client
+
     return xmlrpc.client.dumps((obj,), None, None, None, 1).encode('utf-8')
 
 
 def _xml_loads(s):
     import xmlrpc.client
+
     (obj,), _method = xmlrpc.client.loads(s.decode('utf-8'))
     return obj
 
@@ -327,6 +339,7 @@ def XmlClient(*args, **kwds):
 # Pickling: a Connection travels as a duplicated fd (passed directly while
 # spawning a child, through the resource sharer otherwise).
 #
+
 
 def reduce_connection(conn):
     df = reduction.DupFd(conn.fileno())

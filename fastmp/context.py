@@ -11,6 +11,7 @@ own default context: ``fastmp.set_start_method('spawn')`` followed by
 ``fastmp.Process(...).start()`` uses spawn, whatever the stdlib's default
 context says.
 """
+
 import importlib
 import os
 import sys
@@ -48,14 +49,17 @@ def _fastmp_module(name):
         if _no_fallback():
             raise ImportError(
                 "fastmp has no %r and FASTMP_NO_FALLBACK is set" % name,
-                name="fastmp." + name) from None
+                name="fastmp." + name,
+            ) from None
         from . import _alias
+
         return _alias.stdlib_module(name)
 
 
 #
 # Process classes bound to fastmp's contexts
 #
+
 
 def _bootstrap_start_method(proc):
     # A child's default context is the one that started it (the stdlib
@@ -91,6 +95,7 @@ class Process(_JoinSweeps, _std.Process):
             process_obj.__dict__.pop("_fastmp_method", None)
 
     if hasattr(_std.Process, "_after_fork"):
+
         @staticmethod
         def _after_fork():
             return _default_context.get_context().Process._after_fork()
@@ -118,6 +123,7 @@ class ForkServerProcess(_JoinSweeps, _std.ForkServerProcess):
         # Have the forkserver import fastmp once, so that its children do
         # not each import it again when they unpickle this object.
         from multiprocessing import forkserver
+
         server = getattr(forkserver, "_forkserver", None)
         preload = getattr(server, "_preload_modules", None)
         if isinstance(preload, list) and "fastmp.context" not in preload:
@@ -167,7 +173,8 @@ class _FastmpContextMixin:
         (fastmp's); lock defaults to a new fastmp RLock.
         """
         return _fastmp_module("synchronize").Condition(
-            lock, ctx=self.get_context())
+            lock, ctx=self.get_context()
+        )
 
     def Semaphore(self, value=1):
         """Returns a semaphore object: a fastmp.synchronize.Semaphore.
@@ -176,7 +183,8 @@ class _FastmpContextMixin:
         arena instead of a named POSIX semaphore.
         """
         return _fastmp_module("synchronize").Semaphore(
-            value, ctx=self.get_context())
+            value, ctx=self.get_context()
+        )
 
     def BoundedSemaphore(self, value=1):
         """Returns a bounded semaphore object: a
@@ -186,7 +194,8 @@ class _FastmpContextMixin:
         initial value raises ValueError, as the stdlib's does.
         """
         return _fastmp_module("synchronize").BoundedSemaphore(
-            value, ctx=self.get_context())
+            value, ctx=self.get_context()
+        )
 
     def Event(self):
         """Returns an event object: a fastmp.synchronize.Event.
@@ -202,7 +211,8 @@ class _FastmpContextMixin:
         threading.Barrier's algorithm over a process-shared Condition.
         """
         return _fastmp_module("synchronize").Barrier(
-            parties, action, timeout, ctx=self.get_context())
+            parties, action, timeout, ctx=self.get_context()
+        )
 
     def Queue(self, maxsize=0):
         """Returns a queue object: a fastmp.queues.Queue.
@@ -219,7 +229,8 @@ class _FastmpContextMixin:
         A Queue with task_done() and join().
         """
         return _fastmp_module("queues").JoinableQueue(
-            maxsize, ctx=self.get_context())
+            maxsize, ctx=self.get_context()
+        )
 
     def SimpleQueue(self):
         """Returns a queue object: a fastmp.queues.SimpleQueue.
@@ -253,7 +264,8 @@ class _FastmpContextMixin:
         shared arena), with no lock.
         """
         return _fastmp_module("sharedctypes").RawArray(
-            typecode_or_type, size_or_initializer)
+            typecode_or_type, size_or_initializer
+        )
 
     def Value(self, typecode_or_type, *args, lock=True):
         """Returns a synchronized shared object: see
@@ -264,7 +276,8 @@ class _FastmpContextMixin:
         (add, fetch_add, exchange, compare_exchange, load, store).
         """
         return _fastmp_module("sharedctypes").Value(
-            typecode_or_type, *args, lock=lock, ctx=self.get_context())
+            typecode_or_type, *args, lock=lock, ctx=self.get_context()
+        )
 
     def Array(self, typecode_or_type, size_or_initializer, *, lock=True):
         """Returns a synchronized shared array: see
@@ -274,8 +287,11 @@ class _FastmpContextMixin:
         is in C (indexing and slicing without a Python frame).
         """
         return _fastmp_module("sharedctypes").Array(
-            typecode_or_type, size_or_initializer, lock=lock,
-            ctx=self.get_context())
+            typecode_or_type,
+            size_or_initializer,
+            lock=lock,
+            ctx=self.get_context(),
+        )
 
     def Manager(self):
         """Returns a manager associated with a running server process"""
@@ -283,12 +299,21 @@ class _FastmpContextMixin:
         m.start()
         return m
 
-    def Pool(self, processes=None, initializer=None, initargs=(),
-             maxtasksperchild=None):
+    def Pool(
+        self,
+        processes=None,
+        initializer=None,
+        initargs=(),
+        maxtasksperchild=None,
+    ):
         """Returns a process pool object"""
         return _fastmp_module("pool").Pool(
-            processes, initializer, initargs, maxtasksperchild,
-            context=self.get_context())
+            processes,
+            initializer,
+            initargs,
+            maxtasksperchild,
+            context=self.get_context(),
+        )
 
 
 class ForkContext(_FastmpContextMixin, _std.ForkContext):
@@ -333,7 +358,8 @@ class DefaultContext(_FastmpContextMixin, _std.DefaultContext):
 
 # The running Python's default start method (forkserver on Linux from 3.14).
 _default_context = DefaultContext(
-    _concrete_contexts[_std._default_context._default_context._name])
+    _concrete_contexts[_std._default_context._default_context._name]
+)
 
 
 def _force_start_method(method):
@@ -347,7 +373,8 @@ def __getattr__(name):
         return getattr(_std, name)
     except AttributeError:
         raise AttributeError(
-            "module %r has no attribute %r" % (__name__, name)) from None
+            "module %r has no attribute %r" % (__name__, name)
+        ) from None
 
 
 if sys.platform == "win32":  # pragma: no cover

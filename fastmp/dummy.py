@@ -3,6 +3,7 @@ on threads), and ``fastmp.dummy.connection`` its ``connection`` module.
 
 These names are the stdlib's module objects themselves, not copies.
 """
+
 # Read by fastmp._alias: this module only hands out the stdlib's.
 __fastmp_passthrough__ = "multiprocessing.dummy"
 

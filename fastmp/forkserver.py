@@ -5,6 +5,7 @@ fastmp uses the stdlib's: this name is the stdlib's module object itself,
 not a copy, so its state is shared with every user of
 ``multiprocessing.forkserver``.
 """
+
 # Read by fastmp._alias: this module only hands out the stdlib's.
 __fastmp_passthrough__ = "multiprocessing.forkserver"
 

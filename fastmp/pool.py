@@ -5,6 +5,7 @@ fastmp has no pool of its own yet: this name is the stdlib's module object
 itself, not a copy, so its state is shared with every user of
 ``multiprocessing.pool``.
 """
+
 # Read by fastmp._alias: this module only hands out the stdlib's.
 __fastmp_passthrough__ = "multiprocessing.pool"
 
@@ -17,7 +18,8 @@ if _os.environ.get("FASTMP_NO_FALLBACK", "") not in ("", "0"):
     # fastmp.Pool() and the like report as ImportError).
     raise ModuleNotFoundError(
         "fastmp has no 'pool' of its own and FASTMP_NO_FALLBACK is set",
-        name=__name__)
+        name=__name__,
+    )
 
 # By its name, not through the attribute chain of "import a.b as c": under
 # python -m fastmp, "multiprocessing" is the fastmp package.

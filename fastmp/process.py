@@ -5,6 +5,7 @@ process tree: ``current_process()``, ``active_children()`` and
 ``parent_process()`` see processes started by either package.  The Process
 classes a context hands out are in ``fastmp.context``.
 """
+
 from multiprocessing import process as _std
 from multiprocessing.process import (  # noqa: F401
     BaseProcess,
@@ -13,8 +14,12 @@ from multiprocessing.process import (  # noqa: F401
     parent_process,
 )
 
-__all__ = ["BaseProcess", "current_process", "active_children",
-           "parent_process"]
+__all__ = [
+    "BaseProcess",
+    "current_process",
+    "active_children",
+    "parent_process",
+]
 
 
 def __getattr__(name):
@@ -24,4 +29,5 @@ def __getattr__(name):
         return getattr(_std, name)
     except AttributeError:
         raise AttributeError(
-            "module %r has no attribute %r" % (__name__, name)) from None
+            "module %r has no attribute %r" % (__name__, name)
+        ) from None

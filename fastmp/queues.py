@@ -13,6 +13,7 @@ shared memory (``fastmp._fastmp._Ring``), so:
   using the queue, ``join_thread()`` and ``cancel_join_thread()`` have
   nothing to wait for.  See docs/queues.md.
 """
+
 import sys
 import types
 from multiprocessing import context, reduction
@@ -49,8 +50,11 @@ class Queue(_fastmp._Ring):
             # A subclass with a signature of its own (concurrent.futures'
             # _SafeQueue passes max_size= and more); its __init__ checks
             # the arguments.
-            maxsize = args[0] if args else kwargs.get(
-                "maxsize", kwargs.get("max_size", 0))
+            maxsize = (
+                args[0]
+                if args
+                else kwargs.get("maxsize", kwargs.get("max_size", 0))
+            )
         return _fastmp._Ring.__new__(cls, maxsize, cls._joinable)
 
     def __init__(self, maxsize=0, *, ctx):
@@ -117,9 +121,11 @@ class SimpleQueue(_fastmp._Ring):
             # Pool (see _stdlib_caller): under ``python -m fastmp`` the
             # name multiprocessing.queues.SimpleQueue resolves here.
             from ._alias import stdlib_module
+
             return object.__new__(stdlib_module("queues").SimpleQueue)
         if cls is SimpleQueue and _stdlib_caller():
             from ._alias import stdlib_module
+
             return stdlib_module("queues").SimpleQueue(ctx=ctx)
         return _fastmp._Ring.__new__(cls, 0, False)
 

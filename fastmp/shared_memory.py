@@ -57,7 +57,7 @@ def _make_filename():
 # anything (gh-82300).  Names that do not fit the table go over the pipe
 # as "+name" / "-name" lines.
 
-_TRACK_SLOTS = 65536          # 32 MiB sparse memfd; touched pages only
+_TRACK_SLOTS = 65536  # 32 MiB sparse memfd; touched pages only
 
 _TRACKER_CODE = r"""if 1:
     import mmap, os, sys, _posixshmem
@@ -91,7 +91,7 @@ _TRACKER_CODE = r"""if 1:
 """
 
 _tracker_fd = -1
-_tracked = {}                 # name -> table slot (-1: sent over the pipe)
+_tracked = {}  # name -> table slot (-1: sent over the pipe)
 
 
 def _start_tracker():
@@ -100,19 +100,26 @@ def _start_tracker():
     if not exe:
         return -1
     import signal
+
     table = os.memfd_create("fastmp-shm-track", os.MFD_CLOEXEC)
     try:
         os.ftruncate(table, _TRACK_SLOTS * 512)
         r, w = os.pipe()
         try:
-            actions = [(os.POSIX_SPAWN_DUP2, r, 0),
-                       (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-                       (os.POSIX_SPAWN_DUP2, table, 3)]
+            actions = [
+                (os.POSIX_SPAWN_DUP2, r, 0),
+                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_DUP2, table, 3),
+            ]
             # Blocked signals stay blocked across exec: Ctrl-C sent to the
             # process group must not stop the cleanup.
-            os.posix_spawn(exe, [exe, '-I', '-S', '-c', _TRACKER_CODE],
-                           os.environ, file_actions=actions,
-                           setsigmask=(signal.SIGINT, signal.SIGTERM))
+            os.posix_spawn(
+                exe,
+                [exe, '-I', '-S', '-c', _TRACKER_CODE],
+                os.environ,
+                file_actions=actions,
+                setsigmask=(signal.SIGINT, signal.SIGTERM),
+            )
         except OSError:
             os.close(w)
             return -1
@@ -129,8 +136,9 @@ def _tracker_send(op, name):
     if _tracker_fd < 0:
         return
     try:
-        os.write(_tracker_fd,
-                 op + name.encode('utf-8', 'surrogateescape') + b'\n')
+        os.write(
+            _tracker_fd, op + name.encode('utf-8', 'surrogateescape') + b'\n'
+        )
     except OSError:
         pass
 
@@ -183,7 +191,8 @@ class SharedMemory:
             self._flags = _O_CREX | os.O_RDWR
             if size == 0:
                 raise ValueError(
-                    "'size' must be a positive number different from zero")
+                    "'size' must be a positive number different from zero"
+                )
         if name is None and not self._flags & os.O_EXCL:
             raise ValueError("'name' can only be None if create=True")
         self._track = track
@@ -332,12 +341,16 @@ class ShareableList(_fastmp._ShareableListCore):
                 # supported type is a KeyError here (but not in __setitem__).
                 self._types_mapping[type(item)]
                 if isinstance(item, (str, bytes)):
-                    enc = (item.encode(_encoding) if isinstance(item, str)
-                           else item)
+                    enc = (
+                        item.encode(_encoding)
+                        if isinstance(item, str)
+                        else item
+                    )
                     slot = _slot_bytes(item, enc)
                     if len(f"{slot}s") > 8:
                         raise ValueError(
-                            "bytes/str item too long for a ShareableList")
+                            "bytes/str item too long for a ShareableList"
+                        )
                     offsets.append(offsets[-1] + slot)
                 else:
                     offsets.append(offsets[-1] + self._alignment)
@@ -356,7 +369,8 @@ class ShareableList(_fastmp._ShareableListCore):
         n = len(self)
         self._list_len = n
         self._allocated_offsets = list(
-            struct.unpack_from("q" * (n + 1), self.shm.buf, 8))
+            struct.unpack_from("q" * (n + 1), self.shm.buf, 8)
+        )
 
     def _get_packing_format(self, position):
         "Gets the packing format for a single value stored in the list."
@@ -365,23 +379,30 @@ class ShareableList(_fastmp._ShareableListCore):
             position += n
         if not 0 <= position < n:
             raise IndexError("Requested position out of range.")
-        raw = bytes(self.shm.buf[self._offset_packing_formats + 8 * position:
-                                 self._offset_packing_formats
-                                 + 8 * position + 8])
+        raw = bytes(
+            self.shm.buf[
+                self._offset_packing_formats
+                + 8 * position : self._offset_packing_formats
+                + 8 * position
+                + 8
+            ]
+        )
         return raw.rstrip(b'\x00').decode(_encoding)
 
     def __reduce__(self):
         return functools.partial(self.__class__, name=self.shm.name), ()
 
     def __repr__(self):
-        return (f'{self.__class__.__name__}({list(self)}, '
-                f'name={self.shm.name!r})')
+        return (
+            f'{self.__class__.__name__}({list(self)}, name={self.shm.name!r})'
+        )
 
     @property
     def format(self):
         "The struct packing format used by all currently stored items."
-        return "".join(self._get_packing_format(i)
-                       for i in range(self._list_len))
+        return "".join(
+            self._get_packing_format(i) for i in range(self._list_len)
+        )
 
     @property
     def _format_size_metainfo(self):

@@ -9,10 +9,10 @@ frame.  Integer ``Value`` wrappers also have lock-free atomics: ``add``,
 ``fetch_add``, ``exchange``, ``compare_exchange``, ``load`` and ``store``
 (see docs/sharedctypes.md).
 """
+
 import ctypes
 import operator
 import weakref
-
 from multiprocessing.context import assert_spawning, reduction
 
 from . import _fastmp
@@ -22,26 +22,48 @@ __all__ = ['RawValue', 'RawArray', 'Value', 'Array', 'copy', 'synchronized']
 _ForkingPickler = reduction.ForkingPickler
 
 typecode_to_type = {
-    'c': ctypes.c_char,     'u': ctypes.c_wchar,
-    'b': ctypes.c_byte,     'B': ctypes.c_ubyte,
-    'h': ctypes.c_short,    'H': ctypes.c_ushort,
-    'i': ctypes.c_int,      'I': ctypes.c_uint,
-    'l': ctypes.c_long,     'L': ctypes.c_ulong,
-    'q': ctypes.c_longlong, 'Q': ctypes.c_ulonglong,
-    'f': ctypes.c_float,    'd': ctypes.c_double,
+    'c': ctypes.c_char,
+    'u': ctypes.c_wchar,
+    'b': ctypes.c_byte,
+    'B': ctypes.c_ubyte,
+    'h': ctypes.c_short,
+    'H': ctypes.c_ushort,
+    'i': ctypes.c_int,
+    'I': ctypes.c_uint,
+    'l': ctypes.c_long,
+    'L': ctypes.c_ulong,
+    'q': ctypes.c_longlong,
+    'Q': ctypes.c_ulonglong,
+    'f': ctypes.c_float,
+    'd': ctypes.c_double,
 }
 
 # Element classes whose values the C wrappers convert themselves (exact
 # classes only: subclasses and byte-swapped variants go through ctypes).
-_FAST_TYPES = {cls: cls._type_ for cls in (
-    ctypes.c_bool, ctypes.c_char, ctypes.c_byte, ctypes.c_ubyte,
-    ctypes.c_short, ctypes.c_ushort, ctypes.c_int, ctypes.c_uint,
-    ctypes.c_long, ctypes.c_ulong, ctypes.c_longlong, ctypes.c_ulonglong,
-    ctypes.c_float, ctypes.c_double)}
+_FAST_TYPES = {
+    cls: cls._type_
+    for cls in (
+        ctypes.c_bool,
+        ctypes.c_char,
+        ctypes.c_byte,
+        ctypes.c_ubyte,
+        ctypes.c_short,
+        ctypes.c_ushort,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_long,
+        ctypes.c_ulong,
+        ctypes.c_longlong,
+        ctypes.c_ulonglong,
+        ctypes.c_float,
+        ctypes.c_double,
+    )
+}
 
 
 def _get_context():
     from .context import _default_context
+
     return _default_context.get_context()
 
 
@@ -55,6 +77,7 @@ def _fast_code(obj):
 # Allocation
 #
 
+
 def _new_value(type_):
     size = ctypes.sizeof(type_)
     block = _fastmp._block_alloc(size)
@@ -66,7 +89,7 @@ def RawValue(typecode_or_type, *args):
     Returns a ctypes object allocated from shared memory
     '''
     type_ = typecode_to_type.get(typecode_or_type, typecode_or_type)
-    obj = _new_value(type_)          # arena memory is already zeroed
+    obj = _new_value(type_)  # arena memory is already zeroed
     obj.__init__(*args)
     return obj
 
@@ -149,6 +172,7 @@ def synchronized(obj, lock=None, ctx=None):
 # descriptor, which is only possible while a child is being spawned.
 #
 
+
 def reduce_ctype(obj):
     assert_spawning(obj)
     if isinstance(obj, ctypes.Array):
@@ -176,12 +200,15 @@ _ForkingPickler.register(_fastmp.Block, _reduce_block)
 # Field access for synchronized structures (cold path: a frame per access)
 #
 
+
 def make_property(name):
     try:
         return prop_cache[name]
     except KeyError:
+
         def fset(self, value):
             self._setfield(name, value)
+
         prop = property(operator.methodcaller('_getfield', name), fset)
         prop_cache[name] = prop
         return prop
@@ -195,8 +222,8 @@ class_cache = weakref.WeakKeyDictionary()
 # Synchronized wrappers: C types; Python adds construction and pickling.
 #
 
-class SynchronizedBase(_fastmp.SynchronizedBase):
 
+class SynchronizedBase(_fastmp.SynchronizedBase):
     def __init__(self, obj, lock=None, ctx=None):
         if not lock:
             ctx = ctx or _get_context()

@@ -9,6 +9,7 @@ Where fastmp differs: a lock or semaphore held by a process that dies is
 handed to the next waiter with a ``fastmp.AbandonedLockWarning`` (see
 docs/dead-holders.md) instead of blocking that waiter forever.
 """
+
 import sys
 import threading
 import time
@@ -17,7 +18,12 @@ from multiprocessing import context, process, util
 from . import _fastmp
 
 __all__ = [
-    "Barrier", "BoundedSemaphore", "Condition", "Event", "Lock", "RLock",
+    "Barrier",
+    "BoundedSemaphore",
+    "Condition",
+    "Event",
+    "Lock",
+    "RLock",
     "Semaphore",
 ]
 
@@ -106,6 +112,7 @@ def _repr(self):
 def _default_ctx(ctx):
     if ctx is None:
         from . import context as _ctx
+
         ctx = _ctx._default_context.get_context()
     return ctx
 
@@ -123,12 +130,20 @@ class Condition:
 
     def __getstate__(self):
         context.assert_spawning(self)
-        return (self._lock, self._sleeping_count, self._woken_count,
-                self._wait_semaphore)
+        return (
+            self._lock,
+            self._sleeping_count,
+            self._woken_count,
+            self._wait_semaphore,
+        )
 
     def __setstate__(self, state):
-        (self._lock, self._sleeping_count, self._woken_count,
-         self._wait_semaphore) = state
+        (
+            self._lock,
+            self._sleeping_count,
+            self._woken_count,
+            self._wait_semaphore,
+        ) = state
         self._make_methods()
 
     def __enter__(self):
@@ -143,15 +158,18 @@ class Condition:
 
     def __repr__(self):
         try:
-            waiting = (self._sleeping_count._semlock._get_value()
-                       - self._woken_count._semlock._get_value())
+            waiting = (
+                self._sleeping_count._semlock._get_value()
+                - self._woken_count._semlock._get_value()
+            )
         except Exception:  # noqa: BLE001 (a repr never raises)
             waiting = "unknown"
         return f"<{type(self).__name__}({self._lock}, {waiting})>"
 
     def wait(self, timeout=None):
-        assert self._lock._semlock._is_mine(), \
+        assert self._lock._semlock._is_mine(), (
             "must acquire() condition before using wait()"
+        )
         # Announce the sleeper, then let go of the lock entirely.
         self._sleeping_count.release()
         depth = self._lock._semlock._count()
@@ -166,14 +184,17 @@ class Condition:
 
     def notify(self, n=1):
         assert self._lock._semlock._is_mine(), "lock is not owned"
-        assert not self._wait_semaphore.acquire(False), \
+        assert not self._wait_semaphore.acquire(False), (
             "notify: Should not have been able to acquire _wait_semaphore"
+        )
         # Sleepers that timed out since the last notify have woken
         # without being told: take them off the sleeping count.
         while self._woken_count.acquire(False):
             ok = self._sleeping_count.acquire(False)
-            assert ok, "notify: Bug in sleeping_count.acquire" \
-                       "- res should not be False"
+            assert ok, (
+                "notify: Bug in sleeping_count.acquire"
+                "- res should not be False"
+            )
         woken = 0
         while woken < n and self._sleeping_count.acquire(False):
             self._wait_semaphore.release()

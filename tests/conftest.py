@@ -5,6 +5,7 @@ Parity first: a behaviour test asks for ``ctx`` and runs once per
 ``fastmp``, each under fork, spawn and forkserver.  Helpers that run in
 children must be module-level functions so spawn/forkserver can pickle them.
 """
+
 import importlib
 import multiprocessing
 import os
@@ -24,8 +25,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 
 IMPLS = ["multiprocessing", "fastmp"]
-METHODS = [m for m in ("fork", "spawn", "forkserver")
-           if m in multiprocessing.get_all_start_methods()]
+METHODS = [
+    m
+    for m in ("fork", "spawn", "forkserver")
+    if m in multiprocessing.get_all_start_methods()
+]
 
 
 def _load(name):
@@ -38,8 +42,9 @@ def mp(request):
     return _load(request.param)
 
 
-@pytest.fixture(params=[(i, m) for i in IMPLS for m in METHODS],
-                ids=lambda p: "%s-%s" % p)
+@pytest.fixture(
+    params=[(i, m) for i in IMPLS for m in METHODS], ids=lambda p: "%s-%s" % p
+)
 def ctx(request):
     """A context of one implementation under one start method."""
     impl, method = request.param
@@ -73,15 +78,17 @@ except ImportError as e:  # pragma: no cover (a setup error, not a test)
         "fastmp under test has no compiled extension (%s). Install it "
         "(pip install '.[test]') and run the tests from the tests folder "
         "(cd tests && python -m pytest): run from the repository's root, "
-        "`python -m pytest` imports the uncompiled source tree instead."
-        % e) from e
+        "`python -m pytest` imports the uncompiled source tree instead." % e
+    ) from e
 
-FASTMP_PATH = os.path.dirname(os.path.dirname(
-    os.path.abspath(_fastmp_pkg.__file__)))
+FASTMP_PATH = os.path.dirname(
+    os.path.dirname(os.path.abspath(_fastmp_pkg.__file__))
+)
 
 
 def _site_dirs():
     import site
+
     dirs = set()
     try:
         dirs.update(site.getsitepackages())
@@ -103,7 +110,8 @@ def child_env(env=None, **extra):
     e = dict(os.environ if env is None else env)
     if not FASTMP_INSTALLED:
         e["PYTHONPATH"] = os.pathsep.join(
-            [FASTMP_PATH] + [p for p in [e.get("PYTHONPATH")] if p])
+            [FASTMP_PATH] + [p for p in [e.get("PYTHONPATH")] if p]
+        )
     e.update(extra)
     return e
 
@@ -111,6 +119,7 @@ def child_env(env=None, **extra):
 # A child started with ``python -c`` has the working directory first on its
 # path.  Run from the repository's root, that is the uncompiled source tree,
 # which would shadow the installed package: work from this folder instead.
-if (os.path.isfile(os.path.join(os.getcwd(), "fastmp", "__init__.py"))
-        and os.path.realpath(os.getcwd()) != os.path.realpath(FASTMP_PATH)):
+if os.path.isfile(
+    os.path.join(os.getcwd(), "fastmp", "__init__.py")
+) and os.path.realpath(os.getcwd()) != os.path.realpath(FASTMP_PATH):
     os.chdir(TESTS)

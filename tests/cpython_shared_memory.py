@@ -9,6 +9,7 @@ Tests that check stdlib internals fastmp deliberately does not share are
 listed in docs/shared_memory.md; none needs to be excluded here: the ones
 about the resource tracker run their child code against the stdlib.
 """
+
 import multiprocessing
 import sys
 import unittest
@@ -20,12 +21,14 @@ def main(method):
     sys.modules["multiprocessing.shared_memory"] = fsm
     multiprocessing.shared_memory = fsm
     import test._test_multiprocessing as cpython_tests
+
     if cpython_tests.shared_memory is not fsm:
         raise SystemExit("substitution failed")
     ns = {"__name__": "cpython_shared_memory_" + method}
     cpython_tests.install_tests_in_module_dict(ns, method)
     suite = unittest.TestLoader().loadTestsFromTestCase(
-        ns["WithProcessesTestSharedMemory"])
+        ns["WithProcessesTestSharedMemory"]
+    )
     result = unittest.TextTestRunner(verbosity=2).run(suite)
     return 0 if result.wasSuccessful() and result.testsRun else 1
 

@@ -20,6 +20,7 @@ its tests are NOT counted as passed.  The stdlib's own skips stay skips.
 The last line reads ``N passed, M failed, S skipped, F not counted``;
 the exit status is 0 only when nothing failed and nothing fell through.
 """
+
 import argparse
 import json
 import os
@@ -55,17 +56,21 @@ CLASSES = {
     # Raw objects are plain ctypes objects over arena memory by design;
     # the synchronized ones show whose sharedctypes is in use.
     "_TestSharedCTypes": ("sharedctypes", "Value('i')"),
-    "_TestSharedMemory": ("shared_memory",
-                          "__import__('multiprocessing.shared_memory')"
-                          ".shared_memory.SharedMemory"),
+    "_TestSharedMemory": (
+        "shared_memory",
+        "__import__('multiprocessing.shared_memory')"
+        ".shared_memory.SharedMemory",
+    ),
     "_TestQueue": ("queues", "Queue()"),
     "_TestConnection": ("connection", "Pipe()[0]"),
-    "_TestListener": ("connection",
-                      "__import__('multiprocessing.connection')"
-                      ".connection.Listener"),
-    "_TestListenerClient": ("connection",
-                            "__import__('multiprocessing.connection')"
-                            ".connection.Client"),
+    "_TestListener": (
+        "connection",
+        "__import__('multiprocessing.connection').connection.Listener",
+    ),
+    "_TestListenerClient": (
+        "connection",
+        "__import__('multiprocessing.connection').connection.Client",
+    ),
     "_TestPoll": ("connection", "Pipe()[0]"),
     "_TestPicklingConnections": ("connection", "Pipe()[0]"),
     # wait() is the stdlib's selector loop re-exported (docs/connection.md);
@@ -75,21 +80,24 @@ CLASSES = {
 }
 
 # Classes known to the runner but not run by default.
-OPTIONAL = {
-}
+OPTIONAL = {}
 
 # Tests left out on purpose, with the reason.  Keep this empty or tiny.
 EXCLUDED = {
     # fastmp's Queue pickles in put() (no feeder thread), so an unpicklable
     # item raises there instead of reaching _on_queue_feeder_error; see
     # docs/queues.md.
-    "WithProcessesTestQueue.test_queue_feeder_donot_stop_onexc":
-        "no feeder thread: put() raises the pickling error itself",
+    "WithProcessesTestQueue.test_queue_feeder_donot_stop_onexc": (
+        "no feeder thread: put() raises the pickling error itself"
+    ),
     # Inspects SimpleQueue._reader/_writer, the pipe ends a ring buffer
     # does not have; closing is tested in tests/test_queues.py.
-    "WithProcessesTestQueue.test_queue_feeder_on_queue_feeder_error":
-        "no feeder thread: _on_queue_feeder_error is never called",
-    "TestSimpleQueue.test_closed": "SimpleQueue has no pipe ends (_reader/_writer)",
+    "WithProcessesTestQueue.test_queue_feeder_on_queue_feeder_error": (
+        "no feeder thread: _on_queue_feeder_error is never called"
+    ),
+    "TestSimpleQueue.test_closed": (
+        "SimpleQueue has no pipe ends (_reader/_writer)"
+    ),
 }
 
 
@@ -102,6 +110,7 @@ def _class_name(name):
 # Runs in the worker and, re-imported as __mp_main__, in spawn and
 # forkserver children, which find the test classes here by name.
 
+
 def _install():
     try:
         import fastmp  # noqa: F401  (the installed package)
@@ -109,8 +118,10 @@ def _install():
         if ROOT not in sys.path:  # an in-place build in the source tree
             sys.path.insert(0, ROOT)
     from fastmp import _alias
+
     _alias.install()
     import test._test_multiprocessing as tmp
+
     ns = {"__name__": __name__}
     tmp.install_tests_in_module_dict(ns, "fork")
     for name in list(CLASSES) + list(OPTIONAL):
@@ -125,6 +136,7 @@ if os.environ.get("FASTMP_SUITE_WORKER") or __name__ != "__main__":
 
 
 # ------------------------------------------------------------ worker
+
 
 def _emit(fd, **msg):
     os.write(fd, (json.dumps(msg) + "\n").encode())
@@ -151,8 +163,12 @@ class _StreamResult(unittest.TestResult):
         if isinstance(test, unittest.TestCase):
             self._set("failed", self._exc_info_to_string(err, test))
         else:  # a class or module fixture failed
-            _emit(self.fd, event="fixture", test=str(test),
-                  detail=self._exc_info_to_string(err, test))
+            _emit(
+                self.fd,
+                event="fixture",
+                test=str(test),
+                detail=self._exc_info_to_string(err, test),
+            )
 
     def addFailure(self, test, err):
         super().addFailure(test, err)
@@ -168,8 +184,13 @@ class _StreamResult(unittest.TestResult):
         if self.outcome is not None:
             self._set("skipped", reason)
         else:  # a whole class skipped in setUpClass: stdlib skips stay skips
-            _emit(self.fd, event="result", test=str(test),
-                  status="skipped", detail=reason)
+            _emit(
+                self.fd,
+                event="result",
+                test=str(test),
+                status="skipped",
+                detail=reason,
+            )
 
     def addExpectedFailure(self, test, err):
         super().addExpectedFailure(test, err)
@@ -182,8 +203,13 @@ class _StreamResult(unittest.TestResult):
     def stopTest(self, test):
         super().stopTest(test)
         status, detail = self.outcome or ("failed", "no outcome")
-        _emit(self.fd, event="result", test=test.id(), status=status,
-              detail=detail)
+        _emit(
+            self.fd,
+            event="result",
+            test=test.id(),
+            status=status,
+            detail=detail,
+        )
         self.outcome = None
 
 
@@ -192,6 +218,7 @@ def _honesty(method, classes):
     import multiprocessing
 
     import fastmp
+
     out = {}
     if multiprocessing is not fastmp:
         return {n: "multiprocessing is not fastmp" for n in classes}
@@ -207,17 +234,24 @@ def _honesty(method, classes):
             out[name] = "Process is %s's" % proc.__module__
             continue
         try:
-            obj = eval(probe, {"__builtins__": __builtins__}, {
-                n: getattr(ctx, n) for n in dir(ctx)
-                if not n.startswith("_")})
+            obj = eval(
+                probe,
+                {"__builtins__": __builtins__},
+                {
+                    n: getattr(ctx, n)
+                    for n in dir(ctx)
+                    if not n.startswith("_")
+                },
+            )
         except Exception as e:  # noqa: BLE001
             out[name] = "probe %s raised %r" % (probe, e)
             continue
-        owner = getattr(obj, "__module__", None) or \
-            type(obj).__module__
+        owner = getattr(obj, "__module__", None) or type(obj).__module__
         if not owner.startswith("fastmp"):
             out[name] = "%s is %s's (fell through to the stdlib)" % (
-                probe, owner)
+                probe,
+                owner,
+            )
         else:
             out[name] = ""
     return out
@@ -225,6 +259,7 @@ def _honesty(method, classes):
 
 def worker(method, classes, skip_ids, fd):
     import fastmp
+
     # The tests' module fixtures set the start method; the honesty probes
     # use the context of the method under test.
     _emit(fd, event="honesty", classes=_honesty(method, classes))
@@ -256,6 +291,7 @@ def _fastmp_path():
     in-place build in this source tree, or a PYTHONPATH entry)."""
     import importlib.util
     import site
+
     spec = importlib.util.find_spec("fastmp")
     if spec is None or not spec.origin:
         return ROOT
@@ -269,11 +305,13 @@ def _fastmp_path():
 
 
 def _short_id(test_id):
-    # "__main__.WithProcessesTestLock.test_lock" -> "WithProcessesTestLock.test_lock"
+    # "__main__.WithProcessesTestLock.test_lock"
+    #   -> "WithProcessesTestLock.test_lock"
     return test_id.split(".", 1)[1] if "." in test_id else test_id
 
 
 # ------------------------------------------------------------ driver
+
 
 def _spawn_worker(args, classes, skip_ids, log, cwd):
     r, w = os.pipe()
@@ -283,14 +321,26 @@ def _spawn_worker(args, classes, skip_ids, log, cwd):
     path = _fastmp_path()
     if path is not None:
         env["PYTHONPATH"] = os.pathsep.join(
-            [path] + [p for p in [env.get("PYTHONPATH")] if p])
+            [path] + [p for p in [env.get("PYTHONPATH")] if p]
+        )
     env.pop("FASTMP_NO_FALLBACK", None)
-    spec = json.dumps({"method": args.start_method, "classes": classes,
-                       "skip": sorted(skip_ids)})
+    spec = json.dumps(
+        {
+            "method": args.start_method,
+            "classes": classes,
+            "skip": sorted(skip_ids),
+        }
+    )
     proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--worker", spec],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        pass_fds=[w], env=env, start_new_session=True, cwd=cwd)
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        pass_fds=[w],
+        env=env,
+        start_new_session=True,
+        cwd=cwd,
+    )
     os.close(w)
     return proc, r
 
@@ -316,18 +366,19 @@ def _read_lines(fd, buf, timeout):
     while b"\n" in buf:
         i = buf.index(b"\n")
         lines.append(json.loads(bytes(buf[:i])))
-        del buf[:i + 1]
+        del buf[: i + 1]
     return lines, False
 
 
 def drive(args):
     classes = args.classes
-    results = {}          # test id -> (status, detail)
-    test_class = {}       # test id -> class name
+    results = {}  # test id -> (status, detail)
+    test_class = {}  # test id -> class name
     honesty = {}
     done = set()
     log = tempfile.NamedTemporaryFile(
-        prefix="fastmp-cpython-suite-", suffix=".log", delete=False)
+        prefix="fastmp-cpython-suite-", suffix=".log", delete=False
+    )
     t_start = time.monotonic()
     # The worker and its children (the forkserver, the resource tracker:
     # ``python -c``) have their working directory first on sys.path; the
@@ -361,9 +412,12 @@ def drive(args):
                 elif ev == "fixture":
                     # A class or module fixture error fails the run.
                     results["<fixture> " + msg["test"]] = (
-                        "failed", msg["detail"])
-                    print("fixture error %s\n%s" % (msg["test"],
-                                                     msg["detail"]))
+                        "failed",
+                        msg["detail"],
+                    )
+                    print(
+                        "fixture error %s\n%s" % (msg["test"], msg["detail"])
+                    )
                 elif ev == "done":
                     finished = True
             if finished or eof:
@@ -373,8 +427,11 @@ def drive(args):
         if not finished:
             if current is not None:
                 tid = _short_id(current)
-                why = "timed out after %ss" % args.timeout \
-                    if not eof else "worker died"
+                why = (
+                    "timed out after %ss" % args.timeout
+                    if not eof
+                    else "worker died"
+                )
                 results[tid] = ("failed", why)
                 done.add(current)
                 print("failed  %s (%s)" % (tid, why), flush=True)
@@ -392,6 +449,7 @@ def drive(args):
         break
     elapsed = time.monotonic() - t_start
     import shutil
+
     shutil.rmtree(cwd, ignore_errors=True)
 
     for tid in results:
@@ -403,41 +461,68 @@ def drive(args):
     per_class = {}
     for tid, (status, _) in results.items():
         name = test_class.get(tid)
-        c = per_class.setdefault(name, {"passed": 0, "failed": 0,
-                                        "skipped": 0})
+        c = per_class.setdefault(
+            name, {"passed": 0, "failed": 0, "skipped": 0}
+        )
         c[status] += 1
         if status == "passed" and honesty.get(name):
             counts["uncounted"] += 1
         else:
             counts[status] += 1
     print()
-    print("CPython %s test._test_multiprocessing, processes, start method "
-          "%s, %.0f s (worker output: %s)" % (
-              ".".join(map(str, sys.version_info[:3])), args.start_method,
-              elapsed, log.name))
+    print(
+        "CPython %s test._test_multiprocessing, processes, start method "
+        "%s, %.0f s (worker output: %s)"
+        % (
+            ".".join(map(str, sys.version_info[:3])),
+            args.start_method,
+            elapsed,
+            log.name,
+        )
+    )
     for name in classes:
         c = per_class.get(name, {"passed": 0, "failed": 0, "skipped": 0})
         note = honesty.get(name, "not checked")
-        print("  %-28s %3d passed %3d failed %3d skipped  %s" % (
-            name, c["passed"], c["failed"], c["skipped"],
-            "fastmp" if note == "" else "NOT COUNTED: " + note))
+        print(
+            "  %-28s %3d passed %3d failed %3d skipped  %s"
+            % (
+                name,
+                c["passed"],
+                c["failed"],
+                c["skipped"],
+                "fastmp" if note == "" else "NOT COUNTED: " + note,
+            )
+        )
     if EXCLUDED:
         print("  excluded on purpose: %s" % ", ".join(sorted(EXCLUDED)))
-    print("%d passed, %d failed, %d skipped, %d not counted (not fastmp's)"
-          % (counts["passed"], counts["failed"], counts["skipped"],
-             counts["uncounted"]))
+    print(
+        "%d passed, %d failed, %d skipped, %d not counted (not fastmp's)"
+        % (
+            counts["passed"],
+            counts["failed"],
+            counts["skipped"],
+            counts["uncounted"],
+        )
+    )
     return 0 if counts["failed"] == 0 and counts["uncounted"] == 0 else 1
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--start-method", default=None,
-                   choices=["fork", "spawn", "forkserver"])
-    p.add_argument("--classes", default=None,
-                   help="comma-separated test classes (default: %s)"
-                   % ",".join(CLASSES))
-    p.add_argument("--timeout", type=float, default=60,
-                   help="seconds per test (default 60)")
+    p.add_argument(
+        "--start-method", default=None, choices=["fork", "spawn", "forkserver"]
+    )
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="comma-separated test classes (default: %s)" % ",".join(CLASSES),
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60,
+        help="seconds per test (default 60)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -449,15 +534,20 @@ def main():
         return 0
     if args.start_method is None:
         import multiprocessing
+
         args.start_method = multiprocessing.get_start_method()
     if args.classes:
-        args.classes = [c.strip() for c in args.classes.split(",")
-                        if c.strip()]
-        unknown = [c for c in args.classes
-                   if c not in CLASSES and c not in OPTIONAL]
+        args.classes = [
+            c.strip() for c in args.classes.split(",") if c.strip()
+        ]
+        unknown = [
+            c for c in args.classes if c not in CLASSES and c not in OPTIONAL
+        ]
         if unknown:
-            p.error("unknown classes %s (add them to CLASSES or OPTIONAL)"
-                    % ", ".join(unknown))
+            p.error(
+                "unknown classes %s (add them to CLASSES or OPTIONAL)"
+                % ", ".join(unknown)
+            )
     else:
         args.classes = list(CLASSES)
     return drive(args)

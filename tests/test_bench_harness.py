@@ -3,6 +3,7 @@
 These tests check structure only (columns, keys, medians present, n/a
 handled), never speed.
 """
+
 import importlib.util
 import json
 import os
@@ -19,9 +20,15 @@ RUN = os.path.join(ROOT, "benchmarks", "run.py")
 def _run(*args, timeout=120):
     # From the repository's root, as the README runs it: the harness
     # measures the installed fastmp, not the uncompiled source tree there.
-    proc = subprocess.run([sys.executable, RUN, *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout,
-                          check=False, env=child_env())
+    proc = subprocess.run(
+        [sys.executable, RUN, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=child_env(),
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 
@@ -29,35 +36,79 @@ def _run(*args, timeout=120):
 def test_list_names_every_documented_case():
     out = _run("--list").stdout
     names = {line.split()[0] for line in out.splitlines() if line.strip()}
-    for name in ("lock", "rlock_with", "semaphore", "lock_contended",
-                 "event_handoff", "lock_create", "process_fork",
-                 "process_spawn", "process_forkserver", "import",
-                 "import_first_use", "value_read", "value_write", "value_locked_incr",
-                 "value_atomic_add", "array_getitem", "array_slice_read",
-                 "array_slice_assign", "value_contended_incr",
-                 "shareable_list_getset", "shm_create", "shm_attach",
-                 "pipe_pingpong", "send_bytes_1KiB", "send_bytes_64KiB",
-                 "send_bytes_1MiB", "send_bytes_64MiB", "queue_1to1_small",
-                 "queue_1to1_1MiB", "queue_4to4", "joinable_queue",
-                 "fasterfifo_20to20"):
+    for name in (
+        "lock",
+        "rlock_with",
+        "semaphore",
+        "lock_contended",
+        "event_handoff",
+        "lock_create",
+        "process_fork",
+        "process_spawn",
+        "process_forkserver",
+        "import",
+        "import_first_use",
+        "value_read",
+        "value_write",
+        "value_locked_incr",
+        "value_atomic_add",
+        "array_getitem",
+        "array_slice_read",
+        "array_slice_assign",
+        "value_contended_incr",
+        "shareable_list_getset",
+        "shm_create",
+        "shm_attach",
+        "pipe_pingpong",
+        "send_bytes_1KiB",
+        "send_bytes_64KiB",
+        "send_bytes_1MiB",
+        "send_bytes_64MiB",
+        "queue_1to1_small",
+        "queue_1to1_1MiB",
+        "queue_4to4",
+        "joinable_queue",
+        "fasterfifo_20to20",
+    ):
         assert name in names
 
 
 def test_unknown_case_is_an_error_not_a_crash():
-    proc = subprocess.run([sys.executable, RUN, "--only", "no_such_case"],
-                          cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, check=False, env=child_env())
+    proc = subprocess.run(
+        [sys.executable, RUN, "--only", "no_such_case"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=child_env(),
+    )
     assert proc.returncode == 2
     assert "no case matches" in proc.stderr
 
 
 @pytest.mark.timeout(120)
 def test_tiny_run_end_to_end(tmp_path):
-    js, md, png = (tmp_path / "out.json", tmp_path / "out.md",
-                   tmp_path / "out.png")
-    proc = _run("--quick", "--only", "lock_create,value_atomic_add",
-                "--rounds", "1", "--target", "0.01", "--json", str(js),
-                "--markdown", str(md), "--plot", str(png))
+    js, md, png = (
+        tmp_path / "out.json",
+        tmp_path / "out.md",
+        tmp_path / "out.png",
+    )
+    proc = _run(
+        "--quick",
+        "--only",
+        "lock_create,value_atomic_add",
+        "--rounds",
+        "1",
+        "--target",
+        "0.01",
+        "--json",
+        str(js),
+        "--markdown",
+        str(md),
+        "--plot",
+        str(png),
+    )
 
     # The stdout table: a header and one line per case.
     lines = proc.stdout.splitlines()
@@ -81,7 +132,8 @@ def test_tiny_run_end_to_end(tmp_path):
         assert info["n"][0] >= 1
     assert lc["ratio"] == pytest.approx(
         lc["impls"]["multiprocessing"]["median"]
-        / lc["impls"]["fastmp"]["median"])
+        / lc["impls"]["fastmp"]["median"]
+    )
     assert lc["goal"] == 10.0
     assert lc["goal_met"] in (True, False)
 
@@ -130,9 +182,9 @@ def test_summary_medians_paired_ratio_and_goals():
     row = run.summarize(case, {"multiprocessing": std, "fastmp": fm})
     assert row["impls"]["multiprocessing"]["median"] == 4.0
     assert row["impls"]["fastmp"]["median"] == 1.0
-    assert row["ratio"] == 2.0            # median of 4, 2, 2
+    assert row["ratio"] == 2.0  # median of 4, 2, 2
     assert row["ratio_of_medians"] == 4.0
-    assert row["goal_met"] is True        # goal >= 2x
+    assert row["goal_met"] is True  # goal >= 2x
 
     na = [{"na": "missing"}] * 3
     row = run.summarize(case, {"multiprocessing": std, "fastmp": na})
@@ -148,8 +200,9 @@ def test_summary_medians_paired_ratio_and_goals():
     # A peer goal: met only when fastmp beats the peer.
     ff = run._cases.CASES["fasterfifo_20to20"]
     peer = [{"per_op": 0.5, "n": 1}] * 3
-    row = run.summarize(ff, {"multiprocessing": std, "fastmp": fm,
-                             "faster_fifo": peer})
+    row = run.summarize(
+        ff, {"multiprocessing": std, "fastmp": fm, "faster_fifo": peer}
+    )
     assert row["peer_ratio"]["faster_fifo"] == 0.5
     assert row["goal_met"] is False
     assert run.goal_ratio(row) == pytest.approx(4.0 / 0.5)
@@ -159,9 +212,16 @@ def test_select_by_name_glob_and_group():
     run = _harness()
     assert run.select("lock_create") == ["lock_create"]
     assert run.select("send_bytes_*") == [
-        "send_bytes_1KiB", "send_bytes_64KiB", "send_bytes_1MiB",
-        "send_bytes_64MiB"]
+        "send_bytes_1KiB",
+        "send_bytes_64KiB",
+        "send_bytes_1MiB",
+        "send_bytes_64MiB",
+    ]
     assert set(run.select("process")) == {
-        "process_fork", "process_spawn", "process_forkserver", "import",
-        "import_first_use"}
+        "process_fork",
+        "process_spawn",
+        "process_forkserver",
+        "import",
+        "import_first_use",
+    }
     assert run.select("nothing_like_this") == []

@@ -4,6 +4,7 @@ A child's exit must not free what its own threads still use, and a process
 that ends any way at all (os._exit, exec, SIGTERM, SIGKILL, a Pool's
 terminate) must not pin shared memory forever.
 """
+
 import os
 import signal
 import sys
@@ -40,6 +41,7 @@ def _shmem_grown(start, limit):
 
 # ---- children (module level for spawn/forkserver) ----
 
+
 def _writer_thread(objs, stop_at):
     while time.monotonic() < stop_at:
         for o in objs:
@@ -57,12 +59,14 @@ def _child_threads_outlive_target(ctx, kind, daemon, returned):
     stop_at = time.monotonic() + 1.0
     if kind == "value":
         objs = [ctx.Value("i", 7, lock=False) for _ in range(64)]
-        t = threading.Thread(target=_writer_thread, args=(objs, stop_at),
-                             daemon=daemon)
+        t = threading.Thread(
+            target=_writer_thread, args=(objs, stop_at), daemon=daemon
+        )
     else:
         objs = [ctx.Lock() for _ in range(64)]
-        t = threading.Thread(target=_locker_thread, args=(objs, stop_at),
-                             daemon=daemon)
+        t = threading.Thread(
+            target=_locker_thread, args=(objs, stop_at), daemon=daemon
+        )
     t.start()
     if daemon:
         # A daemon thread runs until the process ends: keep the process
@@ -75,8 +79,10 @@ def _child_threads_outlive_target(ctx, kind, daemon, returned):
 @pytest.mark.parametrize("daemon", [False, True], ids=["thread", "daemon"])
 def test_child_threads_outlive_target(ctx, kind, daemon):
     returned = ctx.Event()
-    p = ctx.Process(target=_child_threads_outlive_target,
-                    args=(ctx, kind, daemon, returned))
+    p = ctx.Process(
+        target=_child_threads_outlive_target,
+        args=(ctx, kind, daemon, returned),
+    )
     p.start()
     assert returned.wait(60)
     # The child's target has returned and its exit handlers run while its
@@ -127,6 +133,7 @@ def test_small_blocks_not_pinned_by_dead_child(fctx, way):
     # ends without running any finalizer; once it is joined, the blocks
     # the parent frees must be reused, not pinned.
     from fastmp import _fastmp
+
     n = 256
     arrs = [fctx.RawArray("b", 32 * 1024) for _ in range(n)]
     for a in arrs:
@@ -165,8 +172,9 @@ def test_os_exit_children_leave_shmem(fctx, size):
         for a in arrs:
             a[0] = 1
             a[len(a) - 1] = 1
-        _fork_children_exit(fctx, 200 if fctx.get_start_method() == "fork"
-                            else 20, "os._exit")
+        _fork_children_exit(
+            fctx, 200 if fctx.get_start_method() == "fork" else 20, "os._exit"
+        )
         del arrs, a
     grown = _shmem_grown(start, 8 * MiB)
     assert grown < 8 * MiB, "Shmem grew by %.1f MiB" % (grown / MiB)
@@ -201,6 +209,7 @@ def test_spawned_child_attaches_and_parent_reuses(fctx):
     # A child that rebuilt objects from its pickle holds them until it
     # ends; then the parent's frees are real.
     from fastmp import _fastmp
+
     vals = [fctx.Value("i", i) for i in range(50)]
     q = fctx.Queue()
     p = fctx.Process(target=_report_value, args=(vals[7], q))
@@ -212,6 +221,7 @@ def test_spawned_child_attaches_and_parent_reuses(fctx):
     for _ in range(20):
         del vals
         vals = [fctx.Value("i", i) for i in range(50)]
+    assert vals[49].value == 49
     assert _fastmp._arena_stats()["resident"] - before < MiB
 
 
@@ -234,6 +244,7 @@ _LOCKS_AND_VALUES = """
 @pytest.mark.parametrize("impl", ["multiprocessing", "fastmp"])
 def test_locks_and_values_under_1gib_address_space(impl):
     from test_queue_durability import _run_child
+
     r = _run_child(_LOCKS_AND_VALUES % impl, 1 << 30)
     assert r.returncode == 0 and r.stdout.strip() == "OK", r.stderr
 
@@ -255,6 +266,7 @@ _ARRAY_TOO_BIG = """
 
 def test_exhausted_address_space_is_a_clear_memoryerror():
     from test_queue_durability import _run_child
+
     r = _run_child(_ARRAY_TOO_BIG, 1 << 30)
     assert r.returncode == 0 and r.stdout.strip() == "OK", (r.stdout, r.stderr)
 
@@ -274,11 +286,14 @@ def test_more_holders_than_slots(fctx):
     if fctx.get_start_method() != "fork":
         pytest.skip("fork children share the parent's pool segment")
     from fastmp import _fastmp
+
     n = 52
     arr = fctx.RawArray("i", n)
     ready, go = fctx.Semaphore(0), fctx.Event()
-    procs = [fctx.Process(target=_hold_until, args=(arr, i, ready, go))
-             for i in range(n)]
+    procs = [
+        fctx.Process(target=_hold_until, args=(arr, i, ready, go))
+        for i in range(n)
+    ]
     for p in procs:
         p.start()
     for _ in range(n):

@@ -1,4 +1,5 @@
 """Connection and Pipe: parity with the stdlib, interop, signals, leaks."""
+
 import array
 import gc
 import multiprocessing
@@ -14,10 +15,10 @@ import threading
 import time
 
 import pytest
+from conftest import child_env, is_fastmp
 
 import fastmp
 import fastmp.connection as fast_connection
-from conftest import child_env, is_fastmp
 
 
 def conn_mod(ctx):
@@ -25,6 +26,7 @@ def conn_mod(ctx):
 
 
 # --- helpers run in children (module level for spawn/forkserver) -------
+
 
 def _echo(conn):
     while True:
@@ -62,6 +64,7 @@ def _writer(w, n):
 
 # --- basic API ----------------------------------------------------------
 
+
 def test_type_and_names(ctx):
     a, b = ctx.Pipe()
     mod = conn_mod(ctx)
@@ -75,8 +78,15 @@ def test_type_and_names(ctx):
 
 def test_duplex_roundtrip(ctx):
     a, b = ctx.Pipe()
-    for obj in (None, 1, "x" * 3, [1, (2, 3)], {"k": b"v"}, 2.5,
-                list(range(10000))):
+    for obj in (
+        None,
+        1,
+        "x" * 3,
+        [1, (2, 3)],
+        {"k": b"v"},
+        2.5,
+        list(range(10000)),
+    ):
         a.send(obj)
         assert b.recv() == obj
         b.send(obj)
@@ -108,14 +118,16 @@ def test_frames_arriving_in_pieces(ctx, duplex):
     # time, with pauses between; short and long waits alternate.
     a, b = ctx.Pipe(duplex)
     reader, writer = a, b
-    frames = [struct.pack("!i", len(p)) + p
-              for p in (b"hello", b"", b"x" * 300, b"world")]
+    frames = [
+        struct.pack("!i", len(p)) + p
+        for p in (b"hello", b"", b"x" * 300, b"world")
+    ]
 
     def dribble():
         for k, frame in enumerate(frames):
             time.sleep(0.05 if k % 2 else 0.001)
             for i in range(len(frame)):
-                os.write(writer.fileno(), frame[i:i + 1])
+                os.write(writer.fileno(), frame[i : i + 1])
                 if i < 8:
                     time.sleep(0.002)
 
@@ -138,8 +150,10 @@ def _wmem_max():
         return 0
 
 
-@pytest.mark.skipif(_wmem_max() < 1 << 20,
-                    reason="net.core.wmem_max caps socket buffers below 1 MiB")
+@pytest.mark.skipif(
+    _wmem_max() < 1 << 20,
+    reason="net.core.wmem_max caps socket buffers below 1 MiB",
+)
 def test_duplex_pipe_holds_a_whole_1mib_message():
     # fastmp-only: a duplex Pipe's buffer takes a 1 MiB message whole, so
     # the sender is done before the reader starts.
@@ -220,7 +234,7 @@ def test_recv_bytes_maxlength(ctx):
     # the 100-byte message comes first: too long for maxlength=10
     with pytest.raises(OSError, match="bad message length"):
         b.recv_bytes(maxlength=10)
-    assert not b.readable          # duplex: stops being readable
+    assert not b.readable  # duplex: stops being readable
     assert not b.closed
     a.close()
     b.close()
@@ -228,7 +242,7 @@ def test_recv_bytes_maxlength(ctx):
     w.send_bytes(b"z" * 100)
     with pytest.raises(OSError, match="bad message length"):
         r.recv_bytes(10)
-    assert r.closed                # read-only end is closed
+    assert r.closed  # read-only end is closed
     w.close()
 
 
@@ -237,14 +251,20 @@ def test_closed_and_context_manager(ctx):
     with a:
         assert not a.closed
     assert a.closed
-    a.close()                      # idempotent
-    for call in (a.fileno, a.recv, lambda: a.send(1), a.poll,
-                 a.recv_bytes, lambda: a.send_bytes(b"")):
+    a.close()  # idempotent
+    for call in (
+        a.fileno,
+        a.recv,
+        lambda: a.send(1),
+        a.poll,
+        a.recv_bytes,
+        lambda: a.send_bytes(b""),
+    ):
         with pytest.raises(OSError, match="handle is closed"):
             call()
     with pytest.raises(EOFError):
         b.recv()
-    assert b.poll(0)               # EOF counts as readable
+    assert b.poll(0)  # EOF counts as readable
     b.close()
 
 
@@ -372,6 +392,7 @@ def test_connection_over_connection(ctx):
 def test_fd_transfer(ctx):
     # reduction.send_handle needs the duplex Connection to be a socket.
     from multiprocessing import reduction
+
     a, b = ctx.Pipe()
     r, w = os.pipe()
     reduction.send_handle(a, w, os.getpid())
@@ -385,6 +406,7 @@ def test_fd_transfer(ctx):
 
 
 # --- wire interop with the stdlib ---------------------------------------
+
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("size", [0, 1, 100, 16384, 16385, 1 << 20])
@@ -436,6 +458,7 @@ def test_stdlib_connection_pickled_to_fastmp_child(fctx):
 
 
 # --- wait ---------------------------------------------------------------
+
 
 def _sleep_then_send(conn, delay):
     time.sleep(delay)
@@ -498,18 +521,25 @@ _BLOCKER = textwrap.dedent("""
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("call,duplex", [
-    ("reader.recv()", True),
-    ("reader.recv_bytes()", False),
-    ("reader.recv_bytes_into(bytearray(10))", True),
-    ("reader.poll(None)", True),
-    ("reader.poll(100)", False),
-    ("fastmp.connection.wait([reader], 100)", True),
-])
+@pytest.mark.parametrize(
+    "call,duplex",
+    [
+        ("reader.recv()", True),
+        ("reader.recv_bytes()", False),
+        ("reader.recv_bytes_into(bytearray(10))", True),
+        ("reader.poll(None)", True),
+        ("reader.poll(100)", False),
+        ("fastmp.connection.wait([reader], 100)", True),
+    ],
+)
 def test_ctrl_c_interrupts_blocking_call(call, duplex):
     src = _BLOCKER % {"call": call, "duplex": duplex}
-    p = subprocess.Popen([sys.executable, "-c", src], stdout=subprocess.PIPE,
-                         text=True, env=child_env())
+    p = subprocess.Popen(
+        [sys.executable, "-c", src],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
     try:
         assert p.stdout.readline().strip() == "READY"
         time.sleep(0.3)
@@ -518,7 +548,7 @@ def test_ctrl_c_interrupts_blocking_call(call, duplex):
         line = p.stdout.readline()
         elapsed = time.monotonic() - sent
         assert line.startswith("KI"), line
-        assert elapsed < 0.5 + 0.5       # generous for a loaded machine
+        assert elapsed < 0.5 + 0.5  # generous for a loaded machine
         assert p.wait(10) == 0
     finally:
         if p.poll() is None:
@@ -527,6 +557,7 @@ def test_ctrl_c_interrupts_blocking_call(call, duplex):
 
 
 # --- leaks --------------------------------------------------------------
+
 
 def _nfds():
     return len(os.listdir("/proc/self/fd"))
@@ -544,7 +575,7 @@ def test_pipe_leak(duplex):
             a.close()
             b.close()
         else:
-            del a, b               # closed by dealloc
+            del a, b  # closed by dealloc
     gc.collect()
     assert _nfds() <= before + 2
 
@@ -638,6 +669,7 @@ def test_frame_cut_short_after_a_pause(mp, duplex):
 
 # --- maxlength and offset: any value the stdlib accepts ------------------
 
+
 def _next_message(conn):
     return conn.recv_bytes() if conn.poll(5) else None
 
@@ -646,8 +678,7 @@ def _next_message(conn):
 def test_recv_bytes_maxlength_not_an_index(mp, duplex):
     # The stdlib only compares maxlength with 0 and with the message size:
     # floats and ints of any size work as limits.
-    for maxlength in (10.0, 5.0, 2 ** 70, float("inf"), float("nan"), True,
-                      5):
+    for maxlength in (10.0, 5.0, 2**70, float("inf"), float("nan"), True, 5):
         a, b = mp.Pipe(duplex)
         b.send_bytes(b"hello")
         if maxlength is True:
@@ -673,7 +704,7 @@ def test_recv_bytes_maxlength_not_an_index(mp, duplex):
 def test_recv_bytes_bad_maxlength_leaves_the_message(mp, duplex):
     a, b = mp.Pipe(duplex)
     b.send_bytes(b"hello")
-    for maxlength in (-1, -1.5, -2 ** 70, float("-inf")):
+    for maxlength in (-1, -1.5, -(2**70), float("-inf")):
         with pytest.raises(ValueError) as ei:
             a.recv_bytes(maxlength)
         assert str(ei.value) == "negative maxlength"
@@ -682,7 +713,8 @@ def test_recv_bytes_bad_maxlength_leaves_the_message(mp, duplex):
             a.recv_bytes(maxlength)
         assert str(ei.value) == (
             "'<' not supported between instances of '%s' and 'int'"
-            % type(maxlength).__name__)
+            % type(maxlength).__name__
+        )
     assert _next_message(a) == b"hello"
     a.close()
     b.close()
@@ -693,16 +725,24 @@ def test_recv_bytes_into_bad_offset_leaves_the_message(mp, duplex):
     a, b = mp.Pipe(duplex)
     b.send_bytes(b"hello")
     buf = bytearray(10)
-    cases = [(-1, ValueError, "negative offset"),
-             (-2 ** 70, ValueError, "negative offset"),
-             (-0.5, ValueError, "negative offset"),
-             (11, ValueError, "offset too large"),
-             (2 ** 70, ValueError, "offset too large"),
-             (10.5, ValueError, "offset too large"),
-             ("1", TypeError, "'<' not supported between instances of "
-                              "'str' and 'int'"),
-             (None, TypeError, "'<' not supported between instances of "
-                               "'NoneType' and 'int'")]
+    cases = [
+        (-1, ValueError, "negative offset"),
+        (-(2**70), ValueError, "negative offset"),
+        (-0.5, ValueError, "negative offset"),
+        (11, ValueError, "offset too large"),
+        (2**70, ValueError, "offset too large"),
+        (10.5, ValueError, "offset too large"),
+        (
+            "1",
+            TypeError,
+            "'<' not supported between instances of 'str' and 'int'",
+        ),
+        (
+            None,
+            TypeError,
+            "'<' not supported between instances of 'NoneType' and 'int'",
+        ),
+    ]
     for offset, exc, msg in cases:
         with pytest.raises(exc) as ei:
             a.recv_bytes_into(buf, offset)
@@ -711,8 +751,9 @@ def test_recv_bytes_into_bad_offset_leaves_the_message(mp, duplex):
         a.recv_bytes_into(array.array("i", [0] * 2), 9)
     with pytest.raises(TypeError) as ei:
         a.recv_bytes_into(5)
-    assert str(ei.value) == ("memoryview: a bytes-like object is required, "
-                             "not 'int'")
+    assert str(ei.value) == (
+        "memoryview: a bytes-like object is required, not 'int'"
+    )
     assert buf == bytearray(10)
     assert _next_message(a) == b"hello"
     a.close()
@@ -724,16 +765,16 @@ def test_recv_bytes_into_offset_in_range(mp, duplex):
     a, b = mp.Pipe(duplex)
     buf = bytearray(10)
     b.send_bytes(b"hello")
-    assert a.recv_bytes_into(buf, 5) == 5          # ends at the last byte
+    assert a.recv_bytes_into(buf, 5) == 5  # ends at the last byte
     assert buf == bytearray(5) + b"hello"
     b.send_bytes(b"hello")
-    with pytest.raises(mp.BufferTooShort) as ei:   # one byte short
+    with pytest.raises(mp.BufferTooShort) as ei:  # one byte short
         a.recv_bytes_into(buf, 6)
     assert ei.value.args[0] == b"hello"
     b.send_bytes(b"")
-    assert a.recv_bytes_into(buf, 10) == 0         # offset == len
+    assert a.recv_bytes_into(buf, 10) == 0  # offset == len
     b.send_bytes(b"hi")
-    assert a.recv_bytes_into(buf, True) == 2       # an int like any other
+    assert a.recv_bytes_into(buf, True) == 2  # an int like any other
     assert buf[:3] == bytearray(b"\0hi")
     a.close()
     b.close()

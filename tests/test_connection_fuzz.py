@@ -4,6 +4,7 @@ Every malformed, truncated or oversize frame must make the receiving call
 raise (or return); the process must never die.  Receivers that might
 crash run in a subprocess so that a crash shows up as an exit status.
 """
+
 import os
 import pickle
 import struct
@@ -12,9 +13,9 @@ import sys
 import textwrap
 
 import pytest
+from conftest import child_env
 
 import fastmp.connection as fc
-from conftest import child_env
 
 
 def _reader(payload):
@@ -152,9 +153,14 @@ _FUZZ = textwrap.dedent("""
 @pytest.mark.parametrize("seed", [1, 2])
 def test_random_frames_never_kill_the_process(seed):
     src = _FUZZ % {"seed": seed, "n": 1000}
-    p = subprocess.run([sys.executable, "-c", src], capture_output=True,
-                       text=True, timeout=100, check=False,
-                       env=child_env())
+    p = subprocess.run(
+        [sys.executable, "-c", src],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+        env=child_env(),
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("DONE"), p.stdout
     # the mix exercised both success and failure paths

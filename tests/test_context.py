@@ -1,7 +1,7 @@
 """Contexts and the top-level namespace of fastmp."""
+
 import concurrent.futures
 import multiprocessing
-import os
 import subprocess
 import sys
 import textwrap
@@ -18,16 +18,23 @@ def _square(x):
 
 def _child_start_method(conn):
     import fastmp
-    conn.send((fastmp.get_start_method(),
-               type(fastmp.get_context()).__module__))
+
+    conn.send(
+        (fastmp.get_start_method(), type(fastmp.get_context()).__module__)
+    )
     conn.close()
 
 
 def run_py(code, env=None, timeout=120):
     e = child_env(**(env or {}))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
-                          capture_output=True, text=True, env=e,
-                          timeout=timeout, cwd=TESTS)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=e,
+        timeout=timeout,
+        cwd=TESTS,
+    )
 
 
 def test_all_matches_stdlib():
@@ -44,8 +51,12 @@ def test_from_import_every_name():
 
 
 def test_exceptions_are_the_stdlibs():
-    for name in ("ProcessError", "BufferTooShort", "TimeoutError",
-                 "AuthenticationError"):
+    for name in (
+        "ProcessError",
+        "BufferTooShort",
+        "TimeoutError",
+        "AuthenticationError",
+    ):
         assert getattr(fastmp, name) is getattr(multiprocessing, name)
     assert issubclass(fastmp.BufferTooShort, fastmp.ProcessError)
 
@@ -67,12 +78,15 @@ def test_contexts_are_fastmps():
         assert ctx.Process.__module__ == "fastmp.context"
         # Switching from one fastmp context to another stays in fastmp.
         for m2 in METHODS:
-            assert fastmp.get_context(m).get_context(m2) is \
-                fastmp.get_context(m2)
+            assert fastmp.get_context(m).get_context(m2) is fastmp.get_context(
+                m2
+            )
     with pytest.raises(ValueError):
         fastmp.get_context("nope")
-    assert fastmp.get_all_start_methods() == \
-        multiprocessing.get_all_start_methods()
+    assert (
+        fastmp.get_all_start_methods()
+        == multiprocessing.get_all_start_methods()
+    )
 
 
 def test_default_start_method_follows_python():
@@ -100,7 +114,8 @@ def test_import_is_lazy():
 def test_set_start_method_is_fastmps(method):
     # fastmp.Process must follow fastmp's default context, not the
     # stdlib's, and the child's default is the method that started it.
-    r = run_py("""
+    r = run_py(
+        """
         import fastmp, multiprocessing, sys
         sys.path.insert(0, %r)
         from test_context import _child_start_method
@@ -117,13 +132,18 @@ def test_set_start_method_is_fastmps(method):
             print(*r.recv())
             p.join()
             print(type(p._popen).__module__.rsplit(".", 1)[-1], p.exitcode)
-    """ % (TESTS, method))
+    """
+        % (TESTS, method)
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == "again: context has already been set"
     assert lines[1] == "%s fastmp.context" % method
-    popen = {"fork": "popen_fork", "spawn": "popen_spawn_posix",
-             "forkserver": "popen_forkserver"}[method]
+    popen = {
+        "fork": "popen_fork",
+        "spawn": "popen_spawn_posix",
+        "forkserver": "popen_forkserver",
+    }[method]
     assert lines[2] == "%s 0" % popen
 
 
@@ -152,19 +172,27 @@ def test_helpers():
 def test_process_pool_executor(method):
     ctx = fastmp.get_context(method)
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as ex:
-        assert list(ex.map(_square, range(10))) == \
-            [x * x for x in range(10)]
+        assert list(ex.map(_square, range(10))) == [x * x for x in range(10)]
 
 
 def test_submodules():
     import fastmp.context
     import fastmp.process
-    assert fastmp.process.current_process is \
-        multiprocessing.process.current_process
+
+    assert (
+        fastmp.process.current_process
+        is multiprocessing.process.current_process
+    )
     assert fastmp.process.__all__ == multiprocessing.process.__all__
     assert fastmp.process.BaseProcess is multiprocessing.process.BaseProcess
     # The stdlib's modules import these from multiprocessing.context.
-    for name in ("reduction", "assert_spawning", "get_spawning_popen",
-                 "set_spawning_popen", "BaseContext", "_force_start_method",
-                 "ProcessError"):
+    for name in (
+        "reduction",
+        "assert_spawning",
+        "get_spawning_popen",
+        "set_spawning_popen",
+        "BaseContext",
+        "_force_start_method",
+        "ProcessError",
+    ):
         assert hasattr(fastmp.context, name), name

@@ -1,7 +1,7 @@
 """fastmp-only: a process that dies holding a Lock, RLock or Semaphore does
 not hang its peers; a live holder is never robbed; Ctrl-C interrupts a
 blocked acquire."""
-import os
+
 import signal
 import subprocess
 import sys
@@ -10,12 +10,11 @@ import time
 import warnings
 
 import pytest
-
-import fastmp
 from conftest import child_env
 
-pytestmark = pytest.mark.timeout(60)
+import fastmp
 
+pytestmark = pytest.mark.timeout(60)
 
 
 def _hold(lock, ready, units):
@@ -70,13 +69,13 @@ def test_killed_mutex_holder(fctx, kind):
 
 def test_killed_semaphore_holder(fctx):
     sem = fctx.Semaphore(3)
-    assert sem.acquire()            # one unit held here, alive
+    assert sem.acquire()  # one unit held here, alive
     elapsed = _acquire_after_kill(fctx, sem, units=2)
     assert elapsed <= 1.0
     assert sem.get_value() == 0
     for _ in range(3):
         sem.release()
-    assert sem.get_value() == 3     # nothing invented, nothing lost
+    assert sem.get_value() == 3  # nothing invented, nothing lost
 
 
 def test_killed_waiter_blocked_in_acquire(fctx):
@@ -86,6 +85,7 @@ def test_killed_waiter_blocked_in_acquire(fctx):
     killer_delay = 0.3
     t0 = time.monotonic()
     import threading
+
     threading.Timer(killer_delay, p.kill).start()
     with pytest.warns(fastmp.AbandonedLockWarning):
         assert lock.acquire(timeout=10) is True
@@ -182,6 +182,7 @@ def test_normal_exit_units_not_recovered(fctx):
 def test_warning_category():
     assert issubclass(fastmp.AbandonedLockWarning, RuntimeWarning)
     from fastmp import synchronize
+
     assert synchronize.AbandonedLockWarning is fastmp.AbandonedLockWarning
 
 
@@ -208,20 +209,28 @@ def test_ctrl_c_interrupts_blocked_acquire(kind):
         code = code.replace("Lock()", "Semaphore(1)")
     elif kind == "RLock":
         # The holder is another thread, so the main thread really blocks.
-        code = code.replace("lock.acquire()\nprint(\"READY\"",
-                            "import threading\n"
-                            "threading.Thread(target=lock.acquire).start()\n"
-                            "time.sleep(0.2)\nprint(\"READY\"")
+        code = code.replace(
+            "lock.acquire()\nprint(\"READY\"",
+            "import threading\n"
+            "threading.Thread(target=lock.acquire).start()\n"
+            "time.sleep(0.2)\nprint(\"READY\"",
+        )
         code = code.replace("Lock()", "RLock()")
     elif kind == "with":
-        code = code.replace("    lock.acquire()\nexcept",
-                            "    with lock:\n        pass\nexcept")
+        code = code.replace(
+            "    lock.acquire()\nexcept",
+            "    with lock:\n        pass\nexcept",
+        )
     env = child_env()
-    p = subprocess.Popen([sys.executable, "-c", code], env=env,
-                         stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert p.stdout.readline().strip() == "READY"
-        time.sleep(0.2)     # let it block in acquire
+        time.sleep(0.2)  # let it block in acquire
         t0 = time.monotonic()
         p.send_signal(signal.SIGINT)
         line = p.stdout.readline().strip()

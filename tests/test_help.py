@@ -1,5 +1,6 @@
 """help() on fastmp's factory functions shows fastmp's documentation, not
 the text of the stdlib's context methods."""
+
 import inspect
 import multiprocessing
 import pydoc
@@ -52,5 +53,6 @@ def test_help_shows_fastmps_documentation(name):
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))
 def test_signature_is_the_stdlibs(name):
-    assert (inspect.signature(getattr(fastmp, name))
-            == inspect.signature(getattr(multiprocessing, name)))
+    assert inspect.signature(getattr(fastmp, name)) == inspect.signature(
+        getattr(multiprocessing, name)
+    )

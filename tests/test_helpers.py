@@ -1,6 +1,7 @@
 """The C core's shared helpers: argument errors worded as the stdlib's
 (src/pyutil.c, fastmp_parse_args) and OSError naming the failed system
 call (fastmp_oserror_syscall)."""
+
 import errno
 import multiprocessing
 import os

@@ -6,6 +6,7 @@ Scripts listed in NO_FALLBACK run with FASTMP_NO_FALLBACK=1 as soon as
 fastmp has every module they need: that proves they ran on fastmp alone.
 The others may still fall through to the stdlib for what fastmp lacks.
 """
+
 import concurrent.futures
 import glob
 import os
@@ -15,10 +16,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
-from conftest import FASTMP_PATH
-
-import fastmp
+from conftest import FASTMP_PATH, ROOT
 
 
 def _examples_dir():
@@ -32,15 +30,23 @@ def _examples_dir():
         return here
     try:
         common = subprocess.run(
-            ["git", "-C", ROOT, "rev-parse", "--path-format=absolute",
-             "--git-common-dir"], capture_output=True, text=True,
-            timeout=30).stdout.strip()
+            [
+                "git",
+                "-C",
+                ROOT,
+                "rev-parse",
+                "--path-format=absolute",
+                "--git-common-dir",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         common = ""
     if common:
         main = os.path.dirname(common)
-        alt = os.path.join(os.path.dirname(main), "shared",
-                           "lecture-examples")
+        alt = os.path.join(os.path.dirname(main), "shared", "lecture-examples")
         if os.path.isdir(alt):
             return alt
     return here
@@ -90,8 +96,7 @@ NEEDS_PYTHON = {
 }
 
 EXPECTED = sorted(glob.glob(os.path.join(EXAMPLES, "*.expected")))
-IDS = [os.path.basename(p)[:-len(".expected")] for p in EXPECTED]
-
+IDS = [os.path.basename(p)[: -len(".expected")] for p in EXPECTED]
 
 
 def _checker_python():
@@ -104,8 +109,9 @@ def _checker_python():
         if exe is None:
             continue
         try:
-            ok = subprocess.run([exe, "-c", "import tomllib"],
-                                capture_output=True, timeout=60)
+            ok = subprocess.run(
+                [exe, "-c", "import tomllib"], capture_output=True, timeout=60
+            )
         except (OSError, subprocess.SubprocessError):
             continue
         if ok.returncode == 0:
@@ -116,17 +122,21 @@ def _checker_python():
 CHECKER = _checker_python()
 
 pytestmark = [
-    pytest.mark.skipif(not os.path.isdir(EXAMPLES),
-                       reason="no lecture examples at %s" % EXAMPLES),
-    pytest.mark.skipif(CHECKER is None,
-                       reason="check.py needs a Python 3.11+ (tomllib) "
-                       "and none was found"),
+    pytest.mark.skipif(
+        not os.path.isdir(EXAMPLES),
+        reason="no lecture examples at %s" % EXAMPLES,
+    ),
+    pytest.mark.skipif(
+        CHECKER is None,
+        reason="check.py needs a Python 3.11+ (tomllib) and none was found",
+    ),
 ]
 
 
 def _fastmp_has(name):
     # fastmp's own module, not one that hands out the stdlib's.
     from fastmp import _alias
+
     return _alias._fastmp_has(name)
 
 
@@ -136,17 +146,24 @@ def no_fallback_for(stem):
 
 
 def _run(expected):
-    stem = os.path.basename(expected)[:-len(".expected")]
+    stem = os.path.basename(expected)[: -len(".expected")]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [FASTMP_PATH] + [p for p in [env.get("PYTHONPATH")] if p])
+        [FASTMP_PATH] + [p for p in [env.get("PYTHONPATH")] if p]
+    )
     env.pop("FASTMP_NO_FALLBACK", None)
     if no_fallback_for(stem):
         env["FASTMP_NO_FALLBACK"] = "1"
-    cmd = [CHECKER, CHECK, "--cmd",
-           "%s -m fastmp" % shlex.quote(sys.executable), expected]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                       cwd=EXAMPLES, timeout=600)
+    cmd = [
+        CHECKER,
+        CHECK,
+        "--cmd",
+        "%s -m fastmp" % shlex.quote(sys.executable),
+        expected,
+    ]
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, cwd=EXAMPLES, timeout=600
+    )
     return stem, r
 
 
@@ -161,15 +178,20 @@ def results():
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("expected", EXPECTED, ids=IDS)
 def test_lecture_script(results, expected):
-    stem = os.path.basename(expected)[:-len(".expected")]
+    stem = os.path.basename(expected)[: -len(".expected")]
     if sys.version_info < NEEDS_PYTHON.get(stem, (0,)):
-        pytest.skip("its .expected checks the SyntaxError wording of "
-                    "Python %d.%d+" % NEEDS_PYTHON[stem])
+        pytest.skip(
+            "its .expected checks the SyntaxError wording of "
+            "Python %d.%d+" % NEEDS_PYTHON[stem]
+        )
     r = results[stem]
     out = r.stdout + r.stderr
     last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
-    if r.returncode == 0 and last.startswith("0 passed, 0 failed, ") \
-            and "skipped" in last:
+    if (
+        r.returncode == 0
+        and last.startswith("0 passed, 0 failed, ")
+        and "skipped" in last
+    ):
         pytest.skip(out.strip().splitlines()[0])
     assert r.returncode == 0, out
     assert " 0 failed" in last, out

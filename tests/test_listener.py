@@ -1,4 +1,5 @@
 """Listener/Client, the HMAC handshake, and interop with stdlib peers."""
+
 import glob
 import multiprocessing
 import multiprocessing.connection as std_connection
@@ -45,13 +46,14 @@ def test_listener_client_roundtrip(family, authkey):
         out[0].close()
         addr = l.address
     if family == "AF_UNIX":
-        assert not os.path.exists(addr)       # unlinked on close
+        assert not os.path.exists(addr)  # unlinked on close
     with pytest.raises(OSError, match="listener is closed"):
         l.accept()
 
 
-@pytest.mark.parametrize("server,client", [(fc, std_connection),
-                                           (std_connection, fc)])
+@pytest.mark.parametrize(
+    "server,client", [(fc, std_connection), (std_connection, fc)]
+)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_interop_same_python(server, client, family):
     with server.Listener(family=family, authkey=b"k") as l:
@@ -95,7 +97,7 @@ def test_oversize_message_before_auth_is_capped():
         t = threading.Thread(target=_serve_once, args=(l, out, False))
         t.start()
         s = socket.create_connection(l.address)
-        s.recv(1000)                      # the challenge
+        s.recv(1000)  # the challenge
         s.sendall(struct.pack("!i", 1 << 20))  # claims 1 MiB, sends none
         t.join(10)
         assert not t.is_alive()
@@ -125,12 +127,27 @@ def test_auth_never_unpickles():
 
 
 def test_public_names():
-    for name in ("Client", "Listener", "Pipe", "wait", "Connection",
-                 "answer_challenge", "deliver_challenge",
-                 "arbitrary_address", "families", "address_type",
-                 "default_family", "SocketListener", "SocketClient",
-                 "BUFSIZE", "CONNECTION_TIMEOUT", "reduce_connection",
-                 "rebuild_connection", "XmlListener", "XmlClient"):
+    for name in (
+        "Client",
+        "Listener",
+        "Pipe",
+        "wait",
+        "Connection",
+        "answer_challenge",
+        "deliver_challenge",
+        "arbitrary_address",
+        "families",
+        "address_type",
+        "default_family",
+        "SocketListener",
+        "SocketClient",
+        "BUFSIZE",
+        "CONNECTION_TIMEOUT",
+        "reduce_connection",
+        "rebuild_connection",
+        "XmlListener",
+        "XmlClient",
+    ):
         assert hasattr(fc, name), name
     assert fc.address_type(("h", 1)) == "AF_INET"
     assert fc.address_type("/tmp/x") == "AF_UNIX"
@@ -153,6 +170,7 @@ def test_xml_listener_client():
 
 
 # --- stdlib peers of other Python versions ------------------------------
+
 
 def _pythons():
     found = []
@@ -187,9 +205,11 @@ _PEER_SERVER = textwrap.dedent("""
 @pytest.mark.parametrize("ver,exe", _pythons(), ids=[v for v, _ in _pythons()])
 def test_stdlib_client_of_other_version(ver, exe):
     with fc.Listener(("127.0.0.1", 0), authkey=b"xkey") as l:
-        p = subprocess.Popen([exe, "-c", _PEER_CLIENT, "127.0.0.1",
-                              str(l.address[1])], stdout=subprocess.PIPE,
-                             text=True)
+        p = subprocess.Popen(
+            [exe, "-c", _PEER_CLIENT, "127.0.0.1", str(l.address[1])],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         c = l.accept()
         msg = c.recv_bytes()
         assert msg.startswith(b"ping from " + ver.encode())
@@ -202,8 +222,9 @@ def test_stdlib_client_of_other_version(ver, exe):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("ver,exe", _pythons(), ids=[v for v, _ in _pythons()])
 def test_stdlib_listener_of_other_version(ver, exe):
-    p = subprocess.Popen([exe, "-c", _PEER_SERVER], stdout=subprocess.PIPE,
-                         text=True)
+    p = subprocess.Popen(
+        [exe, "-c", _PEER_SERVER], stdout=subprocess.PIPE, text=True
+    )
     try:
         port = int(p.stdout.readline())
         c = fc.Client(("127.0.0.1", port), authkey=b"xkey")
@@ -226,8 +247,9 @@ def test_pickled_connection_survives_pickle_module():
     b.close()
 
 
-@pytest.mark.parametrize("mod", [fc, std_connection],
-                         ids=["fastmp", "multiprocessing"])
+@pytest.mark.parametrize(
+    "mod", [fc, std_connection], ids=["fastmp", "multiprocessing"]
+)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_frame_cut_inside_header(mod, family):
     # The client sends two bytes of a header and closes: the server's
@@ -243,8 +265,9 @@ def test_frame_cut_inside_header(mod, family):
             with socket.socket(fileno=os.dup(c.fileno())) as s:
                 s.sendall(b"\x00\x00")
             c.close()
-            with pytest.raises(OSError,
-                               match="got end of file during message"):
+            with pytest.raises(
+                OSError, match="got end of file during message"
+            ):
                 server.recv_bytes()
         finally:
             c.close()

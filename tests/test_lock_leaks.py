@@ -1,5 +1,6 @@
 """fastmp-only: creating and dropping many locks leaves no fds, no /dev/shm
 entries and no memory growth behind."""
+
 import gc
 import os
 
@@ -43,7 +44,7 @@ def _rss_kib():
 
 
 def _churn(ctx, n):
-    for i in range(n):
+    for _i in range(n):
         lock = ctx.Lock()
         lock.acquire()
         lock.release()
@@ -60,12 +61,12 @@ def _churn(ctx, n):
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_ten_thousand_locks_leave_nothing(method):
     ctx = fastmp.get_context(method)
-    _churn(ctx, 1000)           # warm up allocator and caches
+    _churn(ctx, 1000)  # warm up allocator and caches
     fds, shm, rss = _fds(), _shm(), _rss_kib()
     for _ in range(4):
         _churn(ctx, 2500)
     assert _fds() == fds
-    assert _shm() <= shm        # nothing new in /dev/shm
+    assert _shm() <= shm  # nothing new in /dev/shm
     assert _rss_kib() - rss < 2048
 
 

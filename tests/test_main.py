@@ -1,5 +1,6 @@
 """``python -m fastmp``: runs unchanged multiprocessing scripts on fastmp,
 in the parent and in every child, under each start method."""
+
 import json
 import os
 import subprocess
@@ -24,9 +25,14 @@ def run_fastmp(tmp_path, source, *args, env=None, opts=(), timeout=120):
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(source))
     cmd = [sys.executable, "-m", "fastmp", *opts, str(script), *args]
-    return subprocess.run(cmd, capture_output=True, text=True,
-                          env=_env(**(env or {})), cwd=str(tmp_path),
-                          timeout=timeout)
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env=_env(**(env or {})),
+        cwd=str(tmp_path),
+        timeout=timeout,
+    )
 
 
 def fastmp_has(name):
@@ -52,7 +58,8 @@ IDENTITY = """
         for sub in SUBS:
             mod = __import__("multiprocessing." + sub, fromlist=["x"])
             out[sub] = mod.__name__
-            out[sub + ":sysmod"] = sys.modules["multiprocessing." + sub].__name__
+            sysmod = sys.modules["multiprocessing." + sub]
+            out[sub + ":sysmod"] = sysmod.__name__
         return out
 
     def child(conn):
@@ -83,8 +90,9 @@ def test_identity_parent_and_children(tmp_path):
     for where, ident in res.items():
         assert ident["top"] == "fastmp", where
         assert ident["process_cls"] == "fastmp.context", where
-        assert ident["main"] == ("__main__" if where in ("parent", "fork")
-                                 else "__mp_main__"), where
+        assert ident["main"] == (
+            "__main__" if where in ("parent", "fork") else "__mp_main__"
+        ), where
         for sub in subs:
             # fastmp's module where fastmp has one, the stdlib's otherwise.
             want = ("fastmp." if sub in PRESENT else "multiprocessing.") + sub
@@ -93,7 +101,9 @@ def test_identity_parent_and_children(tmp_path):
 
 
 def test_nested_spawn_children_stay_aliased(tmp_path):
-    r = run_fastmp(tmp_path, """
+    r = run_fastmp(
+        tmp_path,
+        """
         import multiprocessing as mp
 
         def grandchild(conn):
@@ -114,22 +124,27 @@ def test_nested_spawn_children_stay_aliased(tmp_path):
             print(r.recv())
             p.join()
             print(p.exitcode)
-    """)
+    """,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["fastmp", "0"]
 
 
 def test_argv_main_and_exit_code(tmp_path):
-    r = run_fastmp(tmp_path, """
+    r = run_fastmp(
+        tmp_path,
+        """
         import sys, os
         print(__name__, os.path.basename(sys.argv[0]), sys.argv[1:])
         print(os.path.basename(sys.path[0]) == os.path.basename(
             os.path.dirname(os.path.abspath(__file__))))
         sys.exit(7)
-    """, "a", "--b")
+    """,
+        "a",
+        "--b",
+    )
     assert r.returncode == 7, r.stderr
-    assert r.stdout.splitlines() == ["__main__ script.py ['a', '--b']",
-                                     "True"]
+    assert r.stdout.splitlines() == ["__main__ script.py ['a', '--b']", "True"]
 
 
 def test_traceback_like_python(tmp_path):
@@ -139,8 +154,12 @@ def test_traceback_like_python(tmp_path):
         f()
     """
     r = run_fastmp(tmp_path, src)
-    plain = subprocess.run([sys.executable, str(tmp_path / "script.py")],
-                           capture_output=True, text=True, cwd=str(tmp_path))
+    plain = subprocess.run(
+        [sys.executable, str(tmp_path / "script.py")],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+    )
     assert r.returncode == plain.returncode == 1
     assert r.stderr == plain.stderr
     assert "fastmp" not in r.stderr
@@ -166,7 +185,9 @@ def test_stdout_flushed_before_children_finalize(tmp_path):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_start_method_option(tmp_path, method):
-    r = run_fastmp(tmp_path, """
+    r = run_fastmp(
+        tmp_path,
+        """
         import multiprocessing
         def f(conn):
             conn.send(multiprocessing.get_start_method())
@@ -177,24 +198,31 @@ def test_start_method_option(tmp_path, method):
             p.start()
             print(r.recv())
             p.join()
-    """, opts=["--start-method", method])
+    """,
+        opts=["--start-method", method],
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [method, method]
 
 
 def test_script_may_still_set_start_method(tmp_path):
-    r = run_fastmp(tmp_path, """
+    r = run_fastmp(
+        tmp_path,
+        """
         import multiprocessing
         if __name__ == "__main__":
             multiprocessing.set_start_method("spawn")
             print(multiprocessing.get_start_method())
-    """, opts=["--start-method=forkserver"])
+    """,
+        opts=["--start-method=forkserver"],
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["spawn"]
 
 
 def test_module_option(tmp_path):
-    (tmp_path / "mymod.py").write_text(textwrap.dedent("""
+    (tmp_path / "mymod.py").write_text(
+        textwrap.dedent("""
         import sys, multiprocessing
         def f():
             import multiprocessing
@@ -203,25 +231,45 @@ def test_module_option(tmp_path):
             p = multiprocessing.get_context("spawn").Process(target=f)
             p.start(); p.join()
             print(multiprocessing.__name__, sys.argv[1:], p.exitcode)
-    """))
-    r = subprocess.run([sys.executable, "-m", "fastmp", "-m", "mymod", "x"],
-                       capture_output=True, text=True, env=_env(),
-                       cwd=str(tmp_path), timeout=120)
+    """)
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "fastmp", "-m", "mymod", "x"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=str(tmp_path),
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["fastmp", "['x']", "0"]
 
 
 def test_usage_errors(tmp_path):
-    for args in ([], ["--start-method"], ["--start-method", "bogus", "x.py"],
-                 ["--bogus", "x.py"]):
-        r = subprocess.run([sys.executable, "-m", "fastmp", *args],
-                           capture_output=True, text=True, env=_env(),
-                           cwd=str(tmp_path), timeout=60)
+    for args in (
+        [],
+        ["--start-method"],
+        ["--start-method", "bogus", "x.py"],
+        ["--bogus", "x.py"],
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "fastmp", *args],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            cwd=str(tmp_path),
+            timeout=60,
+        )
         assert r.returncode != 0, args
         assert r.stdout == ""
-    r = subprocess.run([sys.executable, "-m", "fastmp", "missing.py"],
-                       capture_output=True, text=True, env=_env(),
-                       cwd=str(tmp_path), timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "fastmp", "missing.py"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=str(tmp_path),
+        timeout=60,
+    )
     assert r.returncode == 2
     assert "can't open file" in r.stderr
 
@@ -249,12 +297,17 @@ def test_fall_through_to_stdlib(tmp_path):
 @pytest.mark.skipif(not MISSING, reason="fastmp implements every module")
 def test_no_fallback_refuses_missing_module(tmp_path):
     for sub in MISSING:
-        r = run_fastmp(tmp_path, FALLTHROUGH.format(sub=sub),
-                       env={"FASTMP_NO_FALLBACK": "1"})
+        r = run_fastmp(
+            tmp_path,
+            FALLTHROUGH.format(sub=sub),
+            env={"FASTMP_NO_FALLBACK": "1"},
+        )
         assert r.returncode == 1, (sub, r.stderr)
         assert "ModuleNotFoundError" in r.stderr, (sub, r.stderr)
         assert "FASTMP_NO_FALLBACK" in r.stderr
-        r = run_fastmp(tmp_path, """
+        r = run_fastmp(
+            tmp_path,
+            f"""
             import multiprocessing
             try:
                 from multiprocessing import {sub}
@@ -264,26 +317,36 @@ def test_no_fallback_refuses_missing_module(tmp_path):
                 multiprocessing.{sub}
             except AttributeError:
                 print("AttributeError")
-        """.format(sub=sub), env={"FASTMP_NO_FALLBACK": "1"})
+        """,
+            env={"FASTMP_NO_FALLBACK": "1"},
+        )
         assert r.returncode == 0, r.stderr
         assert r.stdout.split() == ["ImportError", "AttributeError"], sub
 
 
 def test_no_fallback_factory_raises(tmp_path):
-    missing = [n for n in ("queues", "connection", "synchronize")
-               if n in MISSING]
+    missing = [
+        n for n in ("queues", "connection", "synchronize") if n in MISSING
+    ]
     if not missing:
         pytest.skip("fastmp implements queues, connection and synchronize")
-    call = {"queues": "multiprocessing.Queue()",
-            "connection": "multiprocessing.Pipe()",
-            "synchronize": "multiprocessing.Lock()"}[missing[0]]
-    r = run_fastmp(tmp_path, """
+    call = {
+        "queues": "multiprocessing.Queue()",
+        "connection": "multiprocessing.Pipe()",
+        "synchronize": "multiprocessing.Lock()",
+    }[missing[0]]
+    r = run_fastmp(
+        tmp_path,
+        """
         import multiprocessing
         try:
             %s
         except ImportError as e:
             print("ImportError")
-    """ % call, env={"FASTMP_NO_FALLBACK": "1"})
+    """
+        % call,
+        env={"FASTMP_NO_FALLBACK": "1"},
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["ImportError"]
 
@@ -292,7 +355,9 @@ def test_no_fallback_factory_raises(tmp_path):
 def test_no_fallback_process_api(tmp_path, method):
     # Process, join(timeout), terminate, sentinel: everything that needs
     # only what fastmp provides works with no fall-through, in every child.
-    r = run_fastmp(tmp_path, """
+    r = run_fastmp(
+        tmp_path,
+        """
         import time, sys
         import multiprocessing
         from multiprocessing import Process
@@ -308,7 +373,10 @@ def test_no_fallback_process_api(tmp_path, method):
             p.terminate(); p.join()
             q = ctx.Process(target=f, args=(0,)); q.start(); q.join(30)
             print(p.exitcode, q.exitcode)
-    """ % method, env={"FASTMP_NO_FALLBACK": "1"})
+    """
+        % method,
+        env={"FASTMP_NO_FALLBACK": "1"},
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["-15", "0"]
 
@@ -319,8 +387,10 @@ def test_ctrl_c_in_join(tmp_path):
     # same exit status as plain python, within a bound.
     import signal
     import time
+
     script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import multiprocessing, time
         def f():
             time.sleep(60)
@@ -329,13 +399,21 @@ def test_ctrl_c_in_join(tmp_path):
             p.start()
             print("READY", flush=True)
             p.join()
-    """))
+    """)
+    )
     codes = []
-    for cmd in ([sys.executable, "-m", "fastmp", str(script)],
-                [sys.executable, str(script)]):
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True,
-                                env=_env(), cwd=str(tmp_path))
+    for cmd in (
+        [sys.executable, "-m", "fastmp", str(script)],
+        [sys.executable, str(script)],
+    ):
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+            cwd=str(tmp_path),
+        )
         assert proc.stdout.readline().strip() == "READY"
         time.sleep(0.2)
         t0 = time.monotonic()
@@ -358,16 +436,29 @@ def test_cpython_suite_runner():
     # the honesty table (a class counts only when its objects are fastmp's).
     pytest.importorskip("test._test_multiprocessing")
     r = subprocess.run(
-        [sys.executable, os.path.join(TESTS, "cpython_suite.py"),
-         "--start-method", "fork", "--classes",
-         "_TestSubclassingProcess", "--timeout", "60"],
-        capture_output=True, text=True, env=_env(), timeout=280)
+        [
+            sys.executable,
+            os.path.join(TESTS, "cpython_suite.py"),
+            "--start-method",
+            "fork",
+            "--classes",
+            "_TestSubclassingProcess",
+            "--timeout",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=280,
+    )
     lines = r.stdout.strip().splitlines()
-    assert lines[-1].startswith("3 passed, 0 failed, 0 skipped, 0 not "), \
+    assert lines[-1].startswith("3 passed, 0 failed, 0 skipped, 0 not "), (
         r.stdout + r.stderr
+    )
     assert "_TestSubclassingProcess" in r.stdout
-    row = [ln for ln in lines
-           if ln.strip().startswith("_TestSubclassingProcess")]
+    row = [
+        ln for ln in lines if ln.strip().startswith("_TestSubclassingProcess")
+    ]
     assert len(row) == 1 and row[0].rstrip().endswith("fastmp"), lines
     assert r.returncode == 0
 
@@ -378,17 +469,24 @@ def test_fastmp_module_built_on_stdlib_namesake(tmp_path, method):
     # wraps multiprocessing.pool) gets the stdlib's module, not itself, and
     # the stdlib objects it hands out still pickle to every child.
     import shutil
+
     pkg = tmp_path / "site" / "fastmp"
-    shutil.copytree(os.path.dirname(fastmp.__file__), str(pkg),
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        os.path.dirname(fastmp.__file__),
+        str(pkg),
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     if fastmp_has("pool"):
         pytest.skip("fastmp has its own pool module")
-    (pkg / "pool.py").write_text(textwrap.dedent("""
+    (pkg / "pool.py").write_text(
+        textwrap.dedent("""
         import multiprocessing.pool as _std
         Pool = _std.Pool
-    """))
+    """)
+    )
     script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import multiprocessing, multiprocessing.pool
         def sq(x):
             return x * x
@@ -397,14 +495,29 @@ def test_fastmp_module_built_on_stdlib_namesake(tmp_path, method):
                   multiprocessing.pool._std.__name__)
             with multiprocessing.Pool(2) as p:
                 print(p.map(sq, range(5)))
-    """))
+    """)
+    )
     env = _env(PYTHONPATH=str(tmp_path / "site"))
-    r = subprocess.run([sys.executable, "-m", "fastmp", "--start-method",
-                        method, str(script)], capture_output=True,
-                       text=True, env=env, cwd=str(tmp_path), timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fastmp",
+            "--start-method",
+            method,
+            str(script),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == ["fastmp.pool multiprocessing.pool",
-                                     "[0, 1, 4, 9, 16]"]
+    assert r.stdout.splitlines() == [
+        "fastmp.pool multiprocessing.pool",
+        "[0, 1, 4, 9, 16]",
+    ]
 
 
 _EXECUTOR_SCRIPT = '''
@@ -432,12 +545,19 @@ def test_stdlib_pools_under_python_m_fastmp(tmp_path, method):
     # fastmp's, and both must still work in every start method.
     script = tmp_path / "pools.py"
     script.write_text(_EXECUTOR_SCRIPT)
-    r = subprocess.run([sys.executable, "-m", "fastmp", str(script), method],
-                       cwd=str(tmp_path), capture_output=True, text=True,
-                       timeout=170)
+    r = subprocess.run(
+        [sys.executable, "-m", "fastmp", str(script), method],
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split("\n")[:3] == ["[0, 1, 4, 9, 16]",
-                                        "[0, 1, 4, 9, 16]", "fastmp"]
+    assert r.stdout.split("\n")[:3] == [
+        "[0, 1, 4, 9, 16]",
+        "[0, 1, 4, 9, 16]",
+        "fastmp",
+    ]
 
 
 # ---- python -m fastmp is the interpreter's twin -------------------------
@@ -452,11 +572,22 @@ def _both(tmp_path, args, cwd=None):
     """(python ARGS, python -m fastmp ARGS), from ``cwd``."""
     cwd = str(cwd or tmp_path)
     env = _env()
-    plain = subprocess.run([sys.executable, *args], capture_output=True,
-                           text=True, cwd=cwd, env=env, timeout=120)
-    fm = subprocess.run([sys.executable, "-m", "fastmp", *args],
-                        capture_output=True, text=True, cwd=cwd, env=env,
-                        timeout=120)
+    plain = subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+    )
+    fm = subprocess.run(
+        [sys.executable, "-m", "fastmp", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+    )
     return plain, fm
 
 
@@ -474,26 +605,31 @@ def test_script_file_argv_and_path_as_python(tmp_path, rel):
 
 def test_script_dirname_file_pattern(tmp_path):
     (tmp_path / "data.txt").write_text("hello")
-    (tmp_path / "s.py").write_text(textwrap.dedent("""
+    (tmp_path / "s.py").write_text(
+        textwrap.dedent("""
         import os
         here = os.path.dirname(__file__)
         with open(os.path.join(here, "data.txt")) as f:
             print(f.read())
-    """))
+    """)
+    )
     os.mkdir(str(tmp_path / "elsewhere"))
     # Relative to a working directory that the script then leaves.
-    (tmp_path / "s.py").write_text("import os\nos.chdir('/')\n"
-                                   + (tmp_path / "s.py").read_text())
+    (tmp_path / "s.py").write_text(
+        "import os\nos.chdir('/')\n" + (tmp_path / "s.py").read_text()
+    )
     plain, fm = _both(tmp_path, ["s.py"])
     assert plain.stdout == fm.stdout == "hello\n", fm.stderr
 
 
 def test_traceback_of_a_relative_script_like_python(tmp_path):
-    (tmp_path / "s.py").write_text(textwrap.dedent("""
+    (tmp_path / "s.py").write_text(
+        textwrap.dedent("""
         def f():
             raise ValueError("boom")
         f()
-    """))
+    """)
+    )
     plain, fm = _both(tmp_path, ["s.py"])
     assert plain.returncode == fm.returncode == 1
     assert fm.stderr == plain.stderr
@@ -518,32 +654,50 @@ def test_dash_c(tmp_path):
 
 
 def test_dash_m_argv_as_python(tmp_path):
-    (tmp_path / "mod.py").write_text(textwrap.dedent("""
+    (tmp_path / "mod.py").write_text(
+        textwrap.dedent("""
         import os, sys
         print(sys.argv, __name__, repr(__file__))
-    """))
+    """)
+    )
     plain, fm = _both(tmp_path, ["-m", "mod", "a", "--b"])
     assert plain.returncode == fm.returncode == 0, fm.stderr
     assert fm.stdout == plain.stdout
     assert fm.stdout.startswith(
-        "[%r, 'a', '--b'] __main__" % str(tmp_path / "mod.py"))
+        "[%r, 'a', '--b'] __main__" % str(tmp_path / "mod.py")
+    )
 
 
 def test_version_and_help(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "fastmp", "--version"],
-                       capture_output=True, text=True, env=_env(),
-                       cwd=str(tmp_path), timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "fastmp", "--version"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=str(tmp_path),
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[:2] == ["fastmp", fastmp.__version__]
-    r = subprocess.run([sys.executable, "-m", "fastmp", "--help"],
-                       capture_output=True, text=True, env=_env(),
-                       cwd=str(tmp_path), timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "fastmp", "--help"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=str(tmp_path),
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""
     out = r.stdout
     assert out.count("usage: python -m fastmp") == 1, out
-    for opt in ("--start-method", "-c CODE", "-m module", "--version",
-                "--help"):
+    for opt in (
+        "--start-method",
+        "-c CODE",
+        "-m module",
+        "--version",
+        "--help",
+    ):
         assert opt in out
     assert max(len(ln) for ln in out.splitlines()) <= 79
 

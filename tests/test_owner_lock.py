@@ -8,6 +8,7 @@ process stall while holding it: for a while, or by stopping the process
 allocator lock; the queue ring and the ShareableList writer lock have
 their own in test_queues.py and test_shareable_list.py.
 """
+
 import os
 import signal
 import threading
@@ -35,8 +36,10 @@ def _wait_stopped(pid, timeout=30):
 
 # ---- children ----
 
+
 def _take_and_stall(lock, stall, ready, done):
     from fastmp import _fastmp
+
     ready.set()
     _fastmp._owner_stall(stall)
     lock.acquire()
@@ -47,6 +50,7 @@ def _take_and_stall(lock, stall, ready, done):
 def _alloc_and_stall(stall, ready, out):
     import fastmp
     from fastmp import _fastmp
+
     ready.set()
     _fastmp._owner_stall(stall)
     v = fastmp.RawValue("i", 41)
@@ -60,7 +64,8 @@ def _stopped_arena_holder(fctx):
     if fctx.get_start_method() != "fork":
         pytest.skip("only a fork child allocates from the parent's segment")
     import fastmp
-    fastmp.RawValue("i", 0)           # the pool segment exists before fork
+
+    fastmp.RawValue("i", 0)  # the pool segment exists before fork
     ready, out = fctx.Event(), fctx.RawValue("i", 0)
     p = fctx.Process(target=_alloc_and_stall, args=(-1, ready, out))
     p.start()
@@ -108,6 +113,7 @@ def test_stopped_lock_holder_not_robbed_then_killed(fctx, kind):
     os.kill(p.pid, signal.SIGKILL)
     p.join(30)
     import fastmp
+
     with pytest.warns(fastmp.AbandonedLockWarning):
         assert lock.acquire(timeout=10)
     lock.release()
@@ -115,6 +121,7 @@ def test_stopped_lock_holder_not_robbed_then_killed(fctx, kind):
 
 def test_stopped_arena_holder_not_robbed(fctx):
     import fastmp
+
     p, out = _stopped_arena_holder(fctx)
     made = []
     t = threading.Thread(target=lambda: made.append(fastmp.RawValue("i", 7)))
@@ -133,12 +140,16 @@ def test_stopped_arena_holder_not_robbed(fctx):
 
 def test_killed_arena_holder_recovered(fctx):
     import fastmp
+
     p, _ = _stopped_arena_holder(fctx)
     os.kill(p.pid, signal.SIGKILL)
     p.join(30)
     made = []
-    t = threading.Thread(target=lambda: made.append(
-        [fastmp.RawValue("i", i) for i in range(100)]))
+    t = threading.Thread(
+        target=lambda: made.append(
+            [fastmp.RawValue("i", i) for i in range(100)]
+        )
+    )
     t.start()
     t.join(10)
     assert not t.is_alive()
@@ -147,12 +158,14 @@ def test_killed_arena_holder_recovered(fctx):
 
 def test_waiting_for_a_stopped_arena_holder_is_interruptible(fctx):
     import fastmp
+
     p, out = _stopped_arena_holder(fctx)
     try:
         old = signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.setitimer(signal.ITIMER_REAL, 0.3)
         prev_alarm = signal.signal(
-            signal.SIGALRM, lambda *a: os.kill(os.getpid(), signal.SIGINT))
+            signal.SIGALRM, lambda *a: os.kill(os.getpid(), signal.SIGINT)
+        )
         try:
             with pytest.raises(KeyboardInterrupt):
                 fastmp.RawValue("i", 1)

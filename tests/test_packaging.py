@@ -6,6 +6,7 @@ Offline: the build runs without isolation, with this environment's
 setuptools (the test extra brings a recent enough one), and the fresh
 environment installs the wheel with ``--no-index``.
 """
+
 import glob
 import importlib.util
 import os
@@ -27,20 +28,25 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
         not os.path.isfile(os.path.join(ROOT, "pyproject.toml")),
-        reason="not run from a source checkout"),
+        reason="not run from a source checkout",
+    ),
 ]
 
 
 def _require_build_tools():
     if importlib.util.find_spec("build") is None:
-        pytest.skip("the build package is not installed "
-                    "(pip install '.[test]' brings it)")
+        pytest.skip(
+            "the build package is not installed "
+            "(pip install '.[test]' brings it)"
+        )
     import setuptools
+
     major = int(setuptools.__version__.split(".")[0])
     if major < 77:
-        pytest.skip("setuptools %s is older than the build needs (77); "
-                    "pip install '.[test]' brings a newer one"
-                    % setuptools.__version__)
+        pytest.skip(
+            "setuptools %s is older than the build needs (77); "
+            "pip install '.[test]' brings a newer one" % setuptools.__version__
+        )
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +58,36 @@ def dist(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist")
     src = tmp / "src"
     shutil.copytree(
-        ROOT, str(src), symlinks=True,
+        ROOT,
+        str(src),
+        symlinks=True,
         ignore=shutil.ignore_patterns(
-            ".git", "build", "dist", "*.egg-info", "*.so", "__pycache__",
-            ".pytest_cache", ".venv", "venv*"))
+            ".git",
+            "build",
+            "dist",
+            "*.egg-info",
+            "*.so",
+            "__pycache__",
+            ".pytest_cache",
+            ".venv",
+            "venv*",
+        ),
+    )
     out = tmp / "out"
     r = subprocess.run(
-        [sys.executable, "-m", "build", "--no-isolation", "--outdir",
-         str(out), str(src)], capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--no-isolation",
+            "--outdir",
+            str(out),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     sdists = glob.glob(str(out / "fastmp-*.tar.gz"))
     wheels = glob.glob(str(out / "fastmp-*.whl"))
@@ -71,10 +99,19 @@ def test_sdist_contents(dist):
     sdist, _ = dist
     with tarfile.open(sdist) as t:
         names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
-    want = {"LICENSE", "pyproject.toml", "setup.py", "README.md",
-            "fastmp/_fastmp.pyi", "fastmp/py.typed", "fastmp/__init__.py"}
-    want |= {os.path.relpath(p, ROOT)
-             for p in glob.glob(os.path.join(ROOT, "src", "*.[ch]"))}
+    want = {
+        "LICENSE",
+        "pyproject.toml",
+        "setup.py",
+        "README.md",
+        "fastmp/_fastmp.pyi",
+        "fastmp/py.typed",
+        "fastmp/__init__.py",
+    }
+    want |= {
+        os.path.relpath(p, ROOT)
+        for p in glob.glob(os.path.join(ROOT, "src", "*.[ch]"))
+    }
     assert "src/fastmp.h" in want
     assert want <= names, sorted(want - names)
 
@@ -83,8 +120,9 @@ def test_wheel_metadata(dist):
     sdist, wheel = dist
     assert os.path.basename(sdist) == "fastmp-%s.tar.gz" % fastmp.__version__
     with zipfile.ZipFile(wheel) as z:
-        meta_name = next(n for n in z.namelist()
-                         if n.endswith(".dist-info/METADATA"))
+        meta_name = next(
+            n for n in z.namelist() if n.endswith(".dist-info/METADATA")
+        )
         meta = z.read(meta_name).decode()
         names = z.namelist()
     assert "Version: %s\n" % fastmp.__version__ in meta
@@ -92,19 +130,27 @@ def test_wheel_metadata(dist):
     assert "License-File: LICENSE\n" in meta
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "fastmp/py.typed" in names and "fastmp/_fastmp.pyi" in names
-    assert any(n.startswith("fastmp/_fastmp") and n.endswith(".so")
-               for n in names)
+    assert any(
+        n.startswith("fastmp/_fastmp") and n.endswith(".so") for n in names
+    )
 
 
 def test_wheel_installs_and_works_in_a_fresh_venv(dist, tmp_path):
     _, wheel = dist
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True,
-                   timeout=300, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "venv", str(venv)],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
     py = str(venv / "bin" / "python")
-    r = subprocess.run([py, "-m", "pip", "install", "-q", "--no-index",
-                        "--no-deps", wheel], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [py, "-m", "pip", "install", "-q", "--no-index", "--no-deps", wheel],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     code = textwrap.dedent("""
         import fastmp, sys
@@ -113,13 +159,28 @@ def test_wheel_installs_and_works_in_a_fresh_venv(dist, tmp_path):
         lock.release()
         print(fastmp.__version__, fastmp.__file__.startswith(sys.prefix))
     """)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME")}
-    r = subprocess.run([py, "-c", code], capture_output=True, text=True,
-                       timeout=120, cwd=str(tmp_path), env=env)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "PYTHONHOME")
+    }
+    r = subprocess.run(
+        [py, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(tmp_path),
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [fastmp.__version__, "True"]
-    r = subprocess.run([py, "-m", "fastmp", "--version"], capture_output=True,
-                       text=True, timeout=120, cwd=str(tmp_path), env=env)
+    r = subprocess.run(
+        [py, "-m", "fastmp", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(tmp_path),
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("fastmp %s " % fastmp.__version__)

@@ -5,6 +5,7 @@ bytes, with the same reducers (including ones registered or replaced after
 the first use) and the same exceptions; Connection.send and Queue.put use
 it, so they follow every change of reducer too.
 """
+
 import copyreg
 import pickle
 import threading
@@ -73,16 +74,57 @@ def _reduce_point(p):
 
 
 PLAIN = [
-    None, True, False, 0, 1, -1, 255, 256, 2**31, -(2**63), 2**100, 1.5,
-    float("inf"), 1j, "", "x", "é" * 10, "s" * 100_000, b"", b"\0" * 10,
-    b"x" * 65_535, b"x" * 65_536, b"y" * (3 << 20), bytearray(b"ab" * 40_000),
-    (), (1,), (1, "x", 2.0), [], [1, [2, [3, [4, [5]]]]], {}, {"a": 1},
-    {1: {2: {3: (4, [5])}}}, {1, 2, 3}, frozenset("abc"), range(10),
-    slice(1, 2), Ellipsis, NotImplemented, type, int, len, pickle.dumps,
+    None,
+    True,
+    False,
+    0,
+    1,
+    -1,
+    255,
+    256,
+    2**31,
+    -(2**63),
+    2**100,
+    1.5,
+    float("inf"),
+    1j,
+    "",
+    "x",
+    "é" * 10,
+    "s" * 100_000,
+    b"",
+    b"\0" * 10,
+    b"x" * 65_535,
+    b"x" * 65_536,
+    b"y" * (3 << 20),
+    bytearray(b"ab" * 40_000),
+    (),
+    (1,),
+    (1, "x", 2.0),
+    [],
+    [1, [2, [3, [4, [5]]]]],
+    {},
+    {"a": 1},
+    {1: {2: {3: (4, [5])}}},
+    {1, 2, 3},
+    frozenset("abc"),
+    range(10),
+    slice(1, 2),
+    Ellipsis,
+    NotImplemented,
+    type,
+    int,
+    len,
+    pickle.dumps,
     [b"z" * 70_000, "m" * 70_000, b"w" * 70_000],
-    list(range(10_000)), {i: str(i) for i in range(1000)},
-    Point(1, 2), [Point(i, -i) for i in range(100)], Reduced(21),
-    Exception("boom"), ValueError(1, 2), KeyError("k"),
+    list(range(10_000)),
+    {i: str(i) for i in range(1000)},
+    Point(1, 2),
+    [Point(i, -i) for i in range(100)],
+    Reduced(21),
+    Exception("boom"),
+    ValueError(1, 2),
+    KeyError("k"),
 ]
 
 
@@ -129,7 +171,7 @@ def test_loads_accepts_bytes_like():
 
 def test_register_after_first_use(reducers):
     t = Tagged("orig")
-    same(t)                                   # first use: no reducer
+    same(t)  # first use: no reducer
     assert _fastmp._loads(_fastmp._dumps(t)).tag == "orig"
     ForkingPickler.register(Tagged, _reduce_tagged_a)
     same(t)
@@ -177,11 +219,14 @@ def _raising_reducer(obj):
     raise Boom("no")
 
 
-@pytest.mark.parametrize("obj", [
-    lambda: None,                  # not importable by name
-    threading.Lock(),              # TypeError: cannot pickle
-    [1, 2, (lambda: None)],        # deep in a container, after output
-])
+@pytest.mark.parametrize(
+    "obj",
+    [
+        lambda: None,  # not importable by name
+        threading.Lock(),  # TypeError: cannot pickle
+        [1, 2, (lambda: None)],  # deep in a container, after output
+    ],
+)
 def test_unpicklable_same_exception(obj):
     with pytest.raises(Exception) as want:
         ForkingPickler.dumps(obj)
@@ -221,6 +266,7 @@ def _sending_reducer_factory(conn):
     def reduce_(obj):
         conn.send(("side", obj.tag))
         return _rebuild_tagged, (obj.tag,)
+
     return reduce_
 
 

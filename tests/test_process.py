@@ -1,5 +1,6 @@
 """Process API parity: the same body against multiprocessing and fastmp,
 under fork, spawn and forkserver (the ``ctx`` fixture)."""
+
 import multiprocessing
 import os
 import pickle
@@ -15,6 +16,7 @@ import fastmp
 
 # ---------------------------------------------------------------- helpers
 # Everything a child runs is module-level so spawn/forkserver can pickle it.
+
 
 def _noop():
     pass
@@ -37,17 +39,19 @@ def _report(q_conn, impl):
     mod = __import__(impl)
     cur = mod.current_process()
     par = mod.parent_process()
-    q_conn.send({
-        "name": cur.name,
-        "pid": os.getpid(),
-        "ident": cur.ident,
-        "authkey": bytes(cur.authkey),
-        "daemon": cur.daemon,
-        "parent_pid": par.pid if par is not None else None,
-        "parent_name": par.name if par is not None else None,
-        "start_method": mod.get_start_method(),
-        "active_children": len(mod.active_children()),
-    })
+    q_conn.send(
+        {
+            "name": cur.name,
+            "pid": os.getpid(),
+            "ident": cur.ident,
+            "authkey": bytes(cur.authkey),
+            "daemon": cur.daemon,
+            "parent_pid": par.pid if par is not None else None,
+            "parent_name": par.name if par is not None else None,
+            "start_method": mod.get_start_method(),
+            "active_children": len(mod.active_children()),
+        }
+    )
     q_conn.close()
 
 
@@ -76,12 +80,16 @@ def _make_subclasses():
                 self.value = value
 
             def run(self):
-                self.conn.send((self.value * 2, type(self).__name__,
-                                self.name))
+                self.conn.send(
+                    (self.value * 2, type(self).__name__, self.name)
+                )
                 self.conn.close()
 
-            cls = type(name, (base,), {"__init__": __init__, "run": run,
-                                       "__module__": __name__})
+            cls = type(
+                name,
+                (base,),
+                {"__init__": __init__, "run": run, "__module__": __name__},
+            )
             cls.__qualname__ = name
             globals()[name] = out[(impl, method)] = cls
     return out
@@ -91,12 +99,16 @@ SUBCLASSES = _make_subclasses()
 
 
 def _impl_method(ctx):
-    impl = "fastmp" if type(ctx).__module__.startswith("fastmp") \
+    impl = (
+        "fastmp"
+        if type(ctx).__module__.startswith("fastmp")
         else "multiprocessing"
+    )
     return impl, ctx.get_start_method()
 
 
 # ---------------------------------------------------------------- tests
+
 
 def test_context_process_class(ctx):
     impl, method = _impl_method(ctx)
@@ -154,8 +166,10 @@ def test_kill(ctx):
 
 
 def test_exitcodes(ctx):
-    procs = [ctx.Process(target=_exit_with, args=(a,))
-             for a in (0, 3, "message", None)]
+    procs = [
+        ctx.Process(target=_exit_with, args=(a,))
+        for a in (0, 3, "message", None)
+    ]
     procs.append(ctx.Process(target=_raise))
     for p in procs:
         p.start()
@@ -213,8 +227,9 @@ def test_daemon_flag(ctx):
 
 def test_args_kwargs(ctx):
     r, w = _pipe(ctx)
-    p = ctx.Process(target=_send_args, args=(w, 1, "two"),
-                    kwargs={"three": [3]})
+    p = ctx.Process(
+        target=_send_args, args=(w, 1, "two"), kwargs={"three": [3]}
+    )
     p.start()
     w.close()
     assert r.recv() == ((1, "two"), {"three": [3]})
@@ -238,6 +253,7 @@ def test_subclass_run(ctx):
 def _local_target_process(ctx):
     def local():
         pass
+
     return ctx.Process(target=local)
 
 
@@ -281,6 +297,7 @@ def test_bad_arguments(ctx):
 
 def test_sentinel_ready_after_exit(ctx):
     from multiprocessing.connection import wait
+
     p = ctx.Process(target=_sleep, args=(0.1,))
     p.start()
     assert wait([p.sentinel], timeout=30) == [p.sentinel]

@@ -1,4 +1,5 @@
 """fastmp queues under exits, kills, Ctrl-C and long runs."""
+
 import os
 import signal
 import subprocess
@@ -8,12 +9,12 @@ import time
 import zlib
 
 import pytest
-
-import fastmp
 from conftest import TESTS, child_env
 
+import fastmp
 
 # ---- children ------------------------------------------------------------
+
 
 def _put_then_exit(q, n, size):
     for i in range(n):
@@ -47,6 +48,7 @@ def _check(item):
 
 
 # ---- durability -------------------------------------------------------
+
 
 @pytest.mark.timeout(120)
 def test_child_puts_20mb_and_exits_before_reading(fctx):
@@ -144,7 +146,11 @@ def test_ctrl_c_in_blocking_call(fctx, kind):
     env = child_env()
     proc = subprocess.Popen(
         [sys.executable, "-c", _BLOCKED, fctx.get_start_method(), kind],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "READY"
         time.sleep(0.2)
@@ -153,7 +159,7 @@ def test_ctrl_c_in_blocking_call(fctx, kind):
         line = proc.stdout.readline().strip()
         elapsed = time.monotonic() - sent
         assert line.startswith("INTERRUPTED"), (line, proc.stderr.read())
-        assert elapsed < 0.5 + 0.5   # 0.5 s goal, plus scheduling slack
+        assert elapsed < 0.5 + 0.5  # 0.5 s goal, plus scheduling slack
         assert proc.wait(10) == 0
     finally:
         if proc.poll() is None:
@@ -162,6 +168,7 @@ def test_ctrl_c_in_blocking_call(fctx, kind):
 
 
 # ---- leaks ------------------------------------------------------------
+
 
 def _rss_kib():
     with open("/proc/self/status") as f:
@@ -181,8 +188,11 @@ def _shm_entries():
     except FileNotFoundError:
         names = set()
     with open("/proc/self/maps") as f:
-        maps = {line.split(None, 5)[-1].strip() for line in f
-                if "/dev/shm/" in line}
+        maps = {
+            line.split(None, 5)[-1].strip()
+            for line in f
+            if "/dev/shm/" in line
+        }
     return names | maps
 
 
@@ -200,7 +210,7 @@ def test_create_drop_many_queues():
             s.get()
             del q, s
 
-    churn(300)               # warm up allocator and caches
+    churn(300)  # warm up allocator and caches
     fds = len(os.listdir("/proc/self/fd"))
     shm = _shm_entries()
     rss = _rss_kib()
@@ -247,21 +257,35 @@ def test_lock_holder_dies(fctx):
 
 # ---- address space and volume -------------------------------------------
 
+
 def _run_child(body, limit_bytes=None, timeout=120):
     """Run `body` in a fresh interpreter, its address space limited to
     `limit_bytes` (RLIMIT_AS, as batch schedulers set it) unless None.
     Returns the CompletedProcess."""
     code = textwrap.dedent(body)
-    if limit_bytes is not None and "libasan" in os.environ.get("LD_PRELOAD", ""):
+    if limit_bytes is not None and "libasan" in os.environ.get(
+        "LD_PRELOAD", ""
+    ):
         pytest.skip("AddressSanitizer reserves terabytes of address space")
     if limit_bytes is not None:
-        code = textwrap.dedent("""
+        code = (
+            textwrap.dedent(
+                """
             import resource
             resource.setrlimit(resource.RLIMIT_AS, (%d, %d))
-        """ % (limit_bytes, limit_bytes)) + code
-    return subprocess.run([sys.executable, "-c", code], env=child_env(),
-                          capture_output=True, text=True, timeout=timeout,
-                          cwd=TESTS)
+        """
+                % (limit_bytes, limit_bytes)
+            )
+            + code
+        )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=TESTS,
+    )
 
 
 _FIFTY_QUEUES = """
@@ -357,9 +381,11 @@ def test_unbounded_queue_takes_5gib_without_blocking():
 
 # ---- the queue lock is the owner lock ------------------------------------
 
+
 def _stall_then_put(q, seconds, item, done):
     from fastmp import _fastmp
-    _fastmp._owner_stall(seconds)      # the next lock taken here stalls
+
+    _fastmp._owner_stall(seconds)  # the next lock taken here stalls
     q.put(item)
     done.set()
 
@@ -452,7 +478,7 @@ def test_killed_lock_holder_is_taken_over(fctx):
     p.join(30)
     other = fctx.Process(target=_put_one, args=(q, "after"))
     other.start()
-    other.join(10)          # takes the lock over within a few seconds
+    other.join(10)  # takes the lock over within a few seconds
     assert other.exitcode == 0
     assert q.qsize() == 2 and not q.empty()
     assert q.get(timeout=5) == "before"

@@ -1,5 +1,6 @@
 """Queue, JoinableQueue and SimpleQueue: parity with the stdlib (ctx) and
 fastmp-only behaviour (fctx)."""
+
 import pickle
 import queue
 import time
@@ -10,6 +11,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 # ---- helpers run in children (module level for spawn) -----------------
+
 
 def _produce(q, tag, n):
     for i in range(n):
@@ -58,6 +60,7 @@ def _put_big(q, size):
 
 
 # ---- single-process API ------------------------------------------------
+
 
 def test_fifo_qsize_empty_full(ctx):
     q = ctx.Queue(3)
@@ -109,9 +112,23 @@ def test_timeouts(ctx):
 
 def test_various_items(ctx):
     q = ctx.Queue()
-    items = [None, True, 0, -1, 2**100, 1.5, "", "é" * 1000, b"\0" * 7,
-             (1, "a"), [1, [2, [3]]], {"k": (1, 2)}, set(range(10)),
-             bytearray(b"abc"), b"y" * 100000]
+    items = [
+        None,
+        True,
+        0,
+        -1,
+        2**100,
+        1.5,
+        "",
+        "é" * 1000,
+        b"\0" * 7,
+        (1, "a"),
+        [1, [2, [3]]],
+        {"k": (1, 2)},
+        set(range(10)),
+        bytearray(b"abc"),
+        b"y" * 100000,
+    ]
     for it in items:
         q.put(it)
     got = [q.get(timeout=10) for _ in items]
@@ -165,6 +182,7 @@ def test_simple_queue(ctx):
 
 
 # ---- across processes ---------------------------------------------------
+
 
 def test_child_producer(ctx):
     q = ctx.Queue()
@@ -233,10 +251,13 @@ def test_many_producers_many_consumers(ctx):
     nprod, ncons, n = 3, 2, 400
     q, out = ctx.Queue(), ctx.Queue()
     share = nprod * n // ncons
-    procs = [ctx.Process(target=_produce, args=(q, k, n))
-             for k in range(nprod)]
-    procs += [ctx.Process(target=_consume, args=(q, out, share))
-              for _ in range(ncons)]
+    procs = [
+        ctx.Process(target=_produce, args=(q, k, n)) for k in range(nprod)
+    ]
+    procs += [
+        ctx.Process(target=_consume, args=(q, out, share))
+        for _ in range(ncons)
+    ]
     for p in procs:
         p.start()
     results = [out.get(timeout=60) for _ in range(ncons)]
@@ -244,8 +265,7 @@ def test_many_producers_many_consumers(ctx):
         p.join(30)
         assert p.exitcode == 0
     everything = sorted(x for r in results for x in r)
-    assert everything == sorted((k, i) for k in range(nprod)
-                                for i in range(n))
+    assert everything == sorted((k, i) for k in range(nprod) for i in range(n))
     # FIFO per producer, as seen by each consumer.
     for r in results:
         for k in range(nprod):
@@ -255,12 +275,13 @@ def test_many_producers_many_consumers(ctx):
 
 # ---- fastmp only ----------------------------------------------------------
 
+
 def test_qsize_exact_immediately(fctx):
     q = fctx.Queue()
     for i in range(1000):
         q.put(i)
         assert q.qsize() == i + 1
-    for i in range(1000):
+    for _ in range(1000):
         q.get()
     assert q.qsize() == 0
 
@@ -270,6 +291,7 @@ def test_unpicklable_raises_in_put(fctx):
     with pytest.raises((pickle.PicklingError, TypeError, AttributeError)):
         q.put(lambda: None)
     import threading
+
     with pytest.raises(TypeError):
         q.put(threading.Lock())
     assert q.empty()
@@ -282,7 +304,7 @@ def test_big_item_from_child(fctx):
     size = 40 * 1024 * 1024
     p = fctx.Process(target=_put_big, args=(q, size))
     p.start()
-    p.join(60)     # no "join before get" deadlock
+    p.join(60)  # no "join before get" deadlock
     assert p.exitcode == 0
     data = q.get(timeout=10)
     assert len(data) == size and data == b"x" * size
@@ -291,7 +313,7 @@ def test_big_item_from_child(fctx):
 def test_unbounded_never_blocks(fctx):
     q = fctx.Queue()
     chunk = b"z" * (1 << 20)
-    for _ in range(64):      # 64 MiB with nobody reading
+    for _ in range(64):  # 64 MiB with nobody reading
         q.put_nowait(chunk)
     assert q.qsize() == 64
     for _ in range(64):
@@ -303,10 +325,14 @@ def test_signature_and_names(fctx):
     import multiprocessing.queues as sq
 
     import fastmp.queues as fq
+
     assert fq.__all__ == sq.__all__
     q = fctx.Queue()
     assert list(inspect.signature(q.put).parameters) == [
-        "obj", "block", "timeout"]
+        "obj",
+        "block",
+        "timeout",
+    ]
     assert list(inspect.signature(q.get).parameters) == ["block", "timeout"]
     assert repr(q).startswith("<fastmp.queues.Queue object at")
     assert q.put(obj=1, block=True, timeout=None) is None
@@ -345,6 +371,7 @@ def test_wrap_grow_and_shrink_keep_order(fctx):
     # Sizes chosen to make records wrap around the ring's end and the ring
     # grow while wrapped, then drain and shrink, several times over.
     import random
+
     rnd = random.Random(4)
     q = fctx.Queue()
     expect = []
@@ -373,6 +400,7 @@ def test_stdlib_pool_and_executor_with_fastmp_context(fctx):
     # SimpleQueue's pipe ends; with a fastmp context they must still work.
     import concurrent.futures
     import multiprocessing.pool
+
     with multiprocessing.pool.Pool(2, context=fctx) as pool:
         assert pool.map(_square, range(20)) == [x * x for x in range(20)]
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=fctx) as ex:
@@ -416,6 +444,7 @@ def _wait_nonempty(q):
 
 def test_empty_right_after_put_and_close(ctx):
     import sys
+
     q = ctx.Queue()
     q.put("foo")
     _wait_nonempty(q)

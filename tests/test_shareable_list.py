@@ -1,5 +1,6 @@
 """ShareableList: parity with the stdlib, interop both ways on the same
 segment, exact NUL round trips (gh-96779) and atomic item writes."""
+
 import importlib
 import os
 import pickle
@@ -7,7 +8,6 @@ import struct
 import time
 
 import pytest
-
 from conftest import is_fastmp
 
 
@@ -26,6 +26,7 @@ def _cleanup(sl):
 
 # ---- children ----
 
+
 def _child_modify(impl, name):
     sm = importlib.import_module(impl + ".shared_memory")
     sl = sm.ShareableList(name=name)
@@ -42,6 +43,7 @@ def _child_modify_pickled(sl):
 
 def _child_nul_values(name):
     from fastmp import shared_memory as sm
+
     sl = sm.ShareableList(name=name)
     ok = sl[0] == "ab\0\0" and sl[1] == b"\0\0"
     sl[2] = "zz\0"
@@ -52,6 +54,7 @@ def _child_nul_values(name):
 
 def _child_writer(name, index, values, seconds):
     from fastmp import shared_memory as sm
+
     sl = sm.ShareableList(name=name)
     end = time.monotonic() + seconds
     k = 0
@@ -63,6 +66,7 @@ def _child_writer(name, index, values, seconds):
 
 
 # ---- API parity ----
+
 
 def test_basics(mp):
     sm = sl_module(mp)
@@ -95,15 +99,15 @@ def test_basics(mp):
         with pytest.raises(ValueError, match="exceeds available storage"):
             sl[4] = 'far too many'
         assert sl[4] == 'some'
-        sl[0] = 'encodés'           # 8 bytes of UTF-8
+        sl[0] = 'encodés'  # 8 bytes of UTF-8
         assert sl[0] == 'encodés'
         assert sl[1] == b'HoWdY'
         with pytest.raises(ValueError, match="exceeds available storage"):
             sl[0] = 'encodées'
         with pytest.raises(ValueError, match="exceeds available storage"):
             sl[1] = b'123456789'
-        sl[2] = 7                   # float slot -> int
-        sl[5] = 1.5                 # bool slot -> float
+        sl[2] = 7  # float slot -> int
+        sl[5] = 1.5  # bool slot -> float
         sl[6] = False
         assert list(sl)[2:] == [7, 42, 'some', 1.5, False]
     finally:
@@ -141,7 +145,7 @@ def test_bad_inputs(mp):
         with pytest.raises(KeyError):
             sl[0] = [1]
         with pytest.raises(struct.error):
-            sl[0] = 2 ** 64
+            sl[0] = 2**64
         with pytest.raises((TypeError, AttributeError)):
             del sl[0]
         with pytest.raises(TypeError):
@@ -180,8 +184,9 @@ def test_pickling(mp):
             other[4] = "changed"
             assert sl[4] == "changed"
             larger = sm.ShareableList(range(400))
-            assert (len(pickle.dumps(sl, protocol=proto))
-                    == len(pickle.dumps(larger, protocol=proto)))
+            assert len(pickle.dumps(sl, protocol=proto)) == len(
+                pickle.dumps(larger, protocol=proto)
+            )
             _cleanup(larger)
             other.shm.close()
         finally:
@@ -196,6 +201,7 @@ def test_generic_alias(mp):
 
 
 # ---- across processes ----
+
 
 def test_modify_in_child(ctx):
     sm = sl_module(ctx)
@@ -218,14 +224,28 @@ def test_modify_in_child(ctx):
 
 # ---- stdlib <-> fastmp interop on one segment ----
 
-INTEROP = [7, -2 ** 63, 2.5, True, False, None, "text", "üñï", b"raw",
-           "", b"", "x" * 40, b"y" * 17]
+INTEROP = [
+    7,
+    -(2**63),
+    2.5,
+    True,
+    False,
+    None,
+    "text",
+    "üñï",
+    b"raw",
+    "",
+    b"",
+    "x" * 40,
+    b"y" * 17,
+]
 
 
 def test_stdlib_reads_fastmp_list():
     from multiprocessing import shared_memory as ssm
 
     from fastmp import shared_memory as fsm
+
     fl = fsm.ShareableList(INTEROP)
     try:
         sl = ssm.ShareableList(name=fl.shm.name)
@@ -254,12 +274,13 @@ def test_fastmp_reads_stdlib_list():
     from multiprocessing import shared_memory as ssm
 
     from fastmp import shared_memory as fsm
+
     sl = ssm.ShareableList(INTEROP)
     try:
         fl = fsm.ShareableList(name=sl.shm.name)
         assert list(fl) == INTEROP
         assert fl.format == sl.format
-        assert not fl._atomic          # no trailer in a stdlib-made list
+        assert not fl._atomic  # no trailer in a stdlib-made list
         fl[0] = 9
         fl[6] = "abc"
         fl[5] = b"nb"
@@ -280,6 +301,7 @@ def test_layout_matches_stdlib():
     from multiprocessing import shared_memory as ssm
 
     from fastmp import shared_memory as fsm
+
     vals = [1, "abc", b"de", 2.0, None, True]
     fl = fsm.ShareableList(vals)
     sl = ssm.ShareableList(vals)
@@ -298,6 +320,7 @@ NUL_VALUES = ["ab\0\0", b"\0\0", "", b"", "\0", b"x\0y\0", "é\0"]
 
 def test_trailing_nul_roundtrip():
     from fastmp import shared_memory as sm
+
     sl = sm.ShareableList(NUL_VALUES)
     try:
         assert list(sl) == NUL_VALUES
@@ -321,11 +344,12 @@ def test_trailing_nul_stdlib_reader_sees_prefix():
     from multiprocessing import shared_memory as ssm
 
     from fastmp import shared_memory as fsm
+
     fl = fsm.ShareableList(["ab\0\0", b"c\0", "xyz"])
     try:
         sl = ssm.ShareableList(name=fl.shm.name)
         assert list(sl) == ["ab", b"c", "xyz"]
-        sl[0] = "abcd"          # a stdlib write restores the plain format
+        sl[0] = "abcd"  # a stdlib write restores the plain format
         assert fl[0] == "abcd"
         assert fl._get_packing_format(0) == "8s"
         sl.shm.close()
@@ -335,6 +359,7 @@ def test_trailing_nul_stdlib_reader_sees_prefix():
 
 def test_trailing_nul_across_processes(fctx):
     from fastmp import shared_memory as sm
+
     sl = sm.ShareableList(["ab\0\0", b"\0\0", "aaaa", b"bbbb", False])
     try:
         p = fctx.Process(target=_child_nul_values, args=(sl.shm.name,))
@@ -349,9 +374,11 @@ def test_trailing_nul_across_processes(fctx):
 
 # ---- atomic item writes (fastmp only) ----
 
+
 @pytest.mark.timeout(120)
 def test_writes_are_atomic_for_readers(fctx):
     from fastmp import shared_memory as sm
+
     # Large values: without the seqlock a reader sees torn values (mixed
     # bytes, a str format with bytes data) many times a second.
     a, b = "a" * 6000, "b" * 5000
@@ -360,12 +387,16 @@ def test_writes_are_atomic_for_readers(fctx):
     assert sl._atomic
     try:
         procs = [
-            fctx.Process(target=_child_writer,
-                         args=(sl.shm.name, 0, [a, b, b"c" * 4000], 1.0)),
-            fctx.Process(target=_child_writer,
-                         args=(sl.shm.name, 0, [b, a], 1.0)),
-            fctx.Process(target=_child_writer,
-                         args=(sl.shm.name, 1, ints, 1.0)),
+            fctx.Process(
+                target=_child_writer,
+                args=(sl.shm.name, 0, [a, b, b"c" * 4000], 1.0),
+            ),
+            fctx.Process(
+                target=_child_writer, args=(sl.shm.name, 0, [b, a], 1.0)
+            ),
+            fctx.Process(
+                target=_child_writer, args=(sl.shm.name, 1, ints, 1.0)
+            ),
         ]
         for p in procs:
             p.start()
@@ -386,6 +417,7 @@ def test_writes_are_atomic_for_readers(fctx):
 
 # ---- the seqlock after a writer died or stopped (fastmp only) ----
 
+
 def _trailer_offset(sl):
     n = len(sl)
     end = (n + 2) * 8 + sl._allocated_offsets[-1] + 9 * n
@@ -395,6 +427,7 @@ def _trailer_offset(sl):
 def _dead_pid():
     import subprocess
     import sys
+
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
     return p.pid
@@ -404,11 +437,12 @@ def _dead_pid():
 # owner is the project's owner-lock word: pid in the low half, the holder's
 # start token in the high half (0 while free).
 
+
 def _trailer_state(sl):
     """(seq, owner word) of a fastmp-made list."""
     t = _trailer_offset(sl)
-    seq, = struct.unpack_from("I", sl.shm.buf, t + 8)
-    owner, = struct.unpack_from("Q", sl.shm.buf, t + 16)
+    (seq,) = struct.unpack_from("I", sl.shm.buf, t + 8)
+    (owner,) = struct.unpack_from("Q", sl.shm.buf, t + 16)
     return seq, owner
 
 
@@ -429,6 +463,7 @@ def _start_token(pid):
 
 def test_dead_writer_is_taken_over():
     from fastmp import shared_memory as sm
+
     sl = sm.ShareableList(["value", 5])
     try:
         seq, owner = _trailer_state(sl)
@@ -464,21 +499,27 @@ def test_reader_waiting_on_stopped_writer_takes_ctrl_c():
     import subprocess
     import sys
 
-    from fastmp import shared_memory as sm
     from conftest import child_env
+
+    from fastmp import shared_memory as sm
+
     sl = sm.ShareableList(["value"])
-    sleeper = subprocess.Popen([sys.executable, "-c",
-                                "import time; time.sleep(60)"])
+    sleeper = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"]
+    )
     try:
         # a live writer that never finishes (e.g. SIGSTOPped mid-write)
         _set_trailer(sl, 1, sleeper.pid, _start_token(sleeper.pid))
         env = child_env()
-        with subprocess.Popen([sys.executable, "-c", STUCK_READER,
-                               sl.shm.name], stdout=subprocess.PIPE,
-                              text=True, env=env) as p:
+        with subprocess.Popen(
+            [sys.executable, "-c", STUCK_READER, sl.shm.name],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        ) as p:
             assert p.stdout.readline().strip() == "READY"
             time.sleep(0.3)
-            assert p.poll() is None          # still waiting
+            assert p.poll() is None  # still waiting
             sent = time.monotonic()
             p.send_signal(signal.SIGINT)
             out, _ = p.communicate(timeout=10)
@@ -519,11 +560,15 @@ def test_attach_to_garbage_raises_valueerror():
     # A segment that does not hold a list (or a corrupted one) never
     # makes fastmp read or write outside the segment.
     from fastmp import shared_memory as sm
-    for header in (struct.pack("q", 2 ** 40), struct.pack("q", -1),
-                   struct.pack("qqq", 1, 0, 10 ** 6)):
+
+    for header in (
+        struct.pack("q", 2**40),
+        struct.pack("q", -1),
+        struct.pack("qqq", 1, 0, 10**6),
+    ):
         shm = sm.SharedMemory(create=True, size=64)
         try:
-            shm.buf[:len(header)] = header
+            shm.buf[: len(header)] = header
             with pytest.raises(ValueError, match="valid ShareableList"):
                 sm.ShareableList(name=shm.name)
         finally:
@@ -532,6 +577,7 @@ def test_attach_to_garbage_raises_valueerror():
 
 
 # ---- subclasses of the item types (parity) ----
+
 
 class _Str(str):
     pass
@@ -549,9 +595,11 @@ class _Float(float):
     pass
 
 
-@pytest.mark.parametrize("value", [_Str("text"), _Bytes(b"raw"), _Int(5),
-                                   _Float(2.5)],
-                         ids=["str", "bytes", "int", "float"])
+@pytest.mark.parametrize(
+    "value",
+    [_Str("text"), _Bytes(b"raw"), _Int(5), _Float(2.5)],
+    ids=["str", "bytes", "int", "float"],
+)
 def test_subclass_items(mp, value):
     # The stdlib looks each item's exact type up in _types_mapping when it
     # builds a list (KeyError for a subclass); assigning a str/bytes
@@ -621,15 +669,28 @@ def _run_corrupt(mode, pid=0, token=0):
     import subprocess
     import sys
 
-    from fastmp import shared_memory as sm
     from conftest import child_env
+
+    from fastmp import shared_memory as sm
+
     sl = sm.ShareableList(["value", 5])
     env = child_env()
     try:
-        p = subprocess.run([sys.executable, "-c", CORRUPT_CHILD,
-                            sl.shm.name, mode, str(pid), str(token)],
-                           capture_output=True, text=True, env=env,
-                           timeout=15)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                CORRUPT_CHILD,
+                sl.shm.name,
+                mode,
+                str(pid),
+                str(token),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=15,
+        )
         assert p.returncode == 0, p.stderr
         return p.stdout.strip().split("|"), list(sl)
     finally:
@@ -652,12 +713,14 @@ def test_corrupt_odd_seq_with_free_lock_recovers():
 def test_corrupt_live_pid_with_wrong_token_recovers():
     import subprocess
     import sys
-    sleeper = subprocess.Popen([sys.executable, "-c",
-                                "import time; time.sleep(60)"])
+
+    sleeper = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"]
+    )
     try:
         wrong = (_start_token(sleeper.pid) + 12345) & 0xFFFFFFFF
         out, final = _run_corrupt("pid", sleeper.pid, max(wrong, 2))
-        assert sleeper.poll() is None        # still alive: it was a lie
+        assert sleeper.poll() is None  # still alive: it was a lie
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -678,18 +741,21 @@ def test_corrupt_own_pid_recovers(mode):
 
 # ---- the writer lock is the owner lock (fastmp only) ----
 
+
 def _child_stalled_write(name, stall, ready):
     from fastmp import _fastmp
     from fastmp import shared_memory as sm
+
     sl = sm.ShareableList(name=name)
     ready.set()
-    _fastmp._owner_stall(stall)      # the next lock acquisition stalls
+    _fastmp._owner_stall(stall)  # the next lock acquisition stalls
     sl[0] = 1
     sl.shm.close()
 
 
 def _child_write_one(name, index, value, started):
     from fastmp import shared_memory as sm
+
     sl = sm.ShareableList(name=name)
     started.set()
     sl[index] = value
@@ -711,15 +777,18 @@ def _wait_stopped(pid):
 @pytest.mark.timeout(120)
 def test_writer_lock_stalled_holder(fctx):
     from fastmp import shared_memory as sm
+
     sl = sm.ShareableList([0, 0])
     try:
         ready, started = fctx.Event(), fctx.Event()
-        a = fctx.Process(target=_child_stalled_write,
-                         args=(sl.shm.name, 0.3, ready))
+        a = fctx.Process(
+            target=_child_stalled_write, args=(sl.shm.name, 0.3, ready)
+        )
         a.start()
         assert ready.wait(30)
-        b = fctx.Process(target=_child_write_one,
-                         args=(sl.shm.name, 1, 2, started))
+        b = fctx.Process(
+            target=_child_write_one, args=(sl.shm.name, 1, 2, started)
+        )
         b.start()
         deadline = time.monotonic() + 60
         while a.is_alive() or b.is_alive():
@@ -739,6 +808,7 @@ def test_writer_lock_stalled_holder(fctx):
 def _kill_and_cleanup(sl, *procs):
     """Teardown of the writer-lock tests: no child outlives its test."""
     import signal
+
     for p in procs:
         if p is not None and p.is_alive():
             os.kill(p.pid, signal.SIGKILL)
@@ -751,15 +821,17 @@ def _holder_stopped(fctx, sl):
     on its way to sl[0] = 1, and a second writer of sl[1] = 2 that must
     wait for it.  Returns (holder, waiter) once both are in place."""
     ready, started = fctx.Event(), fctx.Event()
-    a = fctx.Process(target=_child_stalled_write,
-                     args=(sl.shm.name, -1, ready))
+    a = fctx.Process(
+        target=_child_stalled_write, args=(sl.shm.name, -1, ready)
+    )
     a.start()
     assert ready.wait(30)
     _wait_stopped(a.pid)
     seq, owner = _trailer_state(sl)
     assert owner & 0x7FFFFFFF == a.pid
-    b = fctx.Process(target=_child_write_one,
-                     args=(sl.shm.name, 1, 2, started))
+    b = fctx.Process(
+        target=_child_write_one, args=(sl.shm.name, 1, 2, started)
+    )
     b.start()
     assert started.wait(30)
     return a, b
@@ -768,7 +840,9 @@ def _holder_stopped(fctx, sl):
 @pytest.mark.timeout(120)
 def test_writer_lock_stopped_holder_is_not_robbed(fctx):
     import signal
+
     from fastmp import shared_memory as sm
+
     sl = sm.ShareableList([0, 0])
     a = b = None
     try:
@@ -794,14 +868,16 @@ def test_writer_lock_stopped_holder_is_not_robbed(fctx):
 @pytest.mark.timeout(120)
 def test_writer_lock_killed_holder_is_taken_over(fctx):
     import signal
+
     from fastmp import shared_memory as sm
+
     sl = sm.ShareableList([0, 0])
     a = b = None
     try:
         a, b = _holder_stopped(fctx, sl)
         os.kill(a.pid, signal.SIGKILL)
         a.join(30)
-        b.join(10)                     # a few slices, not a timeout
+        b.join(10)  # a few slices, not a timeout
         assert not b.is_alive() and b.exitcode == 0
         assert list(sl) == [0, 2]
         sl[0] = 3

@@ -4,6 +4,7 @@ Cross-process cases run under every (implementation, start method) via
 ``ctx``; in-process API cases via ``mp``.  Behaviour where the stdlib is
 wrong (gh-82300, close() with live views) is tested against fastmp alone.
 """
+
 import gc
 import importlib
 import os
@@ -14,7 +15,6 @@ import textwrap
 import time
 
 import pytest
-
 from conftest import TESTS, child_env, is_fastmp
 
 
@@ -27,9 +27,14 @@ def shm_module(obj):
 def run_python(code, *args, timeout=60, python=sys.executable):
     """Run code in a fresh interpreter with this tree on the path."""
     env = child_env()
-    return subprocess.run([python, "-c", textwrap.dedent(code), *args],
-                          check=False, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [python, "-c", textwrap.dedent(code), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def shm_exists(name):
@@ -47,15 +52,16 @@ def wait_until(pred, timeout=10.0):
 
 # ---- children (module level for spawn/forkserver) ----
 
+
 def _child_write_by_name(impl, name, data):
     sm = importlib.import_module(impl + ".shared_memory")
     shm = sm.SharedMemory(name)
-    shm.buf[:len(data)] = data
+    shm.buf[: len(data)] = data
     shm.close()
 
 
 def _child_write_obj(shm, data):
-    shm.buf[:len(data)] = data
+    shm.buf[: len(data)] = data
     shm.close()
 
 
@@ -64,6 +70,7 @@ def _impl_name(obj):
 
 
 # ---- in-process API ----
+
 
 def test_create_attach_roundtrip(mp):
     sm = shm_module(mp)
@@ -88,7 +95,7 @@ def test_create_attach_roundtrip(mp):
         shm.close()
         shm.unlink()
     assert shm.buf is None
-    shm.close()         # a second close is harmless
+    shm.close()  # a second close is harmless
     assert not shm_exists(shm.name)
 
 
@@ -155,12 +162,15 @@ def test_pickle_by_name(mp):
 
 # ---- across processes ----
 
+
 def test_across_processes(ctx):
     sm = shm_module(ctx)
     shm = sm.SharedMemory(create=True, size=512)
     try:
-        p = ctx.Process(target=_child_write_by_name,
-                        args=(_impl_name(ctx), shm.name, b"howdy"))
+        p = ctx.Process(
+            target=_child_write_by_name,
+            args=(_impl_name(ctx), shm.name, b"howdy"),
+        )
         p.start()
         p.join(60)
         assert p.exitcode == 0
@@ -191,6 +201,7 @@ m.close()
 @pytest.mark.parametrize("kw", ["", ", track=True", ", track=False"])
 def test_attach_and_exit_never_unlinks(kw):
     from fastmp import shared_memory as sm
+
     shm = sm.SharedMemory(create=True, size=16)
     try:
         r = run_python(ATTACH_AND_EXIT.format(kw=kw), shm.name)
@@ -208,11 +219,13 @@ def test_attach_and_exit_never_unlinks(kw):
 
 def test_attach_in_fork_children_never_unlinks(fctx):
     from fastmp import shared_memory as sm
+
     shm = sm.SharedMemory(create=True, size=16)
     try:
         for _ in range(2):
-            p = fctx.Process(target=_child_write_by_name,
-                             args=("fastmp", shm.name, b"x"))
+            p = fctx.Process(
+                target=_child_write_by_name, args=("fastmp", shm.name, b"x")
+            )
             p.start()
             p.join(60)
             assert p.exitcode == 0
@@ -253,8 +266,10 @@ def test_creator_exit_without_unlink_warns_and_cleans():
     assert r.returncode == 0, r.stderr
     name = r.stdout.strip()
     assert wait_until(lambda: not shm_exists(name))
-    assert ("resource_tracker: There appear to be 1 leaked shared_memory "
-            "objects to clean up at shutdown") in r.stderr
+    assert (
+        "resource_tracker: There appear to be 1 leaked shared_memory "
+        "objects to clean up at shutdown"
+    ) in r.stderr
 
 
 @pytest.mark.timeout(60)
@@ -268,9 +283,13 @@ def test_creator_killed_segment_cleaned():
     time.sleep(60)
     """
     env = child_env()
-    with subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env=env, text=True) as p:
+    with subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    ) as p:
         name = p.stdout.readline().strip()
         assert p.stdout.readline().strip() == "READY"
         assert shm_exists(name)
@@ -326,6 +345,7 @@ def test_close_with_live_numpy_view_never_crashes():
 
 # ---- leaks ----
 
+
 def _rss_kb():
     with open("/proc/self/status") as f:
         for line in f:
@@ -353,8 +373,11 @@ def test_no_leak_create_close_unlink():
     cycle(10000)
     gc.collect()
     assert len(os.listdir("/proc/self/fd")) <= fds
-    mine = [e for e in set(os.listdir("/dev/shm")) - shm_entries
-            if e.startswith("psm_")]
+    mine = [
+        e
+        for e in set(os.listdir("/dev/shm")) - shm_entries
+        if e.startswith("psm_")
+    ]
     # other engineers' tests may create psm_ entries concurrently; ours
     # are unlinked synchronously, so none of the 10,000 can remain
     # unless unlink failed, which would have raised.
@@ -364,6 +387,7 @@ def test_no_leak_create_close_unlink():
 
 def test_no_leak_drop_without_close():
     from fastmp import shared_memory as sm
+
     gc.collect()
     fds = len(os.listdir("/proc/self/fd"))
     for _ in range(2000):
@@ -379,13 +403,20 @@ def test_no_leak_drop_without_close():
 
 # ---- CPython's own _TestSharedMemory with fastmp substituted ----
 
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_cpython_test_shared_memory(method):
     pytest.importorskip("test._test_multiprocessing")
     script = os.path.join(TESTS, "cpython_shared_memory.py")
     env = child_env()
-    r = subprocess.run([sys.executable, script, method], check=False,
-                       capture_output=True, text=True, timeout=170, env=env)
+    r = subprocess.run(
+        [sys.executable, script, method],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=170,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "\nOK" in r.stderr

@@ -1,5 +1,6 @@
 """numpy over Array/RawArray memory: views share the memory, also with
 children."""
+
 import ctypes
 
 import pytest
@@ -69,5 +70,5 @@ def test_view_outlives_wrapper(fctx):
     arr = fctx.Array('d', 1000)
     a = np.frombuffer(arr.get_obj())
     del arr
-    a[:] = 1.0          # the ctypes object (and its block) stay alive
+    a[:] = 1.0  # the ctypes object (and its block) stay alive
     assert a.sum() == 1000.0

@@ -4,6 +4,7 @@ submodule a multiprocessing user imports by name exists as ``fastmp.X``.
 Where fastmp has nothing of its own, ``fastmp.X`` is the stdlib's module
 object itself, so state such as util's finalizer registry is shared.
 """
+
 import importlib
 import multiprocessing
 import subprocess
@@ -15,13 +16,31 @@ from conftest import TESTS, child_env
 
 # Modules fastmp takes from the stdlib as they are.
 PASSTHROUGH = [
-    "pool", "managers", "dummy", "dummy.connection", "util", "reduction",
-    "heap", "spawn", "popen_fork", "popen_spawn_posix", "popen_forkserver",
-    "resource_tracker", "resource_sharer", "forkserver",
+    "pool",
+    "managers",
+    "dummy",
+    "dummy.connection",
+    "util",
+    "reduction",
+    "heap",
+    "spawn",
+    "popen_fork",
+    "popen_spawn_posix",
+    "popen_forkserver",
+    "resource_tracker",
+    "resource_sharer",
+    "forkserver",
 ]
 # fastmp's own.
-OWN = ["context", "process", "synchronize", "sharedctypes", "shared_memory",
-       "connection", "queues"]
+OWN = [
+    "context",
+    "process",
+    "synchronize",
+    "sharedctypes",
+    "shared_memory",
+    "connection",
+    "queues",
+]
 
 
 @pytest.mark.parametrize("name", PASSTHROUGH + OWN)
@@ -35,12 +54,16 @@ def test_import_module(name):
 
 
 def test_from_import_and_attributes():
+    import fastmp.dummy.connection
+
     from fastmp import managers, pool, util
     from fastmp.dummy import connection
-    import fastmp.dummy.connection
+
     assert pool.Pool is multiprocessing.pool.Pool
-    assert managers.SharedMemoryManager is \
-        multiprocessing.managers.SharedMemoryManager
+    assert (
+        managers.SharedMemoryManager
+        is multiprocessing.managers.SharedMemoryManager
+    )
     assert util is multiprocessing.util
     assert connection is fastmp.dummy.connection
     assert fastmp.dummy.Pool is multiprocessing.dummy.Pool
@@ -61,9 +84,14 @@ def test_util_state_is_the_stdlibs():
 
 
 def _run(code):
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
-                          capture_output=True, text=True, env=child_env(),
-                          cwd=TESTS, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=TESTS,
+        timeout=120,
+    )
 
 
 def test_plain_import_has_context_process_reduction():
@@ -75,9 +103,13 @@ def test_plain_import_has_context_process_reduction():
         print(hasattr(fastmp, "reduction"), "reduction" in dir(fastmp))
     """)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["multiprocessing.reduction",
-                                "fastmp.process", "fastmp.context",
-                                "True", "True"]
+    assert r.stdout.split() == [
+        "multiprocessing.reduction",
+        "fastmp.process",
+        "fastmp.context",
+        "True",
+        "True",
+    ]
 
 
 def test_import_fastmp_stays_light():
@@ -99,17 +131,24 @@ def test_import_fastmp_stays_light():
 def test_under_python_m_fastmp(tmp_path, name):
     # ``import multiprocessing.X`` and ``import fastmp.X`` give one module.
     script = tmp_path / "s.py"
-    script.write_text(textwrap.dedent("""
-        import multiprocessing.{0}
-        import fastmp.{0}
-        m = multiprocessing.{0}
-        print(m is fastmp.{0}, m.__name__)
-    """.format(name)))
+    script.write_text(
+        textwrap.dedent(f"""
+        import multiprocessing.{name}
+        import fastmp.{name}
+        m = multiprocessing.{name}
+        print(m is fastmp.{name}, m.__name__)
+    """)
+    )
     env = child_env()
     env.pop("FASTMP_NO_FALLBACK", None)
-    r = subprocess.run([sys.executable, "-m", "fastmp", str(script)],
-                       capture_output=True, text=True, env=env,
-                       cwd=str(tmp_path), timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "fastmp", str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["True", "multiprocessing." + name]
 
@@ -117,7 +156,11 @@ def test_under_python_m_fastmp(tmp_path, name):
 def test_no_fallback_refuses_the_stdlibs_pool_and_managers():
     # FASTMP_NO_FALLBACK=1: what fastmp has not implemented (Pool, Manager)
     # raises ImportError instead of falling through to the stdlib's.
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
         import fastmp
         for f in (lambda: fastmp.Pool(1), fastmp.Manager,
                   lambda: __import__("fastmp.pool"),
@@ -128,7 +171,13 @@ def test_no_fallback_refuses_the_stdlibs_pool_and_managers():
                 print("ImportError", "FASTMP_NO_FALLBACK" in str(e))
         import fastmp.util, fastmp.reduction
         print("ok")
-    """)], capture_output=True, text=True, cwd=TESTS, timeout=120,
-        env=child_env(FASTMP_NO_FALLBACK="1"))
+    """),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=TESTS,
+        timeout=120,
+        env=child_env(FASTMP_NO_FALLBACK="1"),
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["ImportError True"] * 4 + ["ok"]

@@ -1,6 +1,7 @@
 """Parity tests for Lock, RLock, Semaphore, BoundedSemaphore, Condition,
 Event and Barrier: every test runs against the stdlib and fastmp under
 fork, spawn and forkserver."""
+
 import pickle
 import re
 import sys
@@ -13,6 +14,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 # ---- helpers run in children (module level for spawn/forkserver) ----
+
 
 def _count_under_lock(lock, counter, n):
     for _ in range(n):
@@ -61,6 +63,7 @@ def _try_acquire(lock, q):
 
 
 # ---- Lock ----
+
 
 def test_lock_basic(ctx):
     lock = ctx.Lock()
@@ -126,16 +129,20 @@ def test_rlock_release_other_thread(ctx):
     t = threading.Thread(target=other)
     t.start()
     t.join()
-    assert err == ["attempt to release recursive lock not owned by thread",
-                   False]
+    assert err == [
+        "attempt to release recursive lock not owned by thread",
+        False,
+    ]
     assert "SomeOtherThread" not in repr(lock)
     lock.release()
 
 
-@pytest.mark.parametrize("factory", ["Lock", "RLock", "Semaphore",
-                                     "BoundedSemaphore"])
+@pytest.mark.parametrize(
+    "factory", ["Lock", "RLock", "Semaphore", "BoundedSemaphore"]
+)
 def test_context_manager_protocol(ctx, factory):
     import contextlib
+
     make = getattr(ctx, factory)
     # A lock made in the `with` line itself lives until the block ends.
     with make() as entered:
@@ -152,7 +159,7 @@ def test_context_manager_protocol(ctx, factory):
     assert lk.__enter__ == lk.__enter__
     assert lk.__enter__ != lk.__exit__
     assert lk.__enter__() is True
-    if sys.version_info >= (3, 10):     # 3.9's takes any arguments
+    if sys.version_info >= (3, 10):  # 3.9's takes any arguments
         with pytest.raises(TypeError):
             lk.__exit__(None, None, None, None)
     lk.__exit__()
@@ -180,7 +187,7 @@ def test_lock_timeout_honoured(ctx):
     assert lock.acquire(True, 0.2) is False
     dt = time.monotonic() - t0
     assert 0.15 <= dt < 2.0
-    assert lock.acquire(True, -1) is False   # negative: no wait
+    assert lock.acquire(True, -1) is False  # negative: no wait
     lock.release()
 
 
@@ -195,8 +202,10 @@ def test_lock_bad_timeout_type(ctx):
 def test_lock_mutual_exclusion(ctx):
     lock = ctx.Lock()
     counter = ctx.RawValue("i", 0) if hasattr(ctx, "RawValue") else None
-    ps = [ctx.Process(target=_count_under_lock, args=(lock, counter, 200))
-          for _ in range(2)]
+    ps = [
+        ctx.Process(target=_count_under_lock, args=(lock, counter, 200))
+        for _ in range(2)
+    ]
     for p in ps:
         p.start()
     _count_under_lock(lock, counter, 200)
@@ -223,6 +232,7 @@ def test_lock_seen_from_child(ctx):
 
 # ---- Semaphore ----
 
+
 def test_semaphore_basic(ctx):
     sem = ctx.Semaphore(2)
     assert repr(sem) == "<Semaphore(value=2)>"
@@ -233,7 +243,7 @@ def test_semaphore_basic(ctx):
     sem.release()
     assert sem.get_value() == 1
     sem.release()
-    sem.release()           # unbounded: above the initial value is fine
+    sem.release()  # unbounded: above the initial value is fine
     assert sem.get_value() == 3
 
 
@@ -242,8 +252,9 @@ def test_bounded_semaphore(ctx):
     assert repr(sem) == "<BoundedSemaphore(value=2, maxvalue=2)>"
     sem.acquire()
     sem.release()
-    with pytest.raises(ValueError,
-                       match="semaphore or lock released too many times"):
+    with pytest.raises(
+        ValueError, match="semaphore or lock released too many times"
+    ):
         sem.release()
 
 
@@ -270,9 +281,10 @@ def test_semaphore_limits_holders(ctx):
     inside = ctx.RawValue("i", 0)
     peak = ctx.RawValue("i", 0)
     go = ctx.Event()
-    ps = [ctx.Process(target=_hold_sem,
-                      args=(sem, inside, peak, guard, go))
-          for _ in range(3)]
+    ps = [
+        ctx.Process(target=_hold_sem, args=(sem, inside, peak, guard, go))
+        for _ in range(3)
+    ]
     for p in ps:
         p.start()
     # Two holders get in, however slowly the children start; the third
@@ -294,6 +306,7 @@ def test_semaphore_limits_holders(ctx):
 
 # ---- Condition ----
 
+
 def test_condition_repr_and_errors(ctx):
     cond = ctx.Condition()
     assert re.fullmatch(r"<Condition\(<RLock\(None, 0\)>, 0\)>", repr(cond))
@@ -311,13 +324,15 @@ def test_condition_notify_across_processes(ctx):
     cond = ctx.Condition()
     ready = ctx.Semaphore(0)
     woken = ctx.Semaphore(0)
-    ps = [ctx.Process(target=_cond_waiter, args=(cond, ready, woken))
-          for _ in range(2)]
+    ps = [
+        ctx.Process(target=_cond_waiter, args=(cond, ready, woken))
+        for _ in range(2)
+    ]
     for p in ps:
         p.start()
     for _ in ps:
         assert ready.acquire(timeout=30)
-    with cond:      # both are now inside wait()
+    with cond:  # both are now inside wait()
         cond.notify()
     assert woken.acquire(timeout=10)
     assert not woken.acquire(timeout=0.1)
@@ -331,18 +346,21 @@ def test_condition_notify_across_processes(ctx):
 
 # ---- Event ----
 
+
 def test_event(ctx):
     evt = ctx.Event()
-    has_repr = type(evt).__repr__ is not object.__repr__   # 3.10+
-    assert not has_repr or re.fullmatch(r"<Event at 0x[0-9a-f]+ unset>",
-                                        repr(evt))
+    has_repr = type(evt).__repr__ is not object.__repr__  # 3.10+
+    assert not has_repr or re.fullmatch(
+        r"<Event at 0x[0-9a-f]+ unset>", repr(evt)
+    )
     assert evt.is_set() is False
     assert evt.wait(0.05) is False
     evt.set()
     assert evt.is_set() is True
     assert evt.wait() is True
-    assert not has_repr or re.fullmatch(r"<Event at 0x[0-9a-f]+ set>",
-                                        repr(evt))
+    assert not has_repr or re.fullmatch(
+        r"<Event at 0x[0-9a-f]+ set>", repr(evt)
+    )
     evt.clear()
     assert evt.wait(0) is False
 
@@ -357,13 +375,15 @@ def test_event_set_by_child(ctx):
 
 # ---- Barrier ----
 
+
 def test_barrier_across_processes(ctx):
     barrier = ctx.Barrier(3)
     assert barrier.parties == 3 and barrier.n_waiting == 0
     assert not barrier.broken
     q = ctx.SimpleQueue()
-    ps = [ctx.Process(target=_barrier_party, args=(barrier, q))
-          for _ in range(2)]
+    ps = [
+        ctx.Process(target=_barrier_party, args=(barrier, q)) for _ in range(2)
+    ]
     for p in ps:
         p.start()
     me = barrier.wait(30)
@@ -389,7 +409,7 @@ def test_barrier_action_timeout_abort_reset(ctx):
     with pytest.raises(threading.BrokenBarrierError):
         b2.wait()
     assert "Barrier" in repr(b2)
-    if type(b2).__repr__ is not object.__repr__:     # 3.11+
+    if type(b2).__repr__ is not object.__repr__:  # 3.11+
         assert repr(b2).endswith(": broken>")
 
 
@@ -408,9 +428,11 @@ def test_barrier_abort_wakes_child(ctx):
 
 # ---- pickling ----
 
-@pytest.mark.parametrize("factory", ["Lock", "RLock", "Semaphore",
-                                     "BoundedSemaphore", "Condition",
-                                     "Event"])
+
+@pytest.mark.parametrize(
+    "factory",
+    ["Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition", "Event"],
+)
 def test_pickling_outside_spawning_raises(ctx, factory):
     obj = getattr(ctx, factory)()
     with pytest.raises(RuntimeError, match="inheritance"):
@@ -453,8 +475,12 @@ def test_semlock_attributes(ctx):
 def test_locked_everywhere(ctx):
     if not hasattr(ctx.Lock(), "locked"):
         pytest.skip("locked() arrived in the stdlib in 3.14")
-    for obj in (ctx.Lock(), ctx.RLock(), ctx.Semaphore(1),
-                ctx.BoundedSemaphore(1)):
+    for obj in (
+        ctx.Lock(),
+        ctx.RLock(),
+        ctx.Semaphore(1),
+        ctx.BoundedSemaphore(1),
+    ):
         assert obj.locked() is False
         obj.acquire()
         assert obj.locked() is True
@@ -462,6 +488,7 @@ def test_locked_everywhere(ctx):
 
 
 # ---- set() then clear() wakes whoever was waiting ----
+
 
 def _event_waiter(evt, ready, out):
     ready.release()
@@ -473,12 +500,17 @@ def test_event_set_then_clear_wakes_every_waiter(ctx):
     evt = ctx.Event()
     ready = ctx.Semaphore(0)
     out = ctx.SimpleQueue()
-    procs = [ctx.Process(target=_event_waiter, args=(evt, ready, out))
-             for _ in range(2)]
+    procs = [
+        ctx.Process(target=_event_waiter, args=(evt, ready, out))
+        for _ in range(2)
+    ]
     results = []
-    threads = [threading.Thread(
-        target=lambda: results.append(("thread", evt.wait())), daemon=True)
-        for _ in range(2)]
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(("thread", evt.wait())), daemon=True
+        )
+        for _ in range(2)
+    ]
     try:
         for p in procs:
             p.start()
@@ -507,7 +539,7 @@ def test_event_set_then_clear_wakes_every_waiter(ctx):
             assert all(r is True for _, r in results), results
         assert not evt.is_set()
     finally:
-        evt.set()       # never leave a waiter behind
+        evt.set()  # never leave a waiter behind
         for p in procs:
             if p.is_alive():
                 p.terminate()
@@ -515,6 +547,7 @@ def test_event_set_then_clear_wakes_every_waiter(ctx):
 
 
 # ---- Barrier(0) and negative parties ----
+
 
 @pytest.mark.parametrize("parties", [0, -1])
 def test_barrier_parties_must_be_positive(ctx, parties):
@@ -530,11 +563,14 @@ def test_barrier_parties_must_be_positive(ctx, parties):
 
 # ---- acquire() arguments ----
 
-@pytest.mark.parametrize("factory", ["Lock", "RLock", "Semaphore",
-                                     "BoundedSemaphore"])
+
+@pytest.mark.parametrize(
+    "factory", ["Lock", "RLock", "Semaphore", "BoundedSemaphore"]
+)
 def test_acquire_nan_timeout(ctx, factory):
     import errno
     import platform
+
     nan = float("nan")
     lock = getattr(ctx, factory)()
     # A free lock is taken at once: the timeout never matters.
@@ -551,8 +587,7 @@ def test_acquire_nan_timeout(ctx, factory):
         assert info.value.errno == errno.EINVAL
 
 
-@pytest.mark.parametrize("block", [[], (), 0.0, 1.5, None, "", "x",
-                                   2 ** 40])
+@pytest.mark.parametrize("block", [[], (), 0.0, 1.5, None, "", "x", 2**40])
 def test_acquire_block_argument_like_the_stdlib(ctx, block):
     lock = ctx.Lock()
     held = ctx.Lock()
