@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import child_env
+from support import child_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, "benchmarks", "run.py")

@@ -15,7 +15,7 @@ import threading
 import time
 
 import pytest
-from conftest import child_env, is_fastmp
+from support import child_env, is_fastmp
 
 import fastmp
 import fastmp.connection as fast_connection

@@ -13,7 +13,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import child_env
+from support import child_env
 
 import fastmp.connection as fc
 

@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import METHODS, TESTS, child_env
+from support import METHODS, TESTS, child_env
 
 import fastmp
 

@@ -10,7 +10,7 @@ import time
 import warnings
 
 import pytest
-from conftest import child_env
+from support import child_env
 
 import fastmp
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import FASTMP_PATH, ROOT
+from support import FASTMP_PATH, ROOT
 
 
 def _examples_dir():

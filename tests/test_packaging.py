@@ -18,7 +18,7 @@ import textwrap
 import zipfile
 
 import pytest
-from conftest import TESTS
+from support import TESTS
 
 import fastmp
 

@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from conftest import IMPLS, METHODS
+from support import IMPLS, METHODS
 
 import fastmp
 

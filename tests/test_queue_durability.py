@@ -9,7 +9,7 @@ import time
 import zlib
 
 import pytest
-from conftest import TESTS, child_env
+from support import TESTS, child_env
 
 import fastmp
 

@@ -8,7 +8,7 @@ import struct
 import time
 
 import pytest
-from conftest import is_fastmp
+from support import is_fastmp
 
 
 def sl_module(obj):
@@ -499,7 +499,7 @@ def test_reader_waiting_on_stopped_writer_takes_ctrl_c():
     import subprocess
     import sys
 
-    from conftest import child_env
+    from support import child_env
 
     from fastmp import shared_memory as sm
 
@@ -669,7 +669,7 @@ def _run_corrupt(mode, pid=0, token=0):
     import subprocess
     import sys
 
-    from conftest import child_env
+    from support import child_env
 
     from fastmp import shared_memory as sm
 

@@ -15,7 +15,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import TESTS, child_env, is_fastmp
+from support import TESTS, child_env, is_fastmp
 
 
 def shm_module(obj):

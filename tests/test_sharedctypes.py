@@ -569,7 +569,7 @@ def test_ctrl_c_while_waiting_for_the_lock(mp, expr):
     import subprocess
     import time
 
-    from conftest import child_env
+    from support import child_env
 
     env = child_env()
     p = subprocess.Popen(
@@ -733,7 +733,7 @@ def test_lock_with_computed_semlock_debug_malloc(mp):
     # freed crashes or hangs instead of passing by luck.
     import subprocess
 
-    from conftest import FASTMP_PATH
+    from support import FASTMP_PATH
 
     tests = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, PYTHONMALLOC='debug', PYTHONPATH=FASTMP_PATH)

@@ -12,7 +12,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import TESTS, child_env
+from support import TESTS, child_env
 
 # Modules fastmp takes from the stdlib as they are.
 PASSTHROUGH = [
