@@ -1,28 +1,1192 @@
-"""``fastmp.pool`` is the stdlib's ``multiprocessing.pool`` (Pool, ThreadPool
-and AsyncResult).
+"""Process pools: ``fastmp.pool.Pool``, the stdlib's ``multiprocessing.pool``
+API on fastmp's shared-memory queues.
 
-fastmp has no pool of its own yet: this name is the stdlib's module object
-itself, not a copy, so its state is shared with every user of
-``multiprocessing.pool``.
+Workers take tasks from one fastmp queue (a ring buffer in shared memory,
+see fastmp/queues.py) and put results on another; there are no feeder
+threads and at most one helper thread in the parent.  A thread waiting in
+``get()``, ``wait()`` or ``next()`` reads the result queue itself, so a
+result reaches it without a thread hand-off; the helper thread reads
+results while nobody waits (for callbacks), feeds lazy ``imap`` input,
+watches the workers and replaces those that exit.
+
+What differs from the stdlib (docs/pool.md):
+
+* each worker records the task it runs in shared memory; when a worker
+  dies (a signal, ``os._exit``, a crash in C code) that task fails with
+  ``WorkerLostError`` naming the worker, its exit code or signal and the
+  task, and the pool starts a new worker;
+* ``SystemExit`` and ``KeyboardInterrupt`` raised by a task are that
+  task's exception;
+* a result that cannot be pickled, or cannot be unpickled in the parent,
+  is ``MaybeEncodingError`` on that result;
+* ``imap``/``imap_unordered`` take ``buffersize=`` on every Python;
+* results still pending when the pool is terminated fail with
+  ``PoolTerminatedError`` instead of never becoming ready.
 """
 
-# Read by fastmp._alias: this module only hands out the stdlib's.
-__fastmp_passthrough__ = "multiprocessing.pool"
+import collections
+import itertools
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+import types
+import warnings
+from multiprocessing import ProcessError, TimeoutError, util  # noqa: F401
+from queue import Empty
 
-import importlib as _importlib
-import os as _os
-import sys as _sys
+from . import _fastmp
+from .queues import Queue as _Queue
+from .sharedctypes import RawArray as _RawArray
 
-if _os.environ.get("FASTMP_NO_FALLBACK", "") not in ("", "0"):
-    # As for any module fastmp lacks: no silent fall-through (this is what
-    # fastmp.Pool() and the like report as ImportError).
-    raise ModuleNotFoundError(
-        "fastmp has no 'pool' of its own and FASTMP_NO_FALLBACK is set",
-        name=__name__,
+
+def _stdlib_pool():
+    alias = sys.modules.get("fastmp._alias")
+    if alias is not None and alias.installed():
+        return alias.stdlib_module("pool")
+    import importlib
+
+    return importlib.import_module("multiprocessing.pool")
+
+
+_std = _stdlib_pool()
+
+# The stdlib's own helpers, so that an exception pickled by a fastmp
+# worker is the same class code already catches.
+ExceptionWithTraceback = _std.ExceptionWithTraceback
+MaybeEncodingError = _std.MaybeEncodingError
+RemoteTraceback = _std.RemoteTraceback
+rebuild_exc = _std.rebuild_exc
+mapstar = _std.mapstar
+starmapstar = _std.starmapstar
+# The thread pool has no process-shared data path: it stays the stdlib's.
+ThreadPool = _std.ThreadPool
+
+__all__ = ["Pool", "ThreadPool"]
+
+INIT = "INIT"
+RUN = "RUN"
+CLOSE = "CLOSE"
+TERMINATE = "TERMINATE"
+
+job_counter = itertools.count()
+
+_dumps = _fastmp._dumps
+_loads = _fastmp._loads
+
+# How often the parent looks at its workers (and the longest a waiting
+# thread sleeps before it looks around again): a dead worker's task fails
+# within about two of these.
+_TICK = 0.1
+
+# Kinds of task a worker runs.
+_CALL = 0  # func(*args, **kwds)
+_ONE = 1  # func(arg)
+_MAP = 2  # list(map(func, chunk))
+_STARMAP = 3  # list(starmap(func, chunk))
+
+
+class WorkerLostError(ProcessError):
+    """A pool worker died while it ran a task (killed by a signal, ended
+    by ``os._exit``, crashed in C code): that task's result.
+
+    ``pid``, ``exitcode`` (negative: the signal number), ``worker`` (its
+    name) and ``task`` (which task it was running) say what happened.
+    A subclass of ``multiprocessing.ProcessError``."""
+
+    def __init__(self, msg, pid=None, exitcode=None, worker=None, task=None):
+        super().__init__(msg)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.worker = worker
+        self.task = task
+
+    def __reduce__(self):
+        return (
+            type(self),
+            (self.args[0], self.pid, self.exitcode, self.worker, self.task),
+        )
+
+
+class PoolTerminatedError(ProcessError):
+    """The pool was terminated before this task's result came back."""
+
+
+# ---------------------------------------------------------------- worker
+
+
+# Pickled functions by function (parent) and functions by pickle (worker):
+# a function pickles by its name, so its pickle never changes, and
+# pickling or unpickling it afresh for every task (a module and attribute
+# look-up) costs more than a small task itself.
+_FUNC_TYPES = (types.FunctionType, types.BuiltinFunctionType)
+_func_pickles = {}
+_func_objects = {}
+
+
+def _dump_func(func):
+    if type(func) in _FUNC_TYPES:
+        try:
+            return _func_pickles[func]
+        except (KeyError, TypeError):
+            pass
+        data = _dumps(func)
+        if len(_func_pickles) >= 256:
+            _func_pickles.clear()
+        _func_pickles[func] = data
+        return data
+    return _dumps(func)
+
+
+def _load_func(data):
+    try:
+        return _func_objects[data]
+    except KeyError:
+        pass
+    func = _loads(data)
+    if type(func) in _FUNC_TYPES:
+        if len(_func_objects) >= 256:
+            _func_objects.clear()
+        _func_objects[data] = func
+    return func
+
+
+def _describe_exit(code):
+    if code is not None and code < 0:
+        try:
+            return "killed by signal %s" % signal.Signals(-code).name
+        except ValueError:
+            return "killed by signal %d" % -code
+    return "exit code %s" % code
+
+
+_in_task = False
+
+
+def _on_sigint(signum, frame):
+    # Ctrl-C reaches the whole process group: a worker waiting for work
+    # ignores it (the parent decides), a task sees KeyboardInterrupt.
+    if _in_task:
+        raise KeyboardInterrupt
+
+
+def worker(
+    inq,
+    outq,
+    slots,
+    k,
+    initializer=None,
+    initargs=(),
+    maxtasks=None,
+    wrap_exception=True,
+):
+    """The body of a pool worker process (slot k)."""
+    global _in_task
+    if maxtasks is not None and not (
+        isinstance(maxtasks, int) and maxtasks >= 1
+    ):
+        raise AssertionError(f"Maxtasks {maxtasks!r} is not valid")
+    if initializer is not None:
+        initializer(*initargs)
+    try:
+        signal.signal(signal.SIGINT, _on_sigint)
+    except (ValueError, OSError):  # pragma: no cover (not the main thread)
+        pass
+    rec = memoryview(slots).cast("B").cast("q")
+    base = 2 * k
+    get = inq.get
+    put = outq.put
+    dumps = _dumps
+    loads = _loads
+    load_func = _load_func
+    parent = _parent()
+    completed = 0
+    while maxtasks is None or completed < maxtasks:
+        try:
+            task = get(True, 1.0)
+        except Empty:
+            if parent is not None and not parent.is_alive():
+                return
+            continue
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        job, i, kind, fdata, payload = task
+        task = None
+        # Before the task runs: the parent reads this if we die.
+        rec[base + 1] = i
+        rec[base] = job
+        _in_task = True
+        try:
+            func = load_func(fdata)
+            if kind == _ONE:
+                result = (True, func(loads(payload)))
+            elif kind == _MAP:
+                result = (True, list(map(func, loads(payload))))
+            elif kind == _STARMAP:
+                chunk = loads(payload)
+                result = (True, list(itertools.starmap(func, chunk)))
+            else:
+                args, kwds = loads(payload)
+                result = (True, func(*args, **kwds))
+        except BaseException as e:  # noqa: BLE001 (SystemExit too)
+            _in_task = False
+            if wrap_exception:
+                e = ExceptionWithTraceback(e, e.__traceback__)
+            result = (False, e)
+        _in_task = False
+        fdata = payload = func = chunk = args = kwds = None
+        try:
+            data = dumps(result)
+        except Exception as e:  # noqa: BLE001
+            data = dumps((False, MaybeEncodingError(e, result[1])))
+        result = None
+        put((k, job, i, data))
+        data = None
+        rec[base] = -1
+        completed += 1
+
+
+def _parent():
+    try:
+        from multiprocessing import parent_process
+
+        return parent_process()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+# ---------------------------------------------------------------- results
+
+
+class ApplyResult:
+    """The result of ``Pool.apply_async()``."""
+
+    def __init__(self, pool, callback, error_callback):
+        self._pool = pool
+        self._core = pool._core
+        self._job = next(job_counter)
+        self._cache = pool._cache
+        self._callback = callback
+        self._error_callback = error_callback
+        self._ready = False
+        self._what = None
+        self._cache[self._job] = self
+
+    def ready(self):
+        return self._ready
+
+    def successful(self):
+        if not self._ready:
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def _is_ready(self):
+        return self._ready
+
+    def wait(self, timeout=None):
+        if not self._ready:
+            self._core.wait_for(self._is_ready, timeout)
+
+    def get(self, timeout=None):
+        if not self._ready:
+            self._core.wait_for(self._is_ready, timeout)
+            if not self._ready:
+                raise TimeoutError
+        if self._success:
+            return self._value
+        raise self._value
+
+    def _set(self, i, obj):
+        # Called with the pool's dispatch lock held; returns what to run
+        # once it is released (callbacks, then readiness).
+        self._success, self._value = obj
+        del self._cache[self._job]
+        return self._finish
+
+    def _finish(self):
+        try:
+            if self._success:
+                if self._callback:
+                    self._callback(self._value)
+            elif self._error_callback:
+                self._error_callback(self._value)
+        finally:
+            self._ready = True
+            self._pool = None
+
+    def _describe(self, i):
+        return "apply(%s)" % (self._what or "?")
+
+    __class_getitem__ = classmethod(types.GenericAlias)
+
+
+AsyncResult = ApplyResult
+
+
+class MapResult(ApplyResult):
+    """The result of ``Pool.map_async()`` and ``Pool.starmap_async()``."""
+
+    def __init__(self, pool, chunksize, length, callback, error_callback):
+        ApplyResult.__init__(self, pool, callback, error_callback)
+        self._success = True
+        self._value = [None] * length
+        self._chunksize = chunksize
+        if chunksize <= 0:
+            self._number_left = 0
+            self._ready = True
+            del self._cache[self._job]
+            self._pool = None
+        else:
+            self._number_left = length // chunksize + bool(length % chunksize)
+
+    def _set(self, i, success_result):
+        self._number_left -= 1
+        success, result = success_result
+        if success and self._success:
+            cs = self._chunksize
+            self._value[i * cs : (i + 1) * cs] = result
+        elif not success and self._success:
+            # Only the first exception is kept.
+            self._success = False
+            self._value = result
+        if self._number_left == 0:
+            del self._cache[self._job]
+            return self._finish
+        return None
+
+    def _describe(self, i):
+        return "chunk %d of map(%s)" % (i, self._what or "?")
+
+
+class IMapIterator:
+    """The iterator ``Pool.imap()`` returns."""
+
+    def __init__(self, pool):
+        self._pool = pool
+        self._core = pool._core
+        self._job = next(job_counter)
+        self._cache = pool._cache
+        self._items = collections.deque()
+        self._index = 0
+        self._length = None
+        self._unsorted = {}
+        self._feeder = None
+        self._what = None
+        self._cache[self._job] = self
+
+    def __iter__(self):
+        return self
+
+    def _has_item(self):
+        return bool(self._items) or self._index == self._length
+
+    def next(self, timeout=None):
+        core = self._core
+        if not self._items:
+            if self._index == self._length:
+                self._pool = None
+                raise StopIteration from None
+            f = self._feeder
+            if f is not None and not f.done:
+                core.feed(f, 64 if f.buffersize is None else 1)
+            core.wait_for(self._has_item, timeout)
+        f = self._feeder
+        with core.dlock:
+            try:
+                item = self._items.popleft()
+            except IndexError:
+                if self._index == self._length:
+                    self._pool = None
+                    raise StopIteration from None
+                raise TimeoutError from None
+            if f is not None:
+                f.consumed += 1
+        if f is not None and not f.done:
+            # Room in the buffer (or more input to read): feed it here
+            # rather than wait for the helper thread.
+            core.feed(f, 64 if f.buffersize is None else 1)
+        success, value = item
+        if success:
+            return value
+        raise value
+
+    __next__ = next
+
+    def _set(self, i, obj):
+        if self._index == i:
+            self._items.append(obj)
+            self._index += 1
+            while self._index in self._unsorted:
+                self._items.append(self._unsorted.pop(self._index))
+                self._index += 1
+        else:
+            self._unsorted[i] = obj
+        if self._index == self._length:
+            self._done()
+        return None
+
+    def _set_length(self, length):
+        self._length = length
+        if self._index == self._length:
+            self._done()
+
+    def _done(self):
+        self._cache.pop(self._job, None)
+        self._pool = None
+
+    def _describe(self, i):
+        return "item %d of imap(%s)" % (i, self._what or "?")
+
+
+class IMapUnorderedIterator(IMapIterator):
+    """The iterator ``Pool.imap_unordered()`` returns."""
+
+    def _set(self, i, obj):
+        self._items.append(obj)
+        self._index += 1
+        if self._index == self._length:
+            self._done()
+        return None
+
+
+class _Feeder:
+    """Lazy input of one imap job, read ahead at most `buffersize` tasks
+    (or all of it, in the background, when that is None)."""
+
+    __slots__ = (
+        "it",
+        "result",
+        "kind",
+        "func",
+        "index",
+        "consumed",
+        "buffersize",
+        "lock",
+        "done",
     )
 
-# By its name, not through the attribute chain of "import a.b as c": under
-# python -m fastmp, "multiprocessing" is the fastmp package.
-_std = _importlib.import_module("multiprocessing.pool")
+    def __init__(self, it, result, kind, func, buffersize):
+        self.it = it
+        self.result = result
+        self.kind = kind
+        self.func = func
+        self.index = 0  # tasks made (written by the feeding thread only)
+        self.consumed = 0  # results taken (next(), under the dispatch lock)
+        self.buffersize = buffersize
+        self.lock = threading.Lock()
+        self.done = False
 
-_sys.modules[__name__] = _std
+
+def _chunks(iterable, size):
+    if isinstance(iterable, (list, tuple, range)):
+        for j in range(0, len(iterable), size):
+            yield iterable[j : j + size]
+        return
+    it = iter(iterable)
+    while True:
+        x = tuple(itertools.islice(it, size))
+        if not x:
+            return
+        yield x
+
+
+def _func_name(func):
+    name = getattr(func, "__qualname__", None) or getattr(
+        func, "__name__", None
+    )
+    return name if isinstance(name, str) else type(func).__name__
+
+
+# ---------------------------------------------------------------- the core
+
+
+class _Core:
+    """A pool's state shared by the Pool object, its results, the helper
+    thread and the finalizer (which must not keep the Pool alive)."""
+
+    def __init__(self, ctx, processes, initializer, initargs, maxtasks):
+        self.ctx = ctx
+        self.processes = processes
+        self.initializer = initializer
+        self.initargs = initargs
+        self.maxtasks = maxtasks
+        self.state = INIT
+        self.cache = {}
+        self.workers = []
+        self.inq = _Queue(ctx=ctx)
+        self.outq = _Queue(ctx=ctx)
+        # Per worker slot: the (job, index) of the task it runs, job -1
+        # when idle.  Written by the worker, read by the parent once the
+        # worker is dead.
+        self.slots = _RawArray("q", 2 * processes)
+        self.rec = memoryview(self.slots).cast("B").cast("q")
+        for j in range(processes):
+            self.rec[2 * j] = -1
+        # Last result dispatched per slot: a dead worker's recorded task
+        # that already has its result is not failed.
+        self.last_done = [None] * processes
+        self.dlock = threading.Lock()  # result and cache state
+        self.wlock = threading.RLock()  # the workers list
+        self.rtoken = threading.Lock()  # who reads the result queue
+        self.cv = threading.Condition(threading.Lock())
+        self.cv_waiting = 0
+        self.waiters = 0
+        self.parked = False
+        self.kick = threading.Event()
+        self.feeders = []
+        self.dead = {}  # slot -> (worker, seen at)
+        self.sentinels_sent = False
+        self.thread = None
+        self.worker_class = None
+        self.Process = None
+        self.wrap_exception = True
+
+    # -- workers
+
+    def start_worker(self, k):
+        w = self.Process(
+            self.ctx,
+            target=worker,
+            args=(
+                self.inq,
+                self.outq,
+                self.slots,
+                k,
+                self.initializer,
+                self.initargs,
+                self.maxtasks,
+                self.wrap_exception,
+            ),
+        )
+        w.name = w.name.replace("Process", "PoolWorker")
+        w.daemon = True
+        self.rec[2 * k] = -1
+        self.last_done[k] = None
+        w.start()
+        return w
+
+    def repopulate(self):
+        """Start a worker in every slot whose worker has exited (after
+        failing the task a dead one was running)."""
+        with self.wlock:
+            for k, w in enumerate(self.workers):
+                if w.exitcode is None:
+                    continue
+                self.bury(k, w)
+                if self.state == TERMINATE:
+                    return
+                self.workers[k] = self.start_worker(k)
+
+    def bury(self, k, w):
+        """Account for worker k, which has exited: fail the task it was
+        running unless its result came back."""
+        w.join()
+        self.dead.pop(k, None)
+        job, i = self.rec[2 * k], self.rec[2 * k + 1]
+        if job < 0 or self.last_done[k] == (job, i):
+            return
+        self.rec[2 * k] = -1
+        with self.dlock:
+            r = self.cache.get(job)
+            if r is None:
+                return
+            what = r._describe(i)
+            err = WorkerLostError(
+                "pool worker %s (pid %s) died (%s) while running %s"
+                % (w.name, w.pid, _describe_exit(w.exitcode), what),
+                pid=w.pid,
+                exitcode=w.exitcode,
+                worker=w.name,
+                task=what,
+            )
+            after = r._set(i, (False, err))
+        self.after(after)
+
+    def check_workers(self):
+        """The helper's periodic look: a worker seen dead at one look is
+        buried at the next, so that a result it put just before dying is
+        read first."""
+        now = time.monotonic()
+        keep = self.state == RUN or (
+            self.state == CLOSE and (self.cache or self.feeders)
+        )
+        with self.wlock:
+            for k, w in enumerate(self.workers):
+                if w.exitcode is None:
+                    continue
+                seen = self.dead.setdefault(k, now)
+                if now - seen < _TICK * 0.9 and self.rec[2 * k] >= 0:
+                    continue
+                if self.rtoken.acquire(False):
+                    try:
+                        self.drain()
+                    finally:
+                        self.rtoken.release()
+                self.bury(k, w)
+                if keep and self.state != TERMINATE:
+                    self.workers[k] = self.start_worker(k)
+
+    # -- results
+
+    def drain(self):
+        get = self.outq.get_nowait
+        while True:
+            try:
+                item = get()
+            except Empty:
+                return
+            self.dispatch(item)
+
+    def dispatch(self, item):
+        """Deliver one message from the result queue."""
+        if item is None:  # a wake-up
+            return
+        k, job, i, data = item
+        try:
+            res = _loads(data)
+        except Exception as e:  # noqa: BLE001 (gh-79492)
+            res = (False, MaybeEncodingError(e, "<unpicklable result>"))
+        with self.dlock:
+            self.last_done[k] = (job, i)
+            r = self.cache.get(job)
+            after = r._set(i, res) if r is not None else None
+        if after is not None:
+            self.after(after)
+        elif self.cv_waiting and r is not None:
+            # An imap item: a thread waiting without the token may want it.
+            with self.cv:
+                self.cv.notify_all()
+
+    def after(self, fn):
+        if fn is not None:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001
+                # A callback that raised: as a thread would report it.
+                traceback.print_exc()
+        if self.cv_waiting:
+            with self.cv:
+                self.cv.notify_all()
+
+    def local_set(self, r, i, obj):
+        with self.dlock:
+            after = r._set(i, obj)
+        self.after(after)
+
+    def wait_for(self, pred, timeout=None):
+        """Wait until pred() is true or the timeout passes, reading the
+        result queue meanwhile unless another thread does."""
+        if timeout is not None:
+            deadline = time.monotonic() + timeout
+        with self.dlock:
+            self.waiters += 1
+        try:
+            while not pred():
+                slice_ = _TICK
+                if timeout is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    slice_ = min(slice_, left)
+                if self.rtoken.acquire(False):
+                    try:
+                        try:
+                            item = self.outq.get(True, slice_)
+                        except Empty:
+                            continue
+                        self.dispatch(item)
+                    finally:
+                        self.rtoken.release()
+                        if self.cv_waiting:
+                            with self.cv:
+                                self.cv.notify_all()
+                else:
+                    with self.cv:
+                        self.cv_waiting += 1
+                        try:
+                            if not pred():
+                                self.cv.wait(slice_)
+                        finally:
+                            self.cv_waiting -= 1
+        finally:
+            with self.dlock:
+                self.waiters -= 1
+                wake = self.waiters == 0 and self.parked and self.cache
+            if wake:
+                self.kick.set()
+
+    def wake(self):
+        self.kick.set()
+        try:
+            self.outq.put(None)
+        except Exception:  # noqa: BLE001
+            pass
+
+    # -- lazy input
+
+    def feed(self, f, limit):
+        """Put up to `limit` more tasks of feeder f (within its buffer)."""
+        if f.done or not f.lock.acquire(False):
+            return
+        try:
+            n = 0
+            r = f.result
+            while n < limit and self.state != TERMINATE:
+                if (
+                    f.buffersize is not None
+                    and f.index - f.consumed >= f.buffersize
+                ):
+                    break
+                i = f.index
+                try:
+                    x = next(f.it)
+                except StopIteration:
+                    f.done = True
+                    break
+                except Exception as e:  # noqa: BLE001
+                    # The input's own exception, in its place in order.
+                    f.index += 1
+                    f.done = True
+                    self.local_set(r, i, (False, e))
+                    break
+                f.index += 1
+                n += 1
+                try:
+                    fdata = _dump_func(f.func)
+                    self.inq.put((r._job, i, f.kind, fdata, _dumps(x)))
+                except Exception as e:  # noqa: BLE001
+                    self.local_set(r, i, (False, e))
+            if f.done:
+                f.it = None
+                with self.dlock:
+                    r._set_length(f.index)
+                    if f in self.feeders:
+                        self.feeders.remove(f)
+                if self.cv_waiting:
+                    with self.cv:
+                        self.cv.notify_all()
+        finally:
+            f.lock.release()
+
+    # -- the helper thread
+
+    def run(self):
+        next_check = time.monotonic() + _TICK
+        while self.state != TERMINATE:
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + _TICK
+                try:
+                    self.check_workers()
+                except Exception:  # noqa: BLE001
+                    if self.state == TERMINATE:
+                        return
+                    traceback.print_exc()
+            if self.state == CLOSE and self.finish_close():
+                return
+            busy = False
+            for f in list(self.feeders):
+                self.feed(f, 64)
+                busy = busy or (
+                    not f.done
+                    and (
+                        f.buffersize is None
+                        or f.index - f.consumed < f.buffersize
+                    )
+                )
+            if self.waiters:
+                self.parked = True
+                self.kick.wait(0 if busy else max(0, next_check - now))
+                self.kick.clear()
+                self.parked = False
+                continue
+            if not self.rtoken.acquire(False):
+                self.parked = True
+                self.kick.wait(0 if busy else _TICK)
+                self.kick.clear()
+                self.parked = False
+                continue
+            try:
+                try:
+                    if busy:
+                        item = self.outq.get_nowait()
+                    else:
+                        item = self.outq.get(
+                            True, max(0.001, next_check - time.monotonic())
+                        )
+                except Empty:
+                    continue
+                self.dispatch(item)
+            finally:
+                self.rtoken.release()
+                if self.cv_waiting:
+                    with self.cv:
+                        self.cv.notify_all()
+
+    def finish_close(self):
+        """After close(): once every task is done, stop the workers and
+        end the helper.  Returns True when that is done."""
+        if self.cache or self.feeders:
+            return False
+        with self.wlock:
+            if not self.sentinels_sent:
+                self.sentinels_sent = True
+                for _ in self.workers:
+                    self.inq.put(None)
+            alive = [w for w in self.workers if w.exitcode is None]
+        if alive:
+            from multiprocessing.connection import wait
+
+            wait([w.sentinel for w in alive], _TICK)
+            return False
+        return True
+
+    # -- the end
+
+    def terminate(self):
+        """Stop everything now: the helper thread, then the workers
+        (SIGTERM), then fail what is still pending."""
+        self.state = TERMINATE
+        self.wake()
+        t = self.thread
+        if t is not None and t is not threading.current_thread():
+            t.join()
+        with self.wlock:
+            workers = list(self.workers)
+        for w in workers:
+            if w.exitcode is None:
+                w.terminate()
+        for w in workers:
+            w.join(1.0)
+            if w.exitcode is None:
+                w.kill()
+                w.join()
+        with self.dlock:
+            pending = list(self.cache.values())
+        err = PoolTerminatedError(
+            "the pool was terminated before this task's result came back"
+        )
+        for r in pending:
+            with self.dlock:
+                if r._job not in self.cache:
+                    continue
+                if isinstance(r, IMapIterator):
+                    if r._feeder is not None:
+                        r._feeder.done = True
+                    # What came back stays; then the error, then the end.
+                    r._unsorted.clear()
+                    r._items.append((False, err))
+                    r._set_length(r._index)
+                    continue
+                r._pool = None
+                r._success, r._value = False, err
+                r._ready = True
+                self.cache.pop(r._job, None)
+        self.feeders.clear()
+        if self.cv_waiting:
+            with self.cv:
+                self.cv.notify_all()
+
+
+def _terminate_pool(core):
+    util.debug("terminating pool")
+    core.terminate()
+
+
+# ---------------------------------------------------------------- the pool
+
+
+class Pool:
+    """A pool of worker processes to which jobs can be submitted (the
+    stdlib's multiprocessing.pool.Pool, on fastmp's queues; see the
+    module docstring for how it differs)."""
+
+    _wrap_exception = True
+
+    @staticmethod
+    def Process(ctx, *args, **kwds):
+        return ctx.Process(*args, **kwds)
+
+    def __init__(
+        self,
+        processes=None,
+        initializer=None,
+        initargs=(),
+        maxtasksperchild=None,
+        context=None,
+    ):
+        self._pool = []
+        self._state = INIT
+        if context is None:
+            from .context import _default_context
+
+            context = _default_context.get_context()
+        self._ctx = context
+        self._maxtasksperchild = maxtasksperchild
+        self._initializer = initializer
+        self._initargs = initargs
+        if processes is None:
+            cpus = getattr(os, "process_cpu_count", os.cpu_count)
+            processes = cpus() or 1
+        if processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None:
+            if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
+                raise ValueError(
+                    "maxtasksperchild must be a positive int or None"
+                )
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self._processes = processes
+        core = self._core = _Core(
+            context, processes, initializer, initargs, maxtasksperchild
+        )
+        core.Process = self.Process
+        core.wrap_exception = self._wrap_exception
+        self._cache = core.cache
+        self._pool = core.workers
+        try:
+            for k in range(processes):
+                core.workers.append(core.start_worker(k))
+        except Exception:
+            for p in core.workers:
+                if p.exitcode is None:
+                    p.terminate()
+            for p in core.workers:
+                p.join()
+            raise
+        core.state = RUN
+        self._state = RUN
+        t = core.thread = threading.Thread(
+            target=core.run, name="fastmp-pool-helper", daemon=True
+        )
+        t.start()
+        self._terminate = util.Finalize(
+            self, _terminate_pool, args=(core,), exitpriority=15
+        )
+
+    def __del__(self, _warn=warnings.warn, RUN=RUN):
+        if getattr(self, "_state", None) == RUN:
+            _warn(
+                f"unclosed running multiprocessing pool {self!r}",
+                ResourceWarning,
+                source=self,
+            )
+
+    def __repr__(self):
+        cls = self.__class__
+        return (
+            f"<{cls.__module__}.{cls.__qualname__} "
+            f"state={self._state} pool_size={len(self._pool)}>"
+        )
+
+    def __reduce__(self):
+        raise NotImplementedError(
+            "pool objects cannot be passed between processes or pickled"
+        )
+
+    def _check_running(self):
+        if self._state != RUN:
+            raise ValueError("Pool not running")
+
+    def _repopulate_pool(self):
+        self._core.repopulate()
+
+    # -- submitting
+
+    def _put(self, result, i, kind, func, args):
+        try:
+            fdata = _dump_func(func)
+            self._core.inq.put((result._job, i, kind, fdata, _dumps(args)))
+        except Exception as e:  # noqa: BLE001
+            self._core.local_set(result, i, (False, e))
+
+    def apply(self, func, args=(), kwds={}):  # noqa: B006 (the stdlib's)
+        """Equivalent of func(*args, **kwds); waits for the result."""
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(
+        self,
+        func,
+        args=(),
+        kwds={},  # noqa: B006 (the stdlib's)
+        callback=None,
+        error_callback=None,
+    ):
+        """Asynchronous version of apply(): returns an AsyncResult."""
+        self._check_running()
+        result = ApplyResult(self, callback, error_callback)
+        result._what = _func_name(func)
+        self._put(result, -1, _CALL, func, (args, kwds))
+        if callback is not None or error_callback is not None:
+            self._nudge()
+        return result
+
+    def _nudge(self):
+        core = self._core
+        if core.parked and not core.waiters:
+            core.kick.set()
+
+    def map(self, func, iterable, chunksize=None):
+        """Apply func to each element of iterable, collecting the results
+        in a list that is returned."""
+        return self._map_async(func, iterable, _MAP, chunksize).get()
+
+    def starmap(self, func, iterable, chunksize=None):
+        """Like map(), with the elements of iterable unpacked as
+        arguments: [func(*a) for a in iterable]."""
+        return self._map_async(func, iterable, _STARMAP, chunksize).get()
+
+    def map_async(
+        self,
+        func,
+        iterable,
+        chunksize=None,
+        callback=None,
+        error_callback=None,
+    ):
+        """Asynchronous version of map(): returns a MapResult."""
+        return self._map_async(
+            func, iterable, _MAP, chunksize, callback, error_callback
+        )
+
+    def starmap_async(
+        self,
+        func,
+        iterable,
+        chunksize=None,
+        callback=None,
+        error_callback=None,
+    ):
+        """Asynchronous version of starmap(): returns a MapResult."""
+        return self._map_async(
+            func, iterable, _STARMAP, chunksize, callback, error_callback
+        )
+
+    def _map_async(
+        self,
+        func,
+        iterable,
+        kind,
+        chunksize=None,
+        callback=None,
+        error_callback=None,
+    ):
+        self._check_running()
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)
+        if chunksize is None:
+            chunksize, extra = divmod(len(iterable), len(self._pool) * 4)
+            if extra:
+                chunksize += 1
+        if len(iterable) == 0:
+            chunksize = 0
+        result = MapResult(
+            self, chunksize, len(iterable), callback, error_callback
+        )
+        result._what = _func_name(func)
+        if chunksize <= 0:
+            return result
+        core = self._core
+        put = core.inq.put
+        job = result._job
+        i = 0
+        try:
+            for chunk in _chunks(iterable, chunksize):
+                try:
+                    put((job, i, kind, _dump_func(func), _dumps(chunk)))
+                except Exception as e:  # noqa: BLE001
+                    core.local_set(result, i, (False, e))
+                i += 1
+        except Exception as e:  # noqa: BLE001 (the input itself raised)
+            # This chunk and those never made fail with the input's error.
+            while result._job in core.cache:
+                core.local_set(result, i, (False, e))
+                i += 1
+        if callback is not None or error_callback is not None:
+            self._nudge()
+        return result
+
+    def imap(self, func, iterable, chunksize=1, buffersize=None):
+        """Equivalent of map(), lazily: returns an iterator of the results
+        in order.  With buffersize, at most that many tasks are read ahead
+        of the results consumed."""
+        return self._imap(IMapIterator, func, iterable, chunksize, buffersize)
+
+    def imap_unordered(self, func, iterable, chunksize=1, buffersize=None):
+        """Like imap(), but the results come in the order they are
+        ready."""
+        return self._imap(
+            IMapUnorderedIterator, func, iterable, chunksize, buffersize
+        )
+
+    def _imap(self, cls, func, iterable, chunksize, buffersize):
+        self._check_running()
+        if buffersize is not None:
+            if not isinstance(buffersize, int):
+                raise TypeError("buffersize must be an integer or None")
+            if buffersize < 1:
+                raise ValueError("buffersize must be None or > 0")
+        if chunksize != 1 and chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        result = cls(self)
+        result._what = _func_name(func)
+        core = self._core
+        if chunksize == 1:
+            it, kind = iter(iterable), _ONE
+        else:
+            it, kind = _chunks(iterable, chunksize), _MAP
+        f = _Feeder(it, result, kind, func, buffersize)
+        result._feeder = f
+        if buffersize is None and isinstance(iterable, (list, tuple)):
+            # Nothing lazy about a list: put it all now.
+            core.feed(f, len(iterable) + 1)
+        else:
+            with core.dlock:
+                core.feeders.append(f)
+            core.feed(f, buffersize or 64)
+            core.wake()
+        if chunksize == 1:
+            return result
+        return (item for chunk in result for item in chunk)
+
+    # -- ending
+
+    def close(self):
+        """No more tasks: the workers exit once the queued ones are
+        done."""
+        util.debug("closing pool")
+        if self._state == RUN:
+            self._state = CLOSE
+            self._core.state = CLOSE
+            self._core.wake()
+
+    def terminate(self):
+        """Stop the workers now (SIGTERM); pending results fail."""
+        util.debug("terminating pool")
+        self._state = TERMINATE
+        self._terminate()
+
+    def join(self):
+        """Wait for the workers to exit (after close() or terminate())."""
+        util.debug("joining pool")
+        if self._state == RUN:
+            raise ValueError("Pool is still running")
+        elif self._state not in (CLOSE, TERMINATE):
+            raise ValueError("In unknown state")
+        t = self._core.thread
+        if t is not None and t is not threading.current_thread():
+            t.join()
+        for p in list(self._pool):
+            p.join()
+
+    def __enter__(self):
+        self._check_running()
+        return self
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        self.terminate()
