@@ -648,15 +648,24 @@ class _Core:
         k, job, i, data = item
         try:
             res = _loads(data)
+            bad = None
         except Exception as e:  # noqa: BLE001 (gh-79492)
-            res = (False, MaybeEncodingError(e, "<unpicklable result>"))
+            bad = e
         with self.dlock:
             self.last_done[k] = (job, i)
             r = self.cache.get(job)
-            after = r._set(i, res) if r is not None else None
+            if r is None:
+                return
+            if bad is not None:
+                # The result (or exception) came back but cannot be
+                # unpickled here: that is this result's error.
+                err = MaybeEncodingError(bad, None)
+                err.value = "<the result of %s>" % r._describe(i)
+                res = (False, err)
+            after = r._set(i, res)
         if after is not None:
             self.after(after)
-        elif self.cv_waiting and r is not None:
+        elif self.cv_waiting:
             # An imap item: a thread waiting without the token may want it.
             with self.cv:
                 self.cv.notify_all()
