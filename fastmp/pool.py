@@ -201,13 +201,15 @@ def worker(
     dumps = _dumps
     loads = _loads
     load_func = _load_func
-    parent = _parent()
+    # The parent (or, under forkserver, the forkserver, which leaves with
+    # the parent): once it has gone, this process is someone else's child.
+    ppid = os.getppid()
     completed = 0
     while maxtasks is None or completed < maxtasks:
         try:
             task = get(True, 1.0)
         except Empty:
-            if parent is not None and not parent.is_alive():
+            if os.getppid() != ppid:
                 return
             continue
         except (EOFError, OSError):
@@ -248,15 +250,6 @@ def worker(
         data = None
         rec[base] = -1
         completed += 1
-
-
-def _parent():
-    try:
-        from multiprocessing import parent_process
-
-        return parent_process()
-    except Exception:  # noqa: BLE001
-        return None
 
 
 # ---------------------------------------------------------------- results
