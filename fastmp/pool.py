@@ -531,7 +531,16 @@ class _Core:
         self.parked = False
         self.kick = threading.Event()
         self.feeders = []
-        self.dead = {}  # slot -> (worker, seen at)
+        self.dead = {}  # slot -> when it was first seen dead
+        # Every task put and not yet answered: (job, index) -> its place in
+        # the task queue (the queue is FIFO), for finding a task a worker
+        # took from the queue and died before recording (see lost_check).
+        self.plock = threading.Lock()
+        self.nput = 0
+        self.outstanding = {}
+        self.lost_checks = 0
+        self.suspects = None
+        self.last_death = None
         self.sentinels_sent = False
         self.thread = None
         self.worker_class = None
@@ -562,6 +571,18 @@ class _Core:
         w.start()
         return w
 
+    def put_task(self, job, i, kind, fdata, adata):
+        """Queue one task (raises what pickling it raised)."""
+        key = (job, i)
+        with self.plock:
+            self.outstanding[key] = self.nput
+            try:
+                self.inq.put((job, i, kind, fdata, adata))
+            except BaseException:
+                del self.outstanding[key]
+                raise
+            self.nput += 1
+
     def repopulate(self):
         """Start a worker in every slot whose worker has exited (after
         failing the task a dead one was running)."""
@@ -583,14 +604,18 @@ class _Core:
         if job < 0 or self.last_done[k] == (job, i):
             return
         self.rec[2 * k] = -1
+        self.fail_lost(job, i, w, "while running")
+
+    def fail_lost(self, job, i, w, how):
         with self.dlock:
+            self.outstanding.pop((job, i), None)
             r = self.cache.get(job)
             if r is None:
                 return
             what = r._describe(i)
             err = WorkerLostError(
-                "pool worker %s (pid %s) died (%s) while running %s"
-                % (w.name, w.pid, _describe_exit(w.exitcode), what),
+                "pool worker %s (pid %s) died (%s) %s %s"
+                % (w.name, w.pid, _describe_exit(w.exitcode), how, what),
                 pid=w.pid,
                 exitcode=w.exitcode,
                 worker=w.name,
@@ -598,6 +623,45 @@ class _Core:
             )
             after = r._set(i, (False, err))
         self.after(after)
+
+    def lost_check(self):
+        """After a death: a task taken from the queue by a worker that
+        died before it recorded it (a window of a few bytecodes) is in
+        no slot and has no result.  The tasks taken from the queue are the
+        first ``nput - qsize()`` put (the queue is FIFO); those with no
+        result and in no live worker's slot at two looks in a row, with
+        the result queue read before each, are lost."""
+        # (A thread holding the token is reading results as they come.)
+        token = self.rtoken.acquire(False)
+        try:
+            if token:
+                self.drain()
+            with self.plock:
+                taken = self.nput - self.inq.qsize()
+                live = set()
+                with self.wlock:
+                    for k in range(len(self.workers)):
+                        if self.rec[2 * k] >= 0:
+                            live.add((self.rec[2 * k], self.rec[2 * k + 1]))
+                with self.dlock:
+                    found = {
+                        key
+                        for key, seq in self.outstanding.items()
+                        if seq < taken and key not in live
+                    }
+        finally:
+            if token:
+                self.rtoken.release()
+        self.lost_checks -= 1
+        if found and found == self.suspects:
+            for job, i in sorted(found):
+                self.fail_lost(
+                    job, i, self.last_death, "after taking from the queue"
+                )
+            found = None
+        self.suspects = found or None
+        if self.suspects:
+            self.lost_checks = max(self.lost_checks, 1)
 
     def check_workers(self):
         """The helper's periodic look: a worker seen dead at one look is
@@ -620,8 +684,13 @@ class _Core:
                     finally:
                         self.rtoken.release()
                 self.bury(k, w)
+                if w.exitcode != 0:
+                    self.last_death = w
+                    self.lost_checks = 3
                 if keep and self.state != TERMINATE:
                     self.workers[k] = self.start_worker(k)
+        if self.lost_checks > 0 and self.state != TERMINATE:
+            self.lost_check()
 
     # -- results
 
@@ -646,6 +715,7 @@ class _Core:
             bad = e
         with self.dlock:
             self.last_done[k] = (job, i)
+            self.outstanding.pop((job, i), None)
             r = self.cache.get(job)
             if r is None:
                 return
@@ -759,7 +829,7 @@ class _Core:
                 n += 1
                 try:
                     fdata = _dump_func(f.func)
-                    self.inq.put((r._job, i, f.kind, fdata, _dumps(x)))
+                    self.put_task(r._job, i, f.kind, fdata, _dumps(x))
                 except Exception as e:  # noqa: BLE001
                     self.local_set(r, i, (False, e))
             if f.done:
@@ -889,6 +959,7 @@ class _Core:
                 r._ready = True
                 self.cache.pop(r._job, None)
         self.feeders.clear()
+        self.outstanding.clear()
         if self.cv_waiting:
             with self.cv:
                 self.cv.notify_all()
@@ -1003,7 +1074,7 @@ class Pool:
     def _put(self, result, i, kind, func, args):
         try:
             fdata = _dump_func(func)
-            self._core.inq.put((result._job, i, kind, fdata, _dumps(args)))
+            self._core.put_task(result._job, i, kind, fdata, _dumps(args))
         except Exception as e:  # noqa: BLE001
             self._core.local_set(result, i, (False, e))
 
@@ -1094,13 +1165,13 @@ class Pool:
         if chunksize <= 0:
             return result
         core = self._core
-        put = core.inq.put
+        put = core.put_task
         job = result._job
         i = 0
         try:
             for chunk in _chunks(iterable, chunksize):
                 try:
-                    put((job, i, kind, _dump_func(func), _dumps(chunk)))
+                    put(job, i, kind, _dump_func(func), _dumps(chunk))
                 except Exception as e:  # noqa: BLE001
                     core.local_set(result, i, (False, e))
                 i += 1

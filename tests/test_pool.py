@@ -620,6 +620,28 @@ def test_imap_item_of_a_dead_worker(fctx):
         assert p.apply(sqr, (2,)) == 4
 
 
+class ExitsWhenUnpickled:
+    def __reduce__(self):
+        return (os._exit, (5,))
+
+
+@pytest.mark.timeout(120)
+def test_worker_dead_before_recording_its_task(fctx):
+    # A task message whose unpickling ends the worker: it dies after taking
+    # the task from the queue and before recording it in its slot.
+    with fctx.Pool(2) as p:
+        r = fastmp.pool.ApplyResult(p, None, None)
+        p._core.put_task(
+            r._job, -1, 0, fastmp.pool._dump_func(sqr), ExitsWhenUnpickled()
+        )
+        t = time.monotonic()
+        with pytest.raises(WorkerLostError, match="after taking") as info:
+            r.get(30)
+        assert time.monotonic() - t < 1.0
+        assert info.value.exitcode == 5
+        assert p.map(sqr, range(10), 1) == [x * x for x in range(10)]
+
+
 @pytest.mark.timeout(120)
 def test_result_that_does_not_unpickle(fctx):
     # gh-79492: the stdlib's result handler dies and get() hangs.
