@@ -524,7 +524,9 @@ class _Core:
         self.last_done = [None] * processes
         self.dlock = threading.Lock()  # result and cache state
         self.wlock = threading.RLock()  # the workers list
-        self.rtoken = threading.Lock()  # who reads the result queue
+        # Who reads the result queue; reentrant, so that a callback run by
+        # a reader can wait for another result.
+        self.rtoken = threading.RLock()
         self.cv = threading.Condition(threading.Lock())
         self.cv_waiting = 0
         self.waiters = 0
@@ -766,11 +768,17 @@ class _Core:
                     slice_ = min(slice_, left)
                 if self.rtoken.acquire(False):
                     try:
+                        get = self.outq.get
+                        dispatch = self.dispatch
                         try:
-                            item = self.outq.get(True, slice_)
+                            item = get(True, slice_)
+                            dispatch(item)
+                            # Whatever else has come, while holding the
+                            # token.
+                            while not pred():
+                                dispatch(get(False))
                         except Empty:
                             continue
-                        self.dispatch(item)
                     finally:
                         self.rtoken.release()
                         if self.cv_waiting:

@@ -241,6 +241,57 @@ def test_callback_without_a_waiter(pool):
 
 
 @pytest.mark.timeout(120)
+def test_threads_share_a_pool(pool):
+    errors = []
+    results = {}
+
+    def applier(n):
+        try:
+            results[n] = [pool.apply(mul, (n, j)) for j in range(40)]
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    def imapper():
+        try:
+            results["imap"] = list(pool.imap(sqr, iter(range(200)), 3))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=applier, args=(n,)) for n in range(4)]
+    threads.append(threading.Thread(target=imapper))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert not any(t.is_alive() for t in threads)
+    for n in range(4):
+        assert results[n] == [n * j for j in range(40)]
+    assert results["imap"] == [x * x for x in range(200)]
+
+
+_inner = []
+
+
+def _callback_waits_for_another(pool, v):
+    # A callback that waits for another result (run by whichever thread
+    # delivers the first one).
+    _inner.append((v, pool.apply_async(sqr, (v,)).get(30)))
+
+
+@pytest.mark.timeout(120)
+def test_callback_that_waits_for_another_result(fctx):
+    # (The stdlib's result thread deadlocks on this.)
+    _inner.clear()
+    with fctx.Pool(2) as p:
+        r = p.apply_async(
+            sqr, (3,), callback=lambda v: _callback_waits_for_another(p, v)
+        )
+        r.get(30)
+        assert _inner == [(9, 81)]
+
+
+@pytest.mark.timeout(120)
 def test_map_fails_as_a_whole_after_every_chunk(pool):
     with pytest.raises(Boom):
         pool.map(boom, range(4), chunksize=1)
