@@ -718,10 +718,15 @@ class _Core:
         """Stop everything now: the helper thread, then the workers
         (SIGTERM), then fail what is still pending."""
         self.state = TERMINATE
-        self.wake()
+        # No wake-up through the result queue: terminate() takes no
+        # process-shared lock (a stopped worker could hold one).  The
+        # helper looks at the state at least every tick.
+        self.kick.set()
         t = self.thread
-        if t is not None and t is not threading.current_thread():
-            t.join()
+        if t is threading.current_thread():
+            t = None
+        if t is not None:
+            t.join(1.0 + 2 * _TICK)
         with self.wlock:
             workers = list(self.workers)
         for w in workers:
@@ -732,6 +737,8 @@ class _Core:
             if w.exitcode is None:
                 w.kill()
                 w.join()
+        if t is not None:
+            t.join(5.0)
         with self.dlock:
             pending = list(self.cache.values())
         err = PoolTerminatedError(

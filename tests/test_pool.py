@@ -727,6 +727,25 @@ def test_terminate_fails_pending_results(fctx):
     p.join()
 
 
+@pytest.mark.timeout(120)
+def test_terminate_with_a_stopped_worker(fctx):
+    p = fctx.Pool(2)
+    try:
+        p.apply(sqr, (1,))
+        for w in p._pool:
+            os.kill(w.pid, signal.SIGSTOP)
+        t = time.monotonic()
+        p.terminate()
+        p.join()
+        assert time.monotonic() - t < 10
+        for w in p._pool:
+            assert w.exitcode in (-signal.SIGTERM, -signal.SIGKILL)
+    finally:
+        for w in p._pool:
+            if w.exitcode is None:
+                os.kill(w.pid, signal.SIGKILL)
+
+
 # --- fastmp: lazy imap with buffersize --------------------------------------
 
 
