@@ -317,6 +317,9 @@ class _Core:
         self.cv = threading.Condition(threading.Lock())
         self.cv_waiting = 0
         self.waiters = 0
+        # Threads putting a map's tasks: the helper leaves the results to
+        # the caller meanwhile (no GIL ping-pong with a busy submitter).
+        self.submitting = 0
         self.parked = False
         self.kick = threading.Event()
         self.feeders = []
@@ -665,7 +668,7 @@ class _Core:
                         or f.index - f.consumed < f.buffersize
                     )
                 )
-            if self.waiters:
+            if self.waiters or self.submitting:
                 self.parked = True
                 self.kick.wait(0 if busy else max(0, next_check - now))
                 self.kick.clear()

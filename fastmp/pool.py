@@ -455,6 +455,8 @@ class Pool:
         put = core.put_task
         job = result._job
         i = 0
+        with core.dlock:
+            core.submitting += 1
         try:
             for chunk in _chunks(iterable, chunksize):
                 try:
@@ -467,6 +469,9 @@ class Pool:
             while result._job in core.cache:
                 core.local_set(result, i, (False, e))
                 i += 1
+        finally:
+            with core.dlock:
+                core.submitting -= 1
         if callback is not None or error_callback is not None:
             self._nudge()
         return result
