@@ -275,6 +275,8 @@ def _chunks(iterable, size):
 
 
 def _func_name(func):
+    if func is None:
+        return "?"
     name = getattr(func, "__qualname__", None) or getattr(
         func, "__name__", None
     )

@@ -123,7 +123,7 @@ class ApplyResult:
             self._pool = None
 
     def _describe(self, i):
-        return "apply(%s)" % (self._what or "?")
+        return "apply(%s)" % _func_name(self._what)
 
     __class_getitem__ = classmethod(types.GenericAlias)
 
@@ -163,7 +163,7 @@ class MapResult(ApplyResult):
         return None
 
     def _describe(self, i):
-        return "chunk %d of map(%s)" % (i, self._what or "?")
+        return "chunk %d of map(%s)" % (i, _func_name(self._what))
 
 
 class IMapIterator:
@@ -243,7 +243,7 @@ class IMapIterator:
         self._pool = None
 
     def _describe(self, i):
-        return "item %d of imap(%s)" % (i, self._what or "?")
+        return "item %d of imap(%s)" % (i, _func_name(self._what))
 
 
 class IMapUnorderedIterator(IMapIterator):
@@ -358,13 +358,6 @@ class Pool:
 
     # -- submitting
 
-    def _put(self, result, i, kind, func, args):
-        try:
-            fdata = _dump_func(func)
-            self._core.put_task(result._job, i, kind, fdata, _dumps(args))
-        except Exception as e:  # noqa: BLE001
-            self._core.local_set(result, i, (False, e))
-
     def apply(self, func, args=(), kwds={}):  # noqa: B006 (the stdlib's)
         """Equivalent of func(*args, **kwds); waits for the result."""
         return self.apply_async(func, args, kwds).get()
@@ -378,10 +371,16 @@ class Pool:
         error_callback=None,
     ):
         """Asynchronous version of apply(): returns an AsyncResult."""
-        self._check_running()
+        if self._state != RUN:
+            raise ValueError("Pool not running")
         result = ApplyResult(self, callback, error_callback)
-        result._what = _func_name(func)
-        self._put(result, -1, _CALL, func, (args, kwds))
+        result._what = func
+        try:
+            self._core.put_task(
+                result._job, -1, _CALL, _dump_func(func), _dumps((args, kwds))
+            )
+        except Exception as e:  # noqa: BLE001
+            self._core.local_set(result, -1, (False, e))
         if callback is not None or error_callback is not None:
             self._nudge()
         return result
@@ -448,7 +447,7 @@ class Pool:
         result = MapResult(
             self, chunksize, len(iterable), callback, error_callback
         )
-        result._what = _func_name(func)
+        result._what = func
         if chunksize <= 0:
             return result
         core = self._core
@@ -499,7 +498,7 @@ class Pool:
         if chunksize != 1 and chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         result = cls(self)
-        result._what = _func_name(func)
+        result._what = func
         core = self._core
         if chunksize == 1:
             it, kind = iter(iterable), _ONE
