@@ -451,26 +451,49 @@ class Pool:
         if chunksize <= 0:
             return result
         core = self._core
-        put = core.put_task
         job = result._job
+        failed = []  # (index, exception): set once the put lock is free
         i = 0
         with core.dlock:
             core.submitting += 1
         try:
-            for chunk in _chunks(iterable, chunksize):
+            try:
+                fdata = _dump_func(func)
+            except Exception as e:  # noqa: BLE001
+                fdata, fail = None, e
+            # The whole map under the put lock (see _Core.put_task), in one
+            # tight loop.
+            with core.plock:
+                outstanding = core.outstanding
+                put = core.inq.put
+                seq = core.nput
                 try:
-                    put(job, i, kind, _dump_func(func), _dumps(chunk))
-                except Exception as e:  # noqa: BLE001
-                    core.local_set(result, i, (False, e))
-                i += 1
+                    for chunk in _chunks(iterable, chunksize):
+                        key = (job, i)
+                        try:
+                            if fdata is None:
+                                raise fail
+                            data = _dumps(chunk)
+                            outstanding[key] = seq
+                            put((job, i, kind, fdata, data))
+                            seq += 1
+                        except Exception as e:  # noqa: BLE001
+                            outstanding.pop(key, None)
+                            failed.append((i, e))
+                        i += 1
+                finally:
+                    core.nput = seq
         except Exception as e:  # noqa: BLE001 (the input itself raised)
             # This chunk and those never made fail with the input's error.
-            while result._job in core.cache:
-                core.local_set(result, i, (False, e))
-                i += 1
+            failed.append((i, e))
+            n = len(iterable)
+            total = n // chunksize + bool(n % chunksize)
+            failed.extend((j, e) for j in range(i + 1, total))
         finally:
             with core.dlock:
                 core.submitting -= 1
+        for j, e in failed:
+            core.local_set(result, j, (False, e))
         if callback is not None or error_callback is not None:
             self._nudge()
         return result
