@@ -4,6 +4,7 @@ finalizer (``_Core``), and the lazy-input feeder.  See fastmp/pool.py for
 the public API and docs/pool.md for how it works."""
 
 import itertools
+import mmap
 import os
 import signal
 import sys
@@ -11,12 +12,17 @@ import threading
 import time
 import traceback
 import types
-from multiprocessing import ProcessError, TimeoutError, util  # noqa: F401
+from multiprocessing import (  # noqa: F401
+    ProcessError,
+    TimeoutError,
+    context,
+    reduction,
+    util,
+)
 from queue import Empty
 
 from . import _fastmp
 from .queues import Queue as _Queue
-from .sharedctypes import RawArray as _RawArray
 
 
 def _stdlib_pool():
@@ -134,6 +140,43 @@ def _load_func(data):
     return func
 
 
+class _Slots:
+    """The workers' task slots: 2 int64 words per worker (job, index of
+    the task it runs; job -1 when idle), in a shared-memory file of the
+    pool's own, so that any context's processes can take it (by
+    inheritance under fork, by fd passing while spawning).
+
+    Written by the worker (the index first, then the job), read by the
+    parent once the worker has exited (and, for a look at who is busy,
+    while it runs: a torn pair only makes a task look unrecorded for one
+    look)."""
+
+    def __init__(self, n, fd=None):
+        if fd is None:
+            fd = os.memfd_create("fastmp-pool", os.MFD_CLOEXEC)
+            os.ftruncate(fd, 16 * n)
+        self.n = n
+        self.fd = fd
+        self.map = mmap.mmap(fd, 16 * n)
+        self.words = memoryview(self.map).cast("q")
+
+    def __reduce__(self):
+        context.assert_spawning(self)
+        return _rebuild_slots, (self.n, reduction.DupFd(self.fd))
+
+    def __del__(self):
+        try:
+            self.words.release()
+            self.map.close()
+            os.close(self.fd)
+        except (AttributeError, OSError, BufferError):
+            pass
+
+
+def _rebuild_slots(n, dupfd):
+    return _Slots(n, dupfd.detach())
+
+
 def _describe_exit(code):
     if code is not None and code < 0:
         try:
@@ -175,7 +218,7 @@ def worker(
         signal.signal(signal.SIGINT, _on_sigint)
     except (ValueError, OSError):  # pragma: no cover (not the main thread)
         pass
-    rec = memoryview(slots).cast("B").cast("q")
+    rec = slots.words
     base = 2 * k
     get = inq.get
     put = outq.put
@@ -304,8 +347,8 @@ class _Core:
         # Per worker slot: the (job, index) of the task it runs, job -1
         # when idle.  Written by the worker, read by the parent once the
         # worker is dead.
-        self.slots = _RawArray("q", 2 * processes)
-        self.rec = memoryview(self.slots).cast("B").cast("q")
+        self.slots = _Slots(processes)
+        self.rec = self.slots.words
         for j in range(processes):
             self.rec[2 * j] = -1
         # Last result dispatched per slot: a dead worker's recorded task

@@ -432,6 +432,18 @@ def test_names_repr_and_size(ctx):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", METHODS)
+def test_fastmp_pool_with_a_stdlib_context(method):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context(method)
+    with fastmp.pool.Pool(2, context=ctx) as p:
+        assert type(p._pool[0]).__module__.startswith("multiprocessing")
+        assert p.map(sqr, range(10), 3) == [x * x for x in range(10)]
+        assert p.apply(mul, (3, 4)) == 12
+
+
+@pytest.mark.timeout(120)
 def test_default_size(ctx):
     cpus = getattr(os, "process_cpu_count", os.cpu_count)() or 1
     with ctx.Pool() as p:
