@@ -690,19 +690,29 @@ class _Core:
     # -- the helper thread
 
     def run(self):
+        """The helper thread's body."""
+        while self.state != TERMINATE:
+            try:
+                if self.loop():
+                    return
+            except Exception:  # noqa: BLE001
+                # Keep watching the workers whatever went wrong here.
+                if self.state == TERMINATE:
+                    return
+                traceback.print_exc()
+                time.sleep(_TICK)
+
+    def loop(self):
+        """The helper's work until it returns True (done after close())
+        or raises."""
         next_check = time.monotonic() + _TICK
         while self.state != TERMINATE:
             now = time.monotonic()
             if now >= next_check:
                 next_check = now + _TICK
-                try:
-                    self.check_workers()
-                except Exception:  # noqa: BLE001
-                    if self.state == TERMINATE:
-                        return
-                    traceback.print_exc()
+                self.check_workers()
             if self.state == CLOSE and self.finish_close():
-                return
+                return True
             busy = False
             for f in list(self.feeders):
                 self.feed(f, 64)
