@@ -473,7 +473,11 @@ class _Core:
         try:
             if token:
                 self.drain()
-            with self.plock:
+            # Not while a thread is putting a long map's tasks: the next
+            # look will do (the helper must keep looking at the workers).
+            if not self.plock.acquire(False):
+                return
+            try:
                 taken = self.nput - self.inq.qsize()
                 live = set()
                 with self.wlock:
@@ -486,6 +490,8 @@ class _Core:
                         for key, seq in self.outstanding.items()
                         if seq < taken and key not in live
                     }
+            finally:
+                self.plock.release()
         finally:
             if token:
                 self.rtoken.release()
