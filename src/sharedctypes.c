@@ -881,19 +881,6 @@ sync_getbuffer_attr(SyncObject *self, void *Py_UNUSED(c))
     return r;
 }
 
-static int
-sync_getbuffer(SyncObject *self, Py_buffer *view, int flags)
-{
-    if (self->st == NULL) {
-        PyErr_SetString(PyExc_BufferError,
-                        "synchronized wrapper not initialised");
-        view->obj = NULL;
-        return -1;
-    }
-    /* The ctypes object is the real exporter (format, shape, lifetime). */
-    return PyObject_GetBuffer(self->st->obj, view, flags);
-}
-
 static PyMemberDef sync_members[] = {
     {"__weaklistoffset__", T_PYSSIZET, offsetof(SyncObject, weakreflist),
      READONLY, NULL},
@@ -947,7 +934,6 @@ static PyType_Slot syncbase_slots[] = {
     {Py_tp_methods, sync_methods},
     {Py_tp_members, sync_members},
     {Py_tp_getset, sync_getset},
-    {Py_bf_getbuffer, sync_getbuffer},
     {Py_tp_doc, "SynchronizedBase(obj, lock, code=None)\n--\n\n"
                 "A ctypes object in shared memory with a lock."},
     {0, NULL},
