@@ -135,12 +135,16 @@ def _fastmp_has(sub):
 _shadowed = {}
 
 
+def installed():
+    """True when this process runs with multiprocessing aliased."""
+    return _installed
+
+
 def stdlib_module(sub):
     """The stdlib's multiprocessing.<sub>, aliased or not.
 
-    Aliased, a stdlib module loaded here keeps its sys.modules entry: its
-    objects (the stdlib SimpleQueue that the stdlib's Pool uses) then
-    pickle by their ``multiprocessing.<sub>.Name`` names."""
+    Aliased, where fastmp has its own module, the stdlib's is loaded
+    beside it and ``multiprocessing.<sub>`` stays fastmp's."""
     name = _PREFIX + sub
     if not _installed:
         return importlib.import_module(name)
@@ -153,12 +157,8 @@ def stdlib_module(sub):
     if spec is None:
         raise ModuleNotFoundError("No module named %r" % name, name=name)
     mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    try:
-        spec.loader.exec_module(mod)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
+    spec.loader.exec_module(mod)
+    _shadowed[name] = mod
     return mod
 
 

@@ -127,21 +127,41 @@ def _stdlib_caller():
     return f is not None and f.f_globals.get("__name__") in _PIPE_USERS
 
 
+def _stdlib_simple_queue(ctx):
+    """The stdlib's SimpleQueue made with ``ctx``, for the requesters
+    _stdlib_caller() names."""
+    from . import _alias
+
+    cls = _alias.stdlib_module("queues").SimpleQueue
+    if (
+        _alias.installed()
+        and cls not in reduction.ForkingPickler._extra_reducers
+    ):
+        # Under ``python -m fastmp`` its name, multiprocessing.queues.
+        # SimpleQueue, means fastmp's class: it crosses to children by
+        # this module's functions instead.
+        reduction.ForkingPickler.register(cls, _reduce_stdlib_simple_queue)
+    return cls(ctx=ctx)
+
+
+def _reduce_stdlib_simple_queue(q):
+    return _rebuild_stdlib_simple_queue, (q.__getstate__(),)
+
+
+def _rebuild_stdlib_simple_queue(state):
+    from ._alias import stdlib_module
+
+    q = object.__new__(stdlib_module("queues").SimpleQueue)
+    q.__setstate__(state)
+    return q
+
+
 class SimpleQueue(_fastmp._Ring):
     """A simplified queue: put(), get(), empty(), close()."""
 
     def __new__(cls, *, ctx=None):
-        if ctx is None and cls is SimpleQueue:
-            # Unpickling, by name, a stdlib SimpleQueue made for a stdlib
-            # Pool (see _stdlib_caller): under ``python -m fastmp`` the
-            # name multiprocessing.queues.SimpleQueue resolves here.
-            from ._alias import stdlib_module
-
-            return object.__new__(stdlib_module("queues").SimpleQueue)
         if cls is SimpleQueue and _stdlib_caller():
-            from ._alias import stdlib_module
-
-            return stdlib_module("queues").SimpleQueue(ctx=ctx)
+            return _stdlib_simple_queue(ctx)
         return _fastmp._Ring.__new__(cls, 0, False)
 
     def __init__(self, *, ctx):

@@ -555,6 +555,9 @@ if __name__ == "__main__":
     with ctx.Pool(2) as p:
         print(p.map(square, range(5)))
     print(multiprocessing.__name__)
+    # Still fastmp's after the stdlib's pools took the stdlib's SimpleQueue.
+    from multiprocessing.queues import Queue
+    print(sys.modules["multiprocessing.queues"].__name__, Queue.__module__)
 '''
 
 
@@ -574,10 +577,11 @@ def test_stdlib_pools_under_python_m_fastmp(tmp_path, method):
         timeout=170,
     )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split("\n")[:3] == [
+    assert r.stdout.split("\n")[:4] == [
         "[0, 1, 4, 9, 16]",
         "[0, 1, 4, 9, 16]",
         "fastmp",
+        "fastmp.queues fastmp.queues",
     ]
 
 
