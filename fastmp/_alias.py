@@ -1,7 +1,7 @@
 """How fastmp's modules stand in for the stdlib's ``multiprocessing.X``.
 
-Three helpers that fastmp's modules use, and the aliasing of
-``python -m fastmp``:
+The helpers fastmp's modules use, and the aliasing of ``python -m fastmp``
+(the one place both live):
 
 * ``passthrough(__name__)``: the whole body of a module fastmp takes from
   the stdlib as it is (``fastmp/util.py``, ``fastmp/pool.py`` ...):
@@ -14,6 +14,8 @@ Three helpers that fastmp's modules use, and the aliasing of
   fastmp mirrors (``MIRRORED``) but implements only by passing the
   stdlib's through (pool, managers) raises ModuleNotFoundError, to every
   importer, as ``fastmp.X`` and as ``multiprocessing.X``;
+* ``stdlib_module(sub)``: the stdlib's module even where ``multiprocessing.X``
+  means fastmp's (the stdlib SimpleQueue of ``fastmp.queues``);
 * ``install()`` (``python -m fastmp``, the conformance runner):
   ``sys.modules['multiprocessing']`` becomes the fastmp package and
   ``import multiprocessing.X`` gives ``fastmp.X`` where fastmp has its own
@@ -28,7 +30,6 @@ Three helpers that fastmp's modules use, and the aliasing of
 """
 
 import importlib
-import importlib.machinery
 import os
 import sys
 
@@ -119,6 +120,8 @@ def _fastmp_has(sub):
         pass
     own = False
     if not sub.startswith("_"):
+        import importlib.machinery
+
         spec = importlib.machinery.PathFinder.find_spec(
             "fastmp." + sub, [os.path.dirname(__file__)]
         )
@@ -244,6 +247,9 @@ def install():
     global _installed, _stdlib_dir
     if _installed:
         return
+    # Not imported with this module: passthrough() and forward_getattr()
+    # are all that most processes need.
+    import importlib.machinery
     import importlib.util  # noqa: F401  (used by stdlib_module)
     import multiprocessing as std
     import multiprocessing.util as util
