@@ -93,40 +93,75 @@ class JoinableQueue(Queue):
     join = _fastmp._Ring._join
 
 
-def _stdlib_caller():
-    """Is the code asking for a SimpleQueue part of the stdlib?
+# The stdlib modules whose SimpleQueue must be the stdlib's (see
+# _stdlib_caller) and the fastmp module between them and __new__.
+_PIPE_USERS = frozenset(["multiprocessing.pool", "concurrent.futures.process"])
+_FACTORY = "fastmp.context"
 
-    The stdlib's Pool and ProcessPoolExecutor use their SimpleQueue's pipe
-    ends directly (``_reader``, ``_writer``, ``_rlock``) and wait on the
-    reader's file descriptor, which a ring buffer does not have; they get
-    the stdlib's SimpleQueue (made with the fastmp context, so its lock is
-    fastmp's)."""
+
+def _stdlib_caller():
+    """Must ``SimpleQueue(ctx=...)`` give the stdlib's SimpleQueue here?
+
+    Called by SimpleQueue.__new__ only.  The requester is the code that
+    called the factory: the frame above __new__, or above the context's
+    ``SimpleQueue()`` method (module fastmp.context) when the request came
+    through a context.  Returns True when the requester is a function of
+    ``multiprocessing.pool`` (the stdlib's Pool, in
+    ``Pool._setup_queues``) or ``concurrent.futures.process``
+    (ProcessPoolExecutor); False for every other requester: the user's
+    code (through a context, ``fastmp.SimpleQueue()`` or the class), code
+    the stdlib merely calls back (a ThreadPoolExecutor running
+    ``ctx.SimpleQueue``), fastmp's own modules, other stdlib modules.
+
+    Why: those two use their SimpleQueue's pipe ends directly (``_reader``,
+    ``_writer``, ``_rlock``; ProcessPoolExecutor waits on the reader's file
+    descriptor with connection.wait), which a ring buffer does not have.
+    They get the stdlib's SimpleQueue made with the fastmp context (so its
+    lock is fastmp's).  Under ``python -m fastmp`` the stdlib's pool module
+    is still named ``multiprocessing.pool`` (fastmp has no pool of its own)
+    while fastmp's modules keep their ``fastmp.X`` names.
+    """
     f = sys._getframe(2)
-    for _ in range(6):
-        if f is None:
-            return False
-        name = f.f_globals.get("__name__", "")
-        if not name.startswith("fastmp"):
-            return name.startswith(("multiprocessing.", "concurrent.futures"))
+    if f is not None and f.f_globals.get("__name__") == _FACTORY:
         f = f.f_back
-    return False
+    return f is not None and f.f_globals.get("__name__") in _PIPE_USERS
+
+
+def _stdlib_simple_queue(ctx):
+    """The stdlib's SimpleQueue made with ``ctx``, for the requesters
+    _stdlib_caller() names."""
+    from . import _alias
+
+    cls = _alias.stdlib_module("queues").SimpleQueue
+    if (
+        _alias.installed()
+        and cls not in reduction.ForkingPickler._extra_reducers
+    ):
+        # Under ``python -m fastmp`` its name, multiprocessing.queues.
+        # SimpleQueue, means fastmp's class: it crosses to children by
+        # this module's functions instead.
+        reduction.ForkingPickler.register(cls, _reduce_stdlib_simple_queue)
+    return cls(ctx=ctx)
+
+
+def _reduce_stdlib_simple_queue(q):
+    return _rebuild_stdlib_simple_queue, (q.__getstate__(),)
+
+
+def _rebuild_stdlib_simple_queue(state):
+    from ._alias import stdlib_module
+
+    q = object.__new__(stdlib_module("queues").SimpleQueue)
+    q.__setstate__(state)
+    return q
 
 
 class SimpleQueue(_fastmp._Ring):
     """A simplified queue: put(), get(), empty(), close()."""
 
     def __new__(cls, *, ctx=None):
-        if ctx is None and cls is SimpleQueue:
-            # Unpickling, by name, a stdlib SimpleQueue made for a stdlib
-            # Pool (see _stdlib_caller): under ``python -m fastmp`` the
-            # name multiprocessing.queues.SimpleQueue resolves here.
-            from ._alias import stdlib_module
-
-            return object.__new__(stdlib_module("queues").SimpleQueue)
         if cls is SimpleQueue and _stdlib_caller():
-            from ._alias import stdlib_module
-
-            return stdlib_module("queues").SimpleQueue(ctx=ctx)
+            return _stdlib_simple_queue(ctx)
         return _fastmp._Ring.__new__(cls, 0, False)
 
     def __init__(self, *, ctx):

@@ -520,6 +520,9 @@ int fastmp_segment_check(PyObject *o);
 typedef struct {
     PyTypeObject *SemLockType;
     PyObject *AbandonedLockWarning;
+    /* fastmp.synchronize's _reduce and _repr, looked up on first use. */
+    PyObject *sync_reduce;
+    PyObject *sync_repr;
 } fastmp_semlock_state;
 
 /* For other areas (the synchronized Value/Array wrappers): if `lock` is a
