@@ -2,10 +2,11 @@
  * atomics.c -- lock-free atomics on integer Values: add, fetch_add,
  * exchange, compare_exchange, load and store, the methods of
  * Synchronized (sharedctypes.c).  Sequentially consistent __atomic
- * builtins on the shared bytes, through fastmp_int_mem (fastmp.h), so a
- * process dying mid-operation leaves the value whole.
+ * builtins on the shared bytes, through fastmp_int_mem
+ * (sharedctypes_internal.h), so a process dying mid-operation leaves the value
+ * whole.
  */
-#include "fastmp.h"
+#include "sharedctypes_internal.h"
 
 static int
 atomic_ready(sync_state *st)

@@ -21,7 +21,7 @@
  * operation is all or nothing.  The arena's process-shared refcount frees
  * the block when the last process drops it.
  */
-#include "fastmp.h"
+#include "sharedctypes_internal.h"
 
 #include <string.h>
 
@@ -367,7 +367,7 @@ sync_hold(SyncObject *self)
  * while no Python code runs: call it after every conversion and after
  * taking the lock.  Arena memory is st->ptr; any other object is asked
  * for its buffer again, which *view holds.  NULL with an exception set.
- * (fastmp_sync_mem in fastmp.h handles arena memory inline.) */
+ * (fastmp_sync_mem in sharedctypes_internal.h handles arena memory inline.) */
 char *
 fastmp_sync_mem_slow(sync_state *st, Py_buffer *view)
 {
