@@ -226,4 +226,152 @@ fastmp_int_mem(void *p, Py_ssize_t size, int op, uint64_t a, uint64_t b)
 
 #undef FASTMP_SC
 
+/* Helpers of the wrappers, inline: they are on every access. */
+
+/* Size of a fast element code, 0 for a code without a fast path. */
+static inline Py_ssize_t
+code_size(int code)
+{
+    switch (code) {
+    case '?':
+        return sizeof(_Bool);
+    case 'c':
+    case 'b':
+    case 'B':
+        return 1;
+    case 'h':
+    case 'H':
+        return sizeof(short);
+    case 'i':
+    case 'I':
+        return sizeof(int);
+    case 'l':
+    case 'L':
+        return sizeof(long);
+    case 'q':
+    case 'Q':
+        return sizeof(long long);
+    case 'f':
+        return sizeof(float);
+    case 'd':
+        return sizeof(double);
+    default:
+        return 0;
+    }
+}
+
+/* Bits of an integer element, zero-extended. */
+static inline uint64_t
+int_bits_load(const char *p, Py_ssize_t size)
+{
+    return fastmp_int_mem((void *)p, size, FASTMP_INT_LOAD, 0, 0);
+}
+
+/* The wrapper's state, with a reference the caller drops (sync_drop) when
+ * its operation is over.  NULL with ValueError set before __init__. */
+static inline sync_state *
+sync_hold(SyncObject *self)
+{
+    sync_state *st = self->st;
+    if (st == NULL) {
+        PyErr_SetString(PyExc_ValueError,
+                        "synchronized wrapper not initialised");
+        return NULL;
+    }
+    st->refs++;
+    return st;
+}
+
+/* Take the lock.  Returns 0 when taken, 1 when this thread already held
+ * it (a fastmp RLock: nothing to take or give back), -1 with an exception
+ * set.  Pass the result to sync_unlock. */
+static inline int
+sync_lock(sync_state *s)
+{
+    if (s->semlock != NULL) {
+        if (fastmp_semlock_held_by_me(s->semlock)) {
+            return 1;
+        }
+        return fastmp_semlock_enter(s->semlock);
+    }
+    PyObject *r = PyObject_CallNoArgs(s->acquire_m);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Release the lock.  Keeps a pending exception (from the operation done
+ * under the lock) in place; returns -1 if releasing failed or an exception
+ * was already pending. */
+static inline int
+sync_unlock(sync_state *s, int held)
+{
+    PyObject *et = NULL, *ev = NULL, *tb = NULL;
+    int pending = PyErr_Occurred() != NULL;
+    int r;
+    if (held == 1) {
+        return pending ? -1 : 0;
+    }
+    if (pending) {
+        PyErr_Fetch(&et, &ev, &tb);
+    }
+    if (s->semlock != NULL) {
+        r = fastmp_semlock_exit(s->semlock);
+    }
+    else {
+        PyObject *res = PyObject_CallNoArgs(s->release_m);
+        r = res == NULL ? -1 : 0;
+        Py_XDECREF(res);
+    }
+    if (pending) {
+        if (r < 0) {
+            /* The release error is the one reported: the lock may still
+             * be held, which matters more than the operation's error. */
+            Py_XDECREF(et);
+            Py_XDECREF(ev);
+            Py_XDECREF(tb);
+        }
+        else {
+            PyErr_Restore(et, ev, tb);
+        }
+        return -1;
+    }
+    return r;
+}
+
+/* sharedctypes.c, for sharedctypes_array.c: element conversion, the
+ * copies in and out of the shared data, getattr/setattr on the ctypes
+ * object under the lock, and SynchronizedBase's slots that the subclasses
+ * repeat.  fastmp_elem_unpack: the element at p (a private copy) as a
+ * Python object, or NULL with an exception set.  fastmp_elem_pack: v into
+ * the element bytes at out, as ctypes would store it; 0 done, 1 "not a
+ * simple case: let the ctypes object do it", -1 with an exception set.
+ * fastmp_sync_gather, fastmp_sync_scatter: 0, or -1 with an exception
+ * set (see sharedctypes.c). */
+PyObject *fastmp_elem_unpack(int code, const char *p);
+int fastmp_elem_pack(int code, PyObject *v, char *out);
+int fastmp_sync_gather(sync_state *s, char *dst, Py_ssize_t off, Py_ssize_t n,
+                       Py_ssize_t sz, Py_ssize_t stride);
+int fastmp_sync_scatter(sync_state *s, Py_ssize_t off, Py_ssize_t stride,
+                        const char *src, Py_ssize_t n, Py_ssize_t sz);
+PyObject *fastmp_sync_locked_getattr(sync_state *st, const char *name);
+int fastmp_sync_locked_setattr(sync_state *st, const char *name, PyObject *v);
+int fastmp_sync_traverse(SyncObject *self, visitproc visit, void *arg);
+int fastmp_sync_clear(SyncObject *self);
+void fastmp_sync_dealloc(SyncObject *self);
+
+/* sharedctypes_block.c: the Block type and the module functions that make
+ * Blocks; fastmp_block_holds: 1 when `w` is a live Block whose memory holds
+ * [p, p + len), else 0. */
+extern PyType_Spec fastmp_block_spec;
+extern PyMethodDef fastmp_block_functions[];
+int fastmp_block_holds(PyObject *w, const char *p, Py_ssize_t len);
+
+/* sharedctypes_array.c: the SynchronizedArray and SynchronizedString
+ * types. */
+extern PyType_Spec fastmp_array_spec;
+extern PyType_Spec fastmp_string_spec;
+
 #endif /* FASTMP_SHAREDCTYPES_INTERNAL_H */
