@@ -101,7 +101,7 @@ fastmp_elem_pack(int code, PyObject *v, char *out)
         if (x == (unsigned long long)-1 && PyErr_Occurred()) {
             return -1;
         }
-        (void)fastmp_int_mem(out, code_size(code), FASTMP_INT_STORE, x, 0);
+        fastmp_int_store(out, code_size(code), x);
         return 0;
     }
     switch (code) {

@@ -106,121 +106,142 @@ fastmp_code_is_int(int code)
 /* atomics.c: Synchronized's methods. */
 extern PyMethodDef fastmp_atomic_methods[];
 
-/* The one size dispatch for integer memory of 1, 2, 4 or 8 bytes (size
- * other than 1, 2, 4: 8), plain (memcpy: any alignment) or atomic
- * (sequentially consistent, aligned).  Returns: LOAD, ATOMIC_LOAD the
- * value, zero-extended; FETCH_ADD, XCHG the previous value (a: the
- * operand); CAS 1 when *p equalled a and now holds b, else 0; stores
- * (a: the value, truncated to the width) 0.  Always inlined: with a
- * constant op or size the compiler keeps only the case used. */
-enum {
-    FASTMP_INT_LOAD,
-    FASTMP_INT_STORE,
-    FASTMP_INT_ATOMIC_LOAD,
-    FASTMP_INT_ATOMIC_STORE,
-    FASTMP_INT_FETCH_ADD,
-    FASTMP_INT_XCHG,
-    FASTMP_INT_CAS,
-};
-
+/* Integer memory of 1, 2, 4 or 8 bytes.  One helper per operation, each
+ * one dispatch on the size (a size other than 1, 2 or 4 means 8).  Plain
+ * loads and stores copy with memcpy (any alignment); the atomic
+ * operations are sequentially consistent __atomic builtins on aligned
+ * memory, so a process dying mid-operation leaves the value whole.
+ * Values come back zero-extended; operands are truncated to the width.
+ * Always inlined: with a constant size the compiler keeps only the case
+ * used. */
 #define FASTMP_SC __ATOMIC_SEQ_CST
 
+/* Plain load. */
 static inline __attribute__((always_inline)) uint64_t
-fastmp_int_mem(void *p, Py_ssize_t size, int op, uint64_t a, uint64_t b)
+fastmp_int_load(const void *p, Py_ssize_t size)
+{
+    uint8_t x1;
+    uint16_t x2;
+    uint32_t x4;
+    uint64_t x8;
+    switch (size) {
+    case 1:
+        memcpy(&x1, p, 1);
+        return x1;
+    case 2:
+        memcpy(&x2, p, 2);
+        return x2;
+    case 4:
+        memcpy(&x4, p, 4);
+        return x4;
+    default:
+        memcpy(&x8, p, 8);
+        return x8;
+    }
+}
+
+/* Plain store of a. */
+static inline __attribute__((always_inline)) void
+fastmp_int_store(void *p, Py_ssize_t size, uint64_t a)
+{
+    uint8_t x1 = (uint8_t)a;
+    uint16_t x2 = (uint16_t)a;
+    uint32_t x4 = (uint32_t)a;
+    switch (size) {
+    case 1:
+        memcpy(p, &x1, 1);
+        break;
+    case 2:
+        memcpy(p, &x2, 2);
+        break;
+    case 4:
+        memcpy(p, &x4, 4);
+        break;
+    default:
+        memcpy(p, &a, 8);
+        break;
+    }
+}
+
+/* Atomic load. */
+static inline __attribute__((always_inline)) uint64_t
+fastmp_int_atomic_load(void *p, Py_ssize_t size)
 {
     switch (size) {
-    case 1: {
-        uint8_t *q = (uint8_t *)p, x = (uint8_t)a;
-        switch (op) {
-        case FASTMP_INT_LOAD:
-            memcpy(&x, q, 1);
-            return x;
-        case FASTMP_INT_STORE:
-            memcpy(q, &x, 1);
-            return 0;
-        case FASTMP_INT_ATOMIC_LOAD:
-            return __atomic_load_n(q, FASTMP_SC);
-        case FASTMP_INT_ATOMIC_STORE:
-            __atomic_store_n(q, x, FASTMP_SC);
-            return 0;
-        case FASTMP_INT_FETCH_ADD:
-            return __atomic_fetch_add(q, x, FASTMP_SC);
-        case FASTMP_INT_XCHG:
-            return __atomic_exchange_n(q, x, FASTMP_SC);
-        default:
-            return __atomic_compare_exchange_n(q, &x, (uint8_t)b, 0, FASTMP_SC,
-                                               FASTMP_SC);
-        }
+    case 1:
+        return __atomic_load_n((uint8_t *)p, FASTMP_SC);
+    case 2:
+        return __atomic_load_n((uint16_t *)p, FASTMP_SC);
+    case 4:
+        return __atomic_load_n((uint32_t *)p, FASTMP_SC);
+    default:
+        return __atomic_load_n((uint64_t *)p, FASTMP_SC);
     }
-    case 2: {
-        uint16_t *q = (uint16_t *)p, x = (uint16_t)a;
-        switch (op) {
-        case FASTMP_INT_LOAD:
-            memcpy(&x, q, 2);
-            return x;
-        case FASTMP_INT_STORE:
-            memcpy(q, &x, 2);
-            return 0;
-        case FASTMP_INT_ATOMIC_LOAD:
-            return __atomic_load_n(q, FASTMP_SC);
-        case FASTMP_INT_ATOMIC_STORE:
-            __atomic_store_n(q, x, FASTMP_SC);
-            return 0;
-        case FASTMP_INT_FETCH_ADD:
-            return __atomic_fetch_add(q, x, FASTMP_SC);
-        case FASTMP_INT_XCHG:
-            return __atomic_exchange_n(q, x, FASTMP_SC);
-        default:
-            return __atomic_compare_exchange_n(q, &x, (uint16_t)b, 0,
-                                               FASTMP_SC, FASTMP_SC);
-        }
+}
+
+/* Atomic store of a. */
+static inline __attribute__((always_inline)) void
+fastmp_int_atomic_store(void *p, Py_ssize_t size, uint64_t a)
+{
+    switch (size) {
+    case 1:
+        __atomic_store_n((uint8_t *)p, (uint8_t)a, FASTMP_SC);
+        break;
+    case 2:
+        __atomic_store_n((uint16_t *)p, (uint16_t)a, FASTMP_SC);
+        break;
+    case 4:
+        __atomic_store_n((uint32_t *)p, (uint32_t)a, FASTMP_SC);
+        break;
+    default:
+        __atomic_store_n((uint64_t *)p, a, FASTMP_SC);
+        break;
     }
-    case 4: {
-        uint32_t *q = (uint32_t *)p, x = (uint32_t)a;
-        switch (op) {
-        case FASTMP_INT_LOAD:
-            memcpy(&x, q, 4);
-            return x;
-        case FASTMP_INT_STORE:
-            memcpy(q, &x, 4);
-            return 0;
-        case FASTMP_INT_ATOMIC_LOAD:
-            return __atomic_load_n(q, FASTMP_SC);
-        case FASTMP_INT_ATOMIC_STORE:
-            __atomic_store_n(q, x, FASTMP_SC);
-            return 0;
-        case FASTMP_INT_FETCH_ADD:
-            return __atomic_fetch_add(q, x, FASTMP_SC);
-        case FASTMP_INT_XCHG:
-            return __atomic_exchange_n(q, x, FASTMP_SC);
-        default:
-            return __atomic_compare_exchange_n(q, &x, (uint32_t)b, 0,
-                                               FASTMP_SC, FASTMP_SC);
-        }
+}
+
+/* Atomic add (add != 0) or exchange of a: the previous value. */
+static inline __attribute__((always_inline)) uint64_t
+fastmp_int_swap_or_add(void *p, Py_ssize_t size, int add, uint64_t a)
+{
+    switch (size) {
+    case 1:
+        return add ? __atomic_fetch_add((uint8_t *)p, (uint8_t)a, FASTMP_SC)
+                   : __atomic_exchange_n((uint8_t *)p, (uint8_t)a, FASTMP_SC);
+    case 2:
+        return add ? __atomic_fetch_add((uint16_t *)p, (uint16_t)a, FASTMP_SC)
+                   : __atomic_exchange_n((uint16_t *)p, (uint16_t)a,
+                                         FASTMP_SC);
+    case 4:
+        return add ? __atomic_fetch_add((uint32_t *)p, (uint32_t)a, FASTMP_SC)
+                   : __atomic_exchange_n((uint32_t *)p, (uint32_t)a,
+                                         FASTMP_SC);
+    default:
+        return add ? __atomic_fetch_add((uint64_t *)p, a, FASTMP_SC)
+                   : __atomic_exchange_n((uint64_t *)p, a, FASTMP_SC);
     }
-    default: {
-        uint64_t *q = (uint64_t *)p, x = a;
-        switch (op) {
-        case FASTMP_INT_LOAD:
-            memcpy(&x, q, 8);
-            return x;
-        case FASTMP_INT_STORE:
-            memcpy(q, &x, 8);
-            return 0;
-        case FASTMP_INT_ATOMIC_LOAD:
-            return __atomic_load_n(q, FASTMP_SC);
-        case FASTMP_INT_ATOMIC_STORE:
-            __atomic_store_n(q, x, FASTMP_SC);
-            return 0;
-        case FASTMP_INT_FETCH_ADD:
-            return __atomic_fetch_add(q, x, FASTMP_SC);
-        case FASTMP_INT_XCHG:
-            return __atomic_exchange_n(q, x, FASTMP_SC);
-        default:
-            return __atomic_compare_exchange_n(q, &x, b, 0, FASTMP_SC,
-                                               FASTMP_SC);
-        }
-    }
+}
+
+/* Atomic compare-and-swap: 1 when the value equalled a and now is b, else
+ * 0. */
+static inline __attribute__((always_inline)) int
+fastmp_int_cas(void *p, Py_ssize_t size, uint64_t a, uint64_t b)
+{
+    uint8_t e1 = (uint8_t)a;
+    uint16_t e2 = (uint16_t)a;
+    uint32_t e4 = (uint32_t)a;
+    switch (size) {
+    case 1:
+        return __atomic_compare_exchange_n((uint8_t *)p, &e1, (uint8_t)b, 0,
+                                           FASTMP_SC, FASTMP_SC);
+    case 2:
+        return __atomic_compare_exchange_n((uint16_t *)p, &e2, (uint16_t)b, 0,
+                                           FASTMP_SC, FASTMP_SC);
+    case 4:
+        return __atomic_compare_exchange_n((uint32_t *)p, &e4, (uint32_t)b, 0,
+                                           FASTMP_SC, FASTMP_SC);
+    default:
+        return __atomic_compare_exchange_n((uint64_t *)p, &a, b, 0, FASTMP_SC,
+                                           FASTMP_SC);
     }
 }
 
@@ -264,7 +285,7 @@ code_size(int code)
 static inline uint64_t
 int_bits_load(const char *p, Py_ssize_t size)
 {
-    return fastmp_int_mem((void *)p, size, FASTMP_INT_LOAD, 0, 0);
+    return fastmp_int_load(p, size);
 }
 
 /* The wrapper's state, with a reference the caller drops (sync_drop) when
