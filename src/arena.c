@@ -58,6 +58,9 @@
 #define REFS_MASK (REFS_OVF_ONE - 1)
 #define SLOT_RECOVERING FASTMP_OWNER_WAITERS /* in a holders[] value */
 #define SWEEP_INTERVAL_NS (INT64_C(1000) * 1000 * 1000)
+/* Carves from an empty free list per look at the clock for that sweep:
+ * creating many objects in a row reads the clock once in so many. */
+#define SWEEP_CLOCK_EVERY 16
 
 /* The shared header at the start of every segment.
  *
@@ -119,9 +122,11 @@ struct fastmp_segment_object {
     uint64_t size;
     uint64_t dev;
     uint64_t ino;
-    uint32_t slot_pid;  /* my_slot is valid for this pid only */
-    int my_slot;        /* holder slot of this process, -1: none */
-    int64_t last_sweep; /* fastmp_now_ns() of the last sweep */
+    uint32_t slot_pid;   /* my_slot is valid for this pid only */
+    int my_slot;         /* holder slot of this process, -1: none */
+    int64_t last_sweep;  /* fastmp_now_ns() of the last sweep */
+    int carves_to_clock; /* carves from an empty free list left before
+                            the next clock read (carve_wants_sweep) */
     fastmp_segment_object *reg_prev, *reg_next; /* live segments */
 };
 
@@ -239,6 +244,7 @@ segment_new(PyTypeObject *type, int fd, uint64_t size)
     s->slot_pid = 0;
     s->my_slot = -1;
     s->last_sweep = 0;
+    s->carves_to_clock = 0;
     registry_add(s);
     return s;
 }
@@ -475,6 +481,20 @@ sweep(fastmp_segment_object *s)
     return n;
 }
 
+/* Called before carving fresh memory from pool segment s: 1 when a sweep
+ * should come first.  At most once a second; the clock is read at the
+ * first carve of the segment and then at every SWEEP_CLOCK_EVERY-th. */
+static int
+carve_wants_sweep(fastmp_segment_object *s)
+{
+    if (s->carves_to_clock > 0) {
+        s->carves_to_clock--;
+        return 0;
+    }
+    s->carves_to_clock = SWEEP_CLOCK_EVERY - 1;
+    return fastmp_now_ns() - s->last_sweep >= SWEEP_INTERVAL_NS;
+}
+
 /* This process's holder slot in pool segment s, claimed on first use;
  * -1 when every slot is held by a live process. */
 static int
@@ -639,9 +659,9 @@ fastmp_block_alloc(size_t size, fastmp_block *b)
         int how;
         uint64_t ref = my_ref(s, &how);
         if (__atomic_load_n(&hdr(s)->free_head[cls], __ATOMIC_RELAXED) == 0
-            && fastmp_now_ns() - s->last_sweep >= SWEEP_INTERVAL_NS) {
+            && carve_wants_sweep(s)) {
             /* About to carve fresh memory: first give back what dead
-             * holders pinned (at most once a second). */
+             * holders pinned. */
             (void)sweep(s);
         }
         uint64_t off = pool_take(s, cls, ref);
