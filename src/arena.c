@@ -76,7 +76,10 @@
  *       (holder slot i is bit i of every block's `refs`).  0 free; an owner
  *       value (pid, token) claimed by that process with a CAS from 0; with
  *       SLOT_RECOVERING set, the process named is clearing the bits of a
- *       dead holder (CAS from the dead value), then stores 0. */
+ *       dead holder (CAS from the dead value), then stores 0.  A claimed
+ *       slot of a dead process, or a recovery left half done, is
+ *       recovered (again) by the next sweep; clearing a bit twice is
+ *       harmless. */
 typedef struct {
     uint64_t magic;
     uint64_t size;
@@ -104,7 +107,9 @@ typedef struct {
  *       slot.  Large blocks (a segment each) keep 0: the kernel frees the
  *       segment with its last mapping.
  *   While a pool block is free, its first 8 data bytes link it into its
- *   class's free list (under the segment lock). */
+ *   class's free list (under the segment lock).  A head that does not name
+ *   a free block of the class empties the list (pool_take): its blocks
+ *   leak rather than memory in use being handed out. */
 typedef struct {
     uint32_t magic;
     uint16_t cls;

@@ -13,6 +13,14 @@
  * the loop then runs PyErr_CheckSignals(), so Ctrl-C raises
  * KeyboardInterrupt.  poll() waits in slices of FASTMP_WAIT_SLICE_NS.
  *
+ * Shared state: none but the kernel's pipe or socket buffer.  A
+ * Connection has no lock: processes or threads sharing one end serialize
+ * themselves.  A sender that dies (or is interrupted by a raising signal
+ * handler) mid-frame leaves a partial frame: the reader blocks for the
+ * rest, or gets OSError("got end of file during message") once every
+ * write end is closed.  A reader that dies mid-frame leaves the rest of
+ * the frame, which the next recv() reads as a header.
+ *
  * This file is the Python type; the reads and writes of frames, and the
  * spin before a blocking read, are connection_io.c.
  */

@@ -27,8 +27,9 @@ typedef struct {
 
 /* The shared header, the first page of the queue's file.
  *
- *   magic, maxsize, joinable: written once by the creator before the
- *       queue is visible to any other process; read-only.
+ *   magic, maxsize, joinable: written once by the creator (ring_new,
+ *       `magic` last, with release) before the queue is visible to any
+ *       other process; read-only.  An attacher checks `magic`.
  *   lock: the owner lock (fastmp.h, "owner"): 0 when free, else the
  *       holder's pid and start token from the CAS that took it.  A waiter
  *       that finds the holder dead takes the lock over; the dead holder's
@@ -48,7 +49,14 @@ typedef struct {
  *       before its bump delays sleepers by at most one wait slice.
  *   getters, putters, joiners: atomic counts of sleepers, so that put/get
  *       make no wake-up syscall when nobody sleeps.  A process killed while
- *       asleep leaves its count raised: only extra wake-ups follow. */
+ *       asleep leaves its count raised: only extra wake-ups follow.
+ *
+ * The data after the header page: records (an 8-byte length, the pickle,
+ * padding to 8) in [head, tail) of slot[cur], wrapping at `cap`.  Written
+ * only under `lock` and outside the published [head, tail) (a putter's new
+ * record, a grower's copy above the old ring), so a process dying there
+ * leaves bytes nobody reads.  Each process remaps its view to `data_size`
+ * before touching the data (ring_sync). */
 typedef struct {
     uint64_t magic;
     uint64_t maxsize;

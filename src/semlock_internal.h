@@ -18,16 +18,20 @@
 
 /* One process's record of the units of a counting semaphore it holds.
  *
- *   pid: 0 when free; claimed with a CAS 0 -> pid by the process itself,
- *       set back to 0 by that process (fastmp_sem_forget_slot) or by a waiter
- * that found the process dead (after taking its units). taken: written only by
- * the owning process, under its GIL, with plain atomic stores (no
- * read-modify-write, so no locked instruction; sub-interpreters with a GIL
- * each would need a real atomic add): +1 for each tracked acquire, -1 when the
- * owner pays a unit back itself.  Set equal to `paid` when the slot is
- * claimed. paid: units paid back on the owner's behalf: CAS +1 by a release in
- *       another process, CAS up to `taken` by a waiter recovering a dead
- *       owner's units or by the owner forgetting its slot.
+ *   pid: 0 when free; claimed with a CAS 0 -> pid by the process itself
+ *       on its first tracked acquire; set back to 0 by that process
+ *       (fastmp_sem_forget_slot: normal exit or dealloc) or by a waiter
+ *       that found the process dead, after taking its units (CAS of the
+ *       dead `start` to 0, then of the dead pid to 0).
+ *   taken: written only by the owning process, under its GIL, with plain
+ *       atomic stores (no read-modify-write, so no locked instruction;
+ *       sub-interpreters with a GIL each would need a real atomic add):
+ *       +1 for each tracked acquire, -1 when the owner pays a unit back
+ *       itself.  Set equal to `paid` when the slot is claimed.
+ *   paid: units paid back on the owner's behalf: CAS +1 by a release in
+ *       another process (while taken - paid > 0), CAS up to `taken` by a
+ *       waiter recovering a dead owner's units or by the owner forgetting
+ *       its slot (after checking that pid and start still name it).
  *   start: written by the owner right after claiming (0 = not yet known:
  *       liveness is then decided by pid alone for that short window).
  *
@@ -35,7 +39,9 @@
  * race another process paying the same unit; the difference then drops
  * below 0, which counts as 0: that unit is lost, never recovered twice.
  * A process that dies between taking a unit from `word` and recording it
- * here loses that unit (as the stdlib would). */
+ * here loses that unit (as the stdlib would), and `tracked` stays one
+ * too high.  A slot naming a dead pid is freed by the next recovering
+ * waiter. */
 typedef struct {
     uint32_t pid;
     uint32_t taken;
@@ -46,24 +52,42 @@ typedef struct {
 
 /* The process-shared part of a SemLock (an arena block).
  *
- *   word: see the file comment.  Changed together with `tracked`, by
- *       64-bit atomics on `pair` only.
- *   tracked: mutex mode: the holder's start token (the owner lock's high
- *       half).  Counting mode: the units recorded as held in slots; at
- *       most `init` (units created by release() beyond the initial value
- *       are signals, never "held", so never recovered).
+ *   word, tracked: changed together, by 64-bit atomics on `pair` only.
+ *       Mutex mode: the owner lock (owner.c): `word` the holder's pid,
+ *       `tracked` its start token.  Taken by the acquirer's CAS 0 -> own
+ *       value; released by a store of 0 (by any thread or process for a
+ *       Lock or BoundedSemaphore(1), by the owning thread's outermost
+ *       release for an RLock); taken over by a waiter's CAS from exactly
+ *       the dead value.  Counting mode: `word` is the value, `tracked`
+ *       the units recorded as held in slots, at most `init` (units that
+ *       release() creates beyond the initial value are signals, never
+ *       "held", so never recovered).  An acquire is one CAS (v -> v - 1
+ *       when v > 0, t -> t + 1 while t < init; t undone when no slot is
+ *       free), a release one CAS (v -> v + 1, refused at `maxvalue`;
+ *       t -> t - 1 when it paid a slot); a recovering waiter adds a dead
+ *       process's u units to `word` and takes u from `tracked`, as does
+ *       a process forgetting its slot.
  *   nwaiters: atomic count of processes/threads inside a blocking wait.
+ *       A process killed while waiting leaves it too high: releasers then
+ *       make futex-wake calls nobody needed.
  *   init: counting mode: the initial value.
- *   kind, maxvalue: written once at creation, read-only afterwards.
+ *   kind, maxvalue and init are written once by the creator
+ *       (fastmp_sem_create) before the lock can be shared; read-only
+ *       afterwards (_rebuild checks kind and maxvalue).
  *   user: four ints exported through the buffer protocol (Barrier keeps
- *       its state there); written by Python code holding this lock.
+ *       its state there); written by Python code holding this lock.  A
+ *       holder killed mid-write leaves what it wrote; the next holder
+ *       gets AbandonedLockWarning.
  *   gen: mutex mode: bumped by the holder as it releases, before
  *       `word` goes back to 0.  Readers of data the mutex protects use it
- *       as a sequence count (fastmp_semlock_seq).  Event: bumped (atomic
- *       add) by every set(); waiters sleep on it (see event_wait).
+ *       as a sequence count (fastmp_semlock_seq); a dead holder never
+ *       bumps it and leaves `word` naming it, so those readers fall back
+ *       to taking the lock.  Event: bit 0 is the flag, the bits above
+ *       count the set() calls; waiters sleep on it (event.c).
  *
  * A process that dies holding the lock leaves `word` (mutex mode) or its
- * slot (counting mode) pointing at its pid: the next waiter recovers it. */
+ * slot (counting mode) pointing at its pid: the next blocking waiter
+ * recovers it (docs/dead-holders.md). */
 typedef struct {
     union {
         struct {

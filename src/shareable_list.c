@@ -19,6 +19,12 @@
  *   fmts = data+offsets[n] n struct formats, 8 bytes each, NUL padded
  *   codes = fmts + 8n      n back-transform codes, one signed byte each
  *
+ * n and offsets are written by the creator before _bind() and read-only
+ * afterwards (each process copies and checks them at _bind()).  Item i's
+ * format, code and slot are written under the trailer's seqlock below on
+ * lists fastmp made; stdlib-made lists, and stdlib processes writing a
+ * fastmp-made list, have no protection.
+ *
  * fastmp adds a trailer at T = align8(codes + n), inside the segment only
  * when fastmp created it (it asks for T + 32 bytes); the stdlib never
  * looks past codes + n, so it reads and writes such lists unchanged.
@@ -50,6 +56,11 @@
  * release the GIL, so a process that finds itself named as the holder
  * knows the word is stale (FASTMP_OWNER_SELF_IS_STALE).  Lists without the
  * trailer (made by the stdlib) get the stdlib's non-atomic behaviour.
+ * A corrupt trailer never hangs: an odd seq with `owner` free is made even
+ * by the next reader or writer, and an `owner` naming a dead pid, a live
+ * pid with another start token, or the caller's own process is taken
+ * over; one naming a live process with token 0 or 1 ("unknown") is a
+ * live holder, waited for interruptibly.
  *
  * Strings and bytes ending in NUL bytes (gh-96779): the stdlib stores a
  * str/bytes item with format "<slot>s" and strips trailing NULs on read.

@@ -14,10 +14,16 @@
  * Shared data layout: the user's bytes only (exactly the ctypes layout).
  * Who writes: any process holding the wrapper's lock (plain stores), or
  * any process at all through the atomics (__atomic builtins, sequentially
- * consistent).  A process that dies mid-write leaves at most one element
- * torn for a locked multi-byte write of a non-atomic type; an atomic
- * operation is all or nothing.  The arena's process-shared refcount frees
- * the block when the last process drops it.
+ * consistent), which the lock does not exclude (`with v.get_lock():
+ * v.value = v.value + 1` can overwrite a concurrent add), or anyone with
+ * raw access (RawValue, RawArray, get_obj(), memoryviews), unprotected.
+ * Reads under a free fastmp mutex take no lock: they are validated with
+ * the mutex's `gen` and `word` (fastmp_sync_gather).  A process that dies
+ * mid-write leaves old and new bytes mixed within the range it was
+ * writing (one memcpy for a contiguous slice, else one per element), and
+ * the lock naming it: the next blocking acquirer takes it over with
+ * AbandonedLockWarning.  An atomic operation is all or nothing.  The
+ * arena frees the block when the last process holding it lets go.
  */
 #include "sharedctypes_internal.h"
 
