@@ -4,7 +4,7 @@
  * BoundedSemaphore (C subtypes).  The shared_sem core is semlock.c; the
  * `with` descriptors semlock_with.c; Event event.c.
  */
-#include "fastmp.h"
+#include "semlock_internal.h"
 
 #include <errno.h>
 #include <limits.h>
