@@ -264,15 +264,21 @@ error:
     return NULL;
 }
 
-PyDoc_STRVAR(conn_send_doc, "send($self, obj, /)\n--\n\n"
+PyDoc_STRVAR(conn_send_doc, "send($self, /, obj)\n--\n\n"
                             "Send a (picklable) object.");
 
 static PyObject *
-conn_send(ConnectionObject *self, PyObject *obj)
+conn_send(ConnectionObject *self, PyObject *const *args, Py_ssize_t nargs,
+          PyObject *kwnames)
 {
-    PyObject *data;
+    static const fastmp_argspec spec = {
+        "_ConnectionBase.send", FASTMP_ARGS_PY, 1, 1, {"obj"}};
+    PyObject *obj, *data;
     int r;
 
+    if (fastmp_parse_args(&spec, args, nargs, kwnames, &obj) < 0) {
+        return NULL;
+    }
     if (conn_check_writable(self) < 0) {
         return NULL;
     }
@@ -743,7 +749,8 @@ conn_set_handle(ConnectionObject *self, PyObject *v, void *Py_UNUSED(c))
 static PyMethodDef conn_methods[] = {
     {"send_bytes", (PyCFunction)(void (*)(void))conn_send_bytes,
      METH_FASTCALL | METH_KEYWORDS, conn_send_bytes_doc},
-    {"send", (PyCFunction)conn_send, METH_O, conn_send_doc},
+    {"send", (PyCFunction)(void (*)(void))conn_send,
+     METH_FASTCALL | METH_KEYWORDS, conn_send_doc},
     {"recv_bytes", (PyCFunction)(void (*)(void))conn_recv_bytes,
      METH_FASTCALL | METH_KEYWORDS, conn_recv_bytes_doc},
     {"recv_bytes_into", (PyCFunction)(void (*)(void))conn_recv_bytes_into,

@@ -620,9 +620,18 @@ ring_get(RingObject *q, PyObject *const *args, Py_ssize_t nargs,
     return ring_get_impl(q, block, a[1]);
 }
 
+/* put_nowait(obj) and SimpleQueue.put(obj): the stdlib's are Python
+ * methods, so obj may be passed by keyword. */
 static PyObject *
-ring_put_nowait(RingObject *q, PyObject *obj)
+ring_put_nowait(RingObject *q, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames)
 {
+    static const fastmp_argspec spec = {
+        "Queue.put_nowait", FASTMP_ARGS_PY, 1, 1, {"obj"}};
+    PyObject *obj;
+    if (fastmp_parse_args(&spec, args, nargs, kwnames, &obj) < 0) {
+        return NULL;
+    }
     return ring_put_impl(q, obj, 0, NULL);
 }
 
@@ -635,8 +644,15 @@ ring_get_nowait(RingObject *q, PyObject *Py_UNUSED(ignored))
 /* SimpleQueue: put(obj) / get(), no closed check (the stdlib's SimpleQueue
  * raises OSError from its closed pipe; ours raises the same type). */
 static PyObject *
-ring_simple_put(RingObject *q, PyObject *obj)
+ring_simple_put(RingObject *q, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames)
 {
+    static const fastmp_argspec spec = {
+        "SimpleQueue.put", FASTMP_ARGS_PY, 1, 1, {"obj"}};
+    PyObject *obj;
+    if (fastmp_parse_args(&spec, args, nargs, kwnames, &obj) < 0) {
+        return NULL;
+    }
     if (q->closed) {
         PyErr_SetString(PyExc_OSError, "handle is closed");
         return NULL;
@@ -844,8 +860,9 @@ static PyMethodDef ring_methods[] = {
      METH_FASTCALL | METH_KEYWORDS,
      "get($self, /, block=True, timeout=None)\n--\n\n"
      "Remove and return an item from the queue."},
-    {"put_nowait", (PyCFunction)ring_put_nowait, METH_O,
-     "put_nowait($self, obj, /)\n--\n\nput(obj, False)."},
+    {"put_nowait", (PyCFunction)(void (*)(void))ring_put_nowait,
+     METH_FASTCALL | METH_KEYWORDS,
+     "put_nowait($self, /, obj)\n--\n\nput(obj, False)."},
     {"get_nowait", (PyCFunction)ring_get_nowait, METH_NOARGS,
      "get_nowait($self, /)\n--\n\nget(False)."},
     {"qsize", (PyCFunction)ring_qsize, METH_NOARGS,
@@ -858,8 +875,9 @@ static PyMethodDef ring_methods[] = {
      "_close($self, /)\n--\n\nMark closed in this process."},
     {"_close_all", (PyCFunction)ring_close_all, METH_NOARGS,
      "_close_all($self, /)\n--\n\nSimpleQueue.close."},
-    {"_simple_put", (PyCFunction)ring_simple_put, METH_O,
-     "_simple_put($self, obj, /)\n--\n\nSimpleQueue.put."},
+    {"_simple_put", (PyCFunction)(void (*)(void))ring_simple_put,
+     METH_FASTCALL | METH_KEYWORDS,
+     "_simple_put($self, /, obj)\n--\n\nSimpleQueue.put."},
     {"_simple_get", (PyCFunction)ring_simple_get, METH_NOARGS,
      "_simple_get($self, /)\n--\n\nSimpleQueue.get."},
     {"_task_done", (PyCFunction)ring_task_done, METH_NOARGS,

@@ -496,3 +496,20 @@ def test_empty_right_after_put_and_close(ctx):
     q.join_thread()
     with pytest.raises(OSError, match="is closed"):
         q.empty()
+
+
+def test_put_obj_keyword(ctx):
+    # put_nowait(obj=...) and SimpleQueue.put(obj=...) as the stdlib's
+    # Python methods take them; wrong calls give its TypeErrors.
+    q = ctx.Queue()
+    q.put_nowait(obj="a")
+    assert q.get(timeout=30) == "a"
+    with pytest.raises(TypeError, match=r"put_nowait\(\) missing 1"):
+        q.put_nowait()
+    s = ctx.SimpleQueue()
+    s.put(obj="b")
+    assert s.get() == "b"
+    with pytest.raises(TypeError, match=r"put\(\) takes 2 positional"):
+        s.put(1, 2)
+    q.close()
+    s.close()
