@@ -82,7 +82,89 @@ class Queue(_fastmp._Ring):
     def cancel_join_thread(self):
         """Nothing to cancel: there is no feeder thread."""
 
+    @staticmethod
+    def _on_queue_feeder_error(e, obj):
+        """The stdlib's hook for an item that cannot be pickled.
+
+        Queue.put() raises such an error itself; a subclass that overrides
+        this hook (as concurrent.futures' _SafeQueue does) has it called
+        instead, from put(), and the item is dropped, as the stdlib's
+        feeder thread does."""
+        import traceback
+
+        traceback.print_exc()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls._on_queue_feeder_error is not Queue._on_queue_feeder_error:
+            for name in ("put", "put_nowait"):
+                if name not in vars(cls):
+                    setattr(cls, name, vars(_Reporting)[name])
+
+    def _terminate_broken(self):
+        """Close the queue after its readers died (the stdlib's
+        ProcessPoolExecutor calls it on 3.12+).  Nothing is blocked on a
+        reader here: close() and join_thread() are all there is to do."""
+        self.close()
+        self.join_thread()
+
+    # The stdlib's 3.11 ProcessPoolExecutor closes its call queue's reading
+    # end after a worker died (gh-94777), so that the feeder thread stops
+    # writing to a pipe nobody reads.  A ring has neither: see _ReadEnd.
+    @property
+    def _reader(self):
+        return _ReadEnd()
+
     __class_getitem__ = classmethod(types.GenericAlias)
+
+
+class _ReadEnd:
+    """Queue._reader: only close(), a no-op (no pipe, no feeder thread)."""
+
+    __slots__ = ()
+
+    def close(self):
+        pass
+
+
+class _Pickled:
+    """An item pickled already: it unpickles to the item."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data):
+        self._data = data
+
+    def __reduce__(self):
+        return _fastmp._loads, (self._data,)
+
+
+def _report_unpicklable(q, obj):
+    """obj pickled, or None after handing the error to the queue's
+    _on_queue_feeder_error (the stdlib's feeder thread calls it from an
+    except block too)."""
+    if q._closed:
+        raise ValueError(f"Queue {q!r} is closed")
+    try:
+        return _Pickled(_fastmp._dumps(obj))
+    except Exception as e:  # noqa: BLE001  (as the stdlib's feeder)
+        q._on_queue_feeder_error(e, obj)
+        return None
+
+
+class _Reporting:
+    """put() and put_nowait() of a Queue subclass that overrides
+    _on_queue_feeder_error."""
+
+    def put(self, obj, block=True, timeout=None):
+        item = _report_unpicklable(self, obj)
+        if item is not None:
+            _fastmp._Ring.put(self, item, block, timeout)
+
+    def put_nowait(self, obj):
+        item = _report_unpicklable(self, obj)
+        if item is not None:
+            _fastmp._Ring.put_nowait(self, item)
 
 
 class JoinableQueue(Queue):
