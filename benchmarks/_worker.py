@@ -52,7 +52,7 @@ def measure(case, impl, target, repeats):
     if isinstance(bench, cases.Direct):
         return {"per_op": bench.per_op, "n": bench.n}
     try:
-        n = calibrate(bench.run, target, case.max_n)
+        n = bench.n or calibrate(bench.run, target, case.max_n)
         # The least disturbed of the repeats: on a shared machine the
         # extra time of the others is interference, not the operation.
         per_op = min(bench.run(n) / n for _ in range(repeats))
