@@ -48,6 +48,7 @@ def measure(case, impl, target, repeats):
 
     mp = None if impl in case.peers else importlib.import_module(impl)
     target = max(target, case.min_target)
+    cases.TARGET, cases.REPEATS = target, repeats
     bench = case.fn(mp, impl)
     if isinstance(bench, cases.Direct):
         return {"per_op": bench.per_op, "n": bench.n}

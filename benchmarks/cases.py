@@ -32,8 +32,13 @@ import time
 from itertools import repeat
 
 perf = time.perf_counter
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 CASES = {}
+# The measurement's target duration and repeats (set by _worker.py), for
+# the cases that measure in a child interpreter of their own.
+TARGET = 0.1
+REPEATS = 3
 
 
 class NotAvailable(Exception):
@@ -1193,6 +1198,80 @@ def _executor_map(mp, impl):
         return perf() - t0
 
     return Bench(run, _executor_close(ex, impl))
+
+
+# The same two operations in an unchanged program: a plain
+# ProcessPoolExecutor in `python script` against `python -m fastmp script`,
+# where the executor's call queue is a subclass of fastmp's Queue (the ring
+# buffer; no feeder thread).  The program measures itself in a child
+# interpreter (calibrating to the harness's target, best of its repeats).
+
+_EXECUTOR_PROGRAM = """
+import sys, time, multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
+def f(x):
+    return x
+
+def submit(ex, n):
+    t0 = time.perf_counter()
+    for _ in range(n):
+        ex.submit(f, 1).result()
+    return time.perf_counter() - t0
+
+def map_(ex, n):
+    t0 = time.perf_counter()
+    for _ in ex.map(f, range(n)):
+        pass
+    return time.perf_counter() - t0
+
+if __name__ == "__main__":
+    op = {"submit": submit, "map": map_}[sys.argv[1]]
+    target, repeats = float(sys.argv[2]), int(sys.argv[3])
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        list(ex.map(f, range(10)))  # workers up
+        n = 16
+        while True:
+            dt = op(ex, n)
+            if dt >= target / 2:
+                break
+            n = max(2 * n, int(n * target / 2 / max(dt, 1e-6)))
+        n = max(1, int(n * target / dt))
+        print(min(op(ex, n) / n for _ in range(repeats)), n)
+"""
+
+
+def _executor_program_case(op):
+    def fn(mp, impl):
+        argv = [sys.executable]
+        if impl == "fastmp":
+            argv += ["-m", "fastmp"]
+        argv += ["-c", _EXECUTOR_PROGRAM, op, repr(TARGET), str(REPEATS)]
+        out = subprocess.run(
+            argv, check=True, capture_output=True, text=True, cwd=HERE
+        ).stdout.split()
+        return Direct(float(out[0]), int(out[1]))
+
+    return fn
+
+
+case(
+    "executor_submit_program",
+    "pool",
+    "plain `ProcessPoolExecutor(2).submit(f, x).result()` in `python "
+    "prog.py` vs `python -m fastmp prog.py` (fork)",
+    goal=1.0,
+    goal_text="no slower",
+)(_executor_program_case("submit"))
+case(
+    "executor_map_program",
+    "pool",
+    "plain `ProcessPoolExecutor(2).map(f, items)` in `python prog.py` vs "
+    "`python -m fastmp prog.py` (fork, chunksize 1, per item)",
+    goal=1.0,
+    goal_text="no slower",
+)(_executor_program_case("map"))
 
 
 # ---------------------------------------------------------------------------

@@ -79,6 +79,8 @@ def test_list_names_every_documented_case():
         "pool_cpu_bound",
         "executor_submit",
         "executor_map",
+        "executor_submit_program",
+        "executor_map_program",
         "manager_dict",
     ):
         assert name in names
