@@ -48,7 +48,7 @@ setup(
         Extension(
             "fastmp._fastmp",
             sources=sorted(glob.glob("src/*.c")),
-            depends=["src/fastmp.h"],
+            depends=sorted(glob.glob("src/*.h")),
             include_dirs=["src"],
             extra_compile_args=cflags,
             extra_link_args=ldflags,

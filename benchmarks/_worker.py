@@ -48,11 +48,12 @@ def measure(case, impl, target, repeats):
 
     mp = None if impl in case.peers else importlib.import_module(impl)
     target = max(target, case.min_target)
+    cases.TARGET, cases.REPEATS = target, repeats
     bench = case.fn(mp, impl)
     if isinstance(bench, cases.Direct):
         return {"per_op": bench.per_op, "n": bench.n}
     try:
-        n = calibrate(bench.run, target, case.max_n)
+        n = bench.n or calibrate(bench.run, target, case.max_n)
         # The least disturbed of the repeats: on a shared machine the
         # extra time of the others is interference, not the operation.
         per_op = min(bench.run(n) / n for _ in range(repeats))

@@ -5,9 +5,11 @@ Each case is registered with ``@case(...)`` and is called as
 is the implementation module (``multiprocessing`` or ``fastmp``; ``None``
 for a peer such as faster-fifo) and ``impl`` its name.  It returns either
 
-* a ``Bench(run, close)``: ``run(n)`` performs the operation ``n`` times and
-  returns the elapsed wall time in seconds; the worker calibrates ``n`` to
-  the target duration; ``close()`` tears down helper processes; or
+* a ``Bench(run, close, n=None)``: ``run(n)`` performs the operation ``n``
+  times and returns the elapsed wall time in seconds; the worker calibrates
+  ``n`` to the target duration, unless the case fixes it (``n=``: a
+  ``map()`` over a stated number of items); ``close()`` tears down helper
+  processes; or
 * a ``Direct(per_op, n)``: a per-op time the case measured itself (used by
   the import-time case, which times fresh interpreters).
 
@@ -30,8 +32,13 @@ import time
 from itertools import repeat
 
 perf = time.perf_counter
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 CASES = {}
+# The measurement's target duration and repeats (set by _worker.py), for
+# the cases that measure in a child interpreter of their own.
+TARGET = 0.1
+REPEATS = 3
 
 
 class NotAvailable(Exception):
@@ -39,9 +46,10 @@ class NotAvailable(Exception):
 
 
 class Bench:
-    def __init__(self, run, close=None):
+    def __init__(self, run, close=None, n=None):
         self.run = run
         self.close = close or (lambda: None)
+        self.n = n  # a fixed count: no calibration
 
 
 class Direct:
@@ -64,6 +72,8 @@ class Case:
         max_n,
         min_target,
         nbytes,
+        beat_peers,
+        peer_rounds,
     ):
         self.fn = fn
         self.name = name
@@ -72,6 +82,8 @@ class Case:
         self.goal = goal  # minimum ratio stdlib/fastmp, or None
         self.goal_text = goal_text  # as docs/performance.md states it
         self.peers = tuple(peers)  # extra implementations (e.g. faster_fifo)
+        self.beat_peers = beat_peers  # the goal includes beating each peer
+        self.peer_rounds = peer_rounds  # cap on the peers' rounds, or None
         self.baseline = baseline  # what the stdlib column runs instead
         self.max_n = max_n  # cap on the calibrated iteration count
         self.min_target = min_target  # floor on the measurement duration
@@ -89,6 +101,8 @@ def case(
     max_n=10**8,
     min_target=0.0,
     nbytes=None,
+    beat_peers=True,
+    peer_rounds=None,
 ):
     def register(fn):
         CASES[name] = Case(
@@ -103,6 +117,8 @@ def case(
             max_n,
             min_target,
             nbytes,
+            beat_peers,
+            peer_rounds,
         )
         return fn
 
@@ -885,58 +901,381 @@ def _fasterfifo(mp, impl):
 
 
 # ---------------------------------------------------------------------------
-# Extras: Pool and Manager (fall through to the stdlib until fastmp has them).
+# Pool and ProcessPoolExecutor: whatever Pool the implementation has (the
+# stdlib's falls through until fastmp has its own), with mpire's WorkerPool
+# and loky's reusable executor as peers where the operation makes sense.
+# Every pool is started once, outside the timed region, and warmed up.
+
+POOL_WORKERS = 2
+MAP_ITEMS = 200_000  # pool_map: one map() call over this many items
+MAP1_ITEMS = 5_000  # pool_map_chunksize1: fewer, each its own task
+# mpire and loky take seconds per measurement here (starting, or mapping
+# 200,000 items at several µs each): they run this many rounds only, so
+# that the whole run stays within minutes.  The stdlib/fastmp ratio still
+# has every round.
+PEER_ROUNDS = 3
 
 
 def _trivial(x):
     return x
 
 
+def _require(module):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise NotAvailable(f"{module} is not installed") from None
+
+
+class _Pool:
+    """One pool of `workers` processes, whichever library provides it, with
+    the operations the cases time.  Peers: mpire's WorkerPool (fork, kept
+    alive between calls) and loky's reusable executor (its own start
+    method).  Each case warms its pool up with its own operation (mpire's
+    kept-alive workers do not take an imap_unordered() after a map())."""
+
+    def __init__(self, mp, impl, workers=POOL_WORKERS):
+        self.impl = impl
+        if impl == "mpire":
+            self.pool = _require("mpire").WorkerPool(
+                n_jobs=workers, start_method="fork", keep_alive=True
+            )
+        elif impl == "loky":
+            self.pool = _require("loky").get_reusable_executor(
+                max_workers=workers
+            )
+        else:
+            self.pool = fork_ctx(mp).Pool(workers)
+
+    def map(self, fn, items, chunksize=None):
+        if self.impl == "mpire":
+            return self.pool.map(fn, items, chunk_size=chunksize)
+        if self.impl == "loky":
+            if chunksize is None:
+                # Executor.map's default is 1 item per task: give loky the
+                # Pool's default instead (4 tasks per worker).
+                chunksize = -(-len(items) // (4 * POOL_WORKERS))
+            return list(self.pool.map(fn, items, chunksize=chunksize))
+        return self.pool.map(fn, items, chunksize)
+
+    def imap_unordered(self, fn, items, chunksize=1):
+        if self.impl == "mpire":
+            return self.pool.imap_unordered(fn, items, chunk_size=chunksize)
+        return self.pool.imap_unordered(fn, items, chunksize)
+
+    def apply_async_get(self, fn, arg):
+        if self.impl == "mpire":
+            return self.pool.apply_async(fn, (arg,)).get()
+        if self.impl == "loky":
+            return self.pool.submit(fn, arg).result()
+        return self.pool.apply_async(fn, (arg,)).get()
+
+    def close(self):
+        if self.impl == "mpire":
+            self.pool.terminate()
+        elif self.impl == "loky":
+            self.pool.shutdown(wait=True, kill_workers=True)
+        else:
+            self.pool.terminate()
+            self.pool.join()
+
+
+def _map_bench(pool, fn, size, chunksize=None):
+    """A Bench whose op is one item of a map() over `size` items: each run
+    is one such call (a fixed n, no calibration)."""
+    pool.map(fn, list(range(100)), chunksize)  # workers up, imports done
+
+    def run(n):
+        items = list(range(n))
+        t0 = perf()
+        pool.map(fn, items, chunksize)
+        return perf() - t0
+
+    return Bench(run, pool.close, n=size)
+
+
 @case(
     "pool_map",
-    "extras",
-    "`Pool(2).map` of a trivial function (per item)",
+    "pool",
+    f"`Pool(2).map` of a trivial function over {MAP_ITEMS:,} items, "
+    "default chunksize (per item)",
     goal=2.0,
-    goal_text=">= 2x",
+    goal_text=">= 2x, ahead of mpire and loky",
+    peers=("mpire", "loky"),
+    peer_rounds=PEER_ROUNDS,
     min_target=0.3,
 )
 def _pool_map(mp, impl):
-    pool = fork_ctx(mp).Pool(2)
-    pool.map(_trivial, range(100))
+    return _map_bench(_Pool(mp, impl), _trivial, MAP_ITEMS)
 
-    def run(n):
-        data = range(n)
-        t0 = perf()
-        pool.map(_trivial, data)
-        return perf() - t0
 
-    def close():
-        pool.terminate()
-        pool.join()
-
-    return Bench(run, close)
+@case(
+    "pool_map_chunksize1",
+    "pool",
+    f"`Pool(2).map(f, items, chunksize=1)`, trivial function, "
+    f"{MAP1_ITEMS:,} items (per item)",
+    goal=5.0,
+    goal_text=">= 5x, ahead of mpire and loky",
+    peers=("mpire", "loky"),
+    peer_rounds=PEER_ROUNDS,
+)
+def _pool_map1(mp, impl):
+    return _map_bench(_Pool(mp, impl), _trivial, MAP1_ITEMS, chunksize=1)
 
 
 @case(
     "pool_apply_async",
-    "extras",
-    "`Pool.apply_async(f, (x,)).get()` round trip",
-    goal=5.0,
-    goal_text=">= 5x",
+    "pool",
+    "`Pool.apply_async(f, (x,)).get()` round trip (loky: "
+    "`submit(f, x).result()`)",
+    goal=10.0,
+    goal_text=">= 10x, ahead of mpire and loky",
+    peers=("mpire", "loky"),
+    peer_rounds=PEER_ROUNDS,
 )
 def _pool_apply(mp, impl):
-    pool = fork_ctx(mp).Pool(2)
-    pool.apply(_trivial, (1,))
-    apply_async = pool.apply_async
+    pool = _Pool(mp, impl)
+    apply_get = pool.apply_async_get
+    apply_get(_trivial, 1)  # workers up, imports done
 
     def op():
-        apply_async(_trivial, (1,)).get()
+        apply_get(_trivial, 1)
 
-    def close():
-        pool.terminate()
-        pool.join()
+    return Bench(loop_bench(op).run, pool.close)
 
-    return Bench(loop_bench(op).run, close)
+
+@case(
+    "pool_imap_unordered",
+    "pool",
+    "`for r in Pool(2).imap_unordered(f, generator)`, trivial function, "
+    "default chunksize 1 (per item)",
+    peers=("mpire",),
+    peer_rounds=PEER_ROUNDS,
+    beat_peers=False,
+)
+def _pool_imap_unordered(mp, impl):
+    pool = _Pool(mp, impl)
+    imap = pool.imap_unordered
+    for _ in imap(_trivial, (i for i in range(100))):  # workers up
+        pass
+
+    def run(n):
+        t0 = perf()
+        for _ in imap(_trivial, (i for i in range(n))):
+            pass
+        return perf() - t0
+
+    return Bench(run, pool.close)
+
+
+def _pool_create_case(method):
+    def fn(mp, impl):
+        if method not in mp.get_all_start_methods():
+            raise NotAvailable(f"{method} not available")
+        ctx = mp.get_context(method)
+
+        def once():
+            pool = ctx.Pool(POOL_WORKERS)
+            pool.close()
+            pool.join()
+
+        once()  # starts the forkserver, imports in the parent
+
+        def run(n):
+            t0 = perf()
+            for _ in repeat(None, n):
+                once()
+            return perf() - t0
+
+        return Bench(run)
+
+    return fn
+
+
+for _m in ("fork", "spawn", "forkserver"):
+    case(
+        "pool_create_" + _m,
+        "pool",
+        f"`Pool(2)` created, then `close()` + `join()` ({_m})",
+        max_n=200,
+    )(_pool_create_case(_m))
+
+
+# A CPU-bound task of a few milliseconds: how close the pool comes to
+# (task time / cores) per task, dispatch and all.
+CPU_TASK_LOOPS = 40_000
+
+
+def _cpu_task(seed):
+    x = seed
+    for i in range(CPU_TASK_LOOPS):
+        x = (x * 1103515245 + i) & 0xFFFFFFFF
+    return x
+
+
+@case(
+    "pool_cpu_bound",
+    "pool",
+    "CPU-bound tasks of about 5 ms, one worker per core, "
+    "`map(f, items, chunksize=1)` (per task)",
+    goal=1.0,
+    goal_text="no slower",
+    peers=("mpire", "loky"),
+    peer_rounds=PEER_ROUNDS,
+    beat_peers=False,
+    max_n=2000,
+)
+def _pool_cpu_bound(mp, impl):
+    cores = len(os.sched_getaffinity(0))
+    pool = _Pool(mp, impl, workers=cores)
+    pool.map(_cpu_task, list(range(cores)), 1)  # workers up
+
+    def run(n):
+        # At least a round of tasks per worker, so that all cores work.
+        tasks = max(n, 2 * cores)
+        t0 = perf()
+        pool.map(_cpu_task, list(range(tasks)), 1)
+        return (perf() - t0) * n / tasks
+
+    return Bench(run, pool.close)
+
+
+def _executor(mp, impl):
+    if impl == "loky":
+        return _require("loky").get_reusable_executor(max_workers=POOL_WORKERS)
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(POOL_WORKERS, mp_context=fork_ctx(mp))
+
+
+def _executor_close(ex, impl):
+    if impl == "loky":
+        return lambda: ex.shutdown(wait=True, kill_workers=True)
+    return lambda: ex.shutdown(wait=True)
+
+
+@case(
+    "executor_submit",
+    "pool",
+    "`ProcessPoolExecutor(2, mp_context=ctx).submit(f, x).result()` "
+    "round trip",
+    goal=1.0,
+    goal_text="no slower",
+    peers=("loky",),
+    peer_rounds=PEER_ROUNDS,
+    beat_peers=False,
+)
+def _executor_submit(mp, impl):
+    ex = _executor(mp, impl)
+    list(ex.map(_trivial, range(10)))  # workers up
+    submit = ex.submit
+
+    def op():
+        submit(_trivial, 1).result()
+
+    return Bench(loop_bench(op).run, _executor_close(ex, impl))
+
+
+@case(
+    "executor_map",
+    "pool",
+    "`ProcessPoolExecutor(2, mp_context=ctx).map(f, items)`, trivial "
+    "function, default chunksize 1 (per item)",
+    goal=1.0,
+    goal_text="no slower",
+    peers=("loky",),
+    peer_rounds=PEER_ROUNDS,
+    beat_peers=False,
+)
+def _executor_map(mp, impl):
+    ex = _executor(mp, impl)
+    list(ex.map(_trivial, range(10)))  # workers up
+
+    def run(n):
+        t0 = perf()
+        for _ in ex.map(_trivial, range(n)):
+            pass
+        return perf() - t0
+
+    return Bench(run, _executor_close(ex, impl))
+
+
+# The same two operations in an unchanged program: a plain
+# ProcessPoolExecutor in `python script` against `python -m fastmp script`,
+# where the executor's call queue is a subclass of fastmp's Queue (the ring
+# buffer; no feeder thread).  The program measures itself in a child
+# interpreter (calibrating to the harness's target, best of its repeats).
+
+_EXECUTOR_PROGRAM = """
+import sys, time, multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
+def f(x):
+    return x
+
+def submit(ex, n):
+    t0 = time.perf_counter()
+    for _ in range(n):
+        ex.submit(f, 1).result()
+    return time.perf_counter() - t0
+
+def map_(ex, n):
+    t0 = time.perf_counter()
+    for _ in ex.map(f, range(n)):
+        pass
+    return time.perf_counter() - t0
+
+if __name__ == "__main__":
+    op = {"submit": submit, "map": map_}[sys.argv[1]]
+    target, repeats = float(sys.argv[2]), int(sys.argv[3])
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        list(ex.map(f, range(10)))  # workers up
+        n = 16
+        while True:
+            dt = op(ex, n)
+            if dt >= target / 2:
+                break
+            n = max(2 * n, int(n * target / 2 / max(dt, 1e-6)))
+        n = max(1, int(n * target / dt))
+        print(min(op(ex, n) / n for _ in range(repeats)), n)
+"""
+
+
+def _executor_program_case(op):
+    def fn(mp, impl):
+        argv = [sys.executable]
+        if impl == "fastmp":
+            argv += ["-m", "fastmp"]
+        argv += ["-c", _EXECUTOR_PROGRAM, op, repr(TARGET), str(REPEATS)]
+        out = subprocess.run(
+            argv, check=True, capture_output=True, text=True, cwd=HERE
+        ).stdout.split()
+        return Direct(float(out[0]), int(out[1]))
+
+    return fn
+
+
+case(
+    "executor_submit_program",
+    "pool",
+    "plain `ProcessPoolExecutor(2).submit(f, x).result()` in `python "
+    "prog.py` vs `python -m fastmp prog.py` (fork)",
+    goal=1.0,
+    goal_text="no slower",
+)(_executor_program_case("submit"))
+case(
+    "executor_map_program",
+    "pool",
+    "plain `ProcessPoolExecutor(2).map(f, items)` in `python prog.py` vs "
+    "`python -m fastmp prog.py` (fork, chunksize 1, per item)",
+    goal=1.0,
+    goal_text="no slower",
+)(_executor_program_case("map"))
+
+
+# ---------------------------------------------------------------------------
+# Extras: Manager (falls through to the stdlib until fastmp has one).
 
 
 @case(

@@ -8,6 +8,10 @@ would run it: same sys.argv, sys.path[0], __main__, __file__ and
 tracebacks.
 """
 
+# The interpreters the stdlib starts (spawn children, the forkserver, the
+# resource tracker) run here too, as ``python [flags] -m fastmp -c CODE``
+# (see fastmp/_alias.py).
+
 import os
 import sys
 
@@ -75,6 +79,43 @@ def _parse(argv):
     if i >= len(argv):
         sys.exit(USAGE)
     return method, "script", argv[i], argv[i + 1 :]
+
+
+def _excepthook(orig):
+    """``orig`` showing tracebacks from the program's own frames on, as the
+    interpreter would without ``-m fastmp``: the frames of runpy and of
+    this module go."""
+    import runpy
+
+    skip = {os.path.abspath(__file__), os.path.abspath(runpy.__file__)}
+
+    def hook(typ, value, tb):
+        while tb is not None and (
+            tb.tb_frame.f_code.co_filename.startswith("<frozen runpy")
+            or os.path.abspath(tb.tb_frame.f_code.co_filename) in skip
+        ):
+            tb = tb.tb_next
+        if isinstance(value, BaseException):
+            value = value.with_traceback(tb)
+        orig(typ, value, tb)
+
+    return hook
+
+
+def _compile_c(source):
+    """Compile ``-c`` source as the interpreter does: file name
+    "<string>"; from 3.13 on, with the source registered in linecache so
+    that tracebacks show its lines, as they do under ``python -c``."""
+    if sys.version_info >= (3, 13):
+        import linecache
+
+        linecache.cache["<string>"] = (
+            len(source),
+            None,
+            [line + "\n" for line in source.splitlines()],
+            "<string>",
+        )
+    return compile(source, "<string>", "exec")
 
 
 def _flush():
@@ -151,9 +192,7 @@ def _run_code(source, args):
     if not _safe_path():
         sys.path[0] = ""
     main = _new_main()
-    from fastmp import _boot
-
-    _exec(_boot.compile_c(source), main)
+    _exec(_compile_c(source), main)
 
 
 def _run_module(name, args):
@@ -170,7 +209,7 @@ def _run_module(name, args):
 
 def main(argv=None):
     method, kind, target, args = _parse(sys.argv[1:] if argv is None else argv)
-    from fastmp import _alias, _boot, context
+    from fastmp import _alias, context
 
     if method is not None:
         if method not in context._concrete_contexts:
@@ -181,7 +220,9 @@ def main(argv=None):
             method
         ]
     _alias.install()
-    sys.excepthook = _boot.excepthook(sys.excepthook, [__file__])
+    # An exception that reaches the top (in a child: an unpicklable
+    # target, say) shows the traceback plain python shows.
+    sys.excepthook = _excepthook(sys.excepthook)
     if kind == "script":
         _run_script(target, args)
     elif kind == "code":

@@ -1,35 +1,42 @@
-"""``multiprocessing`` -> ``fastmp`` aliasing for ``python -m fastmp``.
+"""How fastmp's modules stand in for the stdlib's ``multiprocessing.X``.
 
-After ``install()``:
+The helpers fastmp's modules use, and the aliasing of ``python -m fastmp``
+(the one place both live):
 
-* ``sys.modules['multiprocessing']`` is the fastmp package;
-* ``import multiprocessing.X`` gives ``fastmp.X`` when fastmp has a module
-  X, else the stdlib's ``multiprocessing/X.py`` loaded under its usual
-  name (the stdlib's process-launch modules, util, reduction ...);
-* with FASTMP_NO_FALLBACK=1, a public submodule that fastmp mirrors but
-  lacks (synchronize, connection, queues, ...) raises ImportError for
-  user code.  The stdlib's own modules and fastmp itself may still reach
-  the stdlib's copy: that is plumbing, not the user's script;
-* fastmp's own modules are imported before the switch, so that those
-  building on the stdlib's namesake (``import multiprocessing.queues``
-  inside ``fastmp/queues.py``) get the stdlib's module, not themselves;
-  stdlib modules a fastmp module needs later should therefore be imported
-  at its top level (or through ``stdlib_module()``);
-* every interpreter the stdlib starts (spawn children, the forkserver, the
-  resource tracker) runs ``python -m fastmp._boot -c ...``, which installs
-  the aliasing before the stdlib's entry code runs.
+* ``passthrough(__name__)``: the whole body of a module fastmp takes from
+  the stdlib as it is (``fastmp/util.py``, ``fastmp/pool.py`` ...):
+  ``fastmp.X`` becomes the stdlib's ``multiprocessing.X`` module object
+  itself, so its state is shared;
+* ``forward_getattr(std, name)``: a module ``__getattr__`` that answers
+  with the stdlib module's objects for the names a fastmp module does not
+  define (private helpers the stdlib's own modules import by name);
+* ``refuse(sub, name)``: FASTMP_NO_FALLBACK=1.  A public submodule that
+  fastmp mirrors (``MIRRORED``) but implements only by passing the
+  stdlib's through (pool, managers) raises ModuleNotFoundError, to every
+  importer, as ``fastmp.X`` and as ``multiprocessing.X``;
+* ``stdlib_module(sub)``: the stdlib's module even where ``multiprocessing.X``
+  means fastmp's (the stdlib SimpleQueue of ``fastmp.queues``);
+* ``install()`` (``python -m fastmp``, the conformance runner):
+  ``sys.modules['multiprocessing']`` becomes the fastmp package and
+  ``import multiprocessing.X`` gives ``fastmp.X`` where fastmp has its own
+  module, else the stdlib's file under its usual name.  fastmp's own
+  modules are imported before the switch, so those building on the
+  stdlib's namesake (``from multiprocessing import process as _std`` in
+  ``fastmp/process.py``) get the stdlib's module, not themselves.  Every
+  interpreter the stdlib starts (spawn children, the forkserver, the
+  resource tracker) runs ``python [flags] -m fastmp -c CODE``: the flags
+  end in ``-m fastmp``, which installs the aliasing and then runs CODE as
+  ``-c`` would (see ``fastmp/__main__.py``).
 """
 
 import importlib
-import importlib.machinery
 import os
 import sys
-import types
 
 __all__ = []
 
-# Submodules of multiprocessing that fastmp mirrors: user code importing one
-# that fastmp lacks gets ImportError under FASTMP_NO_FALLBACK=1.
+# The stdlib's public submodules that fastmp mirrors: under
+# FASTMP_NO_FALLBACK=1 one that fastmp only passes through is refused.
 MIRRORED = frozenset(
     [
         "synchronize",
@@ -45,13 +52,90 @@ MIRRORED = frozenset(
 )
 
 _PREFIX = "multiprocessing."
+# What a passthrough module's text says (see passthrough()).
+_PASSTHROUGH_CALL = "passthrough(__name__)"
 _installed = False
 _stdlib_dir = None
-_IMPORTLIB_DIR = os.path.dirname(importlib.__file__)
 
 
 def no_fallback():
     return os.environ.get("FASTMP_NO_FALLBACK", "") not in ("", "0")
+
+
+def refuse(sub, name):
+    """Raise ModuleNotFoundError (for module ``name``) when
+    FASTMP_NO_FALLBACK=1 forbids the stdlib's multiprocessing.<sub>."""
+    if sub.split(".")[0] in MIRRORED and no_fallback():
+        raise ModuleNotFoundError(
+            "fastmp has no %r of its own and FASTMP_NO_FALLBACK is set"
+            % sub.split(".")[0],
+            name=name,
+        )
+
+
+def passthrough(name):
+    """Make the module being imported as ``name`` (``fastmp.X``) the
+    stdlib's ``multiprocessing.X`` module object itself, and likewise its
+    submodules already loaded (``fastmp.dummy.connection``).
+
+    Imported by its name, not through the attribute chain of ``import a.b
+    as c``: under ``python -m fastmp``, ``multiprocessing`` is the fastmp
+    package, and the stdlib's file is then loaded under its own name.
+    A module file whose text calls ``passthrough(__name__)`` does not
+    count as fastmp's own (``_fastmp_has``)."""
+    sub = name[len("fastmp.") :]
+    refuse(sub, name)
+    std = importlib.import_module(_PREFIX + sub)
+    for key, mod in list(sys.modules.items()):
+        if key.startswith(std.__name__ + "."):
+            sys.modules.setdefault(name + key[len(std.__name__) :], mod)
+    sys.modules[name] = std
+    return std
+
+
+def forward_getattr(std, name):
+    """A module ``__getattr__`` for the fastmp module ``name``: names it
+    does not define are the stdlib module ``std``'s objects."""
+
+    def __getattr__(attr):
+        try:
+            return getattr(std, attr)
+        except AttributeError:
+            raise AttributeError(
+                "module %r has no attribute %r" % (name, attr)
+            ) from None
+
+    return __getattr__
+
+
+_own = {}
+
+
+def _fastmp_has(sub):
+    """True when fastmp has its own module for multiprocessing.<sub>: a
+    file that is not a passthrough (read, not imported)."""
+    try:
+        return _own[sub]
+    except KeyError:
+        pass
+    own = False
+    if not sub.startswith("_"):
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(
+            "fastmp." + sub, [os.path.dirname(__file__)]
+        )
+        own = spec is not None
+        if own and spec.origin and spec.origin.endswith(".py"):
+            with open(spec.origin, encoding="utf-8") as f:
+                own = _PASSTHROUGH_CALL not in f.read()
+    _own[sub] = own
+    return own
+
+
+# The stdlib's modules whose sys.modules entry now names fastmp's module
+# of the same name (loaded before the switch, or by stdlib_module()).
+_shadowed = {}
 
 
 def installed():
@@ -59,108 +143,14 @@ def installed():
     return _installed
 
 
-_own = {}
-
-
-def _fastmp_has(sub):
-    """True when fastmp has its own module for multiprocessing.<sub>.
-
-    A module that only hands out the stdlib's (``fastmp/pool.py`` while
-    fastmp has no pool: it says ``__fastmp_passthrough__``) does not count:
-    the stdlib's module is then reached under its own name, as for any
-    submodule fastmp lacks, and FASTMP_NO_FALLBACK refuses it."""
-    if sub.startswith("_"):
-        return False
-    try:
-        return _own[sub]
-    except KeyError:
-        pass
-    import fastmp
-
-    mod = sys.modules.get("fastmp." + sub)
-    if mod is not None:
-        # A passthrough is the stdlib's module once imported, and says so
-        # (first thing) while it runs.
-        own = getattr(mod, "__name__", "").startswith(
-            "fastmp"
-        ) and not hasattr(mod, "__fastmp_passthrough__")
-    else:
-        spec = importlib.machinery.PathFinder.find_spec(
-            "fastmp." + sub, fastmp.__path__
-        )
-        own = spec is not None
-        if own and spec.origin and spec.origin.endswith(".py"):
-            try:
-                with open(spec.origin, encoding="utf-8") as f:
-                    own = "__fastmp_passthrough__" not in f.read()
-            except OSError:
-                pass
-    _own[sub] = own
-    return own
-
-
-_PKG_INIT = os.path.join(os.path.dirname(__file__), "__init__.py")
-
-
-def _internal_caller():
-    """True when the import comes from the stdlib's multiprocessing modules
-    or from fastmp itself rather than from user code."""
-    f = sys._getframe(1)
-    while f is not None:
-        fn = f.f_code.co_filename
-        if (
-            fn.startswith("<frozen")
-            or fn.startswith(_IMPORTLIB_DIR)
-            or fn == __file__
-            or fn == _PKG_INIT
-        ):
-            f = f.f_back
-            continue
-        name = f.f_globals.get("__name__") or ""
-        return (
-            name.startswith(_PREFIX)
-            or name == "fastmp"
-            or name.startswith("fastmp.")
-        )
-    return False
-
-
-def _fallback_allowed(sub):
-    return (
-        not no_fallback()
-        or sub.split(".")[0] not in MIRRORED
-        or _internal_caller()
-    )
-
-
-_stdlib_names = {}
-# The stdlib's modules loaded before the switch whose sys.modules entry now
-# names fastmp's module of the same name.
-_shadowed = {}
-
-
-def _stdlib_has(sub):
-    try:
-        return _stdlib_names[sub]
-    except KeyError:
-        pass
-    found = (
-        not sub.startswith("_")
-        and "." not in sub
-        and importlib.machinery.PathFinder.find_spec(
-            _PREFIX + sub, [_stdlib_dir]
-        )
-        is not None
-    )
-    _stdlib_names[sub] = found
-    return found
-
-
 def stdlib_module(sub):
-    """The stdlib's multiprocessing.<sub>, aliased or not."""
-    if not _installed:
-        return importlib.import_module(_PREFIX + sub)
+    """The stdlib's multiprocessing.<sub>, aliased or not.
+
+    Aliased, where fastmp has its own module, the stdlib's is loaded
+    beside it and ``multiprocessing.<sub>`` stays fastmp's."""
     name = _PREFIX + sub
+    if not _installed:
+        return importlib.import_module(name)
     if name in _shadowed:
         return _shadowed[name]
     mod = sys.modules.get(name)
@@ -170,31 +160,21 @@ def stdlib_module(sub):
     if spec is None:
         raise ModuleNotFoundError("No module named %r" % name, name=name)
     mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    try:
-        spec.loader.exec_module(mod)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
+    spec.loader.exec_module(mod)
+    _shadowed[name] = mod
     return mod
 
 
 def package_getattr(name):
-    """Module __getattr__ of the fastmp package when it is multiprocessing.
-
-    Submodules of the stdlib's loaded through the alias are reachable as
-    attributes (never stored on the fastmp package itself)."""
-    if _installed and not name.startswith("__"):
-        if _fastmp_has(name):
+    """Module __getattr__ of the fastmp package when it is multiprocessing:
+    every submodule of the stdlib's package is an attribute, as
+    ``fastmp.X`` (fastmp's own module or the stdlib's passed through)."""
+    if _installed and not name.startswith("_"):
+        try:
             return importlib.import_module("fastmp." + name)
-        if _fallback_allowed(name):
-            mod = sys.modules.get(_PREFIX + name)
-            if mod is not None:
-                return mod
-            if _stdlib_has(name):
-                # ``from . import X`` in a stdlib module: the import system
-                # would look for fastmp.X (the package's real name).
-                return stdlib_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != "fastmp." + name:
+                raise
     raise AttributeError("module 'fastmp' has no attribute %r" % name)
 
 
@@ -219,79 +199,38 @@ class _Finder:
 
     @staticmethod
     def find_spec(fullname, path=None, target=None):
-        if fullname.startswith("fastmp."):
-            # ``from multiprocessing import pool`` looks for fastmp.pool
-            # (the package's real name): a module that only hands out the
-            # stdlib's is a fall-through like any other.
-            top = fullname[len("fastmp.") :].split(".")[0]
-            if (
-                top in MIRRORED
-                and no_fallback()
-                and not _fastmp_has(top)
-                and not _internal_caller()
-            ):
-                raise ModuleNotFoundError(
-                    "fastmp has no %r of its own and FASTMP_NO_FALLBACK is "
-                    "set" % top,
-                    name=fullname,
-                )
-            return None
         if not fullname.startswith(_PREFIX):
             return None
         sub = fullname[len(_PREFIX) :]
-        top = sub.split(".")[0]
-        if _fastmp_has(top):
+        if _fastmp_has(sub.split(".")[0]):
             return importlib.machinery.ModuleSpec(
                 fullname, _AliasLoader("fastmp." + sub)
             )
-        if not _fallback_allowed(sub):
-            raise ModuleNotFoundError(
-                "fastmp has no %r and FASTMP_NO_FALLBACK is set" % sub,
-                name=fullname,
-            )
+        refuse(sub, fullname)
         search = [_stdlib_dir] if "." not in sub else path
         return importlib.machinery.PathFinder.find_spec(fullname, search)
 
 
-class _AliasedPackage(types.ModuleType):
-    """Class of the fastmp package while it stands in for multiprocessing:
-    stdlib submodules loaded through it are not stored as its attributes
-    (so FASTMP_NO_FALLBACK can refuse them to user code)."""
-
-    def __setattr__(self, name, value):
-        if isinstance(value, types.ModuleType) and getattr(
-            value, "__name__", ""
-        ).startswith(_PREFIX):
-            return
-        super().__setattr__(name, value)
-
-
-_BOOT = ["-m", "fastmp._boot"]
-
-
-def _args_with_boot(_orig):
+def _args_with_fastmp(_orig):
+    # The flags the stdlib puts before ``-c CODE`` when it starts an
+    # interpreter: ``-m fastmp`` last.
     def _args_from_interpreter_flags():
-        return _orig() + _BOOT
+        return [*_orig(), "-m", "fastmp"]
 
     _args_from_interpreter_flags.__wrapped__ = _orig
     return _args_from_interpreter_flags
 
 
 def _export_path(parent):
-    """Children run ``-m fastmp._boot`` before they know the parent's
-    sys.path: when fastmp is not installed in site-packages (a source
-    checkout found through the working directory, say), put its directory
-    on PYTHONPATH so they find the same fastmp."""
+    """Children run ``-m fastmp`` before they know the parent's sys.path:
+    when fastmp is not installed in site-packages (a source checkout found
+    through the working directory, say), put its directory on PYTHONPATH
+    so they find the same fastmp."""
     import site
 
-    dirs = set()
-    try:
-        dirs.update(site.getsitepackages())
-    except AttributeError:  # pragma: no cover (old virtualenvs)
-        pass
-    user = getattr(site, "USER_SITE", None)
-    if user:
-        dirs.add(user)
+    dirs = set(getattr(site, "getsitepackages", list)())  # (old venvs)
+    if getattr(site, "USER_SITE", None):
+        dirs.add(site.USER_SITE)
     dirs = {os.path.abspath(d) for d in dirs}
     current = os.environ.get("PYTHONPATH", "")
     entries = [os.path.abspath(e) for e in current.split(os.pathsep) if e]
@@ -302,31 +241,15 @@ def _export_path(parent):
     )
 
 
-def _forward_missing(mod, std):
-    """Objects of the stdlib's multiprocessing.X (functions, classes a
-    fastmp module reuses) pickle by reference as ``multiprocessing.X.name``,
-    which now means fastmp.X: let fastmp.X answer for the names it does not
-    define itself with the stdlib module's objects."""
-    if mod is std or "__getattr__" in vars(mod):
-        return
-
-    def __getattr__(name, _std=std, _mod=mod.__name__):
-        try:
-            return getattr(_std, name)
-        except AttributeError:
-            raise AttributeError(
-                "module %r has no attribute %r" % (_mod, name)
-            ) from None
-
-    mod.__getattr__ = __getattr__
-
-
 def install():
     """Make ``multiprocessing`` resolve to fastmp in this process and in
     every interpreter it starts.  Idempotent."""
     global _installed, _stdlib_dir
     if _installed:
         return
+    # Not imported with this module: passthrough() and forward_getattr()
+    # are all that most processes need.
+    import importlib.machinery
     import importlib.util  # noqa: F401  (used by stdlib_module)
     import multiprocessing as std
     import multiprocessing.util as util
@@ -336,11 +259,8 @@ def install():
     import fastmp.process  # noqa: F401
 
     _stdlib_dir = os.path.dirname(std.__file__)
-    fastmp._stdlib_package = std
     # Import fastmp's own modules while ``multiprocessing`` is still the
-    # stdlib: a fastmp module that builds on the stdlib's namesake
-    # (``import multiprocessing.managers as _std``) must get the stdlib's,
-    # not itself.  A module that fails here fails again, visibly, when the
+    # stdlib.  A module that fails here fails again, visibly, when the
     # program imports it.
     for sub in sorted(MIRRORED):
         if _fastmp_has(sub):
@@ -352,22 +272,23 @@ def install():
         sub = name[len(_PREFIX) :]
         if _fastmp_has(sub.split(".")[0]):
             mod = importlib.import_module("fastmp." + sub)
-            if sys.modules[name] is not mod:
-                _shadowed[name] = sys.modules[name]
-                _forward_missing(mod, sys.modules[name])
+            std_mod = sys.modules[name]
+            if std_mod is not mod:
+                # Objects of the stdlib's module pickle by reference as
+                # ``multiprocessing.X.name``, which now means fastmp.X.
+                _shadowed[name] = std_mod
+                if "__getattr__" not in vars(mod):
+                    mod.__getattr__ = forward_getattr(std_mod, mod.__name__)
             sys.modules[name] = mod
         # A stdlib module loaded already (by fastmp's own modules) stays:
         # a second copy would give two classes of each name, and pickling
-        # would then fail.  FASTMP_NO_FALLBACK cannot refuse it to an
-        # import statement; it still refuses attribute access and
-        # ``from multiprocessing import X`` (package_getattr).
+        # would then fail.
     _export_path(
         os.path.dirname(os.path.dirname(os.path.abspath(fastmp.__file__)))
     )
-    fastmp.__class__ = _AliasedPackage
     sys.modules["multiprocessing"] = fastmp
     sys.meta_path.insert(0, _Finder)
-    util._args_from_interpreter_flags = _args_with_boot(
+    util._args_from_interpreter_flags = _args_with_fastmp(
         util._args_from_interpreter_flags
     )
     _installed = True

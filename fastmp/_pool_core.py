@@ -108,9 +108,9 @@ class PoolTerminatedError(ProcessError):
 # a function pickles by its name, so its pickle never changes, and
 # pickling or unpickling it afresh for every task (a module and attribute
 # look-up) costs more than a small task itself.
-_FUNC_TYPES = (types.FunctionType, types.BuiltinFunctionType)
-_func_pickles = {}
-_func_objects = {}
+_FUNC_TYPES: tuple = (types.FunctionType, types.BuiltinFunctionType)
+_func_pickles: dict = {}
+_func_objects: dict = {}
 
 
 def _dump_func(func):

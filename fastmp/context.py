@@ -13,7 +13,6 @@ context says.
 """
 
 import importlib
-import os
 import sys
 from multiprocessing import context as _std
 
@@ -31,29 +30,16 @@ from multiprocessing.context import (  # noqa: F401
 )
 
 from . import _arena  # (also registers pickling and fork hooks)
+from ._alias import forward_getattr
 
 __all__ = ()
 
 
-def _no_fallback():
-    return os.environ.get("FASTMP_NO_FALLBACK", "") not in ("", "0")
-
-
 def _fastmp_module(name):
-    """Import fastmp.<name>, or the stdlib's module when fastmp lacks it."""
-    try:
-        return importlib.import_module("fastmp." + name)
-    except ModuleNotFoundError as e:
-        if e.name != "fastmp." + name:
-            raise
-        if _no_fallback():
-            raise ImportError(
-                "fastmp has no %r and FASTMP_NO_FALLBACK is set" % name,
-                name="fastmp." + name,
-            ) from None
-        from . import _alias
-
-        return _alias.stdlib_module(name)
+    """fastmp.<name>, imported on first use.  A module fastmp only passes
+    through (pool, managers) raises ImportError here under
+    FASTMP_NO_FALLBACK=1 (see fastmp/_alias.py)."""
+    return importlib.import_module("fastmp." + name)
 
 
 #
@@ -366,15 +352,9 @@ def _force_start_method(method):
     _default_context._actual_context = _concrete_contexts[method]
 
 
-def __getattr__(name):
-    # Anything else the stdlib's context module has (private helpers that
-    # the stdlib's own modules import from ``multiprocessing.context``).
-    try:
-        return getattr(_std, name)
-    except AttributeError:
-        raise AttributeError(
-            "module %r has no attribute %r" % (__name__, name)
-        ) from None
+# Anything else the stdlib's context module has (private helpers that the
+# stdlib's own modules import from ``multiprocessing.context``).
+__getattr__ = forward_getattr(_std, __name__)
 
 
 if sys.platform == "win32":  # pragma: no cover

@@ -1,19 +1,7 @@
 """``fastmp.forkserver`` is the stdlib's ``multiprocessing.forkserver`` (the
-forkserver process).
-
-fastmp uses the stdlib's: this name is the stdlib's module object itself,
-not a copy, so its state is shared with every user of
-``multiprocessing.forkserver``.
+forkserver process): the module object itself, so its state is shared.
 """
 
-# Read by fastmp._alias: this module only hands out the stdlib's.
-__fastmp_passthrough__ = "multiprocessing.forkserver"
+from ._alias import passthrough
 
-import importlib as _importlib
-import sys as _sys
-
-# By its name, not through the attribute chain of "import a.b as c": under
-# python -m fastmp, "multiprocessing" is the fastmp package.
-_std = _importlib.import_module("multiprocessing.forkserver")
-
-_sys.modules[__name__] = _std
+passthrough(__name__)

@@ -14,6 +14,8 @@ from multiprocessing.process import (  # noqa: F401
     parent_process,
 )
 
+from ._alias import forward_getattr
+
 __all__ = [
     "BaseProcess",
     "current_process",
@@ -22,12 +24,6 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
-    # Private names (_children, _current_process, AuthenticationString,
-    # ORIGINAL_DIR, ...) are the stdlib's own objects.
-    try:
-        return getattr(_std, name)
-    except AttributeError:
-        raise AttributeError(
-            "module %r has no attribute %r" % (__name__, name)
-        ) from None
+# Private names (_children, _current_process, AuthenticationString,
+# ORIGINAL_DIR, ...) are the stdlib's own objects.
+__getattr__ = forward_getattr(_std, __name__)

@@ -82,7 +82,89 @@ class Queue(_fastmp._Ring):
     def cancel_join_thread(self):
         """Nothing to cancel: there is no feeder thread."""
 
+    @staticmethod
+    def _on_queue_feeder_error(e, obj):
+        """The stdlib's hook for an item that cannot be pickled.
+
+        Queue.put() raises such an error itself; a subclass that overrides
+        this hook (as concurrent.futures' _SafeQueue does) has it called
+        instead, from put(), and the item is dropped, as the stdlib's
+        feeder thread does."""
+        import traceback
+
+        traceback.print_exc()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls._on_queue_feeder_error is not Queue._on_queue_feeder_error:
+            for name in ("put", "put_nowait"):
+                if name not in vars(cls):
+                    setattr(cls, name, vars(_Reporting)[name])
+
+    def _terminate_broken(self):
+        """Close the queue after its readers died (the stdlib's
+        ProcessPoolExecutor calls it on 3.12+).  Nothing is blocked on a
+        reader here: close() and join_thread() are all there is to do."""
+        self.close()
+        self.join_thread()
+
+    # The stdlib's 3.11 ProcessPoolExecutor closes its call queue's reading
+    # end after a worker died (gh-94777), so that the feeder thread stops
+    # writing to a pipe nobody reads.  A ring has neither: see _ReadEnd.
+    @property
+    def _reader(self):
+        return _ReadEnd()
+
     __class_getitem__ = classmethod(types.GenericAlias)
+
+
+class _ReadEnd:
+    """Queue._reader: only close(), a no-op (no pipe, no feeder thread)."""
+
+    __slots__ = ()
+
+    def close(self):
+        pass
+
+
+class _Pickled:
+    """An item pickled already: it unpickles to the item."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data):
+        self._data = data
+
+    def __reduce__(self):
+        return _fastmp._loads, (self._data,)
+
+
+def _report_unpicklable(q, obj):
+    """obj pickled, or None after handing the error to the queue's
+    _on_queue_feeder_error (the stdlib's feeder thread calls it from an
+    except block too)."""
+    if q._closed:
+        raise ValueError(f"Queue {q!r} is closed")
+    try:
+        return _Pickled(_fastmp._dumps(obj))
+    except Exception as e:  # noqa: BLE001  (as the stdlib's feeder)
+        q._on_queue_feeder_error(e, obj)
+        return None
+
+
+class _Reporting:
+    """put() and put_nowait() of a Queue subclass that overrides
+    _on_queue_feeder_error."""
+
+    def put(self, obj, block=True, timeout=None):
+        item = _report_unpicklable(self, obj)
+        if item is not None:
+            _fastmp._Ring.put(self, item, block, timeout)
+
+    def put_nowait(self, obj):
+        item = _report_unpicklable(self, obj)
+        if item is not None:
+            _fastmp._Ring.put_nowait(self, item)
 
 
 class JoinableQueue(Queue):
@@ -93,40 +175,75 @@ class JoinableQueue(Queue):
     join = _fastmp._Ring._join
 
 
-def _stdlib_caller():
-    """Is the code asking for a SimpleQueue part of the stdlib?
+# The stdlib modules whose SimpleQueue must be the stdlib's (see
+# _stdlib_caller) and the fastmp module between them and __new__.
+_PIPE_USERS = frozenset(["multiprocessing.pool", "concurrent.futures.process"])
+_FACTORY = "fastmp.context"
 
-    The stdlib's Pool and ProcessPoolExecutor use their SimpleQueue's pipe
-    ends directly (``_reader``, ``_writer``, ``_rlock``) and wait on the
-    reader's file descriptor, which a ring buffer does not have; they get
-    the stdlib's SimpleQueue (made with the fastmp context, so its lock is
-    fastmp's)."""
+
+def _stdlib_caller():
+    """Must ``SimpleQueue(ctx=...)`` give the stdlib's SimpleQueue here?
+
+    Called by SimpleQueue.__new__ only.  The requester is the code that
+    called the factory: the frame above __new__, or above the context's
+    ``SimpleQueue()`` method (module fastmp.context) when the request came
+    through a context.  Returns True when the requester is a function of
+    ``multiprocessing.pool`` (the stdlib's Pool, in
+    ``Pool._setup_queues``) or ``concurrent.futures.process``
+    (ProcessPoolExecutor); False for every other requester: the user's
+    code (through a context, ``fastmp.SimpleQueue()`` or the class), code
+    the stdlib merely calls back (a ThreadPoolExecutor running
+    ``ctx.SimpleQueue``), fastmp's own modules, other stdlib modules.
+
+    Why: those two use their SimpleQueue's pipe ends directly (``_reader``,
+    ``_writer``, ``_rlock``; ProcessPoolExecutor waits on the reader's file
+    descriptor with connection.wait), which a ring buffer does not have.
+    They get the stdlib's SimpleQueue made with the fastmp context (so its
+    lock is fastmp's).  Under ``python -m fastmp`` the stdlib's pool module
+    is still named ``multiprocessing.pool`` (fastmp has no pool of its own)
+    while fastmp's modules keep their ``fastmp.X`` names.
+    """
     f = sys._getframe(2)
-    for _ in range(6):
-        if f is None:
-            return False
-        name = f.f_globals.get("__name__", "")
-        if not name.startswith("fastmp"):
-            return name.startswith(("multiprocessing.", "concurrent.futures"))
+    if f is not None and f.f_globals.get("__name__") == _FACTORY:
         f = f.f_back
-    return False
+    return f is not None and f.f_globals.get("__name__") in _PIPE_USERS
+
+
+def _stdlib_simple_queue(ctx):
+    """The stdlib's SimpleQueue made with ``ctx``, for the requesters
+    _stdlib_caller() names."""
+    from . import _alias
+
+    cls = _alias.stdlib_module("queues").SimpleQueue
+    if (
+        _alias.installed()
+        and cls not in reduction.ForkingPickler._extra_reducers
+    ):
+        # Under ``python -m fastmp`` its name, multiprocessing.queues.
+        # SimpleQueue, means fastmp's class: it crosses to children by
+        # this module's functions instead.
+        reduction.ForkingPickler.register(cls, _reduce_stdlib_simple_queue)
+    return cls(ctx=ctx)
+
+
+def _reduce_stdlib_simple_queue(q):
+    return _rebuild_stdlib_simple_queue, (q.__getstate__(),)
+
+
+def _rebuild_stdlib_simple_queue(state):
+    from ._alias import stdlib_module
+
+    q = object.__new__(stdlib_module("queues").SimpleQueue)
+    q.__setstate__(state)
+    return q
 
 
 class SimpleQueue(_fastmp._Ring):
     """A simplified queue: put(), get(), empty(), close()."""
 
     def __new__(cls, *, ctx=None):
-        if ctx is None and cls is SimpleQueue:
-            # Unpickling, by name, a stdlib SimpleQueue made for a stdlib
-            # Pool (see _stdlib_caller): under ``python -m fastmp`` the
-            # name multiprocessing.queues.SimpleQueue resolves here.
-            from ._alias import stdlib_module
-
-            return object.__new__(stdlib_module("queues").SimpleQueue)
         if cls is SimpleQueue and _stdlib_caller():
-            from ._alias import stdlib_module
-
-            return stdlib_module("queues").SimpleQueue(ctx=ctx)
+            return _stdlib_simple_queue(ctx)
         return _fastmp._Ring.__new__(cls, 0, False)
 
     def __init__(self, *, ctx):

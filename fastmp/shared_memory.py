@@ -59,36 +59,10 @@ def _make_filename():
 
 _TRACK_SLOTS = 65536  # 32 MiB sparse memfd; touched pages only
 
-_TRACKER_CODE = r"""if 1:
-    import mmap, os, sys, _posixshmem
-    names = set()
-    for line in sys.stdin.buffer:
-        name = line[1:].rstrip(b"\n").decode("utf-8", "surrogateescape")
-        if line[:1] == b"+":
-            names.add(name)
-        elif line[:1] == b"-":
-            names.discard(name)
-    table = mmap.mmap(3, 0, access=mmap.ACCESS_READ)
-    for off in range(0, len(table), 512):
-        if table[off] == 1:
-            end = table.find(b"\0", off + 4, off + 512)
-            if end > off + 4:
-                names.add(table[off + 4:end].decode("utf-8",
-                                                    "surrogateescape"))
-    n = 0
-    for name in sorted(names):
-        try:
-            _posixshmem.shm_unlink(name)
-            n += 1
-        except OSError:
-            pass
-    if n:
-        sys.stderr.write(
-            "fastmp.shared_memory: UserWarning: resource_tracker: There "
-            "appear to be %d leaked shared_memory objects to clean up at "
-            "shutdown\n" % n)
-        sys.stderr.flush()
-"""
+# The tracker's program (run by path: it must not need fastmp importable).
+_TRACKER = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), '_shm_tracker.py'
+)
 
 _tracker_fd = -1
 _tracked = {}  # name -> table slot (-1: sent over the pipe)
@@ -115,7 +89,7 @@ def _start_tracker():
             # process group must not stop the cleanup.
             os.posix_spawn(
                 exe,
-                [exe, '-I', '-S', '-c', _TRACKER_CODE],
+                [exe, '-I', '-S', _TRACKER],
                 os.environ,
                 file_actions=actions,
                 setsigmask=(signal.SIGINT, signal.SIGTERM),

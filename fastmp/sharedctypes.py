@@ -61,6 +61,28 @@ _FAST_TYPES = {
 }
 
 
+_NUMPY_KINDS = {}
+
+
+def _numpy_kinds(numpy):
+    """Element class -> (its dtype, the dtype numpy infers from its Python
+    values), for the classes whose values always infer one dtype; others
+    (c_char, unsigned 64-bit, structures, subclasses) are converted from
+    their list of values."""
+    if not _NUMPY_KINDS:
+        ints = numpy.array([0]).dtype
+        for cls in _FAST_TYPES:
+            code = cls._type_
+            if code in 'bBhHiIlq' and ctypes.sizeof(cls) <= 8:
+                if code not in 'lq' or ctypes.sizeof(cls) == ints.itemsize:
+                    _NUMPY_KINDS[cls] = (numpy.dtype(cls), ints)
+            elif code in 'fd':
+                _NUMPY_KINDS[cls] = (numpy.dtype(cls), numpy.dtype(float))
+            elif code == '?':
+                _NUMPY_KINDS[cls] = (numpy.dtype(cls), numpy.dtype(bool))
+    return _NUMPY_KINDS
+
+
 def _get_context():
     from .context import _default_context
 
@@ -241,6 +263,31 @@ class Synchronized(SynchronizedBase, _fastmp.Synchronized):
 
 class SynchronizedArray(SynchronizedBase, _fastmp.SynchronizedArray):
     __doc__ = _fastmp.SynchronizedArray.__doc__
+
+    def __array__(self, dtype=None, copy=None):
+        """A snapshot for numpy, taken under one acquisition of the lock.
+
+        ``numpy.asarray(arr)`` is a copy, as with multiprocessing (where
+        numpy reads the items one by one, each under the lock), with the
+        dtype numpy infers from the values.  A view of the shared memory
+        that bypasses the lock is ``numpy.frombuffer(arr.get_obj(), ...)``
+        or a RawArray.
+        """
+        if copy is False:
+            raise ValueError(
+                "Unable to avoid copy while creating an array as requested:"
+                " a synchronized array is copied under its lock; use"
+                " get_obj() for a view of the shared memory"
+            )
+        import numpy
+
+        obj = self.get_obj()
+        kinds = _numpy_kinds(numpy).get(obj._type_) if dtype is None else None
+        with self:
+            if kinds is not None:
+                return numpy.array(numpy.frombuffer(obj, kinds[0]), kinds[1])
+            values = list(obj)
+        return numpy.array(values, dtype)
 
 
 class SynchronizedString(SynchronizedArray, _fastmp.SynchronizedString):

@@ -58,6 +58,9 @@
 #define REFS_MASK (REFS_OVF_ONE - 1)
 #define SLOT_RECOVERING FASTMP_OWNER_WAITERS /* in a holders[] value */
 #define SWEEP_INTERVAL_NS (INT64_C(1000) * 1000 * 1000)
+/* Carves from an empty free list per look at the clock for that sweep:
+ * creating many objects in a row reads the clock once in so many. */
+#define SWEEP_CLOCK_EVERY 16
 
 /* The shared header at the start of every segment.
  *
@@ -73,7 +76,10 @@
  *       (holder slot i is bit i of every block's `refs`).  0 free; an owner
  *       value (pid, token) claimed by that process with a CAS from 0; with
  *       SLOT_RECOVERING set, the process named is clearing the bits of a
- *       dead holder (CAS from the dead value), then stores 0. */
+ *       dead holder (CAS from the dead value), then stores 0.  A claimed
+ *       slot of a dead process, or a recovery left half done, is
+ *       recovered (again) by the next sweep; clearing a bit twice is
+ *       harmless. */
 typedef struct {
     uint64_t magic;
     uint64_t size;
@@ -101,7 +107,9 @@ typedef struct {
  *       slot.  Large blocks (a segment each) keep 0: the kernel frees the
  *       segment with its last mapping.
  *   While a pool block is free, its first 8 data bytes link it into its
- *   class's free list (under the segment lock). */
+ *   class's free list (under the segment lock).  A head that does not name
+ *   a free block of the class empties the list (pool_take): its blocks
+ *   leak rather than memory in use being handed out. */
 typedef struct {
     uint32_t magic;
     uint16_t cls;
@@ -119,9 +127,11 @@ struct fastmp_segment_object {
     uint64_t size;
     uint64_t dev;
     uint64_t ino;
-    uint32_t slot_pid;  /* my_slot is valid for this pid only */
-    int my_slot;        /* holder slot of this process, -1: none */
-    int64_t last_sweep; /* fastmp_now_ns() of the last sweep */
+    uint32_t slot_pid;   /* my_slot is valid for this pid only */
+    int my_slot;         /* holder slot of this process, -1: none */
+    int64_t last_sweep;  /* fastmp_now_ns() of the last sweep */
+    int carves_to_clock; /* carves from an empty free list left before
+                            the next clock read (carve_wants_sweep) */
     fastmp_segment_object *reg_prev, *reg_next; /* live segments */
 };
 
@@ -239,6 +249,7 @@ segment_new(PyTypeObject *type, int fd, uint64_t size)
     s->slot_pid = 0;
     s->my_slot = -1;
     s->last_sweep = 0;
+    s->carves_to_clock = 0;
     registry_add(s);
     return s;
 }
@@ -475,6 +486,20 @@ sweep(fastmp_segment_object *s)
     return n;
 }
 
+/* Called before carving fresh memory from pool segment s: 1 when a sweep
+ * should come first.  At most once a second; the clock is read at the
+ * first carve of the segment and then at every SWEEP_CLOCK_EVERY-th. */
+static int
+carve_wants_sweep(fastmp_segment_object *s)
+{
+    if (s->carves_to_clock > 0) {
+        s->carves_to_clock--;
+        return 0;
+    }
+    s->carves_to_clock = SWEEP_CLOCK_EVERY - 1;
+    return fastmp_now_ns() - s->last_sweep >= SWEEP_INTERVAL_NS;
+}
+
 /* This process's holder slot in pool segment s, claimed on first use;
  * -1 when every slot is held by a live process. */
 static int
@@ -639,9 +664,9 @@ fastmp_block_alloc(size_t size, fastmp_block *b)
         int how;
         uint64_t ref = my_ref(s, &how);
         if (__atomic_load_n(&hdr(s)->free_head[cls], __ATOMIC_RELAXED) == 0
-            && fastmp_now_ns() - s->last_sweep >= SWEEP_INTERVAL_NS) {
+            && carve_wants_sweep(s)) {
             /* About to carve fresh memory: first give back what dead
-             * holders pinned (at most once a second). */
+             * holders pinned. */
             (void)sweep(s);
         }
         uint64_t off = pool_take(s, cls, ref);

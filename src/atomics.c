@@ -2,10 +2,11 @@
  * atomics.c -- lock-free atomics on integer Values: add, fetch_add,
  * exchange, compare_exchange, load and store, the methods of
  * Synchronized (sharedctypes.c).  Sequentially consistent __atomic
- * builtins on the shared bytes, through fastmp_int_mem (fastmp.h), so a
- * process dying mid-operation leaves the value whole.
+ * builtins on the shared bytes, through the fastmp_int_* helpers
+ * (sharedctypes_internal.h), so a process dying mid-operation leaves the
+ * value whole.
  */
-#include "fastmp.h"
+#include "sharedctypes_internal.h"
 
 static int
 atomic_ready(sync_state *st)
@@ -54,8 +55,9 @@ atomic_arg(PyObject *v, uint64_t *out)
     return 0;
 }
 
-/* What add() returns: the new value, not the old one. */
-enum { AT_ADD = -1 };
+/* The read-modify-write operations: add() returns the new value,
+ * fetch_add() and exchange() the old one. */
+enum { AT_ADD, AT_FETCH_ADD, AT_XCHG };
 
 static PyObject *
 atomic_op(SyncObject *self, PyObject *arg, int op)
@@ -70,8 +72,8 @@ atomic_op(SyncObject *self, PyObject *arg, int op)
     char *p;
     /* The argument first: its __index__ may run any code. */
     if (atomic_arg(arg, &n) == 0 && (p = fastmp_sync_mem(st, &view)) != NULL) {
-        uint64_t old = fastmp_int_mem(
-            p, st->itemsize, op == AT_ADD ? FASTMP_INT_FETCH_ADD : op, n, 0);
+        uint64_t old =
+            fastmp_int_swap_or_add(p, st->itemsize, op != AT_XCHG, n);
         fastmp_sync_mem_done(&view);
         r = fastmp_int_from_bits(st->code, op == AT_ADD ? old + n : old);
     }
@@ -88,13 +90,13 @@ value_add(SyncObject *self, PyObject *arg)
 static PyObject *
 value_fetch_add(SyncObject *self, PyObject *arg)
 {
-    return atomic_op(self, arg, FASTMP_INT_FETCH_ADD);
+    return atomic_op(self, arg, AT_FETCH_ADD);
 }
 
 static PyObject *
 value_exchange(SyncObject *self, PyObject *arg)
 {
-    return atomic_op(self, arg, FASTMP_INT_XCHG);
+    return atomic_op(self, arg, AT_XCHG);
 }
 
 static PyObject *
@@ -108,8 +110,7 @@ value_load(SyncObject *self, PyObject *Py_UNUSED(ignored))
     char *p = fastmp_sync_mem(st, &view);
     PyObject *r = NULL;
     if (p != NULL) {
-        uint64_t v =
-            fastmp_int_mem(p, st->itemsize, FASTMP_INT_ATOMIC_LOAD, 0, 0);
+        uint64_t v = fastmp_int_atomic_load(p, st->itemsize);
         fastmp_sync_mem_done(&view);
         r = fastmp_int_from_bits(st->code, v);
     }
@@ -131,7 +132,7 @@ value_store(SyncObject *self, PyObject *arg)
         fastmp_sync_drop(st);
         return NULL;
     }
-    (void)fastmp_int_mem(p, st->itemsize, FASTMP_INT_ATOMIC_STORE, n, 0);
+    fastmp_int_atomic_store(p, st->itemsize, n);
     fastmp_sync_mem_done(&view);
     fastmp_sync_drop(st);
     Py_RETURN_NONE;
@@ -158,7 +159,7 @@ value_compare_exchange(SyncObject *self, PyObject *const *args,
         fastmp_sync_drop(st);
         return NULL;
     }
-    int ok = (int)fastmp_int_mem(p, st->itemsize, FASTMP_INT_CAS, e, n);
+    int ok = fastmp_int_cas(p, st->itemsize, e, n);
     fastmp_sync_mem_done(&view);
     fastmp_sync_drop(st);
     return PyBool_FromLong(ok);

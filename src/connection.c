@@ -12,8 +12,19 @@
  * when a signal arrives (Python installs its handlers without SA_RESTART);
  * the loop then runs PyErr_CheckSignals(), so Ctrl-C raises
  * KeyboardInterrupt.  poll() waits in slices of FASTMP_WAIT_SLICE_NS.
+ *
+ * Shared state: none but the kernel's pipe or socket buffer.  A
+ * Connection has no lock: processes or threads sharing one end serialize
+ * themselves.  A sender that dies (or is interrupted by a raising signal
+ * handler) mid-frame leaves a partial frame: the reader blocks for the
+ * rest, or gets OSError("got end of file during message") once every
+ * write end is closed.  A reader that dies mid-frame leaves the rest of
+ * the frame, which the next recv() reads as a header.
+ *
+ * This file is the Python type; the reads and writes of frames, and the
+ * spin before a blocking read, are connection_io.c.
  */
-#include "fastmp.h"
+#include "connection_internal.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -21,20 +32,6 @@
 #include <sys/uio.h>
 
 #include "structmember.h"
-
-typedef struct {
-    PyObject_HEAD
-    int fd; /* -1 once closed */
-    char readable;
-    char writable;
-    signed char sock; /* fd is a socket: 1, not: 0, not known: -1 */
-    fastmp_spin spin; /* spinning before a blocking read */
-    PyObject *weakreflist;
-} ConnectionObject;
-
-/* Messages up to this size are sent with one write of header+payload
- * copied into a stack buffer: cheaper than writev's iovec setup. */
-#define SMALL_SEND 512
 
 static fastmp_connection_state *
 conn_state(PyObject *self)
@@ -60,309 +57,6 @@ conn_load_errors(fastmp_connection_state *cs)
     cs->BufferTooShort = PyObject_GetAttrString(mp, "BufferTooShort");
     Py_DECREF(mp);
     return cs->BufferTooShort == NULL ? -1 : 0;
-}
-
-/* ---------------------------------------------------------------------
- * raw I/O helpers (called with the GIL; release it around syscalls)
- * ------------------------------------------------------------------- */
-
-/* Read exactly n bytes into buf.  `inside` says that bytes of the same
- * field were read before (the header's first bytes, by a spin look).
- * Returns 0, or -1 with an exception: EOFError when the peer closed before
- * the field's first byte, OSError("got end of file during message") when
- * it closed part way (as the stdlib's _recv: one field per call), OSError
- * from errno, KeyboardInterrupt (or whatever a signal handler raised). */
-static int
-fd_read_exact(int fd, char *buf, size_t n, int inside)
-{
-    size_t done = 0;
-
-    while (done < n) {
-        ssize_t r;
-        int err = 0;
-
-        Py_BEGIN_ALLOW_THREADS
-        do {
-            size_t want = n - done;
-            if (want > (size_t)SSIZE_MAX) {
-                want = (size_t)SSIZE_MAX;
-            }
-            r = fastmp_platform_read(fd, buf + done, want);
-            if (r > 0) {
-                done += (size_t)r;
-            }
-        } while (r > 0 && done < n);
-        if (r < 0) {
-            err = errno;
-        }
-        Py_END_ALLOW_THREADS
-
-        if (done == n) {
-            break;
-        }
-        if (r == 0) {
-            if (done == 0 && !inside) {
-                PyErr_SetNone(PyExc_EOFError);
-            }
-            else {
-                PyErr_SetString(PyExc_OSError,
-                                "got end of file during message");
-            }
-            return -1;
-        }
-        if (err == EINTR) {
-            if (PyErr_CheckSignals() < 0) {
-                return -1;
-            }
-            continue;
-        }
-        errno = err;
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
-    }
-    return 0;
-}
-
-/* Write the iovecs completely (they are consumed: base/len updated).
- * Returns 0, or -1 with an exception set (BrokenPipeError when the reader
- * is gone, KeyboardInterrupt from a signal). */
-static int
-fd_writev_all(int fd, struct iovec *iov, int iovcnt)
-{
-    while (iovcnt > 0) {
-        ssize_t r;
-        int err = 0;
-
-        Py_BEGIN_ALLOW_THREADS
-        for (;;) {
-            r = fastmp_platform_writev(fd, iov, iovcnt);
-            if (r < 0) {
-                err = errno;
-                break;
-            }
-            while (iovcnt > 0 && (size_t)r >= iov->iov_len) {
-                r -= (ssize_t)iov->iov_len;
-                iov++;
-                iovcnt--;
-            }
-            if (iovcnt == 0) {
-                break;
-            }
-            iov->iov_base = (char *)iov->iov_base + r;
-            iov->iov_len -= (size_t)r;
-        }
-        Py_END_ALLOW_THREADS
-
-        if (iovcnt == 0) {
-            break;
-        }
-        if (err == EINTR) {
-            if (PyErr_CheckSignals() < 0) {
-                return -1;
-            }
-            continue;
-        }
-        errno = err;
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
-    }
-    return 0;
-}
-
-/* Send one framed message.  Returns 0 or -1 with an exception set. */
-static int
-conn_send_frame(int fd, const char *data, size_t n)
-{
-    unsigned char hdr[12];
-    struct iovec iov[2];
-    int hlen;
-
-    if (n > 0x7fffffffu) {
-        uint64_t v = (uint64_t)n;
-        int i;
-        hdr[0] = hdr[1] = hdr[2] = hdr[3] = 0xff;
-        for (i = 0; i < 8; i++) {
-            hdr[4 + i] = (unsigned char)(v >> (56 - 8 * i));
-        }
-        hlen = 12;
-    }
-    else {
-        hdr[0] = (unsigned char)(n >> 24);
-        hdr[1] = (unsigned char)(n >> 16);
-        hdr[2] = (unsigned char)(n >> 8);
-        hdr[3] = (unsigned char)n;
-        hlen = 4;
-    }
-    if (n <= SMALL_SEND) {
-        /* One contiguous write: also the one segment a TCP peer sees. */
-        char small[SMALL_SEND + 4];
-        memcpy(small, hdr, 4);
-        if (n > 0) {
-            memcpy(small + 4, data, n);
-        }
-        iov[0].iov_base = small;
-        iov[0].iov_len = 4 + n;
-        return fd_writev_all(fd, iov, 1);
-    }
-    iov[0].iov_base = hdr;
-    iov[0].iov_len = (size_t)hlen;
-    iov[1].iov_base = (void *)data;
-    iov[1].iov_len = n;
-    return fd_writev_all(fd, iov, 2);
-}
-
-/* ---------------------------------------------------------------------
- * spinning before a blocking read
- *
- * A round trip through a pipe or socketpair costs the reader a sleep and
- * a wake-up each way, tens of microseconds on a virtual machine, while a
- * peer on another CPU often answers within a few microseconds.  So a
- * reader whose recent waits were short first looks for input without
- * sleeping (GIL released), within its fastmp_spin budget (wait.c), and
- * only then blocks.  On a socket a look is recv(MSG_DONTWAIT) of the
- * header itself, so input that is already there costs no extra system
- * call; on a pipe it is poll().
- * ------------------------------------------------------------------- */
-
-/* One look for input without blocking: >0 bytes read into buf (sockets)
- * or 1 (pipes: readable, nothing read), 0 none yet, -1 stop looking (EOF,
- * error or signal: the blocking read reports it). */
-static ssize_t
-spin_look(ConnectionObject *self, char *buf, size_t n, int *got)
-{
-    *got = 0;
-    if (self->sock != 0) {
-        ssize_t r = fastmp_platform_recv_nowait(self->fd, buf, n);
-        if (r > 0) {
-            *got = (int)r;
-            return r;
-        }
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            self->sock = 1;
-            return 0;
-        }
-        if (r < 0 && errno == ENOTSOCK) {
-            self->sock = 0;
-        }
-        else {
-            return -1;
-        }
-    }
-    return fastmp_platform_poll_in(self->fd, 0);
-}
-
-typedef struct {
-    ConnectionObject *self;
-    char *buf;
-    size_t n;
-    int got;
-} spin_look_args;
-
-/* spin_look for fastmp_spin_poll (runs without the GIL). */
-static int
-spin_look_cb(void *arg)
-{
-    spin_look_args *a = (spin_look_args *)arg;
-    ssize_t r = spin_look(a->self, a->buf, a->n, &a->got);
-    return r == 0 ? 0 : (r > 0 ? 1 : -1);
-}
-
-/* Wait a little for the first bytes of a frame (at most n).  Returns the
- * number of bytes already read into buf, in *t0 when waiting began (0
- * when input was there at once) and in *spun whether the spin saw input
- * arrive. */
-static int
-conn_spin(ConnectionObject *self, char *buf, size_t n, int64_t *t0, int *spun)
-{
-    int got;
-    ssize_t r;
-    uint32_t budget = self->spin.budget_ns;
-
-    *t0 = 0;
-    *spun = 0;
-    if (budget == 0 && self->sock == 0) {
-        /* Nothing to gain from a look on a pipe: time the read only. */
-        *t0 = fastmp_now_ns();
-        return 0;
-    }
-    r = spin_look(self, buf, n, &got);
-    if (r != 0) {
-        return got;
-    }
-    *t0 = fastmp_now_ns();
-    if (budget == 0) {
-        return 0;
-    }
-    spin_look_args la = {self, buf, n, 0};
-    *spun = fastmp_spin_poll(&self->spin, *t0, spin_look_cb, &la) > 0;
-    return la.got;
-}
-
-/* Read a frame header.  Returns 0 and the payload size, or -1. */
-static int
-conn_recv_header(ConnectionObject *self, uint64_t *size)
-{
-    unsigned char h[8];
-    int32_t n;
-    int fd = self->fd;
-    int64_t t0;
-    int spun;
-    int got = conn_spin(self, (char *)h, 4, &t0, &spun);
-
-    if (got < 4) {
-        if (t0 != 0 && PyErr_CheckSignals() < 0) {
-            return -1;
-        }
-        if (fd_read_exact(fd, (char *)h + got, (size_t)(4 - got), got > 0)
-            < 0) {
-            return -1;
-        }
-    }
-    if (t0 != 0) {
-        fastmp_spin_learn(&self->spin, fastmp_now_ns() - t0, spun);
-    }
-    n = (int32_t)(((uint32_t)h[0] << 24) | ((uint32_t)h[1] << 16)
-                  | ((uint32_t)h[2] << 8) | (uint32_t)h[3]);
-    if (n == -1) {
-        uint64_t v = 0;
-        int i;
-        if (fd_read_exact(fd, (char *)h, 8, 0) < 0) {
-            return -1;
-        }
-        for (i = 0; i < 8; i++) {
-            v = (v << 8) | h[i];
-        }
-        *size = v;
-        return 0;
-    }
-    if (n < 0) {
-        /* Never produced by a well-behaved sender. */
-        PyErr_SetString(PyExc_OSError, "bad message length");
-        return -1;
-    }
-    *size = (uint64_t)n;
-    return 0;
-}
-
-/* Read a whole message's payload into a new bytes object. */
-static PyObject *
-conn_recv_payload(int fd, uint64_t size)
-{
-    PyObject *b;
-
-    if (size > (uint64_t)PY_SSIZE_T_MAX) {
-        PyErr_SetString(PyExc_OSError, "bad message length");
-        return NULL;
-    }
-    b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
-    if (b == NULL) {
-        return NULL;
-    }
-    if (fd_read_exact(fd, PyBytes_AS_STRING(b), (size_t)size, 0) < 0) {
-        Py_DECREF(b);
-        return NULL;
-    }
-    return b;
 }
 
 /* ---------------------------------------------------------------------
@@ -558,8 +252,8 @@ conn_send_bytes(ConnectionObject *self, PyObject *const *args,
             goto error;
         }
     }
-    r = conn_send_frame(self->fd, (const char *)view.buf + offset,
-                        (size_t)size);
+    r = fastmp_conn_send_frame(self->fd, (const char *)view.buf + offset,
+                               (size_t)size);
     PyBuffer_Release(&view);
     if (r < 0) {
         return NULL;
@@ -570,15 +264,21 @@ error:
     return NULL;
 }
 
-PyDoc_STRVAR(conn_send_doc, "send($self, obj, /)\n--\n\n"
+PyDoc_STRVAR(conn_send_doc, "send($self, /, obj)\n--\n\n"
                             "Send a (picklable) object.");
 
 static PyObject *
-conn_send(ConnectionObject *self, PyObject *obj)
+conn_send(ConnectionObject *self, PyObject *const *args, Py_ssize_t nargs,
+          PyObject *kwnames)
 {
-    PyObject *data;
+    static const fastmp_argspec spec = {
+        "_ConnectionBase.send", FASTMP_ARGS_PY, 1, 1, {"obj"}};
+    PyObject *obj, *data;
     int r;
 
+    if (fastmp_parse_args(&spec, args, nargs, kwnames, &obj) < 0) {
+        return NULL;
+    }
     if (conn_check_writable(self) < 0) {
         return NULL;
     }
@@ -591,8 +291,8 @@ conn_send(ConnectionObject *self, PyObject *obj)
         Py_DECREF(data);
         return conn_check_closed(self), NULL;
     }
-    r = conn_send_frame(self->fd, PyBytes_AS_STRING(data),
-                        (size_t)PyBytes_GET_SIZE(data));
+    r = fastmp_conn_send_frame(self->fd, PyBytes_AS_STRING(data),
+                               (size_t)PyBytes_GET_SIZE(data));
     Py_DECREF(data);
     if (r < 0) {
         return NULL;
@@ -731,7 +431,7 @@ conn_recv_bytes(ConnectionObject *self, PyObject *const *args,
         && conn_limit_from(omax, &lim, "negative maxlength") < 0) {
         return NULL;
     }
-    if (conn_recv_header(self, &size) < 0) {
+    if (fastmp_conn_recv_header(self, &size) < 0) {
         return NULL;
     }
     if (omax != Py_None) {
@@ -743,7 +443,7 @@ conn_recv_bytes(ConnectionObject *self, PyObject *const *args,
             return conn_bad_message_length(self);
         }
     }
-    return conn_recv_payload(self->fd, size);
+    return fastmp_conn_recv_payload(self->fd, size);
 }
 
 /* recv_bytes_into's ending when the stdlib only fails after reading the
@@ -758,10 +458,10 @@ conn_recv_into_unusable(ConnectionObject *self, Py_ssize_t buflen,
     uint64_t size;
     int fits;
 
-    if (conn_recv_header(self, &size) < 0) {
+    if (fastmp_conn_recv_header(self, &size) < 0) {
         return NULL;
     }
-    msg = conn_recv_payload(self->fd, size);
+    msg = fastmp_conn_recv_payload(self->fd, size);
     if (msg == NULL) {
         return NULL;
     }
@@ -864,20 +564,21 @@ conn_recv_bytes_into(ConnectionObject *self, PyObject *args, PyObject *kwds)
         }
         goto done;
     }
-    if (conn_recv_header(self, &size) < 0) {
+    if (fastmp_conn_recv_header(self, &size) < 0) {
         goto done;
     }
     if (size <= (uint64_t)(view.len - offset)) {
         /* Fits: read straight into the caller's buffer, which the view
          * keeps alive and pinned while the GIL is released. */
-        if (fd_read_exact(self->fd, (char *)view.buf + offset, (size_t)size, 0)
+        if (fastmp_conn_read_exact(self->fd, (char *)view.buf + offset,
+                                   (size_t)size, 0)
             == 0) {
             res = PyLong_FromUnsignedLongLong((unsigned long long)size);
         }
         goto done;
     }
     PyBuffer_Release(&view);
-    msg = conn_recv_payload(self->fd, size);
+    msg = fastmp_conn_recv_payload(self->fd, size);
     if (msg == NULL) {
         return NULL;
     }
@@ -905,10 +606,10 @@ conn_recv(ConnectionObject *self, PyObject *Py_UNUSED(ignored))
     if (conn_check_readable(self) < 0) {
         return NULL;
     }
-    if (conn_recv_header(self, &size) < 0) {
+    if (fastmp_conn_recv_header(self, &size) < 0) {
         return NULL;
     }
-    b = conn_recv_payload(self->fd, size);
+    b = fastmp_conn_recv_payload(self->fd, size);
     if (b == NULL) {
         return NULL;
     }
@@ -1048,7 +749,8 @@ conn_set_handle(ConnectionObject *self, PyObject *v, void *Py_UNUSED(c))
 static PyMethodDef conn_methods[] = {
     {"send_bytes", (PyCFunction)(void (*)(void))conn_send_bytes,
      METH_FASTCALL | METH_KEYWORDS, conn_send_bytes_doc},
-    {"send", (PyCFunction)conn_send, METH_O, conn_send_doc},
+    {"send", (PyCFunction)(void (*)(void))conn_send,
+     METH_FASTCALL | METH_KEYWORDS, conn_send_doc},
     {"recv_bytes", (PyCFunction)(void (*)(void))conn_recv_bytes,
      METH_FASTCALL | METH_KEYWORDS, conn_recv_bytes_doc},
     {"recv_bytes_into", (PyCFunction)(void (*)(void))conn_recv_bytes_into,

@@ -14,7 +14,7 @@
  * Nobody holds anything, so a process dying inside any method leaves
  * nothing to recover.
  */
-#include "fastmp.h"
+#include "semlock_internal.h"
 
 static PyObject *
 event_new(PyTypeObject *type, PyObject *args, PyObject *kwds)

@@ -263,7 +263,7 @@ fastmp_platform_futex_wake(uint32_t *word, int n)
     return (int)syscall(SYS_futex, word, FUTEX_WAKE, n, NULL, NULL, 0);
 }
 
-/* Read through the inline helpers in fastmp.h. */
+/* Read through the inline helpers in platform.h. */
 uint32_t fastmp_platform_cached_pid = 0;
 uint64_t fastmp_platform_cached_start = 0;
 

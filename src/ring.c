@@ -27,90 +27,18 @@
  * that dies at any point inside the critical section leaves the previous,
  * consistent state: a half-written item is never visible, a half-read item
  * stays in the queue.  That is all a takeover needs: it repairs nothing.
+ *
+ * The header's layout, with who writes each field, is in ring_internal.h;
+ * the file, the mapping and growing the ring are ring_mem.c.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1
 #endif
-#include "fastmp.h"
+#include "ring_internal.h"
 
 #include <errno.h>
 #include <string.h>
 #include <structmember.h>
-
-#define RING_PAGE 4096
-#define RING_MIN_CAP (UINT64_C(64) << 10)       /* initial ring and file */
-#define RING_KEEP (UINT64_C(4) << 20)           /* kept when drained */
-#define RING_MAX_CAP (UINT64_C(1) << 62)        /* arithmetic bound */
-#define RING_MAGIC UINT64_C(0x666d7071726e6732) /* "fmpqrng2" */
-
-/* The state the queue lock protects (see ring_header.slot). */
-typedef struct {
-    uint64_t head;       /* offset in [0, cap) of the oldest record */
-    uint64_t tail;       /* offset in [0, cap) after the newest one */
-    uint64_t used;       /* bytes of records from head to tail */
-    uint64_t cap;        /* ring size in use: a power of two */
-    uint64_t nitems;     /* records between head and tail */
-    uint64_t unfinished; /* JoinableQueue: puts minus task_done()s */
-} ring_slot;
-
-/* The shared header, the first page of the queue's file.
- *
- *   magic, maxsize, joinable: written once by the creator before the
- *       queue is visible to any other process; read-only.
- *   lock: the owner lock (fastmp.h, "owner"): 0 when free, else the
- *       holder's pid and start token from the CAS that took it.  A waiter
- *       that finds the holder dead takes the lock over; the dead holder's
- *       half-done work is simply not published (below).
- *   data_size: bytes of ring data the file holds after the header page,
- *       written only under `lock`.  Invariant: published cap <= data_size
- *       <= the file's real size minus a page.  A grower sets the file size
- *       first, then data_size; a shrinker publishes the smaller cap, then
- *       lowers data_size, then the file.  A holder dying between two of
- *       these steps leaves the invariant true (at worst a file larger than
- *       data_size, cut back at the next shrink).
- *   slot[2], cur: written only under `lock`: the holder fills
- *       slot[!cur] and publishes it with one release store of `cur`.
- *       A holder that dies before that store leaves slot[cur] intact.
- *   put_seq, get_seq, done_seq: futex words, bumped atomically after a
- *       put, a get, and when `unfinished` reaches 0.  A process that dies
- *       before its bump delays sleepers by at most one wait slice.
- *   getters, putters, joiners: atomic counts of sleepers, so that put/get
- *       make no wake-up syscall when nobody sleeps.  A process killed while
- *       asleep leaves its count raised: only extra wake-ups follow. */
-typedef struct {
-    uint64_t magic;
-    uint64_t maxsize;
-    uint64_t lock;
-    uint64_t data_size;
-    uint32_t joinable;
-    uint32_t cur;
-    uint32_t put_seq;
-    uint32_t get_seq;
-    uint32_t done_seq;
-    uint32_t getters;
-    uint32_t putters;
-    uint32_t joiners;
-    ring_slot slot[2];
-} ring_header;
-
-_Static_assert(sizeof(ring_header) <= RING_PAGE, "ring header");
-_Static_assert(offsetof(ring_header, lock) % 8 == 0, "owner lock alignment");
-
-typedef struct {
-    PyObject_HEAD
-    int fd;               /* the queue's file (header page + data) */
-    ring_header *h;       /* its first page, mapped once */
-    char *data;           /* the data, mapped `mapped` bytes (or NULL) */
-    uint64_t mapped;      /* follows h->data_size, under the lock */
-    int closed;           /* process-local, as the stdlib's _closed */
-    int used;             /* this process has put: join_thread() ends
-                             reads */
-    int reader_closed;    /* empty() raises OSError, as the stdlib's */
-    fastmp_spin get_spin; /* how long this process's waits lasted: */
-    fastmp_spin put_spin; /* for an item, for room, for task_done */
-    fastmp_spin join_spin;
-    PyObject *weakreflist;
-} RingObject;
 
 /* ---- the queue lock: the owner lock ------------------------------- */
 
@@ -134,53 +62,7 @@ ring_unlock(ring_header *h)
     fastmp_owner_unlock(&h->lock);
 }
 
-/* ---- the file and its mapping ----------------------------------------- */
-
-/* Raise for a failed resize/map of `bytes` bytes of queue memory, with
- * errno `err`: MemoryError when memory or a limit ran out, else OSError
- * (its errno subclass).  Always returns -1. */
-static int
-ring_memory_error(int err, const char *what, uint64_t bytes)
-{
-    if (err == ENOMEM || err == ENOSPC || err == EFBIG) {
-        PyErr_Format(PyExc_MemoryError,
-                     "queue: cannot %s %llu bytes of shared memory (%s)", what,
-                     (unsigned long long)bytes, strerror(err));
-        return -1;
-    }
-    PyObject *msg = PyUnicode_FromFormat(
-        "queue: cannot %s %llu bytes of shared memory: %s", what,
-        (unsigned long long)bytes, strerror(err));
-    if (msg != NULL) {
-        PyObject *exc = PyObject_CallFunction(PyExc_OSError, "iO", err, msg);
-        Py_DECREF(msg);
-        if (exc != NULL) {
-            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-            Py_DECREF(exc);
-        }
-    }
-    return -1;
-}
-
-/* Map (or remap) this process's data view to `size` bytes.  0, or -1
- * with errno set and the old view intact. */
-static int
-ring_view(RingObject *q, uint64_t size)
-{
-    void *p;
-    if (q->data == NULL) {
-        p = fastmp_platform_shm_map(q->fd, RING_PAGE, size);
-    }
-    else {
-        p = fastmp_platform_shm_remap(q->data, q->mapped, size);
-    }
-    if (p == NULL) {
-        return -1;
-    }
-    q->data = p;
-    q->mapped = size;
-    return 0;
-}
+/* ---- following other processes' grows and shrinks ------------------ */
 
 /* Under the lock, before touching the data: follow a grow or shrink made
  * by another process.  0, or -1 with an exception set (the caller
@@ -192,22 +74,10 @@ ring_sync(RingObject *q)
     if (want == q->mapped) {
         return 0;
     }
-    if (ring_view(q, want) < 0) {
-        return ring_memory_error(errno, "map", want);
+    if (fastmp_ring_view(q, want) < 0) {
+        return fastmp_ring_memory_error(errno, "map", want);
     }
     return 0;
-}
-
-/* Under the lock, after a smaller cap was published: cut the file and
- * this process's view back to `keep` bytes of data, freeing the pages
- * above.  Failures only leave more mapped than needed. */
-static void
-ring_shrink(RingObject *q, uint64_t keep)
-{
-    ring_header *h = q->h;
-    __atomic_store_n(&h->data_size, keep, __ATOMIC_RELAXED);
-    (void)fastmp_platform_shm_resize(q->fd, RING_PAGE + keep);
-    (void)ring_view(q, keep);
 }
 
 /* ---- the slots ------------------------------------------------------ */
@@ -273,66 +143,6 @@ ring_read(RingObject *q, uint64_t cap, uint64_t off, char *dst, uint64_t n)
     return (off + n) & (cap - 1);
 }
 
-/* The most bytes one queue may hold: the machine's memory. */
-static uint64_t
-ring_limit(void)
-{
-    uint64_t phys = fastmp_platform_phys_bytes();
-    return phys != 0 && phys < RING_MAX_CAP / 2 ? phys : RING_MAX_CAP / 2;
-}
-
-/* Under the lock, on the unpublished slot s: make room for `need` more
- * bytes by doubling the ring, growing the file and this process's view
- * first when they are too small.  The wrapped part [0, tail) moves up to
- * [cap, cap + tail), above the old ring, where nothing published lives,
- * so a process dying here leaves the published state intact.  Returns 0,
- * or -1 with MemoryError (or OSError) set when the memory is not there;
- * the queue is then unchanged. */
-static int
-ring_grow(RingObject *q, ring_slot *s, uint64_t need)
-{
-    ring_header *h = q->h;
-    uint64_t limit = ring_limit();
-    if (need > limit || s->used > limit - need) {
-        PyErr_Format(PyExc_MemoryError,
-                     "queue: %llu bytes waiting and an item of %llu bytes "
-                     "would exceed the machine's memory (%llu bytes)",
-                     (unsigned long long)s->used, (unsigned long long)need,
-                     (unsigned long long)limit);
-        return -1;
-    }
-    uint64_t newcap = s->cap;
-    while (s->used + need > newcap) {
-        newcap *= 2;
-    }
-    uint64_t oldsize = __atomic_load_n(&h->data_size, __ATOMIC_RELAXED);
-    if (newcap > oldsize) {
-        if (fastmp_platform_shm_resize(q->fd, RING_PAGE + newcap) < 0) {
-            return ring_memory_error(errno, "reserve", newcap);
-        }
-        __atomic_store_n(&h->data_size, newcap, __ATOMIC_RELAXED);
-    }
-    if (newcap > q->mapped && ring_view(q, newcap) < 0) {
-        /* Give the file back its old size: nothing published lives
-         * above it. */
-        int err = errno;
-        if (newcap > oldsize) {
-            __atomic_store_n(&h->data_size, oldsize, __ATOMIC_RELAXED);
-            (void)fastmp_platform_shm_resize(q->fd, RING_PAGE + oldsize);
-        }
-        return ring_memory_error(err, "map", newcap);
-    }
-    if (s->used == 0) {
-        s->head = s->tail = 0;
-    }
-    else if (s->tail <= s->head) {
-        memcpy(q->data + s->cap, q->data, s->tail);
-        s->tail += s->cap;
-    }
-    s->cap = newcap;
-    return 0;
-}
-
 /* ---- module state helpers ------------------------------------------ */
 
 static inline fastmp_ring_state *
@@ -378,7 +188,7 @@ ring_map_header(RingObject *q)
     }
     void *p = fastmp_platform_shm_map(q->fd, 0, RING_PAGE);
     if (p == NULL) {
-        return ring_memory_error(errno, "map", RING_PAGE);
+        return fastmp_ring_memory_error(errno, "map", RING_PAGE);
     }
     q->h = (ring_header *)p;
     if (__atomic_load_n(&q->h->magic, __ATOMIC_ACQUIRE) != RING_MAGIC) {
@@ -433,12 +243,13 @@ ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         q->fd =
             fastmp_platform_shm_anon("fastmp-queue", RING_PAGE + RING_MIN_CAP);
         if (q->fd < 0) {
-            ring_memory_error(errno, "reserve", RING_PAGE + RING_MIN_CAP);
+            fastmp_ring_memory_error(errno, "reserve",
+                                     RING_PAGE + RING_MIN_CAP);
             goto error;
         }
         void *p = fastmp_platform_shm_map(q->fd, 0, RING_PAGE);
         if (p == NULL) {
-            ring_memory_error(errno, "map", RING_PAGE);
+            fastmp_ring_memory_error(errno, "map", RING_PAGE);
             goto error;
         }
         ring_header *h = (ring_header *)p;
@@ -558,7 +369,7 @@ ring_put_impl(RingObject *q, PyObject *obj, int block, PyObject *timeout)
         int full = h->maxsize != 0 && cs->nitems >= h->maxsize;
         if (!full) {
             ring_slot *s = slot_next(h);
-            if (s->used + need > s->cap && ring_grow(q, s, need) < 0) {
+            if (s->used + need > s->cap && fastmp_ring_grow(q, s, need) < 0) {
                 ring_unlock(h);
                 goto error;
             }
@@ -677,7 +488,7 @@ ring_get_bytes(RingObject *q, int block, PyObject *timeout)
                        > RING_KEEP) {
                 /* Only after the smaller ring is published: nothing
                  * published lives above it any more. */
-                ring_shrink(q, RING_KEEP);
+                fastmp_ring_shrink(q, RING_KEEP);
             }
             __atomic_add_fetch(&h->get_seq, 1, __ATOMIC_SEQ_CST);
             ring_unlock(h);
@@ -809,9 +620,18 @@ ring_get(RingObject *q, PyObject *const *args, Py_ssize_t nargs,
     return ring_get_impl(q, block, a[1]);
 }
 
+/* put_nowait(obj) and SimpleQueue.put(obj): the stdlib's are Python
+ * methods, so obj may be passed by keyword. */
 static PyObject *
-ring_put_nowait(RingObject *q, PyObject *obj)
+ring_put_nowait(RingObject *q, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames)
 {
+    static const fastmp_argspec spec = {
+        "Queue.put_nowait", FASTMP_ARGS_PY, 1, 1, {"obj"}};
+    PyObject *obj;
+    if (fastmp_parse_args(&spec, args, nargs, kwnames, &obj) < 0) {
+        return NULL;
+    }
     return ring_put_impl(q, obj, 0, NULL);
 }
 
@@ -824,8 +644,15 @@ ring_get_nowait(RingObject *q, PyObject *Py_UNUSED(ignored))
 /* SimpleQueue: put(obj) / get(), no closed check (the stdlib's SimpleQueue
  * raises OSError from its closed pipe; ours raises the same type). */
 static PyObject *
-ring_simple_put(RingObject *q, PyObject *obj)
+ring_simple_put(RingObject *q, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames)
 {
+    static const fastmp_argspec spec = {
+        "SimpleQueue.put", FASTMP_ARGS_PY, 1, 1, {"obj"}};
+    PyObject *obj;
+    if (fastmp_parse_args(&spec, args, nargs, kwnames, &obj) < 0) {
+        return NULL;
+    }
     if (q->closed) {
         PyErr_SetString(PyExc_OSError, "handle is closed");
         return NULL;
@@ -1033,8 +860,9 @@ static PyMethodDef ring_methods[] = {
      METH_FASTCALL | METH_KEYWORDS,
      "get($self, /, block=True, timeout=None)\n--\n\n"
      "Remove and return an item from the queue."},
-    {"put_nowait", (PyCFunction)ring_put_nowait, METH_O,
-     "put_nowait($self, obj, /)\n--\n\nput(obj, False)."},
+    {"put_nowait", (PyCFunction)(void (*)(void))ring_put_nowait,
+     METH_FASTCALL | METH_KEYWORDS,
+     "put_nowait($self, /, obj)\n--\n\nput(obj, False)."},
     {"get_nowait", (PyCFunction)ring_get_nowait, METH_NOARGS,
      "get_nowait($self, /)\n--\n\nget(False)."},
     {"qsize", (PyCFunction)ring_qsize, METH_NOARGS,
@@ -1047,8 +875,9 @@ static PyMethodDef ring_methods[] = {
      "_close($self, /)\n--\n\nMark closed in this process."},
     {"_close_all", (PyCFunction)ring_close_all, METH_NOARGS,
      "_close_all($self, /)\n--\n\nSimpleQueue.close."},
-    {"_simple_put", (PyCFunction)ring_simple_put, METH_O,
-     "_simple_put($self, obj, /)\n--\n\nSimpleQueue.put."},
+    {"_simple_put", (PyCFunction)(void (*)(void))ring_simple_put,
+     METH_FASTCALL | METH_KEYWORDS,
+     "_simple_put($self, /, obj)\n--\n\nSimpleQueue.put."},
     {"_simple_get", (PyCFunction)ring_simple_get, METH_NOARGS,
      "_simple_get($self, /)\n--\n\nSimpleQueue.get."},
     {"_task_done", (PyCFunction)ring_task_done, METH_NOARGS,

@@ -1,6 +1,6 @@
 /*
  * semlock.c -- SemLock's core: locks and semaphores on futex words in the
- * arena (the shared_sem structures are in fastmp.h, "semlock internals";
+ * arena (the shared_sem structures are in semlock_internal.h;
  * the Python types in semlock_types.c, semlock_with.c and event.c).
  *
  * One SemLock is one arena block holding a `shared_sem` (below).  Two
@@ -24,7 +24,7 @@
  * so pid reuse cannot fool it) and takes over what a dead one held,
  * emitting fastmp.AbandonedLockWarning.  See docs/dead-holders.md.
  */
-#include "fastmp.h"
+#include "semlock_internal.h"
 
 #include <errno.h>
 #include <limits.h>

@@ -4,7 +4,7 @@
  * BoundedSemaphore (C subtypes).  The shared_sem core is semlock.c; the
  * `with` descriptors semlock_with.c; Event event.c.
  */
-#include "fastmp.h"
+#include "semlock_internal.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -372,29 +372,45 @@ semlock_releasebuffer(SemLockObject *self, Py_buffer *view)
          "Attach to an existing SemLock (in a child process)."},
 
 /* For the stdlib-named subtypes: helpers kept in fastmp/synchronize.py
- * (cold paths: repr and pickling). */
+ * (cold paths: repr and pickling).  Calls fastmp.synchronize.<name>(self),
+ * the function looked up once and kept in *slot (module state).  Returns
+ * the result, or NULL with an exception set. */
 static PyObject *
-call_sync_helper(const char *helper, PyObject *self)
+call_sync_helper(PyObject **slot, const char *name, PyObject *self)
 {
-    PyObject *mod = PyImport_ImportModule("fastmp.synchronize");
-    if (mod == NULL) {
-        return NULL;
+    PyObject *helper, *r;
+
+    if (*slot == NULL) {
+        PyObject *mod = PyImport_ImportModule("fastmp.synchronize");
+        if (mod == NULL) {
+            return NULL;
+        }
+        helper = PyObject_GetAttrString(mod, name);
+        Py_DECREF(mod);
+        if (helper == NULL) {
+            return NULL;
+        }
+        Py_XSETREF(*slot, helper);
     }
-    PyObject *r = PyObject_CallMethod(mod, helper, "O", self);
-    Py_DECREF(mod);
+    /* Own reference: the call may clear the module state. */
+    helper = Py_NewRef(*slot);
+    r = PyObject_CallOneArg(helper, self);
+    Py_DECREF(helper);
     return r;
 }
 
 PyObject *
 fastmp_sem_repr(PyObject *self)
 {
-    return call_sync_helper("_repr", self);
+    return call_sync_helper(&fastmp_get_state()->semlock.sync_repr, "_repr",
+                            self);
 }
 
 PyObject *
 fastmp_sem_reduce(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    return call_sync_helper("_reduce", self);
+    return call_sync_helper(&fastmp_get_state()->semlock.sync_reduce,
+                            "_reduce", self);
 }
 
 #define SEMLOCK_SUB_METHODS                                                   \
@@ -665,6 +681,8 @@ fastmp_semlock_traverse(fastmp_state *st, visitproc visit, void *arg)
 {
     Py_VISIT(st->semlock.SemLockType);
     Py_VISIT(st->semlock.AbandonedLockWarning);
+    Py_VISIT(st->semlock.sync_reduce);
+    Py_VISIT(st->semlock.sync_repr);
     return 0;
 }
 
@@ -673,4 +691,6 @@ fastmp_semlock_clear(fastmp_state *st)
 {
     Py_CLEAR(st->semlock.SemLockType);
     Py_CLEAR(st->semlock.AbandonedLockWarning);
+    Py_CLEAR(st->semlock.sync_reduce);
+    Py_CLEAR(st->semlock.sync_repr);
 }

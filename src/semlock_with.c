@@ -2,7 +2,7 @@
  * semlock_with.c -- __enter__ / __exit__ descriptors of the SemLock types
  * and the free list of their bound objects.
  */
-#include "fastmp.h"
+#include "semlock_internal.h"
 
 /* ---- `with lock:` without two new method objects per statement ------
  *

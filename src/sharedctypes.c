@@ -1,11 +1,9 @@
 /*
- * sharedctypes.c -- shared storage blocks, the synchronized Value/Array
- * wrappers.  The lock-free atomics on integer Values are atomics.c.
- *
- * Block: a Python object owning one arena block (fastmp_block) and
- * exporting it as a writable buffer.  RawValue/RawArray are ctypes objects
- * made with `ctype.from_buffer(block)`, so the ctypes object keeps the
- * block alive and user ctypes code sees ordinary ctypes objects.
+ * sharedctypes.c -- the synchronized Value/Array wrappers: element
+ * conversion, SynchronizedBase, Synchronized (values) and the area's
+ * module glue.  Shared storage blocks (Block) are sharedctypes_block.c,
+ * SynchronizedArray and SynchronizedString sharedctypes_array.c, the
+ * lock-free atomics on integer Values atomics.c.
  *
  * SynchronizedBase and its subclasses: C wrappers holding (ctypes object,
  * lock).  Every `.value`, item and slice access takes the lock once, here,
@@ -16,210 +14,28 @@
  * Shared data layout: the user's bytes only (exactly the ctypes layout).
  * Who writes: any process holding the wrapper's lock (plain stores), or
  * any process at all through the atomics (__atomic builtins, sequentially
- * consistent).  A process that dies mid-write leaves at most one element
- * torn for a locked multi-byte write of a non-atomic type; an atomic
- * operation is all or nothing.  The arena's process-shared refcount frees
- * the block when the last process drops it.
+ * consistent), which the lock does not exclude (`with v.get_lock():
+ * v.value = v.value + 1` can overwrite a concurrent add), or anyone with
+ * raw access (RawValue, RawArray, get_obj(), memoryviews), unprotected.
+ * Reads under a free fastmp mutex take no lock: they are validated with
+ * the mutex's `gen` and `word` (fastmp_sync_gather).  A process that dies
+ * mid-write leaves old and new bytes mixed within the range it was
+ * writing (one memcpy for a contiguous slice, else one per element), and
+ * the lock naming it: the next blocking acquirer takes it over with
+ * AbandonedLockWarning.  An atomic operation is all or nothing.  The
+ * arena frees the block when the last process holding it lets go.
  */
-#include "fastmp.h"
+#include "sharedctypes_internal.h"
 
 #include <string.h>
 
-/* ---- Block ------------------------------------------------------------ */
-
-typedef struct {
-    PyObject_HEAD
-    fastmp_block blk;
-    int have_blk;
-} BlockObject;
-
-static void
-block_dealloc(BlockObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    if (self->have_blk) {
-        fastmp_block_release(&self->blk);
-        self->have_blk = 0;
-    }
-    PyObject_Free(self);
-    Py_DECREF(tp);
-}
-
-static int
-block_getbuffer(BlockObject *self, Py_buffer *view, int flags)
-{
-    if (!self->have_blk || self->blk.released) {
-        PyErr_SetString(PyExc_ValueError, "shared block already released");
-        view->obj = NULL;
-        return -1;
-    }
-    return PyBuffer_FillInfo(view, (PyObject *)self, self->blk.ptr,
-                             (Py_ssize_t)self->blk.size, 0, flags);
-}
-
-static PyObject *
-block_get_segment(BlockObject *self, void *Py_UNUSED(closure))
-{
-    return fastmp_block_segment(&self->blk);
-}
-
-static PyObject *
-block_get_offset(BlockObject *self, void *Py_UNUSED(closure))
-{
-    return PyLong_FromUnsignedLongLong(self->blk.offset);
-}
-
-static PyObject *
-block_get_size(BlockObject *self, void *Py_UNUSED(closure))
-{
-    return PyLong_FromSize_t(self->blk.size);
-}
-
-static PyObject *
-block_get_address(BlockObject *self, void *Py_UNUSED(closure))
-{
-    return PyLong_FromVoidPtr(self->blk.ptr);
-}
-
-static PyObject *
-block_create_memoryview(BlockObject *self, PyObject *Py_UNUSED(ignored))
-{
-    return PyMemoryView_FromObject((PyObject *)self);
-}
-
-static PyMethodDef block_methods[] = {
-    {"create_memoryview", (PyCFunction)block_create_memoryview, METH_NOARGS,
-     PyDoc_STR("create_memoryview($self, /)\n--\n\n"
-               "A writable memoryview over the block.")},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef block_getset[] = {
-    {"segment", (getter)block_get_segment, NULL,
-     "The Segment holding the block.", NULL},
-    {"offset", (getter)block_get_offset, NULL,
-     "Offset of the data in the segment.", NULL},
-    {"size", (getter)block_get_size, NULL, "Usable bytes.", NULL},
-    {"address", (getter)block_get_address, NULL,
-     "Address of the data in this process.", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyType_Slot block_slots[] = {
-    {Py_tp_dealloc, block_dealloc},
-    {Py_tp_methods, block_methods},
-    {Py_tp_getset, block_getset},
-    {Py_bf_getbuffer, block_getbuffer},
-    {Py_tp_doc, "A block of process-shared memory from the arena."},
-    {0, NULL},
-};
-
-static PyType_Spec block_spec = {
-    .name = "fastmp._fastmp.Block",
-    .basicsize = sizeof(BlockObject),
-    .flags = Py_TPFLAGS_DEFAULT | FASTMP_TPFLAGS_IMMUTABLE,
-    .slots = block_slots,
-};
-
-static PyObject *
-sct_block_alloc(PyObject *Py_UNUSED(module), PyObject *arg)
-{
-    fastmp_state *st = fastmp_get_state();
-    Py_ssize_t size = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
-    if (size == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (size < 0) {
-        PyErr_SetString(PyExc_ValueError, "size must be >= 0");
-        return NULL;
-    }
-    BlockObject *self = PyObject_New(BlockObject, st->sharedctypes.BlockType);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->have_blk = 0;
-    /* A zero-size object still needs a distinct address.  The block is
-     * filled in place: the arena's tracking list links its address. */
-    if (fastmp_block_alloc(size ? (size_t)size : 1, &self->blk) < 0) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    self->have_blk = 1;
-    return (PyObject *)self;
-}
-
-static PyObject *
-sct_block_attach(PyObject *Py_UNUSED(module), PyObject *args)
-{
-    fastmp_state *st = fastmp_get_state();
-    PyObject *seg;
-    unsigned long long offset, size;
-    if (!PyArg_ParseTuple(args, "OKK:_block_attach", &seg, &offset, &size)) {
-        return NULL;
-    }
-    if (!fastmp_segment_check(seg)) {
-        PyErr_SetString(PyExc_TypeError, "a Segment is required");
-        return NULL;
-    }
-    BlockObject *self = PyObject_New(BlockObject, st->sharedctypes.BlockType);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->have_blk = 0;
-    if (fastmp_block_attach(seg, offset, (size_t)size, &self->blk) < 0) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    self->have_blk = 1;
-    return (PyObject *)self;
-}
-
 /* ---- element conversion ----------------------------------------------- */
-
-/* Size of a fast element code, 0 for a code without a fast path. */
-static Py_ssize_t
-code_size(int code)
-{
-    switch (code) {
-    case '?':
-        return sizeof(_Bool);
-    case 'c':
-    case 'b':
-    case 'B':
-        return 1;
-    case 'h':
-    case 'H':
-        return sizeof(short);
-    case 'i':
-    case 'I':
-        return sizeof(int);
-    case 'l':
-    case 'L':
-        return sizeof(long);
-    case 'q':
-    case 'Q':
-        return sizeof(long long);
-    case 'f':
-        return sizeof(float);
-    case 'd':
-        return sizeof(double);
-    default:
-        return 0;
-    }
-}
 
 static int
 code_is_signed(int code)
 {
     return code == 'b' || code == 'h' || code == 'i' || code == 'l'
            || code == 'q';
-}
-
-/* Bits of an integer element, zero-extended. */
-static inline uint64_t
-int_bits_load(const char *p, Py_ssize_t size)
-{
-    return fastmp_int_mem((void *)p, size, FASTMP_INT_LOAD, 0, 0);
 }
 
 PyObject *
@@ -251,8 +67,8 @@ fastmp_int_from_bits(int code, uint64_t bits)
 }
 
 /* Convert the element at p (a private copy) to a Python object. */
-static PyObject *
-elem_unpack(int code, const char *p)
+PyObject *
+fastmp_elem_unpack(int code, const char *p)
 {
     switch (code) {
     case '?': {
@@ -280,8 +96,8 @@ elem_unpack(int code, const char *p)
 /* Convert v into the element bytes at out, as ctypes would store it.
  * Returns 0 done, 1 "not a simple case: let the ctypes object do it",
  * -1 with an exception set.  Runs before the lock is taken. */
-static int
-elem_pack(int code, PyObject *v, char *out)
+int
+fastmp_elem_pack(int code, PyObject *v, char *out)
 {
     if (fastmp_code_is_int(code)) {
         if (!PyLong_Check(v)) {
@@ -291,7 +107,7 @@ elem_pack(int code, PyObject *v, char *out)
         if (x == (unsigned long long)-1 && PyErr_Occurred()) {
             return -1;
         }
-        (void)fastmp_int_mem(out, code_size(code), FASTMP_INT_STORE, x, 0);
+        fastmp_int_store(out, code_size(code), x);
         return 0;
     }
     switch (code) {
@@ -348,26 +164,11 @@ fastmp_sync_free(sync_state *st)
     PyMem_Free(st);
 }
 
-/* The wrapper's state, with a reference the caller drops (sync_drop) when
- * its operation is over.  NULL with ValueError set before __init__. */
-static inline sync_state *
-sync_hold(SyncObject *self)
-{
-    sync_state *st = self->st;
-    if (st == NULL) {
-        PyErr_SetString(PyExc_ValueError,
-                        "synchronized wrapper not initialised");
-        return NULL;
-    }
-    st->refs++;
-    return st;
-}
-
 /* The address of st's data, valid until fastmp_sync_mem_done(view) and only
  * while no Python code runs: call it after every conversion and after
  * taking the lock.  Arena memory is st->ptr; any other object is asked
  * for its buffer again, which *view holds.  NULL with an exception set.
- * (fastmp_sync_mem in fastmp.h handles arena memory inline.) */
+ * (fastmp_sync_mem in sharedctypes_internal.h handles arena memory inline.) */
 char *
 fastmp_sync_mem_slow(sync_state *st, Py_buffer *view)
 {
@@ -383,65 +184,6 @@ fastmp_sync_mem_slow(sync_state *st, Py_buffer *view)
         return NULL;
     }
     return view->buf;
-}
-
-/* Take the lock.  Returns 0 when taken, 1 when this thread already held
- * it (a fastmp RLock: nothing to take or give back), -1 with an exception
- * set.  Pass the result to sync_unlock. */
-static inline int
-sync_lock(sync_state *s)
-{
-    if (s->semlock != NULL) {
-        if (fastmp_semlock_held_by_me(s->semlock)) {
-            return 1;
-        }
-        return fastmp_semlock_enter(s->semlock);
-    }
-    PyObject *r = PyObject_CallNoArgs(s->acquire_m);
-    if (r == NULL) {
-        return -1;
-    }
-    Py_DECREF(r);
-    return 0;
-}
-
-/* Release the lock.  Keeps a pending exception (from the operation done
- * under the lock) in place; returns -1 if releasing failed or an exception
- * was already pending. */
-static inline int
-sync_unlock(sync_state *s, int held)
-{
-    PyObject *et = NULL, *ev = NULL, *tb = NULL;
-    int pending = PyErr_Occurred() != NULL;
-    int r;
-    if (held == 1) {
-        return pending ? -1 : 0;
-    }
-    if (pending) {
-        PyErr_Fetch(&et, &ev, &tb);
-    }
-    if (s->semlock != NULL) {
-        r = fastmp_semlock_exit(s->semlock);
-    }
-    else {
-        PyObject *res = PyObject_CallNoArgs(s->release_m);
-        r = res == NULL ? -1 : 0;
-        Py_XDECREF(res);
-    }
-    if (pending) {
-        if (r < 0) {
-            /* The release error is the one reported: the lock may still
-             * be held, which matters more than the operation's error. */
-            Py_XDECREF(et);
-            Py_XDECREF(ev);
-            Py_XDECREF(tb);
-        }
-        else {
-            PyErr_Restore(et, ev, tb);
-        }
-        return -1;
-    }
-    return r;
 }
 
 /* Copy n elements of sz bytes from src, `sstride` bytes apart, to dst,
@@ -465,9 +207,9 @@ copy_strided(char *dst, Py_ssize_t dstride, const char *src,
  * at all (see fastmp_semlock_seq): a writer that interferes makes the copy
  * start again, and after a few tries, or with any other lock, the copy is
  * made under the lock.  Returns 0, or -1 with an exception set. */
-static int
-sync_gather(sync_state *s, char *dst, Py_ssize_t off, Py_ssize_t n,
-            Py_ssize_t sz, Py_ssize_t stride)
+int
+fastmp_sync_gather(sync_state *s, char *dst, Py_ssize_t off, Py_ssize_t n,
+                   Py_ssize_t sz, Py_ssize_t stride)
 {
     if (s->seq_word != NULL && s->ptr != NULL) {
         const char *src = s->ptr + off;
@@ -501,9 +243,9 @@ sync_gather(sync_state *s, char *dst, Py_ssize_t off, Py_ssize_t n,
  * shared data from byte `off` on, `stride` bytes apart.  The values are
  * converted before: no Python code runs between finding the address and
  * the copy.  Returns 0, or -1 with an exception set. */
-static int
-sync_scatter(sync_state *s, Py_ssize_t off, Py_ssize_t stride, const char *src,
-             Py_ssize_t n, Py_ssize_t sz)
+int
+fastmp_sync_scatter(sync_state *s, Py_ssize_t off, Py_ssize_t stride,
+                    const char *src, Py_ssize_t n, Py_ssize_t sz)
 {
     int held = sync_lock(s);
     if (held < 0) {
@@ -516,21 +258,6 @@ sync_scatter(sync_state *s, Py_ssize_t off, Py_ssize_t stride, const char *src,
         fastmp_sync_mem_done(&view);
     }
     return sync_unlock(s, held);
-}
-
-/* 1 when `w` is a live fastmp Block whose memory holds [p, p + len). */
-static int
-block_holds(PyObject *w, const char *p, Py_ssize_t len)
-{
-    fastmp_state *fs = fastmp_get_state();
-    if (fs == NULL || w == NULL
-        || !Py_IS_TYPE(w, fs->sharedctypes.BlockType)) {
-        return 0;
-    }
-    BlockObject *b = (BlockObject *)w;
-    const char *lo = (const char *)b->blk.ptr;
-    return b->have_blk && !b->blk.released && p >= lo && len >= 0
-           && (size_t)(p - lo) + (size_t)len <= b->blk.size;
 }
 
 static int
@@ -576,7 +303,7 @@ sync_init(SyncObject *self, PyObject *args, PyObject *kwds)
         goto error;
     }
     st->nbytes = view.len;
-    if (block_holds(w, view.buf, view.len)) {
+    if (fastmp_block_holds(w, view.buf, view.len)) {
         st->block = w;
         st->ptr = view.buf;
         w = NULL;
@@ -624,8 +351,8 @@ error:
     return -1;
 }
 
-static int
-sync_traverse(SyncObject *self, visitproc visit, void *arg)
+int
+fastmp_sync_traverse(SyncObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
     sync_state *st = self->st;
@@ -640,8 +367,8 @@ sync_traverse(SyncObject *self, visitproc visit, void *arg)
     return 0;
 }
 
-static int
-sync_clear(SyncObject *self)
+int
+fastmp_sync_clear(SyncObject *self)
 {
     sync_state *st = self->st;
     self->st = NULL;
@@ -651,15 +378,15 @@ sync_clear(SyncObject *self)
     return 0;
 }
 
-static void
-sync_dealloc(SyncObject *self)
+void
+fastmp_sync_dealloc(SyncObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     if (self->weakreflist != NULL) {
         PyObject_ClearWeakRefs((PyObject *)self);
     }
-    sync_clear(self);
+    fastmp_sync_clear(self);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -790,8 +517,8 @@ sync_exit(SyncObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 /* Getattr / setattr on the ctypes object under the lock (slow path for
  * odd element types, structures' fields, char arrays' value/raw). */
-static PyObject *
-sync_locked_getattr(sync_state *st, const char *name)
+PyObject *
+fastmp_sync_locked_getattr(sync_state *st, const char *name)
 {
     int held = sync_lock(st);
     if (held < 0) {
@@ -805,8 +532,8 @@ sync_locked_getattr(sync_state *st, const char *name)
     return r;
 }
 
-static int
-sync_locked_setattr(sync_state *st, const char *name, PyObject *v)
+int
+fastmp_sync_locked_setattr(sync_state *st, const char *name, PyObject *v)
 {
     int held = sync_lock(st);
     if (held < 0) {
@@ -834,7 +561,7 @@ sync_getfield(SyncObject *self, PyObject *name)
     if (st == NULL) {
         return NULL;
     }
-    PyObject *r = sync_locked_getattr(st, s);
+    PyObject *r = fastmp_sync_locked_getattr(st, s);
     fastmp_sync_drop(st);
     return r;
 }
@@ -855,7 +582,7 @@ sync_setfield(SyncObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (st == NULL) {
         return NULL;
     }
-    int r = sync_locked_setattr(st, s, args[1]);
+    int r = fastmp_sync_locked_setattr(st, s, args[1]);
     fastmp_sync_drop(st);
     if (r < 0) {
         return NULL;
@@ -879,19 +606,6 @@ sync_getbuffer_attr(SyncObject *self, void *Py_UNUSED(c))
     }
     fastmp_sync_drop(st);
     return r;
-}
-
-static int
-sync_getbuffer(SyncObject *self, Py_buffer *view, int flags)
-{
-    if (self->st == NULL) {
-        PyErr_SetString(PyExc_BufferError,
-                        "synchronized wrapper not initialised");
-        view->obj = NULL;
-        return -1;
-    }
-    /* The ctypes object is the real exporter (format, shape, lifetime). */
-    return PyObject_GetBuffer(self->st->obj, view, flags);
 }
 
 static PyMemberDef sync_members[] = {
@@ -940,14 +654,13 @@ static PyMethodDef sync_methods[] = {
 static PyType_Slot syncbase_slots[] = {
     {Py_tp_init, sync_init},
     {Py_tp_new, PyType_GenericNew},
-    {Py_tp_dealloc, sync_dealloc},
-    {Py_tp_traverse, sync_traverse},
-    {Py_tp_clear, sync_clear},
+    {Py_tp_dealloc, fastmp_sync_dealloc},
+    {Py_tp_traverse, fastmp_sync_traverse},
+    {Py_tp_clear, fastmp_sync_clear},
     {Py_tp_repr, sync_repr},
     {Py_tp_methods, sync_methods},
     {Py_tp_members, sync_members},
     {Py_tp_getset, sync_getset},
-    {Py_bf_getbuffer, sync_getbuffer},
     {Py_tp_doc, "SynchronizedBase(obj, lock, code=None)\n--\n\n"
                 "A ctypes object in shared memory with a lock."},
     {0, NULL},
@@ -972,12 +685,13 @@ value_get(SyncObject *self, void *Py_UNUSED(closure))
     }
     PyObject *r = NULL;
     if (st->code == 0) {
-        r = sync_locked_getattr(st, "value");
+        r = fastmp_sync_locked_getattr(st, "value");
     }
     else {
         char tmp[16];
-        if (sync_gather(st, tmp, 0, 1, st->itemsize, st->itemsize) == 0) {
-            r = elem_unpack(st->code, tmp);
+        if (fastmp_sync_gather(st, tmp, 0, 1, st->itemsize, st->itemsize)
+            == 0) {
+            r = fastmp_elem_unpack(st->code, tmp);
         }
     }
     fastmp_sync_drop(st);
@@ -996,9 +710,9 @@ value_set(SyncObject *self, PyObject *v, void *Py_UNUSED(closure))
         return -1;
     }
     char tmp[16];
-    int r = st->code ? elem_pack(st->code, v, tmp) : 1;
+    int r = st->code ? fastmp_elem_pack(st->code, v, tmp) : 1;
     if (r > 0) {
-        r = sync_locked_setattr(st, "value", v);
+        r = fastmp_sync_locked_setattr(st, "value", v);
     }
     else if (r == 0 && st->ptr != NULL) {
         /* Arena memory (it never moves): one store under the lock. */
@@ -1012,7 +726,7 @@ value_set(SyncObject *self, PyObject *v, void *Py_UNUSED(closure))
         }
     }
     else if (r == 0) {
-        r = sync_scatter(st, 0, st->itemsize, tmp, 1, st->itemsize);
+        r = fastmp_sync_scatter(st, 0, st->itemsize, tmp, 1, st->itemsize);
     }
     fastmp_sync_drop(st);
     return r < 0 ? -1 : 0;
@@ -1025,9 +739,9 @@ static PyGetSetDef value_getset[] = {
 };
 
 static PyType_Slot value_slots[] = {
-    {Py_tp_traverse, sync_traverse},
-    {Py_tp_clear, sync_clear},
-    {Py_tp_dealloc, sync_dealloc},
+    {Py_tp_traverse, fastmp_sync_traverse},
+    {Py_tp_clear, fastmp_sync_clear},
+    {Py_tp_dealloc, fastmp_sync_dealloc},
     {Py_tp_getset, value_getset},
     {Py_tp_methods, fastmp_atomic_methods},
     {Py_tp_doc, "Synchronized(obj, lock, code=None)\n--\n\n"
@@ -1042,498 +756,7 @@ static PyType_Spec value_spec = {
     .slots = value_slots,
 };
 
-/* ---- SynchronizedArray -------------------------------------------- */
-
-static Py_ssize_t
-array_len(SyncObject *self)
-{
-    if (self->st == NULL) {
-        (void)sync_hold(self); /* raises */
-        return -1;
-    }
-    return self->st->length;
-}
-
-/* What `del arr[...]` raises, as with the stdlib's wrapper (a class
- * without __delitem__). */
-static int
-array_no_delete(SyncObject *self)
-{
-    PyErr_Format(PyExc_AttributeError,
-                 "'%.200s' object has no attribute '__delitem__'",
-                 Py_TYPE(self)->tp_name);
-    return -1;
-}
-
-/* Item i (0 <= i < length checked here) of st's array. */
-static PyObject *
-array_item_st(sync_state *st, Py_ssize_t i)
-{
-    if (i < 0 || i >= st->length) {
-        PyErr_SetString(PyExc_IndexError, "invalid index");
-        return NULL;
-    }
-    if (st->code == 0) {
-        int held = sync_lock(st);
-        if (held < 0) {
-            return NULL;
-        }
-        PyObject *r = PySequence_GetItem(st->obj, i);
-        if (sync_unlock(st, held) < 0) {
-            Py_XDECREF(r);
-            return NULL;
-        }
-        return r;
-    }
-    char tmp[16];
-    if (sync_gather(st, tmp, i * st->itemsize, 1, st->itemsize, st->itemsize)
-        < 0) {
-        return NULL;
-    }
-    return elem_unpack(st->code, tmp);
-}
-
-/* Store v at item i of st's array: v is converted before the lock is
- * taken and the address looked up. */
-static int
-array_ass_item_st(sync_state *st, Py_ssize_t i, PyObject *v)
-{
-    if (i < 0 || i >= st->length) {
-        PyErr_SetString(PyExc_IndexError, "invalid index");
-        return -1;
-    }
-    char tmp[16];
-    int r = st->code ? elem_pack(st->code, v, tmp) : 1;
-    if (r < 0) {
-        return -1;
-    }
-    if (r == 0) {
-        return sync_scatter(st, i * st->itemsize, st->itemsize, tmp, 1,
-                            st->itemsize);
-    }
-    int held = sync_lock(st);
-    if (held < 0) {
-        return -1;
-    }
-    r = PySequence_SetItem(st->obj, i, v);
-    if (sync_unlock(st, held) < 0) {
-        return -1;
-    }
-    return r;
-}
-
-static PyObject *
-array_item(SyncObject *self, Py_ssize_t i)
-{
-    sync_state *st = sync_hold(self);
-    if (st == NULL) {
-        return NULL;
-    }
-    PyObject *r = array_item_st(st, i);
-    fastmp_sync_drop(st);
-    return r;
-}
-
-static int
-array_ass_item(SyncObject *self, Py_ssize_t i, PyObject *v)
-{
-    if (v == NULL) {
-        return array_no_delete(self);
-    }
-    sync_state *st = sync_hold(self);
-    if (st == NULL) {
-        return -1;
-    }
-    int r = array_ass_item_st(st, i, v);
-    fastmp_sync_drop(st);
-    return r;
-}
-
-/* Fill `list` (n fresh slots) from n packed elements: one tight loop per
- * element kind, since this is the hot part of `arr[:]`; always inlined,
- * so the compiler specialises each for the constant size it is called
- * with.  Integers in the interpreter's small-int range come from the
- * table in the module state (the very objects PyLong_FromLong would
- * return). */
-static inline __attribute__((always_inline)) int
-unpack_ints(const char *buf, Py_ssize_t n, PyObject *list,
-            PyObject *const *small, Py_ssize_t size, int is_signed)
-{
-    int shift = 64 - 8 * (int)size;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        uint64_t bits = int_bits_load(buf + k * size, size);
-        PyObject *o;
-        if (is_signed) {
-            int64_t v = (int64_t)(bits << shift) >> shift;
-            o = (v >= FASTMP_SMALL_INT_MIN && v <= FASTMP_SMALL_INT_MAX)
-                    ? Py_NewRef(small[v - FASTMP_SMALL_INT_MIN])
-                    : PyLong_FromLongLong((long long)v);
-        }
-        else {
-            o = bits <= (uint64_t)FASTMP_SMALL_INT_MAX
-                    ? Py_NewRef(small[(int64_t)bits - FASTMP_SMALL_INT_MIN])
-                    : PyLong_FromUnsignedLongLong(bits);
-        }
-        if (o == NULL) {
-            return -1;
-        }
-        PyList_SET_ITEM(list, k, o);
-    }
-    return 0;
-}
-
-static inline __attribute__((always_inline)) int
-unpack_floats(const char *buf, Py_ssize_t n, PyObject *list, int is_double)
-{
-    for (Py_ssize_t k = 0; k < n; k++) {
-        double x;
-        if (is_double) {
-            memcpy(&x, buf + k * (Py_ssize_t)sizeof(double), sizeof(x));
-        }
-        else {
-            float f;
-            memcpy(&f, buf + k * (Py_ssize_t)sizeof(float), sizeof(f));
-            x = f;
-        }
-        PyObject *o = PyFloat_FromDouble(x);
-        if (o == NULL) {
-            return -1;
-        }
-        PyList_SET_ITEM(list, k, o);
-    }
-    return 0;
-}
-
-static int
-unpack_list(int code, const char *buf, Py_ssize_t n, PyObject *list)
-{
-    fastmp_state *st = fastmp_get_state();
-    if (st == NULL) {
-        return -1;
-    }
-    PyObject *const *small = st->sharedctypes.small_ints;
-    switch (code) {
-    case 'b':
-        return unpack_ints(buf, n, list, small, 1, 1);
-    case 'B':
-        return unpack_ints(buf, n, list, small, 1, 0);
-    case 'h':
-        return unpack_ints(buf, n, list, small, sizeof(short), 1);
-    case 'H':
-        return unpack_ints(buf, n, list, small, sizeof(short), 0);
-    case 'i':
-        return unpack_ints(buf, n, list, small, sizeof(int), 1);
-    case 'I':
-        return unpack_ints(buf, n, list, small, sizeof(int), 0);
-    case 'l':
-        return unpack_ints(buf, n, list, small, sizeof(long), 1);
-    case 'L':
-        return unpack_ints(buf, n, list, small, sizeof(long), 0);
-    case 'q':
-        return unpack_ints(buf, n, list, small, sizeof(long long), 1);
-    case 'Q':
-        return unpack_ints(buf, n, list, small, sizeof(long long), 0);
-    case 'f':
-        return unpack_floats(buf, n, list, 0);
-    case 'd':
-        return unpack_floats(buf, n, list, 1);
-    case '?':
-        for (Py_ssize_t k = 0; k < n; k++) {
-            _Bool b;
-            memcpy(&b, buf + k * (Py_ssize_t)sizeof(_Bool), sizeof(b));
-            PyList_SET_ITEM(list, k, PyBool_FromLong(b));
-        }
-        return 0;
-    default:
-        break;
-    }
-    Py_ssize_t sz = code_size(code);
-    for (Py_ssize_t k = 0; k < n; k++) {
-        PyObject *o = elem_unpack(code, buf + k * sz);
-        if (o == NULL) {
-            return -1;
-        }
-        PyList_SET_ITEM(list, k, o);
-    }
-    return 0;
-}
-
-/* The index `key` names in st's array (negative counts from the end), or
- * -1 with an exception set; `msg` is the stdlib's TypeError text. */
-static Py_ssize_t
-array_index(sync_state *st, PyObject *key, const char *msg)
-{
-    if (!PyIndex_Check(key)) {
-        PyErr_SetString(PyExc_TypeError, msg);
-        return -1;
-    }
-    Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
-    if (i == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (i < 0) {
-        i += st->length;
-    }
-    if (i < 0 || i >= st->length) {
-        PyErr_SetString(PyExc_IndexError, "invalid index");
-        return -1;
-    }
-    return i;
-}
-
-static PyObject *
-array_subscript_st(sync_state *st, PyObject *key)
-{
-    if (!PySlice_Check(key)) {
-        Py_ssize_t i = array_index(st, key, "indices must be integers");
-        if (i < 0) {
-            return NULL;
-        }
-        return array_item_st(st, i);
-    }
-    Py_ssize_t start, stop, step;
-    if (PySlice_Unpack(key, &start, &stop, &step) < 0) {
-        return NULL;
-    }
-    Py_ssize_t n = PySlice_AdjustIndices(st->length, &start, &stop, step);
-    if (st->code == 0 || st->code == 'c') {
-        int held = sync_lock(st);
-        if (held < 0) {
-            return NULL;
-        }
-        PyObject *r = PyObject_GetItem(st->obj, key);
-        if (sync_unlock(st, held) < 0) {
-            Py_XDECREF(r);
-            return NULL;
-        }
-        return r;
-    }
-    Py_ssize_t sz = st->itemsize;
-    char stackbuf[256];
-    char *buf = stackbuf;
-    if (n * sz > (Py_ssize_t)sizeof(stackbuf)) {
-        buf = PyMem_Malloc(n * sz);
-        if (buf == NULL) {
-            return PyErr_NoMemory();
-        }
-    }
-    PyObject *list = PyList_New(n);
-    if (list == NULL) {
-        goto error;
-    }
-    if (sync_gather(st, buf, start * sz, n, sz, step * sz) < 0) {
-        goto error;
-    }
-    if (unpack_list(st->code, buf, n, list) < 0) {
-        goto error;
-    }
-    if (buf != stackbuf) {
-        PyMem_Free(buf);
-    }
-    return list;
-error:
-    Py_XDECREF(list);
-    if (buf != stackbuf) {
-        PyMem_Free(buf);
-    }
-    return NULL;
-}
-
-static PyObject *
-array_subscript(SyncObject *self, PyObject *key)
-{
-    sync_state *st = sync_hold(self);
-    if (st == NULL) {
-        return NULL;
-    }
-    PyObject *r = array_subscript_st(st, key);
-    fastmp_sync_drop(st);
-    return r;
-}
-
-/* Convert the n items of the list or tuple v into packed elements in buf.
- * Returns 0, 1 when an item needs ctypes (a value of another type), -1
- * with an exception set.  A list may shrink while its items convert (their
- * __float__ or __bool__ is Python code): as ctypes, which reads each item
- * with PySequence_GetItem, that raises IndexError. */
-static int
-pack_items(int code, PyObject *v, Py_ssize_t n, char *buf, Py_ssize_t sz)
-{
-    for (Py_ssize_t k = 0; k < n; k++) {
-        PyObject *item;
-        if (PyList_CheckExact(v)) {
-            if (k >= PyList_GET_SIZE(v)) {
-                PyErr_SetString(PyExc_IndexError, "list index out of range");
-                return -1;
-            }
-            item = Py_NewRef(PyList_GET_ITEM(v, k));
-        }
-        else {
-            item = Py_NewRef(PyTuple_GET_ITEM(v, k));
-        }
-        int r = elem_pack(code, item, buf + k * sz);
-        Py_DECREF(item);
-        if (r != 0) {
-            return r;
-        }
-    }
-    return 0;
-}
-
-static int
-array_ass_subscript_st(sync_state *st, PyObject *key, PyObject *v)
-{
-    if (!PySlice_Check(key)) {
-        Py_ssize_t i = array_index(st, key, "indices must be integer");
-        if (i < 0) {
-            return -1;
-        }
-        return array_ass_item_st(st, i, v);
-    }
-    Py_ssize_t start, stop, step;
-    if (PySlice_Unpack(key, &start, &stop, &step) < 0) {
-        return -1;
-    }
-    Py_ssize_t n = PySlice_AdjustIndices(st->length, &start, &stop, step);
-    Py_ssize_t sz = st->itemsize;
-    /* Lists and tuples of plain values: convert everything, then copy in
-     * one go under the lock.  Anything else is ctypes' to take (it wants a
-     * sequence of the right length: an iterator is refused, as with the
-     * stdlib). */
-    if (st->code != 0 && st->code != 'c'
-        && (PyList_CheckExact(v) || PyTuple_CheckExact(v))) {
-        if (Py_SIZE(v) != n) {
-            PyErr_SetString(PyExc_ValueError,
-                            "Can only assign sequence of same size");
-            return -1;
-        }
-        char *buf = PyMem_Malloc(n * sz + 1);
-        if (buf == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        int r = pack_items(st->code, v, n, buf, sz);
-        if (r == 0) {
-            r = sync_scatter(st, start * sz, step * sz, buf, n, sz);
-        }
-        PyMem_Free(buf);
-        if (r <= 0) {
-            return r;
-        }
-    }
-    int held = sync_lock(st);
-    if (held < 0) {
-        return -1;
-    }
-    int r = PyObject_SetItem(st->obj, key, v);
-    if (sync_unlock(st, held) < 0) {
-        return -1;
-    }
-    return r;
-}
-
-static int
-array_ass_subscript(SyncObject *self, PyObject *key, PyObject *v)
-{
-    if (v == NULL) {
-        return array_no_delete(self);
-    }
-    sync_state *st = sync_hold(self);
-    if (st == NULL) {
-        return -1;
-    }
-    int r = array_ass_subscript_st(st, key, v);
-    fastmp_sync_drop(st);
-    return r;
-}
-
-static PyType_Slot array_slots[] = {
-    {Py_tp_traverse, sync_traverse},
-    {Py_tp_clear, sync_clear},
-    {Py_tp_dealloc, sync_dealloc},
-    {Py_sq_length, array_len},
-    {Py_sq_item, array_item},
-    {Py_sq_ass_item, array_ass_item},
-    {Py_mp_length, array_len},
-    {Py_mp_subscript, array_subscript},
-    {Py_mp_ass_subscript, array_ass_subscript},
-    {Py_tp_doc, "SynchronizedArray(obj, lock, code=None)\n--\n\n"
-                "A synchronized shared ctypes array."},
-    {0, NULL},
-};
-
-static PyType_Spec array_spec = {
-    .name = "fastmp._fastmp.SynchronizedArray",
-    .basicsize = sizeof(SyncObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .slots = array_slots,
-};
-
-/* ---- SynchronizedString (char arrays) ------------------------------- */
-
-static PyObject *
-string_get(SyncObject *self, void *closure)
-{
-    sync_state *st = sync_hold(self);
-    if (st == NULL) {
-        return NULL;
-    }
-    PyObject *r = sync_locked_getattr(st, (const char *)closure);
-    fastmp_sync_drop(st);
-    return r;
-}
-
-static int
-string_set(SyncObject *self, PyObject *v, void *closure)
-{
-    if (v == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "can't delete attribute");
-        return -1;
-    }
-    sync_state *st = sync_hold(self);
-    if (st == NULL) {
-        return -1;
-    }
-    int r = sync_locked_setattr(st, (const char *)closure, v);
-    fastmp_sync_drop(st);
-    return r;
-}
-static PyGetSetDef string_getset[] = {
-    {"value", (getter)string_get, (setter)string_set,
-     "The string up to the first NUL, under the lock.", "value"},
-    {"raw", (getter)string_get, (setter)string_set,
-     "All the bytes, under the lock.", "raw"},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyType_Slot string_slots[] = {
-    {Py_tp_traverse, sync_traverse},
-    {Py_tp_clear, sync_clear},
-    {Py_tp_dealloc, sync_dealloc},
-    {Py_tp_getset, string_getset},
-    {Py_tp_doc, "SynchronizedString(obj, lock, code=None)\n--\n\n"
-                "A synchronized shared ctypes char array."},
-    {0, NULL},
-};
-
-static PyType_Spec string_spec = {
-    .name = "fastmp._fastmp.SynchronizedString",
-    .basicsize = sizeof(SyncObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .slots = string_slots,
-};
-
 /* ---- module glue ---------------------------------------------------- */
-
-static PyMethodDef sharedctypes_functions[] = {
-    {"_block_alloc", sct_block_alloc, METH_O,
-     PyDoc_STR("_block_alloc(size, /)\n--\n\n"
-               "A new zeroed Block of shared memory.")},
-    {"_block_attach", sct_block_attach, METH_VARARGS,
-     PyDoc_STR("_block_attach(segment, offset, size, /)\n--\n\n"
-               "Rebuild a Block from its segment (in a spawned child).")},
-    {NULL, NULL, 0, NULL},
-};
 
 static PyTypeObject *
 add_type(PyObject *m, PyType_Spec *spec, PyObject *base, const char *name)
@@ -1562,11 +785,11 @@ add_type(PyObject *m, PyType_Spec *spec, PyObject *base, const char *name)
 int
 fastmp_sharedctypes_exec(PyObject *m, fastmp_state *st)
 {
-    if (PyModule_AddFunctions(m, sharedctypes_functions) < 0) {
+    if (PyModule_AddFunctions(m, fastmp_block_functions) < 0) {
         return -1;
     }
     fastmp_sharedctypes_state *s = &st->sharedctypes;
-    s->BlockType = add_type(m, &block_spec, NULL, "Block");
+    s->BlockType = add_type(m, &fastmp_block_spec, NULL, "Block");
     if (s->BlockType == NULL) {
         return -1;
     }
@@ -1579,13 +802,15 @@ fastmp_sharedctypes_exec(PyObject *m, fastmp_state *st)
     if (s->SyncType == NULL) {
         return -1;
     }
-    s->SyncArrayType = add_type(m, &array_spec, (PyObject *)s->SyncBaseType,
-                                "SynchronizedArray");
+    s->SyncArrayType =
+        add_type(m, &fastmp_array_spec, (PyObject *)s->SyncBaseType,
+                 "SynchronizedArray");
     if (s->SyncArrayType == NULL) {
         return -1;
     }
-    s->SyncStringType = add_type(m, &string_spec, (PyObject *)s->SyncArrayType,
-                                 "SynchronizedString");
+    s->SyncStringType =
+        add_type(m, &fastmp_string_spec, (PyObject *)s->SyncArrayType,
+                 "SynchronizedString");
     if (s->SyncStringType == NULL) {
         return -1;
     }

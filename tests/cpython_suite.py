@@ -104,16 +104,14 @@ OPTIONAL = {}
 # Tests left out on purpose, with the reason.  Keep this empty or tiny.
 EXCLUDED = {
     # fastmp's Queue pickles in put() (no feeder thread), so an unpicklable
-    # item raises there instead of reaching _on_queue_feeder_error; see
+    # item raises there (only a subclass that overrides the
+    # _on_queue_feeder_error hook has it called instead); see
     # docs/queues.md.
     "WithProcessesTestQueue.test_queue_feeder_donot_stop_onexc": (
         "no feeder thread: put() raises the pickling error itself"
     ),
     # Inspects SimpleQueue._reader/_writer, the pipe ends a ring buffer
     # does not have; closing is tested in tests/test_queues.py.
-    "WithProcessesTestQueue.test_queue_feeder_on_queue_feeder_error": (
-        "no feeder thread: _on_queue_feeder_error is never called"
-    ),
     "TestSimpleQueue.test_closed": (
         "SimpleQueue has no pipe ends (_reader/_writer)"
     ),

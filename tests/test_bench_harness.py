@@ -69,6 +69,19 @@ def test_list_names_every_documented_case():
         "queue_4to4",
         "joinable_queue",
         "fasterfifo_20to20",
+        "pool_map",
+        "pool_map_chunksize1",
+        "pool_apply_async",
+        "pool_imap_unordered",
+        "pool_create_fork",
+        "pool_create_spawn",
+        "pool_create_forkserver",
+        "pool_cpu_bound",
+        "executor_submit",
+        "executor_map",
+        "executor_submit_program",
+        "executor_map_program",
+        "manager_dict",
     ):
         assert name in names
 
@@ -206,6 +219,90 @@ def test_summary_medians_paired_ratio_and_goals():
     assert row["peer_ratio"]["faster_fifo"] == 0.5
     assert row["goal_met"] is False
     assert run.goal_ratio(row) == pytest.approx(4.0 / 0.5)
+
+
+def test_goal_with_ratio_and_peers():
+    run = _harness()
+    # pool_map: a ratio goal and fastmp ahead of each peer; both must hold.
+    case = run._cases.CASES["pool_map"]
+    assert case.goal == 2.0 and set(case.peers) == {"mpire", "loky"}
+    std = [{"per_op": 3.0, "n": 1}] * 3
+    fm = [{"per_op": 1.0, "n": 1}] * 3
+    fast_peer = [{"per_op": 0.5, "n": 1}] * 3
+    slow_peer = [{"per_op": 2.0, "n": 1}] * 3
+    row = run.summarize(
+        case,
+        {
+            "multiprocessing": std,
+            "fastmp": fm,
+            "mpire": slow_peer,
+            "loky": slow_peer,
+        },
+    )
+    assert row["ratio"] == 3.0 and row["goal_met"] is True
+    row = run.summarize(
+        case,
+        {
+            "multiprocessing": std,
+            "fastmp": fm,
+            "mpire": slow_peer,
+            "loky": fast_peer,
+        },
+    )
+    assert row["goal_met"] is False
+    slow_std = [{"per_op": 1.5, "n": 1}] * 3
+    row = run.summarize(
+        case,
+        {
+            "multiprocessing": slow_std,
+            "fastmp": fm,
+            "mpire": slow_peer,
+            "loky": slow_peer,
+        },
+    )
+    assert row["goal_met"] is False  # 1.5x < 2x
+    # A peer that is not installed: the goal cannot be judged.
+    na = [{"na": "loky is not installed"}] * 3
+    row = run.summarize(
+        case,
+        {"multiprocessing": std, "fastmp": fm, "mpire": slow_peer, "loky": na},
+    )
+    assert row["goal_met"] is None
+    assert "loky: n/a (loky is not installed)" in run.notes(row)
+    # executor_submit: loky is shown, but the goal is the stdlib ratio.
+    case = run._cases.CASES["executor_submit"]
+    assert case.peers == ("loky",) and not case.beat_peers
+    row = run.summarize(
+        case, {"multiprocessing": std, "fastmp": fm, "loky": fast_peer}
+    )
+    assert row["goal_met"] is True
+
+
+@pytest.mark.timeout(180)
+def test_pool_case_with_fixed_count_and_peer(tmp_path):
+    # A map() case runs a fixed number of items (no calibration); a peer
+    # that is not installed reads n/a, never an error.
+    js = tmp_path / "out.json"
+    _run(
+        "--quick",
+        "--only",
+        "pool_map_chunksize1",
+        "--rounds",
+        "1",
+        "--json",
+        str(js),
+        timeout=170,
+    )
+    (row,) = json.loads(js.read_text())["cases"]
+    cases = _harness()._cases
+    for impl, info in row["impls"].items():
+        missing = importlib.util.find_spec(impl) is None
+        if impl in ("mpire", "loky") and missing:
+            assert "not installed" in info["na"]
+            continue
+        assert "error" not in info, (impl, info)
+        assert info["n"] == [cases.MAP1_ITEMS]
+        assert info["median"] > 0
 
 
 def test_select_by_name_glob_and_group():

@@ -594,6 +594,22 @@ def test_poll_timeout_keyword(ctx):
         b.close()
 
 
+def test_send_obj_keyword(ctx):
+    # The stdlib's send() is a Python method: obj may be a keyword, and a
+    # wrong call names _ConnectionBase.send.
+    a, b = ctx.Pipe()
+    try:
+        a.send(obj=[1, 2])
+        assert b.recv() == [1, 2]
+        with pytest.raises(TypeError, match=r"send\(\) missing 1 required"):
+            a.send()
+        with pytest.raises(TypeError, match="unexpected keyword"):
+            a.send(ob=1)
+    finally:
+        a.close()
+        b.close()
+
+
 # --- a frame cut short by the peer closing ------------------------------
 
 _EXT = b"\xff\xff\xff\xff"

@@ -324,6 +324,27 @@ def test_no_fallback_refuses_missing_module(tmp_path):
         assert r.stdout.split() == ["ImportError", "AttributeError"], sub
 
 
+@pytest.mark.skipif("pool" not in MISSING, reason="fastmp has its own pool")
+def test_no_fallback_refuses_the_stdlibs_own_modules_too(tmp_path):
+    # No importer is exempt: the stdlib's dummy.Pool() builds on the
+    # stdlib's pool, and is refused as the script's own import would be;
+    # without the variable it works.
+    src = """
+        import multiprocessing.dummy
+        try:
+            with multiprocessing.dummy.Pool(1) as p:
+                print(p.map(abs, [-1]))
+        except ImportError as e:
+            print(type(e).__name__, "FASTMP_NO_FALLBACK" in str(e))
+    """
+    r = run_fastmp(tmp_path, src, env={"FASTMP_NO_FALLBACK": "1"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["ModuleNotFoundError", "True"]
+    r = run_fastmp(tmp_path, src)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["[1]"]
+
+
 def test_no_fallback_factory_raises(tmp_path):
     missing = [
         n for n in ("queues", "connection", "synchronize") if n in MISSING
@@ -534,6 +555,9 @@ if __name__ == "__main__":
     with ctx.Pool(2) as p:
         print(p.map(square, range(5)))
     print(multiprocessing.__name__)
+    # Still fastmp's after the stdlib's pools took the stdlib's SimpleQueue.
+    from multiprocessing.queues import Queue
+    print(sys.modules["multiprocessing.queues"].__name__, Queue.__module__)
 '''
 
 
@@ -553,10 +577,11 @@ def test_stdlib_pools_under_python_m_fastmp(tmp_path, method):
         timeout=170,
     )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split("\n")[:3] == [
+    assert r.stdout.split("\n")[:4] == [
         "[0, 1, 4, 9, 16]",
         "[0, 1, 4, 9, 16]",
         "fastmp",
+        "fastmp.queues fastmp.queues",
     ]
 
 

@@ -145,11 +145,19 @@ def test_wheel_installs_and_works_in_a_fresh_venv(dist, tmp_path):
         capture_output=True,
     )
     py = str(venv / "bin" / "python")
+    # The fresh venv sees nothing of the tree under test (pip would
+    # otherwise find fastmp already there through PYTHONPATH).
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "PYTHONHOME")
+    }
     r = subprocess.run(
         [py, "-m", "pip", "install", "-q", "--no-index", "--no-deps", wheel],
         capture_output=True,
         text=True,
         timeout=300,
+        env=env,
     )
     assert r.returncode == 0, r.stdout + r.stderr
     code = textwrap.dedent("""
@@ -159,11 +167,6 @@ def test_wheel_installs_and_works_in_a_fresh_venv(dist, tmp_path):
         lock.release()
         print(fastmp.__version__, fastmp.__file__.startswith(sys.prefix))
     """)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("PYTHONPATH", "PYTHONHOME")
-    }
     r = subprocess.run(
         [py, "-c", code],
         capture_output=True,

@@ -409,6 +409,41 @@ def test_stdlib_pool_and_executor_with_fastmp_context(fctx):
     assert type(fctx.SimpleQueue()).__module__ == "fastmp.queues"
 
 
+def test_which_simplequeue_each_requester_gets(fctx):
+    # queues._stdlib_caller(), case by case with real requesters: the
+    # stdlib's Pool and ProcessPoolExecutor get the stdlib's SimpleQueue
+    # (they use its pipe ends), made with the fastmp context; everyone
+    # else gets fastmp's.
+    import concurrent.futures
+    import multiprocessing.pool
+    import multiprocessing.queues
+
+    import fastmp
+    import fastmp.queues
+
+    stdlib_sq = multiprocessing.queues.SimpleQueue
+    fastmp_sq = fastmp.queues.SimpleQueue
+    with multiprocessing.pool.Pool(1, context=fctx) as pool:
+        assert type(pool._inqueue) is stdlib_sq
+        assert type(pool._outqueue) is stdlib_sq
+        assert type(pool._inqueue._rlock) is fastmp.synchronize.Lock
+        assert pool.map(_square, range(3)) == [0, 1, 4]
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=fctx) as ex:
+        assert list(ex.map(_square, range(3))) == [0, 1, 4]
+        assert type(ex._result_queue) is stdlib_sq
+    # The user's code: through a context, the default context, the class.
+    assert type(fctx.SimpleQueue()) is fastmp_sq
+    assert type(fastmp.SimpleQueue()) is fastmp_sq
+    assert type(fastmp_sq(ctx=fctx)) is fastmp_sq
+    # Stdlib code that only calls the user's request back is not the
+    # requester; nor is the user's code run by the stdlib.
+    with concurrent.futures.ThreadPoolExecutor(1) as tex:
+        assert type(tex.submit(fctx.SimpleQueue).result()) is fastmp_sq
+        assert type(tex.submit(lambda: fctx.SimpleQueue()).result()) is (
+            fastmp_sq
+        )
+
+
 def test_bad_timeout_rejected_without_waiting(ctx):
     # The stdlib checks a timeout that is not None even when nothing has
     # to wait: put() hands it to its semaphore, get() does arithmetic.
@@ -461,3 +496,20 @@ def test_empty_right_after_put_and_close(ctx):
     q.join_thread()
     with pytest.raises(OSError, match="is closed"):
         q.empty()
+
+
+def test_put_obj_keyword(ctx):
+    # put_nowait(obj=...) and SimpleQueue.put(obj=...) as the stdlib's
+    # Python methods take them; wrong calls give its TypeErrors.
+    q = ctx.Queue()
+    q.put_nowait(obj="a")
+    assert q.get(timeout=30) == "a"
+    with pytest.raises(TypeError, match=r"put_nowait\(\) missing 1"):
+        q.put_nowait()
+    s = ctx.SimpleQueue()
+    s.put(obj="b")
+    assert s.get() == "b"
+    with pytest.raises(TypeError, match=r"put\(\) takes 2 positional"):
+        s.put(1, 2)
+    q.close()
+    s.close()

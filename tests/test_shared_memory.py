@@ -420,3 +420,57 @@ def test_cpython_test_shared_memory(method):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "\nOK" in r.stderr
+
+
+def test_tracker_program_on_its_own():
+    # fastmp/_shm_tracker.py runs as the creator starts it (python -I -S
+    # <file>: no fastmp on the path), reading the table at fd 3 and the
+    # +name / -name lines on stdin; at the end of stdin it unlinks what is
+    # still registered, and warns once.
+    from fastmp import shared_memory as fsm
+
+    segs = [fsm.SharedMemory(create=True, size=16, track=False)]
+    segs += [fsm.SharedMemory(create=True, size=16, track=False)]
+    segs += [fsm.SharedMemory(create=True, size=16, track=False)]
+    in_table, over_pipe, forgotten = ("/" + m.name for m in segs)
+    table = os.memfd_create("tracker-test")
+    try:
+        os.ftruncate(table, 4 * 512)
+        # Slot 1 is taken (first byte 1, name from byte 4); slot 2 is free
+        # but holds a stale name, which must not be unlinked.
+        os.pwrite(table, b"\x01\0\0\0" + in_table.encode() + b"\0", 512)
+        os.pwrite(table, b"\x00\0\0\0" + forgotten.encode() + b"\0", 1024)
+        lines = "+%s\n+%s\n-%s\n" % (over_pipe, forgotten, forgotten)
+        r_in, w_in = os.pipe()
+        r_err, w_err = os.pipe()
+        pid = os.posix_spawn(
+            sys.executable,
+            [sys.executable, "-I", "-S", fsm._TRACKER],
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, r_in, 0),
+                (os.POSIX_SPAWN_DUP2, w_err, 2),
+                (os.POSIX_SPAWN_DUP2, table, 3),
+            ],
+        )
+        os.close(r_in)
+        os.close(w_err)
+        with open(w_in, "wb") as f:
+            f.write(lines.encode())
+        with open(r_err, "rb") as f:
+            err = f.read().decode()
+        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    finally:
+        os.close(table)
+    try:
+        assert status == 0, err
+        assert not shm_exists(segs[0].name)
+        assert not shm_exists(segs[1].name)
+        assert shm_exists(segs[2].name)
+        assert err.count("leaked shared_memory") == 1, err
+        assert "There appear to be 2 leaked" in err
+    finally:
+        for m in segs:
+            m.close()
+            if shm_exists(m.name):
+                m.unlink()

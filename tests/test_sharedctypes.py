@@ -444,19 +444,6 @@ def test_pickling_outside_spawn_fails(ctx):
         pickle.dumps(v)
 
 
-def test_wrapper_buffer_protocol(fctx):
-    arr = fctx.Array('d', [1.0, 2.0, 3.0])
-    m = memoryview(arr)
-    assert m.shape == (3,) and m.itemsize == 8
-    m = m.cast('B').cast('d')
-    assert m.tolist() == [1.0, 2.0, 3.0]
-    m[0] = 9.0
-    assert arr[0] == 9.0
-    m.release()
-    v = fctx.Value('i', 7)
-    assert memoryview(v).cast('B').tobytes() == (7).to_bytes(4, sys.byteorder)
-
-
 def _fd_count():
     return len(os.listdir('/proc/self/fd'))
 

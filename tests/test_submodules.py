@@ -186,3 +186,21 @@ def test_no_fallback_refuses_the_stdlibs_managers():
     assert r.stdout.splitlines() == ["2 fastmp.pool"] + [
         "ImportError True"
     ] * 2 + ["ok"]
+
+
+def test_stdlib_names_are_forwarded():
+    # fastmp's context and process answer for the stdlib module's names
+    # they do not define (private helpers the stdlib's own modules import
+    # from them), with the stdlib's objects; other names fail as usual.
+    import multiprocessing.context
+    import multiprocessing.process
+
+    import fastmp.context
+    import fastmp.process
+
+    assert fastmp.process._children is multiprocessing.process._children
+    assert fastmp.process._cleanup is multiprocessing.process._cleanup
+    assert fastmp.context._tls is multiprocessing.context._tls
+    for mod in (fastmp.context, fastmp.process):
+        with pytest.raises(AttributeError, match=repr(mod.__name__)):
+            mod.no_such_name  # noqa: B018

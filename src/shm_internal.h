@@ -1,0 +1,27 @@
+/*
+ * shm_internal.h -- what shm.c and shareable_list.c share: the mapping
+ * object (_ShmMapping) that a ShareableList core binds to.  Not for other
+ * areas.
+ */
+#ifndef FASTMP_SHM_INTERNAL_H
+#define FASTMP_SHM_INTERNAL_H
+
+#include "fastmp.h"
+
+typedef struct {
+    PyObject_HEAD
+    int fd;     /* -1 after close() */
+    char *addr; /* NULL until first mapped */
+    Py_ssize_t size;
+    int closed; /* SharedMemory.close() was called: refuse new
+                 * exports and ShareableList access */
+} MappingObject;
+
+/* shm.c: map the segment if not yet done.  0, or -1 with an exception set
+ * (BufferError when closed, OSError from mmap). */
+int fastmp_shm_mapping_ensure(MappingObject *self);
+
+/* shareable_list.c: the _ShareableListCore type. */
+extern PyType_Spec fastmp_listcore_spec;
+
+#endif /* FASTMP_SHM_INTERNAL_H */
