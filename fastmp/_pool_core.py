@@ -717,8 +717,13 @@ class _Core:
             if now >= next_check:
                 next_check = now + _TICK
                 self.check_workers()
-            if self.state == CLOSE and self.finish_close():
-                return True
+            if self.state == CLOSE:
+                if self.finish_close():
+                    return True
+                if self.sentinels_sent:
+                    # Only the workers' exits are awaited now (in
+                    # finish_close, on their sentinels).
+                    continue
             busy = False
             for f in list(self.feeders):
                 self.feed(f, 64)
