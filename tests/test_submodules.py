@@ -17,7 +17,6 @@ from support import TESTS, child_env
 # Modules fastmp takes from the stdlib as they are.
 PASSTHROUGH = [
     "pool",
-    "managers",
     "dummy",
     "dummy.connection",
     "util",
@@ -34,6 +33,7 @@ PASSTHROUGH = [
 # fastmp's own.
 OWN = [
     "context",
+    "managers",
     "process",
     "synchronize",
     "sharedctypes",
@@ -60,10 +60,10 @@ def test_from_import_and_attributes():
     from fastmp.dummy import connection
 
     assert pool.Pool is multiprocessing.pool.Pool
-    assert (
-        managers.SharedMemoryManager
-        is multiprocessing.managers.SharedMemoryManager
-    )
+    # fastmp's own managers (its server talks to the stdlib's over the
+    # same protocol).
+    assert managers.SharedMemoryManager.__module__ == "fastmp.managers"
+    assert managers.SyncManager is fastmp.managers.SyncManager
     assert util is multiprocessing.util
     assert connection is fastmp.dummy.connection
     assert fastmp.dummy.Pool is multiprocessing.dummy.Pool
@@ -153,23 +153,26 @@ def test_under_python_m_fastmp(tmp_path, name):
     assert r.stdout.split() == ["True", "multiprocessing." + name]
 
 
-def test_no_fallback_refuses_the_stdlibs_pool_and_managers():
-    # FASTMP_NO_FALLBACK=1: what fastmp has not implemented (Pool, Manager)
-    # raises ImportError instead of falling through to the stdlib's.
+def test_no_fallback_refuses_the_stdlibs_pool():
+    # FASTMP_NO_FALLBACK=1: what fastmp has not implemented (Pool) raises
+    # ImportError instead of falling through to the stdlib's; Manager is
+    # fastmp's own.
     r = subprocess.run(
         [
             sys.executable,
             "-c",
             textwrap.dedent("""
         import fastmp
-        for f in (lambda: fastmp.Pool(1), fastmp.Manager,
-                  lambda: __import__("fastmp.pool"),
-                  lambda: __import__("fastmp.managers")):
+        for f in (lambda: fastmp.Pool(1),
+                  lambda: __import__("fastmp.pool")):
             try:
                 f()
             except ImportError as e:
                 print("ImportError", "FASTMP_NO_FALLBACK" in str(e))
         import fastmp.util, fastmp.reduction
+        with fastmp.Manager() as m:
+            d = m.dict(a=1)
+            print(type(m).__module__, d["a"])
         print("ok")
     """),
         ],
@@ -180,7 +183,10 @@ def test_no_fallback_refuses_the_stdlibs_pool_and_managers():
         env=child_env(FASTMP_NO_FALLBACK="1"),
     )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == ["ImportError True"] * 4 + ["ok"]
+    assert r.stdout.splitlines() == ["ImportError True"] * 2 + [
+        "fastmp.managers 1",
+        "ok",
+    ]
 
 
 def test_stdlib_names_are_forwarded():
