@@ -881,19 +881,9 @@ class BaseManager:
                 # The registry of the manager's class, read now: a
                 # subclass may serve the type with another proxy type.
                 ptype = type(self)._registry[typeid][-1]
-                proxy = ptype(
-                    token,
-                    self._serializer,
-                    manager=self,
-                    authkey=self._authkey,
-                    exposed=exp,
+                return _proxy_for_reference(
+                    ptype, token, self._serializer, self, self._authkey, exp
                 )
-                conn = self._Client(token.address, authkey=self._authkey)
-                try:
-                    dispatch(conn, None, "decref", (token.id,))
-                finally:
-                    conn.close()
-                return proxy
 
             temp.__name__ = typeid
             temp.__qualname__ = cls.__qualname__ + "." + typeid
@@ -998,19 +988,14 @@ class BaseProxy:
         registry = (self._manager or SyncManager)._registry
         proxytype = registry[token.typeid][-1]
         token.address = self._token.address
-        proxy = proxytype(
+        return _proxy_for_reference(
+            proxytype,
             token,
             self._serializer,
-            manager=self._manager,
-            authkey=self._authkey,
-            exposed=exposed,
+            self._manager,
+            self._authkey,
+            exposed,
         )
-        conn = self._Client(token.address, authkey=self._authkey)
-        try:
-            dispatch(conn, None, "decref", (token.id,))
-        finally:
-            conn.close()
-        return proxy
 
     def _getvalue(self):
         """Get a copy of the value of the referent"""
@@ -1026,6 +1011,11 @@ class BaseProxy:
         finally:
             conn.close()
         util.debug("INCREF %r", self._token.id)
+        self._hold()
+
+    def _hold(self):
+        # This proxy holds one of the server's references to its referent:
+        # give it back when the proxy goes.
         self._idset.add(self._id)
         state = self._manager and self._manager._state
         self._close = util.Finalize(
@@ -1108,6 +1098,41 @@ class BaseProxy:
             return self._callmethod("__repr__")
         except Exception:  # noqa: BLE001
             return repr(self)[:-1] + "; '__str__()' failed>"
+
+
+def _proxy_for_reference(
+    proxytype, token, serializer, manager, authkey, exposed
+):
+    """A proxy that takes over the reference the server took for us (in
+    create(), or for a '#PROXY' reply).
+
+    The stdlib's client makes the proxy (which increfs on a connection of
+    its own) and then decrefs on another: two more connections and
+    handshakes per proxy for the same count.  fastmp's proxy types adopt
+    the reference instead; another proxy type (a factory function, a
+    class from elsewhere) gets the stdlib's sequence."""
+    if proxytype is AutoProxy or (
+        isinstance(proxytype, type) and issubclass(proxytype, BaseProxy)
+    ):
+        proxy = proxytype(
+            token,
+            serializer,
+            manager=manager,
+            authkey=authkey,
+            exposed=exposed,
+            incref=False,
+        )
+        proxy._hold()
+        return proxy
+    proxy = proxytype(
+        token, serializer, manager=manager, authkey=authkey, exposed=exposed
+    )
+    conn = listener_client[serializer][1](token.address, authkey=authkey)
+    try:
+        dispatch(conn, None, "decref", (token.id,))
+    finally:
+        conn.close()
+    return proxy
 
 
 def RebuildProxy(func, token, serializer, kwds):

@@ -791,6 +791,14 @@ def _server_fds(m):
     return len(os.listdir("/proc/%d/fd" % m._process.pid))
 
 
+def _server_rss_kib(m):
+    with open("/proc/%d/status" % m._process.pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
 def test_no_leak_creating_and_dropping_proxies(mp):
     ctx = mp.get_context("fork")
     n = 10000 if mp.__name__ == "fastmp" else 2000
@@ -798,15 +806,21 @@ def test_no_leak_creating_and_dropping_proxies(mp):
         d = m.dict()
         d["warm"] = 1
         m.list()
-        gc.collect()
+
+        def churn(count):
+            for i in range(count):
+                lst = m.list([i])
+                if i % 2:
+                    d["x"] = lst[0]
+                del lst
+            gc.collect()
+
+        churn(n // 10)  # warm up: the server's threads, allocator pools
         fds0, sfds0 = _fds(), _server_fds(m)
-        for i in range(n):
-            lst = m.list([i])
-            if i % 2:
-                d["x"] = lst[0]
-            del lst
-        gc.collect()
+        rss0 = _server_rss_kib(m)
+        churn(n)
         assert m._number_of_objects() == 1  # d only
+        assert _server_rss_kib(m) - rss0 < 8 * 1024
         assert _fds() <= fds0
         # Server-side connection threads end as their clients hang up.
         deadline = time.monotonic() + 10
