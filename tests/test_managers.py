@@ -520,7 +520,7 @@ def _fast_server(port_holder, handshake_timeout=None):
     import fastmp.managers
 
     if handshake_timeout is not None:
-        fastmp.managers.HANDSHAKE_TIMEOUT = handshake_timeout
+        fastmp.managers.Server.handshake_timeout = handshake_timeout
 
     m = fastmp.managers.SyncManager(
         address=("127.0.0.1", 0), authkey=b"secret"
@@ -727,7 +727,8 @@ def test_tcp_nodelay_both_ends(fastmp_tcp_server):
     finally:
         s.detach()
     # The server's end: what its listener accepts.
-    lst = fastmp.managers._Listener(("127.0.0.1", 0))
+    listener = fastmp.managers.listener_client["pickle"][0]
+    lst = listener(("127.0.0.1", 0))
     c = socket.create_connection(lst.address)
     conn = lst.accept()
     s = socket.socket(fileno=conn.fileno())
