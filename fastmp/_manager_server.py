@@ -14,10 +14,10 @@ import sys
 import threading
 import time
 from multiprocessing import process, util
+from multiprocessing.context import reduction
 from os import getpid
 
 from . import connection
-from .context import reduction
 
 __all__ = []
 
@@ -385,11 +385,18 @@ class Server:
         )
         recv = conn.recv
         send = conn.send
+        # Sleep until a request comes, then read it: no spinning before
+        # the read (a Connection's default).  The time between a client's
+        # requests is its own work, and a server thread spinning through
+        # it takes the CPU that client, or the next, needs: on a busy
+        # machine that made a round trip several times slower.
+        wait = conn.poll
         id_to_obj = self.id_to_obj
         is_set = self.stop_event.is_set
         while not is_set():
             methodname = obj = ident = None
             try:
+                wait(None)
                 request = recv()
                 ident, methodname, args, kwds = request
                 try:
