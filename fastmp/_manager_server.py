@@ -110,8 +110,23 @@ def dispatch(c, id, methodname, args=(), kwds={}):  # noqa: B006
     raise convert_to_error(kind, result)
 
 
+class RemoteTraceback(Exception):
+    """The traceback, in the manager's server, of an error a method of a
+    shared object raised: the ``__cause__`` of that error in the caller."""
+
+    def __str__(self):
+        return '\n"""\n%s"""' % self.args[0]
+
+
 def convert_to_error(kind, result):
     if kind == "#ERROR":
+        # The error itself (its type and arguments, as the stdlib sends
+        # it); fastmp's server also sends its traceback's text along.
+        state = getattr(result, "__dict__", None)
+        if state:
+            tb = state.pop("_fastmp_traceback", None)
+            if isinstance(tb, str):
+                result.__cause__ = RemoteTraceback(tb)
         return result
     if kind in ("#TRACEBACK", "#UNSERIALIZABLE"):
         if not isinstance(result, str):
@@ -418,6 +433,12 @@ class Server:
                     res = function(*args, **kwds)
                 except Exception as e:  # noqa: BLE001
                     msg = ("#ERROR", e)
+                    try:
+                        # Pickled with the error's other attributes (a
+                        # stdlib peer just gets one attribute more).
+                        e._fastmp_traceback = _format_exc()
+                    except Exception:  # noqa: BLE001  (no __dict__)
+                        pass
                 else:
                     typeid = gettypeid and gettypeid.get(methodname)
                     if typeid:

@@ -48,6 +48,7 @@ from os import getpid
 from . import connection
 from ._manager_server import (  # noqa: F401  (the stdlib module's names)
     RemoteError,
+    RemoteTraceback,
     Server,
     SharedMemoryServer,
     Token,
@@ -67,7 +68,7 @@ __all__ = [
 ]
 
 # Public classes defined with the server, named as this module's.
-for _cls in (RemoteError, Server, SharedMemoryServer):
+for _cls in (RemoteError, RemoteTraceback, Server, SharedMemoryServer):
     _cls.__module__ = __name__
 del _cls
 

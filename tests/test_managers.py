@@ -424,8 +424,13 @@ def test_register_every_argument(ctx):
         g = m.Greeter()
         assert g.hello("x") == "hello x"
         assert not hasattr(g, "_hidden")
-        with pytest.raises(ZeroDivisionError, match="on purpose"):
+        with pytest.raises(ZeroDivisionError, match="on purpose") as e:
             g.fail()
+        if cls is FastCustom:
+            # The server's traceback comes along, as the error's cause.
+            cause = str(e.value.__cause__)
+            assert "in fail" in cause and "ZeroDivisionError" in cause
+            assert not hasattr(e.value, "_fastmp_traceback")
         g2 = m.Greeter2()
         assert g2._hidden() == "hidden"
         c = g2.child()
