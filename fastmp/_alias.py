@@ -12,7 +12,7 @@ The helpers fastmp's modules use, and the aliasing of ``python -m fastmp``
   define (private helpers the stdlib's own modules import by name);
 * ``refuse(sub, name)``: FASTMP_NO_FALLBACK=1.  A public submodule that
   fastmp mirrors (``MIRRORED``) but implements only by passing the
-  stdlib's through (pool, managers) raises ModuleNotFoundError, to every
+  stdlib's through (pool) raises ModuleNotFoundError, to every
   importer, as ``fastmp.X`` and as ``multiprocessing.X``;
 * ``stdlib_module(sub)``: the stdlib's module even where ``multiprocessing.X``
   means fastmp's (the stdlib SimpleQueue of ``fastmp.queues``);
