@@ -51,6 +51,12 @@ MIRRORED = frozenset(
     ]
 )
 
+# fastmp's own modules that need not be imported before the switch (they
+# take nothing by a ``multiprocessing.X`` name that must be the stdlib's):
+# imported when a program first asks for them, so that an interpreter that
+# never uses them (a spawn child, say) does not pay for them.
+IMPORTED_LATE = frozenset(["managers"])
+
 _PREFIX = "multiprocessing."
 # What a passthrough module's text says (see passthrough()).
 _PASSTHROUGH_CALL = "passthrough(__name__)"
@@ -261,8 +267,8 @@ def install():
     _stdlib_dir = os.path.dirname(std.__file__)
     # Import fastmp's own modules while ``multiprocessing`` is still the
     # stdlib.  A module that fails here fails again, visibly, when the
-    # program imports it.
-    for sub in sorted(MIRRORED):
+    # program imports it.  (Not those in IMPORTED_LATE.)
+    for sub in sorted(MIRRORED - IMPORTED_LATE):
         if _fastmp_has(sub):
             try:
                 importlib.import_module("fastmp." + sub)
