@@ -137,6 +137,7 @@ def test_list_314_methods(manager):
         pytest.skip("the stdlib has them from 3.14")
     a = manager.list([1, 2, 3])
     assert a.copy() == [1, 2, 3]
+    assert list(reversed(a)) == [3, 2, 1]
     a.clear()
     assert len(a) == 0
 
@@ -300,8 +301,16 @@ def _square(x):
 def test_pool(manager):
     with manager.Pool(2) as p:
         assert p.map(_square, range(5)) == [0, 1, 4, 9, 16]
+        assert p.apply(_square, (4,)) == 16
         assert p.apply_async(_square, (3,)).get(60) == 9
+        assert p.map_async(_square, [1, 2]).get(60) == [1, 4]
+        assert p.starmap(pow, [(2, 3)]) == [8]
+        assert p.starmap_async(pow, [(3, 2)]).get(60) == [9]
+        assert list(p.imap(_square, range(3))) == [0, 1, 4]
         assert sorted(p.imap_unordered(_square, range(3))) == [0, 1, 4]
+    p = manager.Pool(1)
+    p.close()
+    p.join()
 
 
 # ------------------------------------------------------------ children
