@@ -514,6 +514,8 @@ try:
 except KeyError as e:
     print("KeyError", e)
 print(sorted(d.copy().items()), ns.x, len(lst), str(lst[0]))
+# iter(): the server sends a new proxy's token ('#PROXY').
+print(list(iter(d)))
 """
 
 
@@ -567,6 +569,7 @@ def test_stdlib_client_fastmp_server(fastmp_tcp_server):
         "KeyError 'missing'",
         "[('a', 1), ('b', [1, 2]), ('c', 3)] 2 1 {'a': 1, 'b': [1, 2], "
         "'c': 3}",
+        "['a', 'b', 'c']",
     ]
 
 
