@@ -4,7 +4,7 @@ The helpers fastmp's modules use, and the aliasing of ``python -m fastmp``
 (the one place both live):
 
 * ``passthrough(__name__)``: the whole body of a module fastmp takes from
-  the stdlib as it is (``fastmp/util.py``, ``fastmp/pool.py`` ...):
+  the stdlib as it is (``fastmp/util.py``, ``fastmp/dummy.py`` ...):
   ``fastmp.X`` becomes the stdlib's ``multiprocessing.X`` module object
   itself, so its state is shared;
 * ``forward_getattr(std, name)``: a module ``__getattr__`` that answers
@@ -12,7 +12,7 @@ The helpers fastmp's modules use, and the aliasing of ``python -m fastmp``
   define (private helpers the stdlib's own modules import by name);
 * ``refuse(sub, name)``: FASTMP_NO_FALLBACK=1.  A public submodule that
   fastmp mirrors (``MIRRORED``) but implements only by passing the
-  stdlib's through (pool) raises ModuleNotFoundError, to every
+  stdlib's through raises ModuleNotFoundError, to every
   importer, as ``fastmp.X`` and as ``multiprocessing.X``;
 * ``stdlib_module(sub)``: the stdlib's module even where ``multiprocessing.X``
   means fastmp's (the stdlib SimpleQueue of ``fastmp.queues``);

@@ -37,8 +37,8 @@ __all__ = ()
 
 def _fastmp_module(name):
     """fastmp.<name>, imported on first use.  A module fastmp only passes
-    through (pool) raises ImportError here under
-    FASTMP_NO_FALLBACK=1 (see fastmp/_alias.py)."""
+    through raises ImportError here under FASTMP_NO_FALLBACK=1 (see
+    fastmp/_alias.py)."""
     return importlib.import_module("fastmp." + name)
 
 

@@ -1,6 +1,10 @@
-# Types of fastmp.pool: at runtime this is the stdlib's
-# multiprocessing.pool itself, so its names are that module's.
+# Types of fastmp.pool, fastmp's own module: each public name the stdlib
+# has has the type of the same name in the stdlib's multiprocessing.pool,
+# so code typed against multiprocessing type-checks the same with fastmp;
+# then the errors fastmp adds (docs/pool.md).  (imap's buffersize= is not
+# typed here: the stdlib's Pool type lacks it before Python 3.15.)
 
+from multiprocessing import ProcessError
 from multiprocessing.pool import CLOSE as CLOSE
 from multiprocessing.pool import INIT as INIT
 from multiprocessing.pool import RUN as RUN
@@ -17,3 +21,19 @@ __all__ = [
     "Pool",
     "ThreadPool",
 ]
+
+class WorkerLostError(ProcessError):
+    pid: int | None
+    exitcode: int | None
+    worker: str | None
+    task: str | None
+    def __init__(
+        self,
+        msg: str,
+        pid: int | None = None,
+        exitcode: int | None = None,
+        worker: str | None = None,
+        task: str | None = None,
+    ) -> None: ...
+
+class PoolTerminatedError(ProcessError): ...

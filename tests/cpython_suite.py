@@ -79,6 +79,26 @@ CLASSES = {
     # what the class exercises is fastmp's Connections.
     "TestWait": ("connection", "Pipe()[0]"),
     "TestSimpleQueue": ("queues", "SimpleQueue()"),
+    # The pool classes: the Pool class itself shows whose pool is in use
+    # (making one here would leave a pool running).
+    "_TestPool": ("pool", "__import__('multiprocessing.pool').pool.Pool"),
+    "_TestPoolWorkerErrors": (
+        "pool",
+        "__import__('multiprocessing.pool').pool.Pool",
+    ),
+    "_TestPoolWorkerLifetime": (
+        "pool",
+        "__import__('multiprocessing.pool').pool.Pool",
+    ),
+    # (Its other test starts a manager: both are fastmp's.)
+    "TestInitializers": (
+        "pool",
+        "__import__('multiprocessing.pool').pool.Pool",
+    ),
+    "TestPoolNotLeakOnFailure": (
+        "pool",
+        "__import__('multiprocessing.pool').pool.Pool",
+    ),
     # Managers: the manager flavours of the classes above run under their
     # full names (WithManagerTest...); the probe is the manager class the
     # tests start.
@@ -88,7 +108,6 @@ CLASSES = {
     "_TestManagerRestart": ("managers", _MANAGER_PROBE),
     "WithManagerTestManagerRestart": ("managers", _MANAGER_PROBE),
     "TestSyncManagerTypes": ("managers", _MANAGER_PROBE),
-    "TestInitializers": ("managers", _MANAGER_PROBE),
     "WithManagerTestBarrier": ("managers", _MANAGER_PROBE),
     "WithManagerTestCondition": ("managers", _MANAGER_PROBE),
     "WithManagerTestEvent": ("managers", _MANAGER_PROBE),

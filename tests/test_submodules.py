@@ -16,7 +16,6 @@ from support import TESTS, child_env
 
 # Modules fastmp takes from the stdlib as they are.
 PASSTHROUGH = [
-    "pool",
     "dummy",
     "dummy.connection",
     "util",
@@ -40,6 +39,7 @@ OWN = [
     "shared_memory",
     "connection",
     "queues",
+    "pool",
 ]
 
 
@@ -59,7 +59,9 @@ def test_from_import_and_attributes():
     from fastmp import managers, pool, util
     from fastmp.dummy import connection
 
-    assert pool.Pool is multiprocessing.pool.Pool
+    assert pool.__name__ == "fastmp.pool"
+    # The thread pool is the stdlib's, re-exported.
+    assert pool.ThreadPool is multiprocessing.pool.ThreadPool
     # fastmp's own managers (its server talks to the stdlib's over the
     # same protocol).
     assert managers.SharedMemoryManager.__module__ == "fastmp.managers"
@@ -127,7 +129,7 @@ def test_import_fastmp_stays_light():
     assert r.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("name", ["pool", "util", "reduction", "heap"])
+@pytest.mark.parametrize("name", ["util", "reduction", "heap"])
 def test_under_python_m_fastmp(tmp_path, name):
     # ``import multiprocessing.X`` and ``import fastmp.X`` give one module.
     script = tmp_path / "s.py"
@@ -153,22 +155,17 @@ def test_under_python_m_fastmp(tmp_path, name):
     assert r.stdout.split() == ["True", "multiprocessing." + name]
 
 
-def test_no_fallback_refuses_the_stdlibs_pool():
-    # FASTMP_NO_FALLBACK=1: what fastmp has not implemented (Pool) raises
-    # ImportError instead of falling through to the stdlib's; Manager is
-    # fastmp's own.
+def test_no_fallback_pool_and_managers_are_fastmps():
+    # FASTMP_NO_FALLBACK=1: nothing falls through to the stdlib's; the Pool
+    # and the managers are fastmp's own, so both work.
     r = subprocess.run(
         [
             sys.executable,
             "-c",
             textwrap.dedent("""
         import fastmp
-        for f in (lambda: fastmp.Pool(1),
-                  lambda: __import__("fastmp.pool")):
-            try:
-                f()
-            except ImportError as e:
-                print("ImportError", "FASTMP_NO_FALLBACK" in str(e))
+        with fastmp.Pool(1) as p:
+            print(p.apply(abs, (-2,)), type(p).__module__)
         import fastmp.util, fastmp.reduction
         with fastmp.Manager() as m:
             d = m.dict(a=1)
@@ -183,7 +180,8 @@ def test_no_fallback_refuses_the_stdlibs_pool():
         env=child_env(FASTMP_NO_FALLBACK="1"),
     )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == ["ImportError True"] * 2 + [
+    assert r.stdout.splitlines() == [
+        "2 fastmp.pool",
         "fastmp.managers 1",
         "ok",
     ]
