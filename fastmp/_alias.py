@@ -4,7 +4,7 @@ The helpers fastmp's modules use, and the aliasing of ``python -m fastmp``
 (the one place both live):
 
 * ``passthrough(__name__)``: the whole body of a module fastmp takes from
-  the stdlib as it is (``fastmp/util.py``, ``fastmp/pool.py`` ...):
+  the stdlib as it is (``fastmp/util.py``, ``fastmp/dummy.py`` ...):
   ``fastmp.X`` becomes the stdlib's ``multiprocessing.X`` module object
   itself, so its state is shared;
 * ``forward_getattr(std, name)``: a module ``__getattr__`` that answers
@@ -12,7 +12,7 @@ The helpers fastmp's modules use, and the aliasing of ``python -m fastmp``
   define (private helpers the stdlib's own modules import by name);
 * ``refuse(sub, name)``: FASTMP_NO_FALLBACK=1.  A public submodule that
   fastmp mirrors (``MIRRORED``) but implements only by passing the
-  stdlib's through (pool, managers) raises ModuleNotFoundError, to every
+  stdlib's through raises ModuleNotFoundError, to every
   importer, as ``fastmp.X`` and as ``multiprocessing.X``;
 * ``stdlib_module(sub)``: the stdlib's module even where ``multiprocessing.X``
   means fastmp's (the stdlib SimpleQueue of ``fastmp.queues``);
@@ -50,6 +50,12 @@ MIRRORED = frozenset(
         "process",
     ]
 )
+
+# fastmp's own modules that need not be imported before the switch (they
+# take nothing by a ``multiprocessing.X`` name that must be the stdlib's):
+# imported when a program first asks for them, so that an interpreter that
+# never uses them (a spawn child, say) does not pay for them.
+IMPORTED_LATE = frozenset(["managers"])
 
 _PREFIX = "multiprocessing."
 # What a passthrough module's text says (see passthrough()).
@@ -261,8 +267,8 @@ def install():
     _stdlib_dir = os.path.dirname(std.__file__)
     # Import fastmp's own modules while ``multiprocessing`` is still the
     # stdlib.  A module that fails here fails again, visibly, when the
-    # program imports it.
-    for sub in sorted(MIRRORED):
+    # program imports it.  (Not those in IMPORTED_LATE.)
+    for sub in sorted(MIRRORED - IMPORTED_LATE):
         if _fastmp_has(sub):
             try:
                 importlib.import_module("fastmp." + sub)

@@ -37,8 +37,8 @@ __all__ = ()
 
 def _fastmp_module(name):
     """fastmp.<name>, imported on first use.  A module fastmp only passes
-    through (pool, managers) raises ImportError here under
-    FASTMP_NO_FALLBACK=1 (see fastmp/_alias.py)."""
+    through raises ImportError here under FASTMP_NO_FALLBACK=1 (see
+    fastmp/_alias.py)."""
     return importlib.import_module("fastmp." + name)
 
 
@@ -280,7 +280,13 @@ class _FastmpContextMixin:
         )
 
     def Manager(self):
-        """Returns a manager associated with a running server process"""
+        """Returns a manager associated with a running server process
+
+        The returned manager object corresponds to a spawned child process
+        and has methods which will create shared objects and return
+        corresponding proxies: a started fastmp.managers.SyncManager (its
+        server and proxies are fastmp's, over fastmp Connections).
+        """
         m = _fastmp_module("managers").SyncManager(ctx=self.get_context())
         m.start()
         return m

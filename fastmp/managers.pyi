@@ -1,5 +1,6 @@
-# Types of fastmp.managers: at runtime this is the stdlib's
-# multiprocessing.managers itself, so its names are that module's.
+# Types of fastmp.managers, fastmp's own module: each public name has the
+# type of the same name in the stdlib's multiprocessing.managers, so code
+# typed against multiprocessing type-checks the same with fastmp.
 
 import sys
 from multiprocessing.managers import BaseListProxy as BaseListProxy

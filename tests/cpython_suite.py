@@ -41,6 +41,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+_MANAGER_PROBE = "__import__('multiprocessing.managers').managers.SyncManager"
+
 # Test class -> (fastmp module it exercises, factory call that must give a
 # fastmp object).  Adding a class to the run is one line here.
 CLASSES = {
@@ -88,6 +90,7 @@ CLASSES = {
         "pool",
         "__import__('multiprocessing.pool').pool.Pool",
     ),
+    # (Its other test starts a manager: both are fastmp's.)
     "TestInitializers": (
         "pool",
         "__import__('multiprocessing.pool').pool.Pool",
@@ -96,6 +99,22 @@ CLASSES = {
         "pool",
         "__import__('multiprocessing.pool').pool.Pool",
     ),
+    # Managers: the manager flavours of the classes above run under their
+    # full names (WithManagerTest...); the probe is the manager class the
+    # tests start.
+    "WithManagerTestContainers": ("managers", _MANAGER_PROBE),
+    "WithManagerTestMyManager": ("managers", _MANAGER_PROBE),
+    "WithManagerTestRemoteManager": ("managers", _MANAGER_PROBE),
+    "_TestManagerRestart": ("managers", _MANAGER_PROBE),
+    "WithManagerTestManagerRestart": ("managers", _MANAGER_PROBE),
+    "TestSyncManagerTypes": ("managers", _MANAGER_PROBE),
+    "WithManagerTestBarrier": ("managers", _MANAGER_PROBE),
+    "WithManagerTestCondition": ("managers", _MANAGER_PROBE),
+    "WithManagerTestEvent": ("managers", _MANAGER_PROBE),
+    "WithManagerTestLock": ("managers", _MANAGER_PROBE),
+    "WithManagerTestPool": ("managers", _MANAGER_PROBE),
+    "WithManagerTestQueue": ("managers", _MANAGER_PROBE),
+    "WithManagerTestSemaphore": ("managers", _MANAGER_PROBE),
 }
 
 # Classes known to the runner but not run by default.
@@ -114,12 +133,6 @@ EXCLUDED = {
     # does not have; closing is tested in tests/test_queues.py.
     "TestSimpleQueue.test_closed": (
         "SimpleQueue has no pipe ends (_reader/_writer)"
-    ),
-    # TestInitializers is run for its pool test; this one starts the
-    # stdlib's SyncManager (fastmp has no managers of its own yet), so a
-    # pass would not be fastmp's.
-    "TestInitializers.test_manager_initializer": (
-        "exercises the stdlib's SyncManager, not fastmp"
     ),
 }
 

@@ -85,6 +85,15 @@ NO_FALLBACK = {
     "s000_18_pipe_sender_receiver.py3fix": ("connection",),
     "s000_19_shared_memory_cleanup": ("shared_memory",),
     "s001_03_pipe_duplex": ("connection",),
+    "s000_12_condition_manager_list": ("managers", "synchronize"),
+    "s000_14_manager_dict_list": ("managers",),
+    "s000_15_manager_types": ("managers",),
+    "s002_02_manager_dict_list": ("managers",),
+    "s003_04_basemanager_register": ("managers",),
+    "s003_05_namespace_inner_mutable": ("managers",),
+    "s003_05_namespace_inner_mutable.py3fix": ("managers",),
+    "s003_06_namespace_reassign": ("managers",),
+    "s003_06_namespace_reassign.py3fix": ("managers",),
 }
 
 # Scripts whose .expected checks an error message worded as newer CPythons

@@ -16,7 +16,6 @@ from support import TESTS, child_env
 
 # Modules fastmp takes from the stdlib as they are.
 PASSTHROUGH = [
-    "managers",
     "dummy",
     "dummy.connection",
     "util",
@@ -33,6 +32,7 @@ PASSTHROUGH = [
 # fastmp's own.
 OWN = [
     "context",
+    "managers",
     "process",
     "synchronize",
     "sharedctypes",
@@ -62,10 +62,10 @@ def test_from_import_and_attributes():
     assert pool.__name__ == "fastmp.pool"
     # The thread pool is the stdlib's, re-exported.
     assert pool.ThreadPool is multiprocessing.pool.ThreadPool
-    assert (
-        managers.SharedMemoryManager
-        is multiprocessing.managers.SharedMemoryManager
-    )
+    # fastmp's own managers (its server talks to the stdlib's over the
+    # same protocol).
+    assert managers.SharedMemoryManager.__module__ == "fastmp.managers"
+    assert managers.SyncManager is fastmp.managers.SyncManager
     assert util is multiprocessing.util
     assert connection is fastmp.dummy.connection
     assert fastmp.dummy.Pool is multiprocessing.dummy.Pool
@@ -155,10 +155,9 @@ def test_under_python_m_fastmp(tmp_path, name):
     assert r.stdout.split() == ["True", "multiprocessing." + name]
 
 
-def test_no_fallback_refuses_the_stdlibs_managers():
-    # FASTMP_NO_FALLBACK=1: what fastmp has not implemented (Manager)
-    # raises ImportError instead of falling through to the stdlib's; the
-    # Pool is fastmp's own.
+def test_no_fallback_pool_and_managers_are_fastmps():
+    # FASTMP_NO_FALLBACK=1: nothing falls through to the stdlib's; the Pool
+    # and the managers are fastmp's own, so both work.
     r = subprocess.run(
         [
             sys.executable,
@@ -167,12 +166,10 @@ def test_no_fallback_refuses_the_stdlibs_managers():
         import fastmp
         with fastmp.Pool(1) as p:
             print(p.apply(abs, (-2,)), type(p).__module__)
-        for f in (fastmp.Manager, lambda: __import__("fastmp.managers")):
-            try:
-                f()
-            except ImportError as e:
-                print("ImportError", "FASTMP_NO_FALLBACK" in str(e))
         import fastmp.util, fastmp.reduction
+        with fastmp.Manager() as m:
+            d = m.dict(a=1)
+            print(type(m).__module__, d["a"])
         print("ok")
     """),
         ],
@@ -183,9 +180,11 @@ def test_no_fallback_refuses_the_stdlibs_managers():
         env=child_env(FASTMP_NO_FALLBACK="1"),
     )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == ["2 fastmp.pool"] + [
-        "ImportError True"
-    ] * 2 + ["ok"]
+    assert r.stdout.splitlines() == [
+        "2 fastmp.pool",
+        "fastmp.managers 1",
+        "ok",
+    ]
 
 
 def test_stdlib_names_are_forwarded():
