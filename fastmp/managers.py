@@ -39,13 +39,12 @@ import collections.abc
 import queue
 import signal
 import threading
-import time
 import types
 from multiprocessing import process, util
 from multiprocessing.context import ProcessError, get_spawning_popen
 from os import getpid
 
-from . import connection
+from . import connection, synchronize
 from ._manager_server import (  # noqa: F401  (the stdlib module's names)
     RemoteError,
     RemoteTraceback,
@@ -765,19 +764,7 @@ class ConditionProxy(AcquirerProxy):
         return self._callmethod("notify_all")
 
     def wait_for(self, predicate, timeout=None):
-        result = predicate()
-        if result:
-            return result
-        endtime = None if timeout is None else time.monotonic() + timeout
-        waittime = None
-        while not result:
-            if endtime is not None:
-                waittime = endtime - time.monotonic()
-                if waittime <= 0:
-                    break
-            self.wait(waittime)
-            result = predicate()
-        return result
+        return synchronize.wait_for(self, predicate, timeout)
 
 
 class EventProxy(BaseProxy):
@@ -868,14 +855,20 @@ BaseListProxy = MakeProxyType(
 BaseListProxy._method_to_typeid_ = {"__reversed__": "Iterator"}
 
 
-class ListProxy(BaseListProxy):
-    def __iadd__(self, value):
-        self._callmethod("extend", (value,))
+def _inplace(method):
+    """An in-place operator of a proxy: the referent's method, then the
+    proxy itself (``x += y`` keeps the name bound to the proxy)."""
+
+    def op(self, value):
+        self._callmethod(method, (value,))
         return self
 
-    def __imul__(self, value):
-        self._callmethod("__imul__", (value,))
-        return self
+    return op
+
+
+class ListProxy(BaseListProxy):
+    __iadd__ = _inplace("extend")
+    __imul__ = _inplace("__imul__")
 
     __class_getitem__ = classmethod(types.GenericAlias)
 
@@ -897,9 +890,7 @@ _BaseDictProxy._method_to_typeid_ = {
 
 
 class DictProxy(_BaseDictProxy):
-    def __ior__(self, value):
-        self._callmethod("__ior__", (value,))
-        return self
+    __ior__ = _inplace("__ior__")
 
     __class_getitem__ = classmethod(types.GenericAlias)
 
@@ -921,21 +912,10 @@ _BaseSetProxy._method_to_typeid_ = {"__iter__": "Iterator"}
 
 
 class SetProxy(_BaseSetProxy):
-    def __ior__(self, value):
-        self._callmethod("__ior__", (value,))
-        return self
-
-    def __iand__(self, value):
-        self._callmethod("__iand__", (value,))
-        return self
-
-    def __ixor__(self, value):
-        self._callmethod("__ixor__", (value,))
-        return self
-
-    def __isub__(self, value):
-        self._callmethod("__isub__", (value,))
-        return self
+    __ior__ = _inplace("__ior__")
+    __iand__ = _inplace("__iand__")
+    __ixor__ = _inplace("__ixor__")
+    __isub__ = _inplace("__isub__")
 
     __class_getitem__ = classmethod(types.GenericAlias)
 

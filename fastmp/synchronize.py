@@ -117,6 +117,25 @@ def _default_ctx(ctx):
     return ctx
 
 
+def wait_for(cond, predicate, timeout=None):
+    """Condition.wait_for on anything with the Condition's wait(timeout)
+    (a Condition, or a manager's Condition proxy): wait until predicate()
+    is true, or the timeout has passed; return predicate()'s last value."""
+    result = predicate()
+    if result:
+        return result
+    endtime = None if timeout is None else time.monotonic() + timeout
+    waittime = None
+    while not result:
+        if endtime is not None:
+            waittime = endtime - time.monotonic()
+            if waittime <= 0:
+                break
+        cond.wait(waittime)
+        result = predicate()
+    return result
+
+
 class Condition:
     """A condition variable built, as the stdlib's, on three semaphores."""
 
@@ -210,19 +229,7 @@ class Condition:
         self.notify(n=sys.maxsize)
 
     def wait_for(self, predicate, timeout=None):
-        result = predicate()
-        if result:
-            return result
-        endtime = None if timeout is None else time.monotonic() + timeout
-        waittime = None
-        while not result:
-            if endtime is not None:
-                waittime = endtime - time.monotonic()
-                if waittime <= 0:
-                    break
-            self.wait(waittime)
-            result = predicate()
-        return result
+        return wait_for(self, predicate, timeout)
 
 
 class Barrier(threading.Barrier):
