@@ -595,50 +595,56 @@ class _Core:
     def wait_for(self, pred, timeout=None):
         """Wait until pred() is true or the timeout passes, reading the
         result queue meanwhile unless another thread does."""
-        if timeout is not None:
-            deadline = time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self.dlock:
             self.waiters += 1
         try:
-            while not pred():
-                slice_ = _TICK
-                if timeout is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return
-                    slice_ = min(slice_, left)
-                if self.rtoken.acquire(False):
-                    try:
-                        get = self.outq.get
-                        dispatch = self.dispatch
-                        try:
-                            item = get(True, slice_)
-                            dispatch(item)
-                            # Whatever else has come, while holding the
-                            # token.
-                            while not pred():
-                                dispatch(get(False))
-                        except Empty:
-                            continue
-                    finally:
-                        self.rtoken.release()
-                        if self.cv_waiting:
-                            with self.cv:
-                                self.cv.notify_all()
-                else:
-                    with self.cv:
-                        self.cv_waiting += 1
-                        try:
-                            if not pred():
-                                self.cv.wait(slice_)
-                        finally:
-                            self.cv_waiting -= 1
+            self._wait_loop(pred, deadline)
+        except KeyboardInterrupt as e:
+            # Ctrl-C may land while the loop handles its own poll timeout
+            # (queue.Empty): that is no context of the user's interrupt.
+            raise e from None
         finally:
             with self.dlock:
                 self.waiters -= 1
                 wake = self.waiters == 0 and self.parked and self.cache
             if wake:
                 self.kick.set()
+
+    def _wait_loop(self, pred, deadline):
+        while not pred():
+            slice_ = _TICK
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                slice_ = min(slice_, left)
+            if self.rtoken.acquire(False):
+                try:
+                    get = self.outq.get
+                    dispatch = self.dispatch
+                    try:
+                        item = get(True, slice_)
+                        dispatch(item)
+                        # Whatever else has come, while holding the
+                        # token.
+                        while not pred():
+                            dispatch(get(False))
+                    except Empty:
+                        continue
+                finally:
+                    self.rtoken.release()
+                    if self.cv_waiting:
+                        with self.cv:
+                            self.cv.notify_all()
+            else:
+                with self.cv:
+                    self.cv_waiting += 1
+                    try:
+                        if not pred():
+                            self.cv.wait(slice_)
+                    finally:
+                        self.cv_waiting -= 1
 
     def wake(self):
         self.kick.set()
