@@ -58,6 +58,10 @@ job_counter = itertools.count()
 
 _dumps = _fastmp._dumps
 _loads = _fastmp._loads
+# Task payloads and results: lists of plain ints or floats (a map's chunks
+# and their results, most often) in a compact form, anything else pickled.
+_dumps_list = _fastmp._dumps_list
+_loads_list = _fastmp._loads_list
 
 # How often the parent looks at its workers (and the longest a waiting
 # thread sleeps before it looks around again): a dead worker's task fails
@@ -222,8 +226,8 @@ def worker(
     base = 2 * k
     get = inq.get
     put = outq.put
-    dumps = _dumps
-    loads = _loads
+    dumps = _dumps_list
+    loads = _loads_list
     load_func = _load_func
     # The parent (or, under forkserver, the forkserver, which leaves with
     # the parent): once it has gone, this process is someone else's child.
@@ -249,28 +253,29 @@ def worker(
         try:
             func = load_func(fdata)
             if kind == _ONE:
-                result = (True, func(loads(payload)))
+                result = func(loads(payload))
             elif kind == _MAP:
-                result = (True, list(map(func, loads(payload))))
+                result = list(map(func, loads(payload)))
             elif kind == _STARMAP:
                 chunk = loads(payload)
-                result = (True, list(itertools.starmap(func, chunk)))
+                result = list(itertools.starmap(func, chunk))
             else:
                 args, kwds = loads(payload)
-                result = (True, func(*args, **kwds))
+                result = func(*args, **kwds)
+            ok = True
         except BaseException as e:  # noqa: BLE001 (SystemExit too)
             _in_task = False
             if wrap_exception:
                 e = ExceptionWithTraceback(e, e.__traceback__)
-            result = (False, e)
+            ok, result = False, e
         _in_task = False
         fdata = payload = func = chunk = args = kwds = None
         try:
             data = dumps(result)
         except Exception as e:  # noqa: BLE001
-            data = dumps((False, MaybeEncodingError(e, result[1])))
+            ok, data = False, dumps(MaybeEncodingError(e, result))
         result = None
-        put((k, job, i, data))
+        put((k, job, i, ok, data))
         data = None
         rec[base] = -1
         completed += 1
@@ -550,9 +555,9 @@ class _Core:
         """Deliver one message from the result queue."""
         if item is None:  # a wake-up
             return
-        k, job, i, data = item
+        k, job, i, ok, data = item
         try:
-            res = _loads(data)
+            res = (ok, _loads_list(data))
             bad = None
         except Exception as e:  # noqa: BLE001 (gh-79492)
             bad = e
@@ -684,7 +689,7 @@ class _Core:
                 n += 1
                 try:
                     fdata = _dump_func(f.func)
-                    self.put_task(r._job, i, f.kind, fdata, _dumps(x))
+                    self.put_task(r._job, i, f.kind, fdata, _dumps_list(x))
                 except Exception as e:  # noqa: BLE001
                     self.local_set(r, i, (False, e))
             if f.done:

@@ -50,6 +50,7 @@ from ._pool_core import (  # noqa: F401  (the stdlib's names, re-exported)
     _Core,
     _dump_func,
     _dumps,
+    _dumps_list,
     _Feeder,
     _func_name,
     _terminate_pool,
@@ -473,7 +474,7 @@ class Pool:
                         try:
                             if fdata is None:
                                 raise fail
-                            data = _dumps(chunk)
+                            data = _dumps_list(chunk)
                             outstanding[key] = seq
                             put((job, i, kind, fdata, data))
                             seq += 1

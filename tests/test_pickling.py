@@ -334,3 +334,50 @@ def test_connection_and_queue_same_errors(reducers):
     a.close()
     b.close()
     q.close()
+
+
+# --- _dumps_list / _loads_list: a Pool's chunks and results ---------------
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        [1, 2, 3],
+        [-(2**63), 2**63 - 1],
+        [0.5, -0.0, float("inf")],
+        [2**63],
+        [1, True],
+        [True],
+        [1.0, 2],
+        [],
+        (1, 2),
+        "text",
+        {"a": [1]},
+        None,
+    ],
+    ids=repr,
+)
+def test_list_form_round_trip(obj):
+    back = _fastmp._loads_list(_fastmp._dumps_list(obj))
+    assert back == obj and type(back) is type(obj)
+    if isinstance(obj, list):
+        assert [type(x) for x in back] == [type(x) for x in obj]
+
+
+def test_list_form_compact_only_for_plain_numbers():
+    assert _fastmp._dumps_list([1, 2]) != _fastmp._dumps([1, 2])
+    assert len(_fastmp._dumps_list(list(range(1000, 2000)))) == 2 + 8000
+    for obj in ([1, True], [2**64], [1.0, 1], [], ["a"], (1, 2)):
+        assert _fastmp._dumps_list(obj) == _fastmp._dumps(obj)
+    # Anything pickled stays a pickle to _loads_list.
+    assert _fastmp._loads_list(_fastmp._dumps([5, 6])) == [5, 6]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\x00i" + b"1" * 7, b"\x00z" + b"1" * 8, b"\x00", b"", b"garbage"],
+    ids=repr,
+)
+def test_list_form_corrupt_input_is_an_error(data):
+    with pytest.raises((ValueError, pickle.UnpicklingError, EOFError)):
+        _fastmp._loads_list(data)

@@ -210,6 +210,50 @@ def test_map_and_starmap(pool):
     assert pool.map_async(sqr, []).get(60) == []
 
 
+def ident(x):
+    return x
+
+
+class MyInt(int):
+    pass
+
+
+@pytest.mark.timeout(120)
+def test_map_keeps_every_item_and_its_type(pool):
+    """Chunks and results of plain ints and floats travel in a compact
+    form: what comes back is what went in, type for type, wherever a
+    chunk holds something else, an int beyond 64 bits or a float's odd
+    values."""
+    nan = float("nan")
+    cases = [
+        list(range(-5, 5)),
+        [2**63 - 1, -(2**63), 2**63, -(2**63) - 1, 2**200],
+        [0.5, -0.0, 0.0, float("inf"), float("-inf"), 1e308, 5e-324],
+        [1, 2.0, True, False, None, "x", b"y", MyInt(7), 3],
+        [True, 1, 0, False],
+        [1.0, 2.0, 3],
+        [3, 4, 5.0],
+    ]
+    for items in cases:
+        for chunksize in (1, 2, 100):
+            got = pool.map(ident, items, chunksize)
+            assert got == items
+            assert [type(x) for x in got] == [type(x) for x in items]
+        got = list(pool.imap(ident, items, 3))
+        assert [type(x) for x in got] == [type(x) for x in items]
+    got = pool.map(ident, [nan, 1.5], 2)
+    assert got[0] != got[0] and got[1] == 1.5
+    assert str(pool.map(ident, [-0.0], 1)[0]) == "-0.0"
+    # Lists as single items (apply, imap with chunksize 1) and as results.
+    assert pool.apply(ident, ([1, 2, 3],)) == [1, 2, 3]
+    assert list(pool.imap(ident, [[1, 2], [0.5], [True]])) == [
+        [1, 2],
+        [0.5],
+        [True],
+    ]
+    assert type(pool.apply(ident, ([True],))[0]) is bool
+
+
 @pytest.mark.timeout(120)
 def test_map_callbacks_run_before_wait_returns(pool):
     calls = []
