@@ -23,6 +23,7 @@ once, outside the timed region, and are driven through a control pipe
 (``Workers``); per-op time is total wall time over total operations.
 """
 
+import dataclasses
 import importlib
 import os
 import statistics
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import time
 from itertools import repeat
+from typing import Callable, Optional
 
 perf = time.perf_counter
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -58,68 +60,32 @@ class Direct:
         self.n = n
 
 
+@dataclasses.dataclass
 class Case:
-    def __init__(
-        self,
-        fn,
-        name,
-        group,
-        desc,
-        goal,
-        goal_text,
-        peers,
-        baseline,
-        max_n,
-        min_target,
-        nbytes,
-        beat_peers,
-        peer_rounds,
-    ):
-        self.fn = fn
-        self.name = name
-        self.group = group
-        self.desc = desc
-        self.goal = goal  # minimum ratio stdlib/fastmp, or None
-        self.goal_text = goal_text  # as docs/performance.md states it
-        self.peers = tuple(peers)  # extra implementations (e.g. faster_fifo)
-        self.beat_peers = beat_peers  # the goal includes beating each peer
-        self.peer_rounds = peer_rounds  # cap on the peers' rounds, or None
-        self.baseline = baseline  # what the stdlib column runs instead
-        self.max_n = max_n  # cap on the calibrated iteration count
-        self.min_target = min_target  # floor on the measurement duration
-        self.nbytes = nbytes  # payload per op, for a throughput note
+    fn: Callable
+    name: str
+    group: str
+    desc: str
+    goal: Optional[float] = None  # minimum ratio stdlib/fastmp
+    goal_text: str = ""  # as docs/performance.md states it
+    peers: tuple = ()  # extra implementations (e.g. faster_fifo)
+    baseline: Optional[str] = None  # what the stdlib column runs instead
+    max_n: int = 10**8  # cap on the calibrated iteration count
+    min_target: float = 0.0  # floor on the measurement duration
+    nbytes: Optional[int] = None  # payload per op, for a throughput note
+    beat_peers: bool = True  # the goal includes beating each peer
+    peer_rounds: Optional[int] = None  # cap on the peers' rounds
+
+    def __post_init__(self):
+        self.peers = tuple(self.peers)
 
 
-def case(
-    name,
-    group,
-    desc,
-    goal=None,
-    goal_text="",
-    peers=(),
-    baseline=None,
-    max_n=10**8,
-    min_target=0.0,
-    nbytes=None,
-    beat_peers=True,
-    peer_rounds=None,
-):
+def case(name, group, desc, **options):
+    """Register the decorated function as the case `name` (options: the
+    fields of Case)."""
+
     def register(fn):
-        CASES[name] = Case(
-            fn,
-            name,
-            group,
-            desc,
-            goal,
-            goal_text,
-            peers,
-            baseline,
-            max_n,
-            min_target,
-            nbytes,
-            beat_peers,
-            peer_rounds,
-        )
+        CASES[name] = Case(fn, name, group, desc, **options)
         return fn
 
     return register

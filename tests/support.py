@@ -1,10 +1,14 @@
 """What the tests share besides fixtures: the implementations and start
 methods under test, where fastmp under test lives, and the environment a
-child interpreter needs to import it.  Tests import these from here;
+child interpreter needs to import it (and a way to run a program under
+``python -m fastmp``).  Tests import these from here;
 conftest.py holds the fixtures only."""
 
 import multiprocessing
 import os
+import subprocess
+import sys
+import textwrap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
@@ -74,6 +78,46 @@ def child_env(env=None, **extra):
         )
     e.update(extra)
     return e
+
+
+def fastmp_env(**extra):
+    """child_env() for ``python -m fastmp``: the fall-through to the
+    stdlib allowed unless ``extra`` says otherwise."""
+    e = child_env()
+    e.pop("FASTMP_NO_FALLBACK", None)
+    e.update(extra)
+    return e
+
+
+def python_m_fastmp(*args, env=None, cwd=None, timeout=120):
+    """``python -m fastmp args...`` in a child interpreter (environment:
+    fastmp_env(**env)); returns the CompletedProcess (text output)."""
+    return subprocess.run(
+        [sys.executable, "-m", "fastmp", *args],
+        capture_output=True,
+        text=True,
+        env=fastmp_env(**(env or {})),
+        cwd=None if cwd is None else str(cwd),
+        timeout=timeout,
+    )
+
+
+def run_fastmp(
+    tmp_path, source, *args, env=None, opts=(), timeout=120, cwd=None
+):
+    """Run `source` (dedented into tmp_path/script.py) as an unchanged
+    program under ``python -m fastmp [opts] script.py [args]``, in
+    tmp_path unless `cwd` says otherwise."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
+    return python_m_fastmp(
+        *opts,
+        str(script),
+        *args,
+        env=env,
+        cwd=cwd or tmp_path,
+        timeout=timeout,
+    )
 
 
 # A child started with ``python -c`` has the working directory first on its

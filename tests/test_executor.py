@@ -12,16 +12,14 @@ module, run as a real child interpreter.
 import json
 import os
 import signal
-import subprocess
 import sys
-import textwrap
 import threading
 import time
 from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
-from support import METHODS, child_env
+from support import METHODS, run_fastmp
 
 # A hang is a failure, not a wait: every result() has this bound.
 TIMEOUT = 60
@@ -354,24 +352,11 @@ if __name__ == "__main__":
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("method", METHODS)
 def test_plain_executor_under_python_m_fastmp(tmp_path, method):
-    script = tmp_path / "executor.py"
-    script.write_text(textwrap.dedent(_SCRIPT))
-    env = child_env()
-    env.pop("FASTMP_NO_FALLBACK", None)
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fastmp",
-            "--start-method",
-            method,
-            str(script),
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=str(tmp_path),
+    r = run_fastmp(
+        tmp_path,
+        _SCRIPT,
+        str(tmp_path),
+        opts=("--start-method", method),
         timeout=230,
     )
     assert r.returncode == 0, r.stderr

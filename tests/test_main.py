@@ -8,31 +8,10 @@ import sys
 import textwrap
 
 import pytest
-from support import METHODS, TESTS, child_env
+from support import METHODS, TESTS, fastmp_env, python_m_fastmp, run_fastmp
 
 import fastmp
 from fastmp import _alias
-
-
-def _env(**extra):
-    e = child_env()
-    e.pop("FASTMP_NO_FALLBACK", None)
-    e.update(extra)
-    return e
-
-
-def run_fastmp(tmp_path, source, *args, env=None, opts=(), timeout=120):
-    script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent(source))
-    cmd = [sys.executable, "-m", "fastmp", *opts, str(script), *args]
-    return subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        env=_env(**(env or {})),
-        cwd=str(tmp_path),
-        timeout=timeout,
-    )
 
 
 def fastmp_has(name):
@@ -233,14 +212,7 @@ def test_module_option(tmp_path):
             print(multiprocessing.__name__, sys.argv[1:], p.exitcode)
     """)
     )
-    r = subprocess.run(
-        [sys.executable, "-m", "fastmp", "-m", "mymod", "x"],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        cwd=str(tmp_path),
-        timeout=120,
-    )
+    r = python_m_fastmp("-m", "mymod", "x", cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["fastmp", "['x']", "0"]
 
@@ -252,24 +224,10 @@ def test_usage_errors(tmp_path):
         ["--start-method", "bogus", "x.py"],
         ["--bogus", "x.py"],
     ):
-        r = subprocess.run(
-            [sys.executable, "-m", "fastmp", *args],
-            capture_output=True,
-            text=True,
-            env=_env(),
-            cwd=str(tmp_path),
-            timeout=60,
-        )
+        r = python_m_fastmp(*args, cwd=tmp_path, timeout=60)
         assert r.returncode != 0, args
         assert r.stdout == ""
-    r = subprocess.run(
-        [sys.executable, "-m", "fastmp", "missing.py"],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        cwd=str(tmp_path),
-        timeout=60,
-    )
+    r = python_m_fastmp("missing.py", cwd=tmp_path, timeout=60)
     assert r.returncode == 2
     assert "can't open file" in r.stderr
 
@@ -432,7 +390,7 @@ def test_ctrl_c_in_join(tmp_path):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=_env(),
+            env=fastmp_env(),
             cwd=str(tmp_path),
         )
         assert proc.stdout.readline().strip() == "READY"
@@ -469,7 +427,7 @@ def test_cpython_suite_runner():
         ],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=fastmp_env(),
         timeout=280,
     )
     lines = r.stdout.strip().splitlines()
@@ -518,7 +476,7 @@ def test_fastmp_module_built_on_stdlib_namesake(tmp_path, method):
                 print(p.map(sq, range(5)))
     """)
     )
-    env = _env(PYTHONPATH=str(tmp_path / "site"))
+    env = fastmp_env(PYTHONPATH=str(tmp_path / "site"))
     r = subprocess.run(
         [
             sys.executable,
@@ -596,7 +554,7 @@ print(repr(__file__), sys.argv, os.path.realpath(sys.path[0] or "."))
 def _both(tmp_path, args, cwd=None):
     """(python ARGS, python -m fastmp ARGS), from ``cwd``."""
     cwd = str(cwd or tmp_path)
-    env = _env()
+    env = fastmp_env()
     plain = subprocess.run(
         [sys.executable, *args],
         capture_output=True,
@@ -694,24 +652,10 @@ def test_dash_m_argv_as_python(tmp_path):
 
 
 def test_version_and_help(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-m", "fastmp", "--version"],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        cwd=str(tmp_path),
-        timeout=60,
-    )
+    r = python_m_fastmp("--version", cwd=tmp_path, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[:2] == ["fastmp", fastmp.__version__]
-    r = subprocess.run(
-        [sys.executable, "-m", "fastmp", "--help"],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        cwd=str(tmp_path),
-        timeout=60,
-    )
+    r = python_m_fastmp("--help", cwd=tmp_path, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""
     out = r.stdout

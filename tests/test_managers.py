@@ -20,7 +20,7 @@ import time
 from multiprocessing import ProcessError
 
 import pytest
-from support import IMPLS, METHODS, TESTS, child_env
+from support import IMPLS, METHODS, TESTS, run_fastmp
 
 PY314 = sys.version_info >= (3, 14)
 
@@ -519,11 +519,53 @@ print(list(iter(d)))
 """
 
 
-def _std(code, *args, **kw):
+def _peer_pythons():
+    """The stdlib peers: this interpreter, then every other CPython >= 3.9
+    found on PATH (python3.N) or under pyenv, one per version: both
+    handshake dialects (the legacy one before 3.12, the digest-prefixed
+    one from 3.12) wherever the machine has both."""
+    import glob
+    import shutil
+
+    found = {sys.version_info[:2]: sys.executable}
+    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    candidates = [shutil.which("python3.%d" % m) for m in range(9, 15)]
+    candidates += sorted(
+        glob.glob(os.path.join(root, "versions/*/bin/python3"))
+    )
+    for exe in filter(None, candidates):
+        try:
+            out = subprocess.run(
+                [
+                    exe,
+                    "-I",
+                    "-c",
+                    "import sys, multiprocessing.managers;"
+                    "print(sys.implementation.name, *sys.version_info[:2])",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.split()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if len(out) == 3 and out[0] == "cpython":
+            version = (int(out[1]), int(out[2]))
+            if version >= (3, 9):
+                found.setdefault(version, exe)
+    return sorted(found.items())
+
+
+_PEERS = _peer_pythons()
+PEERS = [exe for _v, exe in _PEERS]
+PEER_IDS = ["%d.%d" % v for v, _exe in _PEERS]
+
+
+def _std(code, *args, python=sys.executable, **kw):
     # An interpreter that cannot import fastmp (-I: no PYTHONPATH, no
     # working directory on sys.path).
     return subprocess.Popen(
-        [sys.executable, "-I", "-c", textwrap.dedent(code), *map(str, args)],
+        [python, "-I", "-c", textwrap.dedent(code), *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -560,9 +602,10 @@ def fastmp_tcp_server():
     p.join(10)
 
 
-def test_stdlib_client_fastmp_server(fastmp_tcp_server):
+@pytest.mark.parametrize("python", PEERS, ids=PEER_IDS)
+def test_stdlib_client_fastmp_server(fastmp_tcp_server, python):
     _p, port = fastmp_tcp_server
-    r = _std(STD_CLIENT, port)
+    r = _std(STD_CLIENT, port, python=python)
     out, err = r.communicate(timeout=120)
     assert r.returncode == 0, err
     assert out.splitlines() == [
@@ -573,10 +616,11 @@ def test_stdlib_client_fastmp_server(fastmp_tcp_server):
     ]
 
 
-def test_fastmp_client_stdlib_server():
+@pytest.mark.parametrize("python", PEERS, ids=PEER_IDS)
+def test_fastmp_client_stdlib_server(python):
     import fastmp.managers
 
-    srv = _std(STD_SERVER)
+    srv = _std(STD_SERVER, python=python)
     try:
         port = int(srv.stdout.readline())
         m = fastmp.managers.SyncManager(
@@ -871,9 +915,9 @@ def test_manager_threads_connections(manager):
 def test_python_m_fastmp_manager_script(tmp_path):
     # An unchanged script using Manager under python -m fastmp, with no
     # fallback to the stdlib allowed.
-    script = tmp_path / "s.py"
-    script.write_text(
-        textwrap.dedent("""
+    r = run_fastmp(
+        tmp_path,
+        """
         import multiprocessing as mp
 
         def work(d, i):
@@ -887,15 +931,9 @@ def test_python_m_fastmp_manager_script(tmp_path):
                 for p in ps: p.start()
                 for p in ps: p.join()
                 print(type(m).__module__, sorted(d.items()))
-        """)
-    )
-    r = subprocess.run(
-        [sys.executable, "-m", "fastmp", str(script)],
-        capture_output=True,
-        text=True,
+        """,
+        env={"FASTMP_NO_FALLBACK": "1"},
         cwd=TESTS,
-        timeout=120,
-        env=child_env(FASTMP_NO_FALLBACK="1"),
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "fastmp.managers [(0, 0), (1, 1), (2, 4)]"

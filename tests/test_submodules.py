@@ -12,7 +12,7 @@ import sys
 import textwrap
 
 import pytest
-from support import TESTS, child_env
+from support import TESTS, child_env, run_fastmp
 
 # Modules fastmp takes from the stdlib as they are.
 PASSTHROUGH = [
@@ -132,24 +132,14 @@ def test_import_fastmp_stays_light():
 @pytest.mark.parametrize("name", ["util", "reduction", "heap"])
 def test_under_python_m_fastmp(tmp_path, name):
     # ``import multiprocessing.X`` and ``import fastmp.X`` give one module.
-    script = tmp_path / "s.py"
-    script.write_text(
-        textwrap.dedent(f"""
+    r = run_fastmp(
+        tmp_path,
+        f"""
         import multiprocessing.{name}
         import fastmp.{name}
         m = multiprocessing.{name}
         print(m is fastmp.{name}, m.__name__)
-    """)
-    )
-    env = child_env()
-    env.pop("FASTMP_NO_FALLBACK", None)
-    r = subprocess.run(
-        [sys.executable, "-m", "fastmp", str(script)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=str(tmp_path),
-        timeout=120,
+        """,
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["True", "multiprocessing." + name]
