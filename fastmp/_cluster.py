@@ -138,7 +138,7 @@ def get_client(address, processes=None):
                 n_workers=n,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                dashboard_address=":0",  # any free port
                 silence_logs=40,  # errors only
             )
             target = cluster
@@ -312,26 +312,16 @@ def run_group(calls, timed=False):
     return out
 
 
-class _Initializer:
+def _initializer_plugin(initializer, initargs):
     """A Dask worker plugin running a pool's initializer once per worker
     process (and in workers that join later)."""
+    from distributed.diagnostics.plugin import WorkerPlugin
 
-    def __init__(self, name, initializer, initargs):
-        self.name = name
-        self.initializer = initializer
-        self.initargs = initargs
+    class Initializer(WorkerPlugin):
+        def setup(self, worker):
+            initializer(*initargs)
 
-    def setup(self, worker):
-        self.initializer(*self.initargs)
-
-    def teardown(self, worker):
-        pass
-
-    def transition(self, key, start, finish, **kwargs):
-        pass
-
-    def release_key(self, *args, **kwargs):
-        pass
+    return Initializer()
 
 
 # ---------------------------------------------------------------- the core
@@ -662,7 +652,7 @@ def make_pool_class():
             self._progress = _observe.progress()
             if initializer is not None:
                 name = "fastmp-init-%s" % uuid.uuid4().hex
-                plugin = _Initializer(name, initializer, initargs)
+                plugin = _initializer_plugin(initializer, initargs)
                 try:
                     register = client.register_plugin
                 except AttributeError:  # older distributed
