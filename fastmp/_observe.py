@@ -47,6 +47,14 @@ def progress():
     return Progress(tqdm.tqdm)
 
 
+def _columns():
+    # stderr's terminal width (80 for one that reports no size).
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
 _KIND_NAMES = {1: "imap", 2: "map", 3: "starmap"}
 
 
@@ -65,7 +73,7 @@ class Progress:
             desc=name,
             unit="item",
             file=sys.stderr,
-            dynamic_ncols=True,
+            ncols=_columns(),
             mininterval=0.1,
         )
         orig_set = result._set
