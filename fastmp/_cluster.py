@@ -134,6 +134,14 @@ def get_client(address, processes=None):
         distributed = require_distributed()
         cluster = None
         if kind == "local":
+            import dask
+
+            # Tasks go to the workers as they are made, not held back by
+            # the scheduler until a worker is free (root-task queuing):
+            # a worker then starts its next group without a round trip
+            # to the scheduler.  (A remote scheduler has its own
+            # configuration: docs/cluster.md.)
+            dask.config.set({"distributed.scheduler.worker-saturation": "inf"})
             cluster = distributed.LocalCluster(
                 n_workers=n,
                 threads_per_worker=1,
@@ -385,6 +393,7 @@ class _Core:
             bound = f.buffersize or READ_AHEAD_PER_WORKER * self.nworkers
             r = f.result
             n = 0
+            items = []
             while n < limit and self.state != TERMINATE:
                 if f.index - f.consumed >= bound:
                     break
@@ -401,7 +410,9 @@ class _Core:
                     break
                 f.index += 1
                 n += 1
-                self.submit(r, i, f.kind, f.func, x)
+                items.append((i, x))
+            if items:
+                self.submit(r, f.kind, f.func, items)
             if f.done:
                 f.it = None
                 with self.dlock:
@@ -417,15 +428,27 @@ class _Core:
 
     # -- sending
 
-    def submit(self, r, i, kind, func, args):
-        """Queue call i of result r (pickled here: an error is that
-        call's result)."""
+    def submit(self, r, kind, func, items):
+        """Queue the calls (i, arguments) of result r, pickled here (an
+        error is that call's result), all at once: the helper sends them
+        in one batch."""
+        calls = []
+        failed = []
         try:
-            call = (_dump_func(func), kind, dumps(args))
+            fdata = _dump_func(func)
         except Exception as e:  # noqa: BLE001
+            fdata, ferr = None, e
+        for i, args in items:
+            try:
+                if fdata is None:
+                    raise ferr
+                calls.append((r, i, (fdata, kind, dumps(args))))
+            except Exception as e:  # noqa: BLE001
+                failed.append((i, e))
+        if calls:
+            self.inbox.put(calls)
+        for i, e in failed:
             self.local_set(r, i, (False, e))
-            return
-        self.inbox.put((r, i, call))
 
     def send(self, calls):
         """Send the calls as at most GROUPS_PER_WORKER * nworkers Dask
@@ -457,10 +480,15 @@ class _Core:
         values = {}
         if ok:
             try:
-                for f, v in zip(ok, self.client.gather(ok, errors="skip")):
-                    values[f] = v
-            except Exception:  # noqa: BLE001 (gathered one by one below)
-                pass
+                values = dict(zip(ok, self.client.gather(ok)))
+            except Exception:  # noqa: BLE001
+                # One of them was lost meanwhile: one by one (a lost one
+                # is failed by group_error below).
+                for f in ok:
+                    try:
+                        values[f] = f.result(timeout=60)
+                    except Exception:  # noqa: BLE001
+                        pass
         for fut in done:
             targets = self.futures.pop(fut, None)
             if targets is None:
@@ -505,22 +533,38 @@ class _Core:
             )
             err.__cause__ = exc
             return err
-        if self.state == TERMINATE or fut.status == "cancelled":
+        if self.state == TERMINATE:
             return PoolTerminatedError(
                 "the pool was terminated before this task's result came back"
             )
+        if exc is None or fut.status in ("cancelled", "lost", "finished"):
+            # The scheduler dropped it (gone, restarted) or its result
+            # was lost with a worker.
+            err = WorkerLostError(
+                "the cluster lost %s (task %s, status %s)"
+                % (what, fut.key, fut.status),
+                task=what,
+            )
+            err.__cause__ = exc
+            return err
         return exc
 
     # -- the helper thread
 
     def run(self):
-        try:
-            self.loop()
-        except Exception:  # noqa: BLE001
-            if self.state != TERMINATE:
+        """The helper thread's body."""
+        while self.state != TERMINATE:
+            try:
+                self.loop()
+                return
+            except Exception:  # noqa: BLE001
+                # Keep delivering whatever went wrong here.
+                if self.state == TERMINATE:
+                    return
                 import traceback
 
                 traceback.print_exc()
+                time.sleep(_TICK)
 
     def loop(self):
         get = self.inbox.get
@@ -542,10 +586,14 @@ class _Core:
                     break
             if self.state == TERMINATE:
                 return
-            calls = [x for x in items if type(x) is tuple]
+            calls = [c for x in items if type(x) is list for c in x]
             if calls:
-                self.send(calls)
-            done = [x for x in items if x is not None and type(x) is not tuple]
+                try:
+                    self.send(calls)
+                except Exception as e:  # noqa: BLE001 (client closed ...)
+                    for r, i, _ in calls:
+                        self.local_set(r, i, (False, e))
+            done = [x for x in items if x is not None and type(x) is not list]
             if done:
                 self.deliver(done)
 
@@ -691,7 +739,7 @@ def make_pool_class():
             result._what = func
             if self._insight is not None:
                 func = self._insight.wrap(func)
-            self._core.submit(result, -1, _CALL, func, (args, kwds))
+            self._core.submit(result, _CALL, func, [(-1, (args, kwds))])
             return result
 
         def _map_async(
@@ -723,9 +771,14 @@ def make_pool_class():
                 return result
             if self._insight is not None:
                 func = self._insight.wrap(func)
-            core = self._core
-            for i, chunk in enumerate(_chunks(iterable, chunksize)):
-                core.submit(result, i, kind, func, chunk)
+            try:
+                items = list(enumerate(_chunks(iterable, chunksize)))
+            except Exception as e:  # noqa: BLE001 (the input raised)
+                total = n // chunksize + bool(n % chunksize)
+                for i in range(total):
+                    self._core.local_set(result, i, (False, e))
+                return result
+            self._core.submit(result, kind, func, items)
             return result
 
         def _imap(self, cls, func, iterable, chunksize, buffersize):
