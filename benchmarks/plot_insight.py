@@ -1,7 +1,11 @@
 """Plot what ``python -m fastmp --insight=FILE`` wrote: one horizontal bar
 per worker of each pool, split into start-up, busy and idle time.
 
-    python benchmarks/plot_insight.py insight.json insight.png
+    python benchmarks/plot_insight.py insight.json [more.json ...] out.png
+
+The docs' plot (docs/insight.png) is examples/cluster_primes.py 1000000,
+run with ``--insight=local.json`` and with ``--insight=cluster.json
+--cluster local:2``.
 """
 
 import json
@@ -43,7 +47,10 @@ def plot(data, out):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: plot_insight.py INSIGHT.json OUT.png")
-    with open(sys.argv[1]) as f:
-        plot(json.load(f), sys.argv[2])
+    if len(sys.argv) < 3:
+        sys.exit("usage: plot_insight.py INSIGHT.json [...] OUT.png")
+    pools = []
+    for path in sys.argv[1:-1]:
+        with open(path) as f:
+            pools.extend(json.load(f)["pools"])
+    plot({"pools": pools}, sys.argv[-1])
