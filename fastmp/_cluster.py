@@ -59,6 +59,10 @@ INSTALL_HINT = "pip install 'fastmp[cluster]'"
 CONNECT_TIMEOUT = float(os.environ.get("FASTMP_CLUSTER_TIMEOUT", "10"))
 # Calls sent per batch: at most this many Dask tasks per worker thread.
 GROUPS_PER_WORKER = 4
+# A Dask task's own cost (scheduler, messages, gathering), roughly: a
+# group is made long enough for this to be a tenth of its run time, once
+# the function's time per call is known.
+TASK_COST = 0.005
 # imap read-ahead when buffersize is None: tasks in flight per worker.
 READ_AHEAD_PER_WORKER = 64
 _TICK = 0.1
@@ -134,14 +138,6 @@ def get_client(address, processes=None):
         distributed = require_distributed()
         cluster = None
         if kind == "local":
-            import dask
-
-            # Tasks go to the workers as they are made, not held back by
-            # the scheduler until a worker is free (root-task queuing):
-            # a worker then starts its next group without a round trip
-            # to the scheduler.  (A remote scheduler has its own
-            # configuration: docs/cluster.md.)
-            dask.config.set({"distributed.scheduler.worker-saturation": "inf"})
             cluster = distributed.LocalCluster(
                 n_workers=n,
                 threads_per_worker=1,
@@ -305,6 +301,7 @@ def run_group(calls, timed=False):
     import cloudpickle
 
     out = []
+    t0 = time.perf_counter()
     for fdata, kind, payload in calls:
         try:
             res = (True, _call(fdata, kind, payload))
@@ -315,9 +312,8 @@ def run_group(calls, timed=False):
         except Exception as e:  # noqa: BLE001
             data = cloudpickle.dumps((False, MaybeEncodingError(e, res[1])))
         out.append(data)
-    if timed:
-        return out, _observe.take_records()
-    return out
+    elapsed = time.perf_counter() - t0
+    return out, elapsed, _observe.take_records() if timed else None
 
 
 def _initializer_plugin(initializer, initargs):
@@ -350,7 +346,10 @@ class _Core:
         self.dlock = threading.Lock()
         self.cv = threading.Condition(self.dlock)
         self.inbox = queue.SimpleQueue()  # calls to send, finished futures
-        self.futures = {}  # Dask future -> its calls' (result, index)
+        # Dask future -> ([(result, index) of its calls], function pickle)
+        self.futures = {}
+        # function pickle -> its time per call, in seconds (see ngroups)
+        self.cost = {}
         self.thread = None
         self.plugin = None
 
@@ -390,7 +389,18 @@ class _Core:
         if f.done or not f.lock.acquire(False):
             return
         try:
-            bound = f.buffersize or READ_AHEAD_PER_WORKER * self.nworkers
+            if f not in self.feeders:
+                # (a list's feeder too: the helper reads on when the
+                # caller does not)
+                with self.dlock:
+                    self.feeders.append(f)
+            bound = f.buffersize
+            if bound is None:
+                # After close(), the rest of the input is read whether or
+                # not results are taken, so that join() returns.
+                bound = READ_AHEAD_PER_WORKER * self.nworkers
+                if self.state != RUN:
+                    bound = float("inf")
             r = f.result
             n = 0
             items = []
@@ -450,10 +460,29 @@ class _Core:
         for i, e in failed:
             self.local_set(r, i, (False, e))
 
+    def ngroups(self, calls):
+        """How many Dask tasks to make of these calls: GROUPS_PER_WORKER
+        per worker thread at most; fewer (not under one per worker
+        thread) when the calls' functions are known to be quick, so that
+        a task runs at least 10 x TASK_COST."""
+        n = len(calls)
+        most = min(n, GROUPS_PER_WORKER * self.nworkers)
+        total = 0.0
+        cost = self.cost
+        for c in calls:
+            t = cost.get(c[2][0])
+            if t is None:
+                return most
+            total += t
+        # A whole number of tasks per worker thread: equal shares.
+        w = self.nworkers
+        fit = int(total / (10 * TASK_COST)) // w * w
+        return max(min(n, w), min(most, fit))
+
     def send(self, calls):
-        """Send the calls as at most GROUPS_PER_WORKER * nworkers Dask
-        tasks, each a run of consecutive calls."""
-        ngroups = min(len(calls), GROUPS_PER_WORKER * self.nworkers)
+        """Send the calls as Dask tasks (see ngroups), each a run of
+        consecutive calls."""
+        ngroups = self.ngroups(calls)
         size, extra = divmod(len(calls), ngroups)
         groups = []
         j = 0
@@ -470,7 +499,7 @@ class _Core:
         )
         put = self.inbox.put
         for fut, grp in zip(futs, groups):
-            self.futures[fut] = [(c[0], c[1]) for c in grp]
+            self.futures[fut] = ([(c[0], c[1]) for c in grp], grp[0][2][0])
             fut.add_done_callback(put)
 
     # -- receiving
@@ -490,14 +519,21 @@ class _Core:
                     except Exception:  # noqa: BLE001
                         pass
         for fut in done:
-            targets = self.futures.pop(fut, None)
-            if targets is None:
+            entry = self.futures.pop(fut, None)
+            if entry is None:
                 continue
+            targets, fdata = entry
             if fut in values:
-                out = values[fut]
-                if self.insight is not None:
-                    out, records = out
+                out, elapsed, records = values[fut]
+                if records is not None:
                     self.insight.add(records)
+                # The function's time per call, for the next batches'
+                # grouping (10 x TASK_COST per group: see ngroups).
+                per = elapsed / max(1, len(targets))
+                old = self.cost.get(fdata)
+                self.cost[fdata] = per if old is None else (old + per) / 2
+                if len(self.cost) > 256:
+                    self.cost.clear()
                 for (r, i), data in zip(targets, out):
                     try:
                         res = pickle.loads(data)

@@ -132,6 +132,19 @@ def test_imap_in_order_and_lazy(pool):
     assert len(read) <= 10 + 5 + 1
 
 
+def test_imap_read_on_after_close():
+    # More than the read-ahead, never taken before close(): join() still
+    # returns, and every result is there.
+    p = fastmp.Pool(cluster=ADDRESS)
+    n = 64 * 2 * 2 + 10
+    it = p.imap(square, list(range(n)))
+    un = p.imap_unordered(square, iter(range(n)))
+    p.close()
+    p.join()
+    assert list(it) == [x * x for x in range(n)]
+    assert sorted(un) == [x * x for x in range(n)]
+
+
 def test_imap_unordered(pool):
     assert sorted(pool.imap_unordered(square, range(40))) == sorted(
         x * x for x in range(40)
