@@ -60,7 +60,7 @@ CONNECT_TIMEOUT = float(os.environ.get("FASTMP_CLUSTER_TIMEOUT", "10"))
 # Calls sent per batch: at most this many Dask tasks per worker thread.
 GROUPS_PER_WORKER = 4
 # A Dask task's own cost (scheduler, messages, gathering), roughly: a
-# group is made long enough for this to be a tenth of its run time, once
+# group is made long enough for this to be a 20th of its run time, once
 # the function's time per call is known.
 TASK_COST = 0.005
 # imap read-ahead when buffersize is None: tasks in flight per worker.
@@ -464,7 +464,7 @@ class _Core:
         """How many Dask tasks to make of these calls: GROUPS_PER_WORKER
         per worker thread at most; fewer (not under one per worker
         thread) when the calls' functions are known to be quick, so that
-        a task runs at least 10 x TASK_COST."""
+        a task runs at least 20 x TASK_COST."""
         n = len(calls)
         most = min(n, GROUPS_PER_WORKER * self.nworkers)
         total = 0.0
@@ -476,7 +476,7 @@ class _Core:
             total += t
         # A whole number of tasks per worker thread: equal shares.
         w = self.nworkers
-        fit = int(total / (10 * TASK_COST)) // w * w
+        fit = int(total / (20 * TASK_COST)) // w * w
         return max(min(n, w), min(most, fit))
 
     def send(self, calls):
@@ -528,7 +528,7 @@ class _Core:
                 if records is not None:
                     self.insight.add(records)
                 # The function's time per call, for the next batches'
-                # grouping (10 x TASK_COST per group: see ngroups).
+                # grouping (20 x TASK_COST per group: see ngroups).
                 per = elapsed / max(1, len(targets))
                 old = self.cost.get(fdata)
                 self.cost[fdata] = per if old is None else (old + per) / 2
