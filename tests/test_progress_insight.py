@@ -174,3 +174,11 @@ def test_insight_cluster(script, tmp_path):
     r = _run(["--insight=%s" % path, "--cluster", "local:2", script])
     _check_insight(r, path, "ClusterPool(2)", "local:2")
     assert r.stderr.count("tcp://127.0.0.1") >= 1
+
+
+def test_help_names_the_switches():
+    r = _run(["--help"])
+    assert r.returncode == 0
+    for opt in ("--cluster ADDRESS", "--progress", "--insight[=FILE]"):
+        assert opt in r.stdout
+    assert "pip install 'fastmp[cluster]'" in r.stdout
