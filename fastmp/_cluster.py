@@ -66,6 +66,8 @@ TASK_COST = 0.005
 # imap read-ahead when buffersize is None: tasks in flight per worker.
 READ_AHEAD_PER_WORKER = 64
 _TICK = 0.1
+# How long closing a client or a local cluster may take at exit.
+CLOSE_TIMEOUT = 5
 
 
 def require_distributed():
@@ -171,12 +173,16 @@ def close_clients():
         entries = list(_clients.values())
         _clients.clear()
     for client, cluster in entries:
-        try:
-            client.close()
-            if cluster is not None:
-                cluster.close()
-        except Exception:  # noqa: BLE001 (at exit: best effort)
-            pass
+        # With timeouts: closing a LocalCluster whose worker was just
+        # killed can wait forever on its nanny (seen with Dask 2024.8);
+        # what is left then are daemonic processes, ended at exit.
+        for obj in (client, cluster):
+            if obj is None:
+                continue
+            try:
+                obj.close(timeout=CLOSE_TIMEOUT)
+            except Exception:  # noqa: BLE001 (at exit: best effort)
+                pass
 
 
 # ---------------------------------------------------------------- pickling
