@@ -747,8 +747,14 @@ def make_pool_class():
                     register = client.register_plugin
                 except AttributeError:  # older distributed
                     register = client.register_worker_plugin
-                register(plugin, name=name)
                 core.plugin = name
+                try:
+                    register(plugin, name=name)
+                except BaseException:
+                    # The initializer raised in a worker: Pool() fails
+                    # with its exception; nothing stays registered.
+                    core.unregister()
+                    raise
             self._state = RUN
             t = core.thread = threading.Thread(
                 target=core.run, name="fastmp-cluster-helper", daemon=True

@@ -239,6 +239,18 @@ def test_initializer_once_per_worker():
         fastmp.Pool(cluster=ADDRESS, initializer=3)
 
 
+def bad_init():
+    raise KeyError("no init")
+
+
+def test_initializer_that_raises_fails_pool():
+    with pytest.raises(KeyError, match="no init"):
+        fastmp.Pool(cluster=ADDRESS, initializer=bad_init)
+    # The cluster is still fine for other pools.
+    with fastmp.Pool(cluster=ADDRESS) as p:
+        assert p.map(square, range(3)) == [0, 1, 4]
+
+
 def test_context_manager_terminates():
     with fastmp.Pool(cluster=ADDRESS) as p:
         r = p.apply_async(sleep_return, (5,))
