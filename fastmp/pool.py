@@ -275,7 +275,15 @@ class Pool:
     _progress = None
     _insight = None
 
-    def __new__(cls, *args, cluster=None, **kwds):
+    def __new__(
+        cls,
+        processes=None,
+        initializer=None,
+        initargs=(),
+        maxtasksperchild=None,
+        context=None,
+        cluster=None,
+    ):
         # Cluster mode (docs/cluster.md): Pool(cluster=ADDRESS), or every
         # Pool when FASTMP_CLUSTER is set (python -m fastmp --cluster).
         if cls is Pool and (cluster or os.environ.get("FASTMP_CLUSTER")):
