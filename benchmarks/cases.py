@@ -1260,3 +1260,163 @@ def _manager_dict(mp, impl):
         d["k"]
 
     return Bench(loop_bench(op).run, m.shutdown)
+
+
+# ---------------------------------------------------------------------------
+# Cluster mode (docs/cluster.md): fastmp's Pool on a Dask LocalCluster of
+# two worker processes (`Pool(cluster="local:2")`, what `python -m fastmp
+# --cluster local:2` gives every Pool), against Ray's Pool
+# (`ray.util.multiprocessing.Pool(2)`) and raw Dask futures
+# (`client.submit` per task on a LocalCluster of the same size); the
+# stdlib column is the stdlib's local Pool(2), for orientation.  Each
+# cluster is started once, outside the timed region.
+
+CLUSTER_MAP_ITEMS = MAP_ITEMS
+# Raw Dask futures pay milliseconds per item: a map of fewer.
+DASK_MAP_ITEMS = 1_000
+
+
+class _ClusterPeer:
+    """A pool-like front for the cluster cases: fastmp in cluster mode,
+    the stdlib's local Pool, Ray's Pool or raw Dask futures."""
+
+    def __init__(self, mp, impl):
+        self.impl = impl
+        if impl == "ray":
+            ray = _require("ray")
+            ray.init(
+                num_cpus=POOL_WORKERS,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+            self.ray = ray
+            self.pool = _require("ray.util.multiprocessing").Pool(POOL_WORKERS)
+        elif impl == "dask":
+            distributed = _require("distributed")
+            self.cluster = distributed.LocalCluster(
+                n_workers=POOL_WORKERS,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+            )
+            self.client = distributed.Client(self.cluster)
+        elif impl == "fastmp":
+            _require("distributed")
+            self.pool = mp.Pool(cluster="local:%d" % POOL_WORKERS)
+        else:
+            self.pool = fork_ctx(mp).Pool(POOL_WORKERS)
+
+    def apply_many(self, fn, n):
+        """n tasks submitted, then every result awaited."""
+        if self.impl == "dask":
+            submit = self.client.submit
+            futs = [submit(fn, i, pure=False) for i in range(n)]
+            return self.client.gather(futs)
+        apply_async = self.pool.apply_async
+        rs = [apply_async(fn, (i,)) for i in range(n)]
+        return [r.get() for r in rs]
+
+    def map(self, fn, items):
+        if self.impl == "dask":
+            return self.client.gather(self.client.map(fn, items, pure=False))
+        return self.pool.map(fn, items)
+
+    def close(self):
+        if self.impl == "dask":
+            self.client.close()
+            self.cluster.close()
+            return
+        self.pool.terminate()
+        if self.impl == "ray":
+            self.ray.shutdown()
+        elif self.impl == "fastmp":
+            from fastmp import _cluster
+
+            _cluster.close_clients()
+
+
+@case(
+    "cluster_apply_async",
+    "cluster",
+    "n x `apply_async(f, (i,))`, then every `get()`, trivial f, 2 workers "
+    "(per task; fastmp: `Pool(cluster='local:2')`; Dask: `client.submit`)",
+    goal_text="cheaper than Ray's Pool",
+    peers=("ray", "dask"),
+    peer_rounds=PEER_ROUNDS,
+    max_n=20_000,
+)
+def _cluster_apply(mp, impl):
+    pool = _ClusterPeer(mp, impl)
+    pool.apply_many(_trivial, 10)  # workers up, imports done
+
+    def run(n):
+        t0 = perf()
+        pool.apply_many(_trivial, n)
+        return perf() - t0
+
+    return Bench(run, pool.close)
+
+
+@case(
+    "cluster_map",
+    "cluster",
+    f"`map(f, items)` of a trivial function, default chunksize, "
+    f"{CLUSTER_MAP_ITEMS:,} items (Dask: `client.map`, "
+    f"{DASK_MAP_ITEMS:,} items), 2 workers (per item)",
+    goal_text="cheaper than Ray's Pool",
+    peers=("ray", "dask"),
+    peer_rounds=PEER_ROUNDS,
+)
+def _cluster_map(mp, impl):
+    pool = _ClusterPeer(mp, impl)
+    pool.map(_trivial, list(range(100)))  # workers up, imports done
+
+    def run(n):
+        items = list(range(n))
+        t0 = perf()
+        pool.map(_trivial, items)
+        return perf() - t0
+
+    size = DASK_MAP_ITEMS if impl == "dask" else CLUSTER_MAP_ITEMS
+    return Bench(run, pool.close, n=size)
+
+
+def _cluster_cpu_case(tasks):
+    def fn(mp, impl):
+        if impl == "fastmp":
+            pool = _ClusterPeer(mp, impl)
+        else:
+            # The baseline: fastmp's own local pool.
+            pool = _ClusterPeer(importlib.import_module("fastmp"), "local")
+        items = list(range(tasks))
+        pool.pool.map(_cpu_task, items[:4], 1)  # workers up
+
+        def run(n):
+            t0 = perf()
+            for _ in repeat(None, n):
+                pool.pool.map(_cpu_task, items, 1)
+            return perf() - t0
+
+        return Bench(run, pool.close)
+
+    return fn
+
+
+# A job of about 0.1 s on two cores, and one of about 0.5 s: Dask's fixed
+# cost per job (tens of ms on a busy 2-core machine) weighs on the first.
+for _name, _tasks in (
+    ("cluster_cpu_bound", 40),
+    ("cluster_cpu_bound_long", 200),
+):
+    case(
+        _name,
+        "cluster",
+        f"a CPU-bound job: `map(f, range({_tasks}), chunksize=1)`, "
+        "tasks of about 5 ms, fastmp `Pool(cluster='local:2')` against "
+        "fastmp's local `Pool(2)` (per job)",
+        goal=1 / 1.3,
+        goal_text="within 1.3x of fastmp's Pool(2)",
+        baseline="fastmp's local Pool(2)",
+        max_n=20,
+    )(_cluster_cpu_case(_tasks))

@@ -17,6 +17,8 @@ import sys
 
 USAGE = (
     "usage: python -m fastmp [--start-method {fork,spawn,forkserver}]\n"
+    "                        [--cluster ADDRESS] [--progress] "
+    "[--insight[=FILE]]\n"
     "                        (script.py | -c CODE | -m module) "
     "[args ...]"
 )
@@ -27,6 +29,16 @@ HELP = """%s
 options:
   --start-method M  the default start method (fork, spawn or forkserver);
                     the program may still call set_start_method() once
+  --cluster ADDRESS run every Pool on a Dask cluster: tcp://host:port (a
+                    running scheduler), local or local:N (a LocalCluster
+                    of N worker processes for this run); needs
+                    pip install 'fastmp[cluster]' (env FASTMP_CLUSTER)
+  --progress        a progress bar on stderr for every map/imap job, when
+                    stderr is a terminal (env FASTMP_PROGRESS=1, or
+                    FASTMP_PROGRESS=force to draw it anyway)
+  --insight[=FILE]  when each Pool ends: per-worker tasks, busy, idle and
+                    start-up time and the slowest tasks on stderr, and as
+                    JSON to FILE (env FASTMP_INSIGHT=1 or FILE)
   -c CODE           run CODE, as python -c does
   -m module         run a module as a script, as python -m does
   --version         print fastmp's version and exit
@@ -62,6 +74,28 @@ def _parse(argv):
             method = a.split("=", 1)[1]
             i += 1
             continue
+        if a == "--cluster" or a.startswith("--cluster="):
+            if "=" in a:
+                address = a.split("=", 1)[1]
+                i += 1
+            elif i + 1 < len(argv):
+                address = argv[i + 1]
+                i += 2
+            else:
+                sys.exit(USAGE)
+            _cluster_mode(address)
+            continue
+        if a == "--progress":
+            os.environ["FASTMP_PROGRESS"] = "1"
+            i += 1
+            continue
+        if a == "--insight" or a.startswith("--insight="):
+            path = a.split("=", 1)[1] if "=" in a else "1"
+            if path != "1":
+                path = os.path.abspath(path)
+            os.environ["FASTMP_INSIGHT"] = path
+            i += 1
+            continue
         if a in ("-m", "-c"):
             if i + 1 >= len(argv):
                 sys.exit(
@@ -79,6 +113,22 @@ def _parse(argv):
     if i >= len(argv):
         sys.exit(USAGE)
     return method, "script", argv[i], argv[i + 1 :]
+
+
+def _cluster_mode(address):
+    """Check the address and that Dask is installed; set FASTMP_CLUSTER
+    (read by every Pool() of the program)."""
+    from fastmp import _cluster
+
+    try:
+        _cluster.parse_address(address)
+    except ValueError as e:
+        sys.exit("fastmp: %s" % e)
+    try:
+        _cluster.check_installed()
+    except ImportError as e:
+        sys.exit(str(e))
+    os.environ["FASTMP_CLUSTER"] = address
 
 
 def _excepthook(orig):

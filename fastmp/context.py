@@ -297,14 +297,19 @@ class _FastmpContextMixin:
         initializer=None,
         initargs=(),
         maxtasksperchild=None,
+        *,
+        cluster=None,
     ):
-        """Returns a process pool object"""
+        """Returns a process pool object (with cluster=ADDRESS, or
+        FASTMP_CLUSTER set, one whose tasks run on a Dask cluster: see
+        docs/cluster.md)"""
         return _fastmp_module("pool").Pool(
             processes,
             initializer,
             initargs,
             maxtasksperchild,
             context=self.get_context(),
+            cluster=cluster,
         )
 
 

@@ -31,6 +31,7 @@ import types
 import warnings
 from multiprocessing import TimeoutError, util
 
+from . import _observe
 from ._pool_core import (  # noqa: F401  (the stdlib's names, re-exported)
     _CALL,
     _MAP,
@@ -261,12 +262,36 @@ class IMapUnorderedIterator(IMapIterator):
 # ---------------------------------------------------------------- the pool
 
 
+def _terminate_and_report(core, insight):
+    _terminate_pool(core)
+    insight.report()
+
+
 class Pool:
     """A pool of worker processes to which jobs can be submitted (the
     stdlib's multiprocessing.pool.Pool, on fastmp's queues; see the
     module docstring for how it differs)."""
 
     _wrap_exception = True
+    _progress = None
+    _insight = None
+
+    def __new__(
+        cls,
+        processes=None,
+        initializer=None,
+        initargs=(),
+        maxtasksperchild=None,
+        context=None,
+        cluster=None,
+    ):
+        # Cluster mode (docs/cluster.md): Pool(cluster=ADDRESS), or every
+        # Pool when FASTMP_CLUSTER is set (python -m fastmp --cluster).
+        if cls is Pool and (cluster or os.environ.get("FASTMP_CLUSTER")):
+            from . import _cluster
+
+            cls = _cluster.pool_class()
+        return object.__new__(cls)
 
     @staticmethod
     def Process(ctx, *args, **kwds):
@@ -279,6 +304,7 @@ class Pool:
         initargs=(),
         maxtasksperchild=None,
         context=None,
+        cluster=None,
     ):
         self._pool = []
         self._state = INIT
@@ -303,6 +329,8 @@ class Pool:
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         self._processes = processes
+        self._progress = _observe.progress()
+        self._insight = _observe.insight_for(self, processes, local=True)
         core = self._core = _Core(
             context, processes, initializer, initargs, maxtasksperchild
         )
@@ -326,9 +354,11 @@ class Pool:
             target=core.run, name="fastmp-pool-helper", daemon=True
         )
         t.start()
-        self._terminate = util.Finalize(
-            self, _terminate_pool, args=(core,), exitpriority=15
-        )
+        if self._insight is None:
+            fin, args = _terminate_pool, (core,)
+        else:
+            fin, args = _terminate_and_report, (core, self._insight)
+        self._terminate = util.Finalize(self, fin, args=args, exitpriority=15)
 
     def __del__(self, _warn=warnings.warn, RUN=RUN):
         if getattr(self, "_state", None) == RUN:
@@ -376,6 +406,8 @@ class Pool:
             raise ValueError("Pool not running")
         result = ApplyResult(self, callback, error_callback)
         result._what = func
+        if self._insight is not None:
+            func = self._insight.wrap(func)
         try:
             self._core.put_task(
                 result._job, -1, _CALL, _dump_func(func), _dumps((args, kwds))
@@ -449,8 +481,12 @@ class Pool:
             self, chunksize, len(iterable), callback, error_callback
         )
         result._what = func
+        if self._progress is not None:
+            self._progress.track(result, len(iterable), kind, func)
         if chunksize <= 0:
             return result
+        if self._insight is not None:
+            func = self._insight.wrap(func)
         core = self._core
         job = result._job
         failed = []  # (index, exception): set once the put lock is free
@@ -523,6 +559,11 @@ class Pool:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         result = cls(self)
         result._what = func
+        if self._progress is not None:
+            total = len(iterable) if hasattr(iterable, "__len__") else None
+            self._progress.track(result, total, _ONE, func, chunksize)
+        if self._insight is not None:
+            func = self._insight.wrap(func)
         core = self._core
         if chunksize == 1:
             it, kind = iter(iterable), _ONE
@@ -558,6 +599,8 @@ class Pool:
         util.debug("terminating pool")
         self._state = TERMINATE
         self._terminate()
+        if self._insight is not None:
+            self._insight.report()
 
     def join(self):
         """Wait for the workers to exit (after close() or terminate())."""
@@ -571,6 +614,8 @@ class Pool:
             t.join()
         for p in list(self._pool):
             p.join()
+        if self._insight is not None:
+            self._insight.report()
 
     def __enter__(self):
         self._check_running()

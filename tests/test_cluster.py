@@ -1,0 +1,491 @@
+"""Cluster mode (docs/cluster.md): fastmp's Pool on a real Dask
+LocalCluster on loopback (a scheduler and worker processes), and
+``python -m fastmp --cluster`` on unchanged scripts, against a local
+cluster and against a scheduler and workers started separately.
+
+The in-process tests share one LocalCluster of two workers (one client per
+address per process: every ``Pool(cluster="local:2")`` here reuses it)."""
+
+import importlib.util
+import multiprocessing
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from support import ROOT, SHARED, child_env
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("distributed") is None,
+    reason="Dask distributed is not installed (pip install 'fastmp[cluster]')",
+)
+
+import fastmp  # noqa: E402
+from fastmp.pool import (  # noqa: E402
+    PoolTerminatedError,
+    RemoteTraceback,
+    WorkerLostError,
+)
+
+ADDRESS = "local:2"
+LECTURE = os.path.join(SHARED, "lecture-examples", "s001_06_pool_map_cube.py")
+PRIMES = os.path.join(ROOT, "examples", "cluster_primes.py")
+
+
+@pytest.fixture(scope="module")
+def pool():
+    p = fastmp.Pool(cluster=ADDRESS)
+    yield p
+    p.terminate()
+
+
+def square(x):
+    return x * x
+
+
+def add(a, b):
+    return a + b
+
+
+def fail_on(x, bad=3):
+    if x == bad:
+        raise ValueError("bad item %d" % x)
+    return x
+
+
+def sleep_return(x):
+    time.sleep(x)
+    return x
+
+
+_init_value = None
+
+
+def set_init(value):
+    global _init_value
+    _init_value = (value, os.getpid())
+
+
+def get_init(_):
+    return _init_value
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError("no pickling for you")
+
+
+def make_unpicklable(_):
+    return Unpicklable()
+
+
+def test_is_a_pool(pool):
+    assert isinstance(pool, fastmp.pool.Pool)
+    assert type(pool).__name__ == "ClusterPool"
+    assert "local:2" in repr(pool)
+
+
+def test_map(pool):
+    assert pool.map(square, range(100)) == [x * x for x in range(100)]
+    assert pool.map(square, []) == []
+    assert pool.map(square, iter(range(10)), 3) == [x * x for x in range(10)]
+
+
+def test_chunksize(pool):
+    for cs in (1, 2, 7, 1000):
+        assert pool.map(square, range(50), chunksize=cs) == [
+            x * x for x in range(50)
+        ]
+    with pytest.raises(ValueError):
+        pool.imap(square, range(3), chunksize=0)
+
+
+def test_starmap(pool):
+    args = [(i, 10 * i) for i in range(20)]
+    assert pool.starmap(add, args) == [a + b for a, b in args]
+    assert pool.starmap_async(add, args).get(60) == [a + b for a, b in args]
+
+
+def test_imap_in_order_and_lazy(pool):
+    assert list(pool.imap(square, range(30))) == [x * x for x in range(30)]
+    assert list(pool.imap(square, range(30), chunksize=4)) == [
+        x * x for x in range(30)
+    ]
+    # An infinite input: read ahead within the buffer only.
+    read = []
+
+    def gen():
+        i = 0
+        while True:
+            read.append(i)
+            yield i
+            i += 1
+
+    it = pool.imap(square, gen(), buffersize=5)
+    assert [next(it) for _ in range(10)] == [x * x for x in range(10)]
+    time.sleep(0.3)
+    assert len(read) <= 10 + 5 + 1
+
+
+def test_imap_read_on_after_close():
+    # More than the read-ahead, never taken before close(): join() still
+    # returns, and every result is there.
+    p = fastmp.Pool(cluster=ADDRESS)
+    n = 64 * 2 * 2 + 10
+    it = p.imap(square, list(range(n)))
+    un = p.imap_unordered(square, iter(range(n)))
+    p.close()
+    p.join()
+    assert list(it) == [x * x for x in range(n)]
+    assert sorted(un) == [x * x for x in range(n)]
+
+
+def test_imap_unordered(pool):
+    assert sorted(pool.imap_unordered(square, range(40))) == sorted(
+        x * x for x in range(40)
+    )
+    assert sorted(pool.imap_unordered(square, iter(range(9)), 2)) == sorted(
+        x * x for x in range(9)
+    )
+
+
+def test_imap_error_in_place(pool):
+    it = pool.imap(fail_on, range(6))
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="bad item 3"):
+        next(it)
+    assert list(it) == [4, 5]
+
+
+def test_apply_async_and_callbacks(pool):
+    got, errs = [], []
+    r = pool.apply_async(add, (2, 3), callback=got.append)
+    assert r.get(60) == 5
+    assert got == [5]
+    assert r.ready() and r.successful()
+    r = pool.apply_async(fail_on, (3,), error_callback=errs.append)
+    with pytest.raises(ValueError):
+        r.get(60)
+    assert len(errs) == 1 and isinstance(errs[0], ValueError)
+    assert not r.successful()
+    assert pool.apply(add, (1,), {"b": 2}) == 3
+    rs = [pool.apply_async(square, (i,)) for i in range(200)]
+    assert [r.get(60) for r in rs] == [i * i for i in range(200)]
+
+
+def test_map_async_callbacks(pool):
+    got, errs = [], []
+    pool.map_async(square, range(5), callback=got.append).wait(60)
+    assert got == [[0, 1, 4, 9, 16]]
+    r = pool.map_async(fail_on, range(10), error_callback=errs.append)
+    r.wait(60)
+    assert isinstance(errs[0], ValueError)
+
+
+def test_errors_keep_type_and_remote_traceback(pool):
+    with pytest.raises(ValueError, match="bad item 3") as info:
+        pool.map(fail_on, range(10))
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    assert "fail_on" in str(cause)
+    with pytest.raises(ZeroDivisionError):
+        pool.apply(divmod, (1, 0))
+
+
+def test_unpicklable_result(pool):
+    with pytest.raises(multiprocessing.pool.MaybeEncodingError):
+        pool.apply(make_unpicklable, (1,))
+
+
+def test_lambdas_and_closures_travel(pool):
+    k = 7
+    assert pool.map(lambda x: x + k, range(5)) == [7, 8, 9, 10, 11]
+
+
+def test_get_timeout(pool):
+    r = pool.apply_async(sleep_return, (2,))
+    with pytest.raises(multiprocessing.TimeoutError):
+        r.get(0.05)
+    assert r.get(60) == 2
+
+
+def test_local_lock_is_refused(pool):
+    lock = fastmp.Lock()
+    with pytest.raises(RuntimeError, match="cluster worker") as info:
+        pool.apply(square, (lock,))
+    assert "Lock" in str(info.value)
+    with pytest.raises(RuntimeError, match="stay on this machine"):
+        pool.map(square, [1, fastmp.Value("i", 1)])
+    with pytest.raises(RuntimeError, match="Queue"):
+        pool.apply(square, (fastmp.Queue(),))
+    # The pool goes on.
+    assert pool.map(square, range(3)) == [0, 1, 4]
+
+
+def test_initializer_once_per_worker():
+    with fastmp.Pool(
+        cluster=ADDRESS, initializer=set_init, initargs=("hello",)
+    ) as p:
+        got = p.map(get_init, range(20), chunksize=1)
+    assert {g[0] for g in got} == {"hello"}
+    # The workers are processes other than this one.
+    assert os.getpid() not in {g[1] for g in got}
+    with pytest.raises(TypeError):
+        fastmp.Pool(cluster=ADDRESS, initializer=3)
+
+
+def bad_init():
+    raise KeyError("no init")
+
+
+def test_initializer_that_raises_fails_pool():
+    with pytest.raises(KeyError, match="no init"):
+        fastmp.Pool(cluster=ADDRESS, initializer=bad_init)
+    # The cluster is still fine for other pools.
+    with fastmp.Pool(cluster=ADDRESS) as p:
+        assert p.map(square, range(3)) == [0, 1, 4]
+
+
+def test_context_manager_terminates():
+    with fastmp.Pool(cluster=ADDRESS) as p:
+        r = p.apply_async(sleep_return, (5,))
+        assert p.map(square, range(4)) == [0, 1, 4, 9]
+    with pytest.raises(PoolTerminatedError):
+        r.get(10)
+    with pytest.raises(ValueError, match="Pool not running"):
+        p.map(square, range(3))
+    with pytest.raises(ValueError, match="Pool not running"):
+        with p:
+            pass
+
+
+def test_close_join():
+    p = fastmp.Pool(cluster=ADDRESS)
+    r = p.map_async(sleep_return, [0.2, 0.1])
+    with pytest.raises(ValueError, match="still running"):
+        p.join()
+    p.close()
+    with pytest.raises(ValueError, match="Pool not running"):
+        p.apply_async(square, (1,))
+    p.join()
+    assert r.ready() and r.get(0) == [0.2, 0.1]
+
+
+def test_terminate_fails_pending():
+    p = fastmp.Pool(cluster=ADDRESS)
+    r = p.apply_async(sleep_return, (5,))
+    it = p.imap(sleep_return, [5, 5])
+    p.terminate()
+    p.join()
+    with pytest.raises(PoolTerminatedError):
+        r.get(10)
+    with pytest.raises(PoolTerminatedError):
+        next(it)
+
+
+def test_unreachable_scheduler():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    t0 = time.monotonic()
+    code = (
+        "import fastmp\n"
+        "try:\n"
+        "    fastmp.Pool(cluster='tcp://127.0.0.1:%d')\n"
+        "except OSError as e:\n"
+        "    print('OSError', e)\n" % port
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        env=child_env(FASTMP_CLUSTER_TIMEOUT="2"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.stdout.startswith("OSError fastmp: cannot reach"), r
+    assert "127.0.0.1:%d" % port in r.stdout
+    assert time.monotonic() - t0 < 30
+
+
+def test_bad_address():
+    with pytest.raises(ValueError):
+        fastmp.Pool(cluster="local:0")
+    r = _fastmp(["--cluster", "nowhere", "-c", "pass"])
+    assert r.returncode != 0 and "tcp://host:port" in r.stderr
+
+
+def test_without_dask_the_message_says_what_to_install():
+    code = (
+        "import sys; sys.modules['distributed'] = None\n"
+        "sys.argv = ['fastmp', '--cluster', 'local:2', '-c', 'pass']\n"
+        "from fastmp.__main__ import main; main()\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1
+    assert "pip install 'fastmp[cluster]'" in r.stderr
+
+
+# ----------------------------------------------------- unchanged scripts
+
+
+def _fastmp(args, timeout=180, **env):
+    return subprocess.run(
+        [sys.executable, "-m", "fastmp"] + args,
+        env=child_env(PYTHONUNBUFFERED="1", **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _lecture_lines(out):
+    # The result line, and the last item of each worker line (unbuffered
+    # workers' lines may run together).
+    items = re.findall(r"processed values \[(?:\d, )*(\d)\]", out)
+    return out.splitlines()[-1], sorted(items)
+
+
+@pytest.mark.skipif(not os.path.exists(LECTURE), reason="no lecture examples")
+def test_lecture_pool_script_same_output():
+    plain = _fastmp([LECTURE])
+    cl = _fastmp(["--cluster", ADDRESS, LECTURE])
+    assert plain.returncode == 0 and cl.returncode == 0, cl.stderr
+    # The result line exact; each item processed once (pids differ).
+    assert _lecture_lines(cl.stdout) == _lecture_lines(plain.stdout)
+    assert _lecture_lines(cl.stdout)[1] == ["1", "2", "3", "4", "5", "6"]
+    assert cl.stderr == ""
+
+
+def test_cpu_example_same_output():
+    plain = _fastmp([PRIMES, "200000"])
+    cl = _fastmp(["--cluster", ADDRESS, PRIMES, "200000"])
+    assert plain.returncode == 0, plain.stderr
+    assert cl.returncode == 0, cl.stderr
+    assert cl.stdout == plain.stdout
+    assert "primes below 200000: 17984" in cl.stdout
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal
+    from multiprocessing import Pool
+    from fastmp.pool import WorkerLostError
+
+    MARK = %r
+
+    def die_once(x):
+        if not os.path.exists(MARK):
+            open(MARK, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x * 10
+
+    def die(x):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if __name__ == "__main__":
+        with Pool() as p:
+            print("retried:", p.apply(die_once, (4,)))
+            try:
+                p.map(die, [1, 2])
+            except WorkerLostError as e:
+                print("lost:", type(e).__name__, "died" in str(e))
+            print("after:", p.map(abs, [-1, -2]))
+    """
+)
+
+
+def test_killed_worker(tmp_path):
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_SCRIPT % str(tmp_path / "mark"))
+    # One retry allowed: a task that kills its worker once is rerun
+    # elsewhere and succeeds; one that always does fails with
+    # WorkerLostError; nothing hangs and the pool goes on.
+    r = _fastmp(
+        ["--cluster", ADDRESS, str(script)],
+        DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="1",
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "retried: 40",
+        "lost: WorkerLostError True",
+        "after: [1, 2]",
+    ]
+
+
+def _dask(module, *args):
+    return subprocess.Popen(
+        [sys.executable, "-m", module] + list(args),
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def test_separate_scheduler_tcp(tmp_path):
+    sfile = tmp_path / "scheduler.json"
+    procs = [
+        _dask(
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--dashboard-address",
+            ":0",
+            "--scheduler-file",
+            str(sfile),
+        )
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not sfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        import json
+
+        time.sleep(0.2)
+        address = json.loads(sfile.read_text())["address"]
+        procs.append(
+            _dask(
+                "distributed.cli.dask_worker",
+                address,
+                "--nworkers",
+                "2",
+                "--nthreads",
+                "1",
+                "--host",
+                "127.0.0.1",
+            )
+        )
+        plain = _fastmp([PRIMES, "200000"])
+        cl = _fastmp(["--cluster", address, PRIMES, "200000"])
+        assert cl.returncode == 0, cl.stderr
+        assert cl.stdout == plain.stdout
+        # FASTMP_CLUSTER does the same.
+        env = _fastmp([PRIMES, "200000"], FASTMP_CLUSTER=address)
+        assert env.stdout == plain.stdout
+    finally:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def test_worker_lost_error_type():
+    assert issubclass(WorkerLostError, multiprocessing.ProcessError)
