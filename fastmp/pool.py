@@ -25,6 +25,7 @@ What differs from the stdlib (docs/pool.md):
 """
 
 import collections
+import inspect
 import os
 import threading
 import types
@@ -276,17 +277,11 @@ class Pool:
     _progress = None
     _insight = None
 
-    def __new__(
-        cls,
-        processes=None,
-        initializer=None,
-        initargs=(),
-        maxtasksperchild=None,
-        context=None,
-        cluster=None,
-    ):
+    def __new__(cls, *args, **kwds):
         # Cluster mode (docs/cluster.md): Pool(cluster=ADDRESS), or every
         # Pool when FASTMP_CLUSTER is set (python -m fastmp --cluster).
+        # Any arguments: a subclass's __init__ may take others.
+        cluster = kwds.get("cluster") or (args[5] if len(args) > 5 else None)
         if cls is Pool and (cluster or os.environ.get("FASTMP_CLUSTER")):
             from . import _cluster
 
@@ -623,3 +618,7 @@ class Pool:
 
     def __exit__(self, exc_type, exc_val, exc_tb):
         self.terminate()
+
+
+# inspect.signature(Pool) reads __new__ first: show __init__'s parameters.
+Pool.__new__.__signature__ = inspect.signature(Pool.__init__)

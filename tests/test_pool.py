@@ -460,6 +460,34 @@ def test_misuse_errors(ctx):
 
 
 @pytest.mark.timeout(120)
+def test_subclass_with_its_own_arguments(ctx):
+    # A subclass's __init__ may take arguments Pool does not.
+    import inspect
+
+    Pool = _mod(ctx).Pool
+
+    class Tagged(Pool):
+        def __init__(self, tag, *, size=1):
+            self.tag = tag
+            super().__init__(size, context=ctx)
+
+    assert str(inspect.signature(Tagged)) == "(tag, *, size=1)"
+    assert list(inspect.signature(Pool).parameters)[:5] == [
+        "processes",
+        "initializer",
+        "initargs",
+        "maxtasksperchild",
+        "context",
+    ]
+    p = Tagged("t", size=2)
+    try:
+        assert p.tag == "t" and p.apply(sqr, (4,)) == 16
+    finally:
+        p.terminate()
+        p.join()
+
+
+@pytest.mark.timeout(120)
 def test_names_repr_and_size(ctx):
     p = ctx.Pool(3)
     try:
