@@ -1,0 +1,461 @@
+/*
+ * oplog.c -- _OpLog: the shared operation log behind a manager container
+ * served without a round trip (fastmp/_manager_fast.py).  The segments
+ * are _ShmMappings (shm.c); the type is created by fastmp_shm_exec.
+ *
+ * A container has two named segments, both created by the manager's
+ * server process (which alone unlinks them):
+ *
+ * The directory (OPLOG_DIR_BYTES, never resized):
+ *
+ *   magic (8)   written once by the server before the name is handed out
+ *   owner (8)   the writer lock: the project's owner lock (owner.c)
+ *   state (8)   the commit word: (generation << 40) | tail.  Written only
+ *               by the holder of `owner`, with one release store (the
+ *               commit point of an operation); read by anyone with an
+ *               acquire load.
+ *   spare (40)
+ *
+ * The log (resized by the holder of `owner` only; every process maps it
+ * again when the generation says it grew):
+ *
+ *   magic (8)   written by the server before the name is handed out
+ *   spare (56)
+ *   entries from OPLOG_LOG_START: u32 code, u32 a_len, u32 b_len, u32
+ *   spare, a, b, padded to 8 (code: the operation, a: its pickled
+ *   arguments, b: a pickled value).
+ *
+ * Entries in [OPLOG_LOG_START, tail) are immutable until the generation
+ * changes.  The holder of `owner` writes entries past the tail and then
+ * publishes the new tail (and, after a compaction that rewrote the log
+ * from the start, a new generation) with one store to `state`; readers
+ * replay entries only while holding `owner`, so a compaction rewriting
+ * the log in place never races a reader.  A writer killed inside leaves
+ * `owner` naming it and bytes past the tail that nobody reads: the next
+ * locker takes the lock over (lock() returns True) and finds the log as
+ * it was at the last commit.  Corrupt lengths raise ValueError, never
+ * read outside the mapping.
+ */
+#include "shm_internal.h"
+
+#include <string.h>
+
+#define OPLOG_DIR_MAGIC UINT64_C(0x666d706f706c6f67) /* "fmpoplog" */
+#define OPLOG_LOG_MAGIC UINT64_C(0x666d706c6f677331) /* "fmplogs1" */
+#define OPLOG_DIR_BYTES 64
+#define OPLOG_LOG_START 64
+#define OPLOG_ENTRY_HEAD 16
+#define OPLOG_TAIL_MASK ((UINT64_C(1) << 40) - 1)
+
+typedef struct {
+    uint64_t magic;
+    uint64_t owner;
+    uint64_t state;
+    uint64_t spare[5];
+} oplog_dir;
+
+_Static_assert(sizeof(oplog_dir) == OPLOG_DIR_BYTES, "directory size");
+
+typedef struct {
+    PyObject_HEAD
+    MappingObject *dir; /* the directory */
+    MappingObject *log; /* the log's current mapping; NULL until set */
+} OpLogObject;
+
+static int
+oplog_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    OpLogObject *self = (OpLogObject *)op;
+    Py_VISIT(self->dir);
+    Py_VISIT(self->log);
+    Py_VISIT(Py_TYPE(op));
+    return 0;
+}
+
+static int
+oplog_clear(PyObject *op)
+{
+    OpLogObject *self = (OpLogObject *)op;
+    Py_CLEAR(self->dir);
+    Py_CLEAR(self->log);
+    return 0;
+}
+
+static void
+oplog_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    (void)oplog_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+/* The mapping in args[i], mapped, of at least `min` bytes: 0, or -1 with
+ * TypeError / ValueError / OSError set. */
+static int
+oplog_mapping_arg(PyObject *arg, Py_ssize_t min)
+{
+    fastmp_state *st = fastmp_get_state();
+    if (!PyObject_TypeCheck(arg, st->shm.MappingType)) {
+        PyErr_SetString(PyExc_TypeError, "expected a _ShmMapping");
+        return -1;
+    }
+    MappingObject *m = (MappingObject *)arg;
+    if (fastmp_shm_mapping_ensure(m) < 0) {
+        return -1;
+    }
+    if (m->size < min || ((uintptr_t)m->addr & 7) != 0) {
+        PyErr_SetString(PyExc_ValueError, "manager log segment too small");
+        return -1;
+    }
+    return 0;
+}
+
+/* _OpLog(dir, create): bind the directory; create: write its header (the
+ * server, before the name is handed out), else check it. */
+static PyObject *
+oplog_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *dir;
+    int create;
+    if (!PyArg_ParseTuple(args, "Op:_OpLog", &dir, &create)) {
+        return NULL;
+    }
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
+        PyErr_SetString(PyExc_TypeError, "_OpLog takes no keywords");
+        return NULL;
+    }
+    if (oplog_mapping_arg(dir, OPLOG_DIR_BYTES) < 0) {
+        return NULL;
+    }
+    oplog_dir *h = (oplog_dir *)((MappingObject *)dir)->addr;
+    if (create) {
+        memset(h, 0, sizeof(*h));
+        __atomic_store_n(&h->magic, OPLOG_DIR_MAGIC, __ATOMIC_RELEASE);
+    }
+    else if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != OPLOG_DIR_MAGIC) {
+        PyErr_SetString(PyExc_ValueError, "not a fastmp manager directory");
+        return NULL;
+    }
+    OpLogObject *self = (OpLogObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->dir = (MappingObject *)Py_NewRef(dir);
+    self->log = NULL;
+    return (PyObject *)self;
+}
+
+static oplog_dir *
+oplog_header(OpLogObject *self)
+{
+    return (oplog_dir *)self->dir->addr;
+}
+
+/* set_log(mapping, create): use `mapping` as the log from now on; create:
+ * write its header (the server), else check it. */
+static PyObject *
+oplog_set_log(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    OpLogObject *self = (OpLogObject *)op;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_log(mapping, create)");
+        return NULL;
+    }
+    if (oplog_mapping_arg(args[0], OPLOG_LOG_START + 8) < 0) {
+        return NULL;
+    }
+    int create = PyObject_IsTrue(args[1]);
+    if (create < 0) {
+        return NULL;
+    }
+    uint64_t *magic = (uint64_t *)((MappingObject *)args[0])->addr;
+    if (create) {
+        __atomic_store_n(magic, OPLOG_LOG_MAGIC, __ATOMIC_RELEASE);
+    }
+    else if (__atomic_load_n(magic, __ATOMIC_ACQUIRE) != OPLOG_LOG_MAGIC) {
+        PyErr_SetString(PyExc_ValueError, "not a fastmp manager log");
+        return NULL;
+    }
+    Py_XSETREF(self->log, (MappingObject *)Py_NewRef(args[0]));
+    Py_RETURN_NONE;
+}
+
+/* lock(): take the writer lock (GIL released while waiting, signals
+ * checked).  True when it was taken over from a dead holder. */
+static PyObject *
+oplog_lock(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    OpLogObject *self = (OpLogObject *)op;
+    uint64_t *w = &oplog_header(self)->owner;
+    if (fastmp_owner_try(w)) {
+        Py_RETURN_FALSE;
+    }
+    int r = fastmp_owner_lock(w, NULL, FASTMP_OWNER_INTERRUPTIBLE);
+    if (r < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(r == 1);
+}
+
+static PyObject *
+oplog_unlock(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    OpLogObject *self = (OpLogObject *)op;
+    fastmp_owner_unlock(&oplog_header(self)->owner);
+    Py_RETURN_NONE;
+}
+
+/* state(): the commit word (an acquire load). */
+static PyObject *
+oplog_state(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    OpLogObject *self = (OpLogObject *)op;
+    return PyLong_FromUnsignedLongLong(
+        __atomic_load_n(&oplog_header(self)->state, __ATOMIC_ACQUIRE));
+}
+
+/* publish(state): the commit point (a release store); lock holder only. */
+static PyObject *
+oplog_publish(PyObject *op, PyObject *arg)
+{
+    OpLogObject *self = (OpLogObject *)op;
+    unsigned long long v = PyLong_AsUnsignedLongLong(arg);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    __atomic_store_n(&oplog_header(self)->state, (uint64_t)v,
+                     __ATOMIC_RELEASE);
+    Py_RETURN_NONE;
+}
+
+static MappingObject *
+oplog_log(OpLogObject *self)
+{
+    if (self->log == NULL || self->log->closed) {
+        PyErr_SetString(PyExc_ValueError, "manager log not attached");
+        return NULL;
+    }
+    return self->log;
+}
+
+/* Write entry (code, a, b) at pos of m.  Returns the position after it,
+ * -1 when it does not fit (nothing written), -2 with ValueError set for a
+ * bad position. */
+static Py_ssize_t
+oplog_write(MappingObject *m, Py_ssize_t pos, uint32_t code, PyObject *a,
+            PyObject *b)
+{
+    Py_ssize_t na = PyBytes_GET_SIZE(a);
+    Py_ssize_t nb = PyBytes_GET_SIZE(b);
+    if (pos < OPLOG_LOG_START || (pos & 7) != 0 || pos > m->size) {
+        PyErr_SetString(PyExc_ValueError, "corrupt manager log position");
+        return -2;
+    }
+    if (na > UINT32_MAX || nb > UINT32_MAX) {
+        return -1;
+    }
+    Py_ssize_t need = (OPLOG_ENTRY_HEAD + na + nb + 7) & ~(Py_ssize_t)7;
+    if (need > m->size - pos) {
+        return -1;
+    }
+    char *p = m->addr + pos;
+    uint32_t head[4] = {code, (uint32_t)na, (uint32_t)nb, 0};
+    memcpy(p, head, OPLOG_ENTRY_HEAD);
+    memcpy(p + OPLOG_ENTRY_HEAD, PyBytes_AS_STRING(a), (size_t)na);
+    memcpy(p + OPLOG_ENTRY_HEAD + na, PyBytes_AS_STRING(b), (size_t)nb);
+    return pos + need;
+}
+
+/* Parse (pos, code, a: bytes, b: bytes) of append/commit: 0, or -1 with
+ * TypeError / OverflowError set. */
+static int
+oplog_entry_args(PyObject *const *args, Py_ssize_t nargs, const char *usage,
+                 unsigned long long *pos, uint32_t *code)
+{
+    if (nargs != 4 || !PyBytes_Check(args[2]) || !PyBytes_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    *pos = PyLong_AsUnsignedLongLong(args[0]);
+    if (*pos == (unsigned long long)-1 && PyErr_Occurred()) {
+        return -1;
+    }
+    unsigned long c = PyLong_AsUnsignedLong(args[1]);
+    if (c == (unsigned long)-1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (c > UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "operation code too large");
+        return -1;
+    }
+    *code = (uint32_t)c;
+    return 0;
+}
+
+/* append(pos, code, a, b): write the entry at pos.  Returns the position
+ * after it, or -1 when it does not fit (nothing written).  Not published:
+ * the caller publishes. */
+static PyObject *
+oplog_append(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    OpLogObject *self = (OpLogObject *)op;
+    unsigned long long pos;
+    uint32_t code;
+    if (oplog_entry_args(args, nargs, "append(pos, code, a: bytes, b: bytes)",
+                         &pos, &code)
+        < 0) {
+        return NULL;
+    }
+    MappingObject *m = oplog_log(self);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (pos > (unsigned long long)PY_SSIZE_T_MAX) {
+        pos = 0; /* rejected as a bad position */
+    }
+    Py_ssize_t r = oplog_write(m, (Py_ssize_t)pos, code, args[2], args[3]);
+    if (r == -2) {
+        return NULL;
+    }
+    return PyLong_FromSsize_t(r);
+}
+
+/* commit(state, code, a, b): the whole of a small operation's commit
+ * (lock held): write the entry at state's tail and publish the state
+ * with the new tail.  Returns that state, or -1 when the entry does not
+ * fit (nothing written or published). */
+static PyObject *
+oplog_commit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    OpLogObject *self = (OpLogObject *)op;
+    unsigned long long st;
+    uint32_t code;
+    if (oplog_entry_args(args, nargs,
+                         "commit(state, code, a: bytes, b: bytes)", &st, &code)
+        < 0) {
+        return NULL;
+    }
+    MappingObject *m = oplog_log(self);
+    if (m == NULL) {
+        return NULL;
+    }
+    Py_ssize_t r = oplog_write(m, (Py_ssize_t)(st & OPLOG_TAIL_MASK), code,
+                               args[2], args[3]);
+    if (r == -2) {
+        return NULL;
+    }
+    if (r == -1) {
+        return PyLong_FromLong(-1);
+    }
+    uint64_t next = ((uint64_t)st & ~OPLOG_TAIL_MASK) | (uint64_t)r;
+    __atomic_store_n(&oplog_header(self)->state, next, __ATOMIC_RELEASE);
+    return PyLong_FromUnsignedLongLong(next);
+}
+
+/* read(pos, end): the entry at pos, as (code, a, b, next); ValueError when
+ * the entry does not lie within [pos, end) of the mapping. */
+static PyObject *
+oplog_read(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    OpLogObject *self = (OpLogObject *)op;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "read(pos, end)");
+        return NULL;
+    }
+    MappingObject *m = oplog_log(self);
+    if (m == NULL) {
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[0]);
+    if (pos == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t end = PyLong_AsSsize_t(args[1]);
+    if (end == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (pos < OPLOG_LOG_START || (pos & 7) != 0 || end > m->size
+        || end - pos < OPLOG_ENTRY_HEAD) {
+        goto corrupt;
+    }
+    uint32_t head[4];
+    memcpy(head, m->addr + pos, OPLOG_ENTRY_HEAD);
+    Py_ssize_t need =
+        (OPLOG_ENTRY_HEAD + (Py_ssize_t)head[1] + (Py_ssize_t)head[2] + 7)
+        & ~(Py_ssize_t)7;
+    if (need > end - pos) {
+        goto corrupt;
+    }
+    const char *p = m->addr + pos + OPLOG_ENTRY_HEAD;
+    return Py_BuildValue("(ky#y#n)", (unsigned long)head[0], p,
+                         (Py_ssize_t)head[1], p + head[1], (Py_ssize_t)head[2],
+                         pos + need);
+
+corrupt:
+    PyErr_SetString(PyExc_ValueError, "corrupt manager log entry");
+    return NULL;
+}
+
+static PyObject *
+oplog_get_log_size(PyObject *op, void *Py_UNUSED(closure))
+{
+    OpLogObject *self = (OpLogObject *)op;
+    MappingObject *m = oplog_log(self);
+    if (m == NULL) {
+        return NULL;
+    }
+    return PyLong_FromSsize_t(m->size);
+}
+
+static PyMethodDef oplog_methods[] = {
+    {"lock", oplog_lock, METH_NOARGS,
+     "lock($self, /)\n--\n\nTake the writer lock; True if taken over from "
+     "a dead holder."},
+    {"unlock", oplog_unlock, METH_NOARGS,
+     "unlock($self, /)\n--\n\nFree the writer lock."},
+    {"state", oplog_state, METH_NOARGS,
+     "state($self, /)\n--\n\nThe commit word: (generation << 40) | tail."},
+    {"publish", oplog_publish, METH_O,
+     "publish($self, state, /)\n--\n\nStore the commit word (lock holder "
+     "only)."},
+    {"set_log", (PyCFunction)(void (*)(void))oplog_set_log, METH_FASTCALL,
+     "set_log($self, mapping, create, /)\n--\n\nUse mapping as the log."},
+    {"append", (PyCFunction)(void (*)(void))oplog_append, METH_FASTCALL,
+     "append($self, pos, code, a, b, /)\n--\n\nWrite an entry at pos; the "
+     "next "
+     "position, or -1 if it does not fit."},
+    {"commit", (PyCFunction)(void (*)(void))oplog_commit, METH_FASTCALL,
+     "commit($self, state, code, a, b, /)\n--\n\nAppend an entry at "
+     "state's tail and publish; the new state, or -1 if it does not fit."},
+    {"read", (PyCFunction)(void (*)(void))oplog_read, METH_FASTCALL,
+     "read($self, pos, end, /)\n--\n\nThe entry at pos: (code, a, b, "
+     "next)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef oplog_getset[] = {
+    {"log_size", oplog_get_log_size, NULL, "Bytes in the log's mapping.",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot oplog_slots[] = {
+    {Py_tp_new, oplog_new},
+    {Py_tp_dealloc, oplog_dealloc},
+    {Py_tp_traverse, oplog_traverse},
+    {Py_tp_clear, oplog_clear},
+    {Py_tp_methods, oplog_methods},
+    {Py_tp_getset, oplog_getset},
+    {Py_tp_doc, "_OpLog(dir, create)\n--\n\nThe shared operation log of a "
+                "manager container."},
+    {0, NULL},
+};
+
+PyType_Spec fastmp_oplog_spec = {
+    .name = "fastmp._fastmp._OpLog",
+    .basicsize = sizeof(OpLogObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = oplog_slots,
+};
