@@ -367,10 +367,12 @@ class SharedDict(_Replica):
         return self._value()
 
     def __iter__(self):
-        return iter(self.keys())
+        self._fresh()
+        return _DictIterator(self, iter(self._data))
 
     def __reversed__(self):
-        return iter(self.keys()[::-1])
+        self._fresh()
+        return _DictIterator(self, reversed(self._data))
 
     def __or__(self, other):
         return self._value() | other
@@ -418,6 +420,9 @@ class SharedDict(_Replica):
                 self._commit(code, a, vb)
             else:
                 self._state = st
+        except BaseException:
+            self._state = -1
+            raise
         finally:
             self._holder = None
             log.unlock()
@@ -501,8 +506,13 @@ class SharedDict(_Replica):
         try:
             self._sync()
             data = self._data
-            for k, v in pairs:
-                data[k] = v
+            try:
+                for k, v in pairs:
+                    data[k] = v
+            except BaseException:
+                # (a key's __eq__ raised part-way: rebuild from the log)
+                self._state = -1
+                raise
             self._commit(UPDATE, a, b"")
         finally:
             self._unlock()
@@ -516,6 +526,41 @@ class SharedDict(_Replica):
 
     def clear(self):
         self._mutate(CLEAR, None)
+
+
+_PLAIN_KEYS = frozenset((str, int, float, bytes, bool, type(None)))
+
+
+def _key_copy(key):
+    # What a round trip returns: a copy (immutable builtins are their own).
+    if type(key) in _PLAIN_KEYS:
+        return key
+    return _loads(_dumps(key))
+
+
+class _DictIterator:
+    """Iteration over a replicated dict's keys, as the server's iterator
+    does it: lazily over the live dict, so a change of its size during
+    the iteration raises RuntimeError."""
+
+    __slots__ = ("_r", "_data", "_it")
+
+    def __init__(self, r, it):
+        self._r = r
+        self._data = r._data
+        self._it = it
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        r = self._r
+        r._fresh()
+        if r._data is not self._data:
+            # (rebuilt from a snapshot: the dict iterated over is gone)
+            self._it = iter(())
+            raise RuntimeError("dictionary changed size during iteration")
+        return _key_copy(next(self._it))
 
 
 #
@@ -639,6 +684,9 @@ class SharedList(_Replica):
                 self._commit(APPEND, b"", b)
             else:
                 self._state = st
+        except BaseException:
+            self._state = -1
+            raise
         finally:
             self._holder = None
             log.unlock()
@@ -988,6 +1036,7 @@ def attach(token):
             names = segment_names(token.address, token.id)
             r = cls.__new__(cls)
             r._setup(names, False)
+            r._fresh()
         except (OSError, ValueError):
             return None
         import weakref

@@ -811,6 +811,10 @@ def _server_fds(m):
     return len(os.listdir("/proc/%d/fd" % m._process.pid))
 
 
+def _shm_names():
+    return set(os.listdir("/dev/shm"))
+
+
 def _server_rss_kib(m):
     with open("/proc/%d/status" % m._process.pid) as f:
         for line in f:
@@ -838,8 +842,10 @@ def test_no_leak_creating_and_dropping_proxies(mp):
         churn(n // 10)  # warm up: the server's threads, allocator pools
         fds0, sfds0 = _fds(), _server_fds(m)
         rss0 = _server_rss_kib(m)
+        shm0 = _shm_names()
         churn(n)
         assert m._number_of_objects() == 1  # d only
+        assert _shm_names() == shm0
         assert _server_rss_kib(m) - rss0 < 8 * 1024
         assert _fds() <= fds0
         # Server-side connection threads end as their clients hang up.
