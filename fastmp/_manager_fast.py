@@ -911,12 +911,74 @@ class ServedNamespace:
         return object.__getattribute__(self, "_fastmp_r").__reduce__()
 
 
+#
+# Lock
+#
+
+
+class SharedLock:
+    """A manager Lock (the server's is a threading.Lock): the owner word
+    of a directory segment, no log.  Any process may release it; a
+    holder that died is taken over with AbandonedLockWarning (as with
+    fastmp's Lock)."""
+
+    __slots__ = ("_log", "_names", "_owner", "__weakref__")
+
+    def _setup(self, names, create):
+        self._names = names
+        self._owner = create
+        self._log = _OpLog(_open(names[0], create, _DIR_BYTES), create)
+
+    def _fresh(self):
+        pass
+
+    def acquire(self, blocking=True, timeout=-1):
+        if timeout is None or (timeout != -1 and type(timeout) is not int):
+            # threading.Lock's own checks and messages (a fresh lock:
+            # valid arguments return at once).
+            threading.Lock().acquire(blocking, timeout)
+            if timeout is None:
+                timeout = -1
+        elif timeout != -1:
+            threading.Lock().acquire(blocking, timeout)
+        return self._log.acquire(blocking, timeout)
+
+    def release(self):
+        self._log.release_any()
+
+    def locked(self):
+        return self._log.locked()
+
+    def __enter__(self):
+        return self._log.acquire(True, -1)
+
+    def __exit__(self, *args):
+        self._log.release_any()
+
+    def _unlink(self):
+        try:
+            _shm_unlink(self._names[0])
+        except OSError:
+            pass
+
+    def __repr__(self):
+        return "<%s %s object at %#x>" % (
+            "locked" if self.locked() else "unlocked",
+            "_thread.lock",
+            id(self),
+        )
+
+    def __reduce__(self):
+        raise TypeError("cannot pickle '_thread.lock' object")
+
+
 # typeid -> replica class, for the SyncManager types served this way.
 REPLICATED = {
     "dict": SharedDict,
     "list": SharedList,
     "Namespace": SharedNamespaceState,
     "Value": SharedValue,
+    "Lock": SharedLock,
 }
 
 
@@ -937,6 +999,7 @@ def replicated(address, typeid, registration):
         "list": (list, managers.ListProxy),
         "Namespace": (managers.Namespace, managers.NamespaceProxy),
         "Value": (managers.Value, managers.ValueProxy),
+        "Lock": (threading.Lock, managers.AcquirerProxy),
     }.get(typeid)
     if expected is None:
         return False
@@ -961,6 +1024,9 @@ def server_create(server, typeid, args, kwds):
         ns = Namespace(*args, **kwds)
         op = (UPDATE, [(k, _dumps(v)) for k, v in vars(ns).items()], b"")
         obj = ServedNamespace(r)
+    elif typeid == "Lock":
+        threading.Lock(*args, **kwds)  # (its argument errors)
+        op = None
     else:
         from .managers import Value
 
@@ -977,7 +1043,10 @@ def server_create(server, typeid, args, kwds):
             pass
     r._setup(names, True)
     try:
-        r._mutate(*op)
+        if op is not None:
+            r._mutate(*op)
+        else:
+            names = names[:1]
         _track(names)
     except BaseException:
         r._unlink()

@@ -748,18 +748,32 @@ class IteratorProxy(BaseProxy):
 
 class AcquirerProxy(BaseProxy):
     _exposed_ = ("acquire", "release")
+    # (a Lock's; the other types' go through the server)
+    _fastmp_replicated = True
 
     def acquire(self, blocking=True, timeout=None):
         args = (blocking,) if timeout is None else (blocking, timeout)
+        r = self._r
+        if r is not None:
+            return r.acquire(*args)
         return self._callmethod("acquire", args)
 
     def release(self):
+        r = self._r
+        if r is not None:
+            return r.release()
         return self._callmethod("release")
 
     def __enter__(self):
+        r = self._r
+        if r is not None:
+            return r.__enter__()
         return self._callmethod("acquire")
 
     def __exit__(self, exc_type, exc_val, exc_tb):
+        r = self._r
+        if r is not None:
+            return r.__exit__()
         return self._callmethod("release")
 
 

@@ -230,6 +230,87 @@ oplog_publish(PyObject *op, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* acquire(blocking, timeout): a manager Lock on the directory's owner
+ * word (the lock of a Lock container: it has no log).  timeout < 0:
+ * forever.  True acquired (AbandonedLockWarning first when taken over
+ * from a dead holder), False not. */
+static PyObject *
+oplog_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    OpLogObject *self = (OpLogObject *)op;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "acquire(blocking, timeout)");
+        return NULL;
+    }
+    int blocking = PyObject_IsTrue(args[0]);
+    if (blocking < 0) {
+        return NULL;
+    }
+    double timeout = PyFloat_AsDouble(args[1]);
+    if (timeout == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    uint64_t *w = &oplog_header(self)->owner;
+    if (fastmp_owner_try(w)) {
+        Py_RETURN_TRUE;
+    }
+    if (!blocking) {
+        Py_RETURN_FALSE;
+    }
+    fastmp_deadline d = {1, {0, 0}};
+    if (timeout >= 0) {
+        fastmp_deadline_from_seconds(timeout, &d);
+    }
+    int r = fastmp_owner_lock(w, &d, FASTMP_OWNER_INTERRUPTIBLE);
+    if (r < 0) {
+        return NULL;
+    }
+    if (r == 2) {
+        Py_RETURN_FALSE;
+    }
+    if (r == 1) {
+        fastmp_state *st = fastmp_get_state();
+        PyObject *cat = st->semlock.AbandonedLockWarning;
+        if (PyErr_WarnEx(cat != NULL ? cat : PyExc_RuntimeWarning,
+                         "lock was held by a process that died; the state "
+                         "it protects may be inconsistent",
+                         1)
+            < 0) {
+            fastmp_owner_unlock(w);
+            return NULL;
+        }
+    }
+    Py_RETURN_TRUE;
+}
+
+/* release_any(): free the Lock whoever holds it (a manager Lock is a
+ * threading.Lock: any thread or process may release it).  RuntimeError
+ * when it is not held. */
+static PyObject *
+oplog_release_any(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    OpLogObject *self = (OpLogObject *)op;
+    uint64_t *w = &oplog_header(self)->owner;
+    uint64_t old = __atomic_exchange_n(w, 0, __ATOMIC_RELEASE);
+    if (old == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "release unlocked lock");
+        return NULL;
+    }
+    if (old & FASTMP_OWNER_WAITERS) {
+        (void)fastmp_platform_futex_wake(fastmp_owner_futex(w), 1);
+    }
+    Py_RETURN_NONE;
+}
+
+/* locked(): is the directory's owner word held? */
+static PyObject *
+oplog_locked(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    OpLogObject *self = (OpLogObject *)op;
+    return PyBool_FromLong(
+        __atomic_load_n(&oplog_header(self)->owner, __ATOMIC_ACQUIRE) != 0);
+}
+
 static MappingObject *
 oplog_log(OpLogObject *self)
 {
@@ -413,6 +494,14 @@ static PyMethodDef oplog_methods[] = {
     {"lock", oplog_lock, METH_NOARGS,
      "lock($self, /)\n--\n\nTake the writer lock; True if taken over from "
      "a dead holder."},
+    {"acquire", (PyCFunction)(void (*)(void))oplog_acquire, METH_FASTCALL,
+     "acquire($self, blocking, timeout, /)\n--\n\nA Lock container's "
+     "acquire (timeout < 0: forever)."},
+    {"release_any", oplog_release_any, METH_NOARGS,
+     "release_any($self, /)\n--\n\nA Lock container's release: "
+     "RuntimeError when not held."},
+    {"locked", oplog_locked, METH_NOARGS,
+     "locked($self, /)\n--\n\nIs the lock word held?"},
     {"unlock", oplog_unlock, METH_NOARGS,
      "unlock($self, /)\n--\n\nFree the writer lock."},
     {"state", oplog_state, METH_NOARGS,

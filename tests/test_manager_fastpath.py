@@ -567,3 +567,61 @@ def test_reentrant_use_from_a_key_is_an_error(fmanager):
         d[_ReentrantKey()] = 2
     d["after"] = 3
     assert len(d) == 2
+
+
+# ------------------------------------------------------------ Lock
+
+
+def _release_other(lock):
+    lock.release()  # (a manager Lock: any process may release it)
+
+
+def _outcomes_lock(lock):
+    out = [str(lock).split(" object")[0]]
+    out.append(_outcome(lock.release))
+    out.append(_outcome(lambda: lock.acquire(False, 1)))
+    out.append(_outcome(lambda: lock.acquire(True, -2)))
+    out.append(_outcome(lambda: lock.acquire(True, "x")))
+    out.append(lock.acquire())
+    out.append(str(lock).split(" object")[0])
+    out.append((lock.acquire(False), lock.acquire(True, 0.05)))
+    return out
+
+
+def test_lock_parity(manager):
+    lock = manager.Lock()
+    got = _outcomes_lock(lock)
+    ctx = manager._test_ctx
+    p = ctx.Process(target=_release_other, args=(lock,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    got.append(lock.acquire(True, 10))
+    lock.release()
+    with lock:
+        got.append(lock.acquire(False))
+    got.append(lock.acquire(False))
+    lock.release()
+    import threading
+
+    ref = _outcomes_lock(threading.Lock())
+    assert got == ref + [True, False, True]
+    if manager._test_impl == "fastmp":
+        assert lock._r is not None
+
+
+def _die_holding(lock):
+    lock.acquire()
+    os._exit(0)
+
+
+def test_lock_dead_holder_taken_over(fmanager):
+    import fastmp
+
+    lock = fmanager.Lock()
+    p = fastmp.get_context("fork").Process(target=_die_holding, args=(lock,))
+    p.start()
+    p.join(30)
+    with pytest.warns(fastmp.AbandonedLockWarning):
+        assert lock.acquire(True, 30)
+    lock.release()
