@@ -37,7 +37,12 @@ sys.path.insert(0, HERE)
 import cases as _cases  # noqa: E402 (found through the path set above)
 
 IMPLS = ("multiprocessing", "fastmp")
-PEER_LABELS = {"faster_fifo": "faster-fifo", "mpire": "mpire", "loky": "loky"}
+PEER_LABELS = {
+    "faster_fifo": "faster-fifo",
+    "mpire": "mpire",
+    "loky": "loky",
+    "UltraDict": "UltraDict",
+}
 # "No slower" goals are judged with this tolerance: two equal
 # implementations differ by a few percent run to run on a shared machine.
 NO_SLOWER_TOLERANCE = 0.95
