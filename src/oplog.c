@@ -537,7 +537,7 @@ static PyType_Slot oplog_slots[] = {
     {Py_tp_clear, oplog_clear},
     {Py_tp_methods, oplog_methods},
     {Py_tp_getset, oplog_getset},
-    {Py_tp_doc, "_OpLog(dir, create)\n--\n\nThe shared operation log of a "
+    {Py_tp_doc, "_OpLog(dir, create, /)\n--\n\nThe shared operation log of a "
                 "manager container."},
     {0, NULL},
 };
