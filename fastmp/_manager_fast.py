@@ -33,7 +33,9 @@ another machine, a stdlib server) goes through the server as before.
 """
 
 import hashlib
+import os
 import threading
+import weakref
 from os import getpid
 
 from . import _fastmp
@@ -82,7 +84,6 @@ def _open(name, create, size=0):
 
 def _resize(name, size):
     import _posixshmem
-    import os
 
     fd = _posixshmem.shm_open(name, os.O_RDWR, _MODE)
     try:
@@ -1042,6 +1043,7 @@ def server_create(server, typeid, args, kwds):
         except OSError:
             pass
     r._setup(names, True)
+    _all.add(r)
     try:
         if op is not None:
             r._mutate(*op)
@@ -1072,6 +1074,22 @@ def server_release(r):
         except KeyError:
             pass
 
+
+# Every replica of this process (weakly), for the fork child's reset.
+_all = weakref.WeakSet()
+
+
+def _after_fork_child():
+    # A thread of the parent may have been inside an operation at the
+    # fork: its replica may be part-way (rebuilt at the next use), and
+    # its holder's thread id means nothing here.
+    for r in list(_all):
+        if getattr(r, "_holder", None) is not None:
+            r._holder = None
+            r._state = -1
+
+
+os.register_at_fork(after_in_child=_after_fork_child)
 
 # (address, id) -> replica, per process: proxies of one container share
 # one replica.
@@ -1108,8 +1126,7 @@ def attach(token):
             r._fresh()
         except (OSError, ValueError):
             return None
-        import weakref
-
+        _all.add(r)
         _replicas[key] = weakref.ref(r, lambda _r, key=key: _forget(key))
         return r
 

@@ -109,6 +109,13 @@ oplog_mapping_arg(PyObject *arg, Py_ssize_t min)
         PyErr_SetString(PyExc_ValueError, "manager log segment too small");
         return -1;
     }
+    /* Mapped: the fd is no longer needed (a process using many containers
+     * would otherwise hold two fds for each).  The mapping stays until
+     * the object goes. */
+    if (m->fd >= 0) {
+        (void)fastmp_platform_close(m->fd);
+        m->fd = -1;
+    }
     return 0;
 }
 

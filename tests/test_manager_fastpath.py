@@ -485,6 +485,16 @@ def test_no_shared_memory_left_by_a_killed_server():
     m.shutdown()
 
 
+def test_many_live_containers_hold_no_fds(fmanager):
+    fds = len(os.listdir("/proc/self/fd"))
+    live = [fmanager.dict(i=i) for i in range(300)]
+    assert all(d._r is not None for d in live)
+    assert len(os.listdir("/proc/self/fd")) < fds + 20
+    server_fds = len(os.listdir("/proc/%d/fd" % fmanager._process.pid))
+    assert server_fds < 300
+    del live
+
+
 def test_many_proxies_leave_nothing(fmanager):
     before = _segments(fmanager.address)
     for i in range(300):
