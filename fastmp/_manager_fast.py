@@ -773,6 +773,159 @@ class SharedList(_Replica):
 
 
 #
+# set
+#
+
+
+class SharedSet(_Replica):
+    """A set, kept as the keys of a dict: every replica holds the same
+    elements in the same order whatever its hashes (the writer logs the
+    order).  add/discard/remove/pop log the element; the other in-place
+    operations log the whole new set."""
+
+    __slots__ = ()
+
+    def _empty(self):
+        return {}
+
+    def _apply(self, code, arg, b):
+        data = self._data
+        if code == SET:
+            data[arg] = None
+        elif code == DEL:
+            del data[arg]
+        elif code == CLEAR:
+            data.clear()
+        elif code == SNAP:
+            self._data = dict.fromkeys(arg)
+        else:
+            raise ValueError("corrupt manager log operation")
+
+    def _snapshot(self):
+        return list(self._data), b""
+
+    def _value(self):
+        self._fresh()
+        return set(self._data)
+
+    def _plain(self):
+        return set, (list(self._value()),)
+
+    def __len__(self):
+        self._fresh()
+        return len(self._data)
+
+    def __contains__(self, item):
+        self._fresh()
+        return item in self._data
+
+    def __iter__(self):
+        return iter(_loads(_dumps(list(self._value()))))
+
+    def __repr__(self):
+        return repr(self._value())
+
+    __str__ = __repr__
+
+    def add(self, item):
+        a = _dumps(item)
+        self._lock()
+        try:
+            self._sync()
+            data = self._data
+            if item not in data:
+                data[item] = None
+                self._commit(SET, a, b"")
+        finally:
+            self._unlock()
+
+    def discard(self, item):
+        self._discard(item, False)
+
+    def remove(self, item):
+        self._discard(item, True)
+
+    def _discard(self, item, missing_is_error):
+        a = _dumps(item)
+        self._lock()
+        try:
+            self._sync()
+            data = self._data
+            if item in data:
+                del data[item]
+                self._commit(DEL, a, b"")
+            elif missing_is_error:
+                raise KeyError(item)
+        finally:
+            self._unlock()
+
+    def pop(self):
+        self._lock()
+        try:
+            self._sync()
+            data = self._data
+            if not data:
+                raise KeyError("pop from an empty set")
+            item = next(iter(data))
+            a = _dumps(item)
+            del data[item]
+            self._commit(DEL, a, b"")
+        finally:
+            self._unlock()
+        return _loads(a)
+
+    def clear(self):
+        self._mutate(CLEAR, None)
+
+    def _inplace(self, name, args):
+        # set's own method on a copy (its errors, its semantics), then
+        # the result as the new state (lock held throughout).
+        self._lock()
+        try:
+            self._sync()
+            new = set(self._data)
+            result = getattr(new, name)(*args)
+            order = [e for e in self._data if e in new]
+            order += [e for e in new if e not in self._data]
+            a = _dumps(order)
+            self._data = dict.fromkeys(order)
+            self._commit(SNAP, a, b"")
+        finally:
+            self._unlock()
+        return self if result is new else result
+
+
+def _set_reader(name):
+    def method(self, *args):
+        return _loads(_dumps(getattr(self._value(), name)(*args)))
+
+    method.__name__ = name
+    return method
+
+
+def _set_writer(name):
+    def method(self, *args):
+        return self._inplace(name, args)
+
+    method.__name__ = name
+    return method
+
+
+for _name in (
+    "__and__ __or__ __sub__ __xor__ __rand__ __ror__ __rsub__ __rxor__ "
+    "__ge__ __gt__ __le__ __lt__ copy difference intersection isdisjoint "
+    "issubset issuperset symmetric_difference union"
+).split():
+    setattr(SharedSet, _name, _set_reader(_name))
+for _name in (
+    "__iand__ __ior__ __isub__ __ixor__ difference_update "
+    "intersection_update symmetric_difference_update update"
+).split():
+    setattr(SharedSet, _name, _set_writer(_name))
+del _name
+
+
+#
 # Namespace and Value
 #
 
@@ -980,6 +1133,7 @@ REPLICATED = {
     "Namespace": SharedNamespaceState,
     "Value": SharedValue,
     "Lock": SharedLock,
+    "set": SharedSet,
 }
 
 
@@ -1001,6 +1155,7 @@ def replicated(address, typeid, registration):
         "Namespace": (managers.Namespace, managers.NamespaceProxy),
         "Value": (managers.Value, managers.ValueProxy),
         "Lock": (threading.Lock, managers.AcquirerProxy),
+        "set": (set, managers.SetProxy),
     }.get(typeid)
     if expected is None:
         return False
@@ -1025,6 +1180,8 @@ def server_create(server, typeid, args, kwds):
         ns = Namespace(*args, **kwds)
         op = (UPDATE, [(k, _dumps(v)) for k, v in vars(ns).items()], b"")
         obj = ServedNamespace(r)
+    elif typeid == "set":
+        op = (SNAP, list(set(*args, **kwds)), b"")
     elif typeid == "Lock":
         threading.Lock(*args, **kwds)  # (its argument errors)
         op = None

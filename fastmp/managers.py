@@ -1103,10 +1103,24 @@ _BaseSetProxy._method_to_typeid_ = {"__iter__": "Iterator"}
 
 
 class SetProxy(_BaseSetProxy):
-    __ior__ = _inplace("__ior__")
-    __iand__ = _inplace("__iand__")
-    __ixor__ = _inplace("__ixor__")
-    __isub__ = _inplace("__isub__")
+    _fastmp_replicated = True
+    locals().update(
+        _replicated(
+            *(
+                "__and__ __contains__ __len__ __or__ __rand__ __ror__ "
+                "__rsub__ __rxor__ __sub__ __xor__ __ge__ __gt__ __le__ "
+                "__lt__ add clear copy difference difference_update "
+                "discard intersection intersection_update isdisjoint "
+                "issubset issuperset pop remove symmetric_difference "
+                "symmetric_difference_update union update"
+            ).split()
+        )
+    )
+    __ior__ = _replicated_inplace("__ior__")
+    __iand__ = _replicated_inplace("__iand__")
+    __ixor__ = _replicated_inplace("__ixor__")
+    __isub__ = _replicated_inplace("__isub__")
+    __iter__ = _replicated_iter("__iter__")
 
     __class_getitem__ = classmethod(types.GenericAlias)
 

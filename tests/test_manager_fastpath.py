@@ -635,3 +635,91 @@ def test_lock_dead_holder_taken_over(fmanager):
     with pytest.warns(fastmp.AbandonedLockWarning):
         assert lock.acquire(True, 30)
     lock.release()
+
+
+# ------------------------------------------------------------ set
+
+
+def _set_script(s):
+    out = []
+    r = out.append
+    s.add(1)
+    s.add(1.0)
+    s.add(True)
+    s.add("str")
+    s.update({"u", (1, 2)}, ["v"])
+    r(_outcome(lambda: (len(s), 1 in s, "u" in s, [] in s)))
+    r(_outcome(lambda: s.remove("nope")))
+    r(_outcome(lambda: s.discard("nope")))
+    r(_outcome(lambda: s.add([])))
+    r(_outcome(lambda: sorted(map(repr, s.copy()))))
+    r(_outcome(lambda: sorted(map(repr, s | {9}))))
+    r(_outcome(lambda: sorted(map(repr, s & {1, "u"}))))
+    r(_outcome(lambda: sorted(map(repr, s - {1}))))
+    r(_outcome(lambda: sorted(map(repr, s ^ {1, 7}))))
+    r(_outcome(lambda: (s <= {1}, s >= {1}, s < s.copy(), s > {1})))
+    r(_outcome(lambda: s.issubset([1]) or s.issuperset([1])))
+    r(_outcome(lambda: s.intersection_update({1, "u", "v", "w"})))
+    r(_outcome(lambda: sorted(map(repr, s.copy()))))
+    r(_outcome(lambda: s.difference_update(["v"])))
+    r(_outcome(lambda: s.symmetric_difference_update(["z", 1])))
+    r(_outcome(lambda: sorted(map(repr, s.copy()))))
+    r(_outcome(lambda: s.update(5)))
+    r(_outcome(lambda: sorted(map(repr, [s.pop(), s.pop()]))))
+    r(_outcome(lambda: s.pop()))
+    r(_outcome(lambda: (s.clear(), len(s))))
+    return out
+
+
+def test_set_parity(manager):
+    if not hasattr(manager, "set"):
+        pytest.skip("the stdlib's managers have set from 3.14")
+    s = manager.set()
+    if manager._test_impl == "fastmp":
+        assert s._r is not None
+    assert _set_script(s) == _set_script(_PlainSet(set()))
+
+
+class _PlainSet(_Plain):
+    def __or__(self, o):
+        return self.__getattr__("__or__")(o)
+
+    def __and__(self, o):
+        return self.__getattr__("__and__")(o)
+
+    def __sub__(self, o):
+        return self.__getattr__("__sub__")(o)
+
+    def __xor__(self, o):
+        return self.__getattr__("__xor__")(o)
+
+    def __le__(self, o):
+        return self.__getattr__("__le__")(o)
+
+    def __ge__(self, o):
+        return self.__getattr__("__ge__")(o)
+
+    def __lt__(self, o):
+        return self.__getattr__("__lt__")(o)
+
+    def __gt__(self, o):
+        return self.__getattr__("__gt__")(o)
+
+
+def _child_set(s):
+    s.discard("a")
+    s.add("child-%d" % hash("x"))
+
+
+def test_set_across_hash_seeds(manager):
+    if not hasattr(manager, "set"):
+        pytest.skip("the stdlib's managers have set from 3.14")
+    s = manager.set(["a", "b", "c"])
+    p = manager._test_ctx.Process(target=_child_set, args=(s,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    assert len(s) == 3 and "a" not in s and "b" in s and "c" in s
+    (child,) = [e for e in s if e.startswith("child-")]
+    if manager._test_ctx.get_start_method() == "spawn":
+        assert child != "child-%d" % hash("x")  # (another seed there)
