@@ -32,6 +32,7 @@ or the server stops.  A proxy that cannot attach them (a remote client,
 another machine, a stdlib server) goes through the server as before.
 """
 
+import array
 import hashlib
 import os
 import threading
@@ -926,6 +927,73 @@ del _name
 
 
 #
+# Array
+#
+
+
+class SharedArray(_Replica):
+    """A manager Array (the server's is an array.array): the replica is
+    an array.array (its items are numbers or characters, immutable: no
+    pickled copies needed)."""
+
+    __slots__ = ()
+
+    def _empty(self):
+        return array.array("b")
+
+    def _apply(self, code, arg, b):
+        if code == ITEM:
+            self._data[arg[0]] = arg[1]
+        elif code == SNAP:
+            self._data = array.array(arg[0], arg[1])
+        else:
+            raise ValueError("corrupt manager log operation")
+
+    def _snapshot(self):
+        return (self._data.typecode, self._data.tobytes()), b""
+
+    def _plain(self):
+        self._fresh()
+        data = self._data
+        return array.array, (data.typecode, data.tobytes())
+
+    def __len__(self):
+        if self._log.state() != self._state:
+            self._fresh()
+        return len(self._data)
+
+    def __getitem__(self, index):
+        if self._log.state() != self._state:
+            self._fresh()
+        return self._data[index]
+
+    def __setitem__(self, index, value):
+        self._lock()
+        try:
+            self._sync()
+            data = self._data
+            if type(index) is int:
+                data[index] = value  # (array's own checks)
+                if index < 0:
+                    index += len(data)
+                self._commit(ITEM, _dumps((index, data[index])), b"")
+            else:
+                new = array.array(data.typecode, data)
+                new[index] = value
+                a = _dumps((new.typecode, new.tobytes()))
+                self._data = new
+                self._commit(SNAP, a, b"")
+        finally:
+            self._unlock()
+
+    def __repr__(self):
+        self._fresh()
+        return repr(self._data)
+
+    __str__ = __repr__
+
+
+#
 # Namespace and Value
 #
 
@@ -1134,6 +1202,7 @@ REPLICATED = {
     "Value": SharedValue,
     "Lock": SharedLock,
     "set": SharedSet,
+    "Array": SharedArray,
 }
 
 
@@ -1156,6 +1225,7 @@ def replicated(address, typeid, registration):
         "Value": (managers.Value, managers.ValueProxy),
         "Lock": (threading.Lock, managers.AcquirerProxy),
         "set": (set, managers.SetProxy),
+        "Array": (managers.Array, managers.ArrayProxy),
     }.get(typeid)
     if expected is None:
         return False
@@ -1180,6 +1250,11 @@ def server_create(server, typeid, args, kwds):
         ns = Namespace(*args, **kwds)
         op = (UPDATE, [(k, _dumps(v)) for k, v in vars(ns).items()], b"")
         obj = ServedNamespace(r)
+    elif typeid == "Array":
+        from .managers import Array
+
+        arr = Array(*args, **kwds)
+        op = (SNAP, (arr.typecode, arr.tobytes()), b"")
     elif typeid == "set":
         op = (SNAP, list(set(*args, **kwds)), b"")
     elif typeid == "Lock":

@@ -1127,9 +1127,15 @@ class SetProxy(_BaseSetProxy):
 
 collections.abc.MutableSet.register(_BaseSetProxy)
 
-ArrayProxy = MakeProxyType(
-    "ArrayProxy", ("__len__", "__getitem__", "__setitem__")
+_BaseArrayProxy = MakeProxyType(
+    "_BaseArrayProxy", ("__len__", "__getitem__", "__setitem__")
 )
+
+
+class ArrayProxy(_BaseArrayProxy):
+    _fastmp_replicated = True
+    locals().update(_replicated("__len__", "__getitem__", "__setitem__"))
+
 
 BasePoolProxy = MakeProxyType(
     "PoolProxy",

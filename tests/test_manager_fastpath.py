@@ -723,3 +723,36 @@ def test_set_across_hash_seeds(manager):
     (child,) = [e for e in s if e.startswith("child-")]
     if manager._test_ctx.get_start_method() == "spawn":
         assert child != "child-%d" % hash("x")  # (another seed there)
+
+
+# ------------------------------------------------------------ Array
+
+
+def _array_script(a):
+    out = []
+    r = out.append
+    r(_outcome(lambda: (len(a), a[0], a[-1], list(a[:]), list(a[1:]))))
+    r(_outcome(lambda: a[10]))
+    r(_outcome(lambda: a.__setitem__(0, 7)))
+    r(_outcome(lambda: a.__setitem__(-1, 9)))
+    r(_outcome(lambda: a.__setitem__(5, 1)))
+    r(_outcome(lambda: a.__setitem__(0, "x")))
+    r(_outcome(lambda: a.__setitem__(0, 2**40)))
+    r(_outcome(lambda: a.__setitem__(slice(0, 2), [1, 2])))
+    import array
+
+    r(_outcome(lambda: a.__setitem__(slice(0, 2), array.array("i", [4, 5]))))
+    r(_outcome(lambda: (list(a[:]), str(a))))
+    return out
+
+
+def test_array_parity(manager):
+    import array
+
+    a = manager.Array("i", [1, 2, 3])
+    if manager._test_impl == "fastmp":
+        assert a._r is not None
+    got = _array_script(a)
+    ref = _array_script(array.array("i", [1, 2, 3]))
+    assert got == ref
+    assert list(a._getvalue()) == [4, 5, 9]
