@@ -1150,6 +1150,8 @@ class SharedLock:
         self._names = names
         self._owner = create
         self._log = _OpLog(_open(names[0], create, _DIR_BYTES), create)
+        if isinstance(self, SharedSemaphore):
+            self._bound = self._log.sem_bound()
 
     def _fresh(self):
         pass
@@ -1194,6 +1196,91 @@ class SharedLock:
         raise TypeError("cannot pickle '_thread.lock' object")
 
 
+class SharedEvent(SharedLock):
+    """A manager Event (the server's is a threading.Event): a flag word
+    in a directory segment, waited on with a futex."""
+
+    __slots__ = ()
+
+    def is_set(self):
+        return self._log.event_is_set()
+
+    def set(self):
+        self._log.event_set()
+
+    def clear(self):
+        self._log.event_clear()
+
+    def wait(self, timeout=None):
+        if timeout is not None and type(timeout) not in (int, float):
+            if self._log.event_is_set():
+                return True
+            # threading's own error for such a timeout, if it has one.
+            threading.Event().wait(timeout)
+        return self._log.event_wait(timeout)
+
+    def __repr__(self):
+        e = threading.Event()
+        if self.is_set():
+            e.set()
+        return repr(e)
+
+    def __reduce__(self):
+        return _event, (self.is_set(),)
+
+
+def _event(flag):
+    e = threading.Event()
+    if flag:
+        e.set()
+    return e
+
+
+class SharedSemaphore(SharedLock):
+    """A manager Semaphore or BoundedSemaphore (the server's are
+    threading's): a value word in a directory segment.  As threading's,
+    a unit taken by a process that dies is not given back."""
+
+    __slots__ = ("_bound",)
+
+    def acquire(self, blocking=True, timeout=None):
+        if timeout is not None:
+            if not blocking:
+                raise ValueError(
+                    "can't specify timeout for non-blocking acquire"
+                )
+            if type(timeout) not in (int, float):
+                if self._log.sem_acquire(False, None):
+                    return True
+                threading.Semaphore(0).acquire(blocking, timeout)
+        return self._log.sem_acquire(blocking, timeout)
+
+    def release(self):
+        self._log.sem_release()
+
+    def __enter__(self):
+        return self._log.sem_acquire(True, None)
+
+    def __exit__(self, *args):
+        self._log.sem_release()
+
+    def _plain_object(self):
+        value = self._log.sem_value()
+        if self._bound:
+            sem = threading.BoundedSemaphore(self._bound)
+            for _ in range(self._bound - value):
+                sem.acquire(False)
+        else:
+            sem = threading.Semaphore(value)
+        return sem
+
+    def __repr__(self):
+        return repr(self._plain_object())
+
+    def __reduce__(self):
+        raise TypeError("cannot pickle a manager's semaphore")
+
+
 # typeid -> replica class, for the SyncManager types served this way.
 REPLICATED = {
     "dict": SharedDict,
@@ -1203,6 +1290,9 @@ REPLICATED = {
     "Lock": SharedLock,
     "set": SharedSet,
     "Array": SharedArray,
+    "Event": SharedEvent,
+    "Semaphore": SharedSemaphore,
+    "BoundedSemaphore": SharedSemaphore,
 }
 
 
@@ -1226,6 +1316,12 @@ def replicated(address, typeid, registration):
         "Lock": (threading.Lock, managers.AcquirerProxy),
         "set": (set, managers.SetProxy),
         "Array": (managers.Array, managers.ArrayProxy),
+        "Event": (threading.Event, managers.EventProxy),
+        "Semaphore": (threading.Semaphore, managers.AcquirerProxy),
+        "BoundedSemaphore": (
+            threading.BoundedSemaphore,
+            managers.AcquirerProxy,
+        ),
     }.get(typeid)
     if expected is None:
         return False
@@ -1257,8 +1353,17 @@ def server_create(server, typeid, args, kwds):
         op = (SNAP, (arr.typecode, arr.tobytes()), b"")
     elif typeid == "set":
         op = (SNAP, list(set(*args, **kwds)), b"")
-    elif typeid == "Lock":
-        threading.Lock(*args, **kwds)  # (its argument errors)
+    elif typeid in ("Lock", "Event"):
+        # (their argument errors)
+        (threading.Lock if typeid == "Lock" else threading.Event)(
+            *args, **kwds
+        )
+        op = None
+    elif typeid in ("Semaphore", "BoundedSemaphore"):
+        sem = getattr(threading, typeid)(*args, **kwds)
+        bound = sem._initial_value if typeid == "BoundedSemaphore" else 0
+        if sem._value > 0x7FFFFFFF:
+            raise OverflowError("semaphore value too large")
         op = None
     else:
         from .managers import Value
@@ -1281,6 +1386,9 @@ def server_create(server, typeid, args, kwds):
             r._mutate(*op)
         else:
             names = names[:1]
+            if isinstance(r, SharedSemaphore):
+                r._bound = bound
+                r._log.sem_init(sem._value, bound)
         _track(names)
     except BaseException:
         r._unlink()

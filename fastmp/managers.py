@@ -795,17 +795,30 @@ class ConditionProxy(AcquirerProxy):
 
 class EventProxy(BaseProxy):
     _exposed_ = ("is_set", "set", "clear", "wait")
+    _fastmp_replicated = True
 
     def is_set(self):
+        r = self._r
+        if r is not None:
+            return r.is_set()
         return self._callmethod("is_set")
 
     def set(self):
+        r = self._r
+        if r is not None:
+            return r.set()
         return self._callmethod("set")
 
     def clear(self):
+        r = self._r
+        if r is not None:
+            return r.clear()
         return self._callmethod("clear")
 
     def wait(self, timeout=None):
+        r = self._r
+        if r is not None:
+            return r.wait(timeout)
         return self._callmethod("wait", (timeout,))
 
 

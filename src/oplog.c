@@ -14,7 +14,14 @@
  *               by the holder of `owner`, with one release store (the
  *               commit point of an operation); read by anyone with an
  *               acquire load.
- *   spare (40)
+ *   word (4)    the Event and Semaphore containers (which have no log
+ *               and do not use `owner`): the flag, or the value, changed
+ *               by atomic stores / CAS by any process using it; a
+ *               process dying anywhere leaves a valid value (a unit it
+ *               took is lost with it, as with threading's semaphore).
+ *   limit (4)   a BoundedSemaphore's bound: written by the server before
+ *               the name is handed out, read-only afterwards.
+ *   spare (32)
  *
  * The log (resized by the holder of `owner` only; every process maps it
  * again when the generation says it grew):
@@ -38,6 +45,7 @@
  */
 #include "shm_internal.h"
 
+#include <limits.h>
 #include <string.h>
 
 #define OPLOG_DIR_MAGIC UINT64_C(0x666d706f706c6f67) /* "fmpoplog" */
@@ -51,7 +59,9 @@ typedef struct {
     uint64_t magic;
     uint64_t owner;
     uint64_t state;
-    uint64_t spare[5];
+    uint32_t word;  /* an Event's flag or a Semaphore's value */
+    uint32_t limit; /* a BoundedSemaphore's bound (0: none) */
+    uint64_t spare[4];
 } oplog_dir;
 
 _Static_assert(sizeof(oplog_dir) == OPLOG_DIR_BYTES, "directory size");
@@ -318,6 +328,155 @@ oplog_locked(PyObject *op, PyObject *Py_UNUSED(ignored))
         __atomic_load_n(&oplog_header(self)->owner, __ATOMIC_ACQUIRE) != 0);
 }
 
+/* event_set(), event_clear(), event_is_set(), event_wait(timeout):
+ * an Event container on `word` (timeout None: forever). */
+static PyObject *
+oplog_event_set(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    uint32_t *w = &oplog_header((OpLogObject *)op)->word;
+    if (__atomic_exchange_n(w, 1, __ATOMIC_SEQ_CST) == 0) {
+        (void)fastmp_platform_futex_wake(w, INT_MAX);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+oplog_event_clear(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    __atomic_store_n(&oplog_header((OpLogObject *)op)->word, 0,
+                     __ATOMIC_SEQ_CST);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+oplog_event_is_set(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(
+        __atomic_load_n(&oplog_header((OpLogObject *)op)->word,
+                        __ATOMIC_ACQUIRE)
+        != 0);
+}
+
+static PyObject *
+oplog_event_wait(PyObject *op, PyObject *timeout)
+{
+    uint32_t *w = &oplog_header((OpLogObject *)op)->word;
+    fastmp_deadline d;
+    if (fastmp_deadline_from_object(timeout, &d) < 0) {
+        return NULL;
+    }
+    for (;;) {
+        if (__atomic_load_n(w, __ATOMIC_ACQUIRE) != 0) {
+            Py_RETURN_TRUE;
+        }
+        int r = fastmp_wait_futex(w, 0, &d);
+        if (r < 0) {
+            return NULL;
+        }
+        if (r == 1) {
+            return PyBool_FromLong(__atomic_load_n(w, __ATOMIC_ACQUIRE) != 0);
+        }
+    }
+}
+
+/* sem_init(value, limit): the server, before the name is handed out. */
+static PyObject *
+oplog_sem_init(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    oplog_dir *h = oplog_header((OpLogObject *)op);
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "sem_init(value, limit)");
+        return NULL;
+    }
+    unsigned long v = PyLong_AsUnsignedLong(args[0]);
+    if (v == (unsigned long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    unsigned long lim = PyLong_AsUnsignedLong(args[1]);
+    if (lim == (unsigned long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (v > INT32_MAX || lim > INT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "semaphore value too large");
+        return NULL;
+    }
+    h->limit = (uint32_t)lim;
+    __atomic_store_n(&h->word, (uint32_t)v, __ATOMIC_RELEASE);
+    Py_RETURN_NONE;
+}
+
+/* sem_acquire(blocking, timeout): a Semaphore container on `word`
+ * (timeout None: forever).  True acquired, False not. */
+static PyObject *
+oplog_sem_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t *w = &oplog_header((OpLogObject *)op)->word;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "sem_acquire(blocking, timeout)");
+        return NULL;
+    }
+    int blocking = PyObject_IsTrue(args[0]);
+    if (blocking < 0) {
+        return NULL;
+    }
+    fastmp_deadline d;
+    if (blocking && fastmp_deadline_from_object(args[1], &d) < 0) {
+        return NULL;
+    }
+    for (;;) {
+        uint32_t v = __atomic_load_n(w, __ATOMIC_ACQUIRE);
+        while (v > 0) {
+            if (__atomic_compare_exchange_n(w, &v, v - 1, 0, __ATOMIC_ACQUIRE,
+                                            __ATOMIC_RELAXED)) {
+                Py_RETURN_TRUE;
+            }
+        }
+        if (!blocking) {
+            Py_RETURN_FALSE;
+        }
+        int r = fastmp_wait_futex(w, 0, &d);
+        if (r < 0) {
+            return NULL;
+        }
+        if (r == 1 && __atomic_load_n(w, __ATOMIC_ACQUIRE) == 0) {
+            Py_RETURN_FALSE;
+        }
+    }
+}
+
+/* sem_release(): one unit back; ValueError past a BoundedSemaphore's
+ * bound (threading's message). */
+static PyObject *
+oplog_sem_release(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    oplog_dir *h = oplog_header((OpLogObject *)op);
+    uint32_t lim = h->limit;
+    uint32_t v = __atomic_load_n(&h->word, __ATOMIC_RELAXED);
+    do {
+        if ((lim != 0 && v >= lim) || v >= INT32_MAX) {
+            PyErr_SetString(PyExc_ValueError,
+                            "Semaphore released too many times");
+            return NULL;
+        }
+    } while (!__atomic_compare_exchange_n(&h->word, &v, v + 1, 0,
+                                          __ATOMIC_RELEASE, __ATOMIC_RELAXED));
+    (void)fastmp_platform_futex_wake(&h->word, 1);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+oplog_sem_bound(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromUnsignedLong(oplog_header((OpLogObject *)op)->limit);
+}
+
+static PyObject *
+oplog_sem_value(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromUnsignedLong(__atomic_load_n(
+        &oplog_header((OpLogObject *)op)->word, __ATOMIC_ACQUIRE));
+}
+
 static MappingObject *
 oplog_log(OpLogObject *self)
 {
@@ -509,6 +668,28 @@ static PyMethodDef oplog_methods[] = {
      "RuntimeError when not held."},
     {"locked", oplog_locked, METH_NOARGS,
      "locked($self, /)\n--\n\nIs the lock word held?"},
+    {"event_set", oplog_event_set, METH_NOARGS,
+     "event_set($self, /)\n--\n\nAn Event container's set()."},
+    {"event_clear", oplog_event_clear, METH_NOARGS,
+     "event_clear($self, /)\n--\n\nAn Event container's clear()."},
+    {"event_is_set", oplog_event_is_set, METH_NOARGS,
+     "event_is_set($self, /)\n--\n\nAn Event container's is_set()."},
+    {"event_wait", oplog_event_wait, METH_O,
+     "event_wait($self, timeout, /)\n--\n\nAn Event container's wait()."},
+    {"sem_init", (PyCFunction)(void (*)(void))oplog_sem_init, METH_FASTCALL,
+     "sem_init($self, value, limit, /)\n--\n\nA Semaphore container's "
+     "initial value and bound (0: none)."},
+    {"sem_acquire", (PyCFunction)(void (*)(void))oplog_sem_acquire,
+     METH_FASTCALL,
+     "sem_acquire($self, blocking, timeout, /)\n--\n\nA Semaphore "
+     "container's acquire (timeout None: forever)."},
+    {"sem_release", oplog_sem_release, METH_NOARGS,
+     "sem_release($self, /)\n--\n\nA Semaphore container's release()."},
+    {"sem_bound", oplog_sem_bound, METH_NOARGS,
+     "sem_bound($self, /)\n--\n\nA BoundedSemaphore container's bound "
+     "(0: a Semaphore)."},
+    {"sem_value", oplog_sem_value, METH_NOARGS,
+     "sem_value($self, /)\n--\n\nA Semaphore container's value."},
     {"unlock", oplog_unlock, METH_NOARGS,
      "unlock($self, /)\n--\n\nFree the writer lock."},
     {"state", oplog_state, METH_NOARGS,

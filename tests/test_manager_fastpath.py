@@ -756,3 +756,70 @@ def test_array_parity(manager):
     ref = _array_script(array.array("i", [1, 2, 3]))
     assert got == ref
     assert list(a._getvalue()) == [4, 5, 9]
+
+
+# ------------------------------------------------------------ Event, Semaphore
+
+
+def _sem_script(sem):
+    out = []
+    r = out.append
+    r(_outcome(lambda: sem.acquire(False, 1)))
+    r(_outcome(lambda: sem.acquire()))
+    r(_outcome(lambda: sem.acquire(True, 0.05)))
+    r(_outcome(lambda: sem.acquire(False)))
+    r(_outcome(sem.release))
+    r(_outcome(sem.release))
+    r(_outcome(sem.release))
+    r(_outcome(lambda: (sem.acquire(False), sem.acquire(False))))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["Semaphore", "BoundedSemaphore"])
+def test_semaphore_parity(manager, kind):
+    import threading
+
+    sem = getattr(manager, kind)(1)
+    if manager._test_impl == "fastmp":
+        assert sem._r is not None
+    assert _sem_script(sem) == _sem_script(getattr(threading, kind)(1))
+    # (a creation error comes back as the server's traceback)
+    mod = _load(manager._test_impl + ".managers")
+    with pytest.raises(mod.RemoteError, match="initial value must be >= 0"):
+        getattr(manager, kind)(-1)
+
+
+def _event_script(ev):
+    return [
+        ev.is_set(),
+        ev.wait(0.05),
+        ev.set(),
+        ev.is_set(),
+        ev.wait(),
+        ev.wait(0),
+        ev.clear(),
+        ev.wait(0.01),
+        ev.is_set(),
+    ]
+
+
+def _set_later(ev, sem):
+    time.sleep(0.1)
+    sem.release()
+    ev.set()
+
+
+def test_event_parity_and_across_processes(manager):
+    import threading
+
+    ev = manager.Event()
+    if manager._test_impl == "fastmp":
+        assert ev._r is not None
+    assert _event_script(ev) == _event_script(threading.Event())
+    sem = manager.Semaphore(0)
+    p = manager._test_ctx.Process(target=_set_later, args=(ev, sem))
+    p.start()
+    assert sem.acquire(True, 60)
+    assert ev.wait(60)
+    p.join(60)
+    assert p.exitcode == 0
