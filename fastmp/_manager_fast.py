@@ -778,6 +778,23 @@ class SharedList(_Replica):
 #
 
 
+def _set_reader(name):
+    # set's own method on a copy of the replica; a copy of the result.
+    def method(self, *args):
+        return _loads(_dumps(getattr(self._value(), name)(*args)))
+
+    method.__name__ = name
+    return method
+
+
+def _set_writer(name):
+    def method(self, *args):
+        return self._inplace(name, args)
+
+    method.__name__ = name
+    return method
+
+
 class SharedSet(_Replica):
     """A set, kept as the keys of a dict: every replica holds the same
     elements in the same order whatever its hashes (the writer logs the
@@ -895,35 +912,34 @@ class SharedSet(_Replica):
             self._unlock()
         return self if result is new else result
 
-
-def _set_reader(name):
-    def method(self, *args):
-        return _loads(_dumps(getattr(self._value(), name)(*args)))
-
-    method.__name__ = name
-    return method
-
-
-def _set_writer(name):
-    def method(self, *args):
-        return self._inplace(name, args)
-
-    method.__name__ = name
-    return method
-
-
-for _name in (
-    "__and__ __or__ __sub__ __xor__ __rand__ __ror__ __rsub__ __rxor__ "
-    "__ge__ __gt__ __le__ __lt__ copy difference intersection isdisjoint "
-    "issubset issuperset symmetric_difference union"
-).split():
-    setattr(SharedSet, _name, _set_reader(_name))
-for _name in (
-    "__iand__ __ior__ __isub__ __ixor__ difference_update "
-    "intersection_update symmetric_difference_update update"
-).split():
-    setattr(SharedSet, _name, _set_writer(_name))
-del _name
+    __and__ = _set_reader("__and__")
+    __or__ = _set_reader("__or__")
+    __sub__ = _set_reader("__sub__")
+    __xor__ = _set_reader("__xor__")
+    __rand__ = _set_reader("__rand__")
+    __ror__ = _set_reader("__ror__")
+    __rsub__ = _set_reader("__rsub__")
+    __rxor__ = _set_reader("__rxor__")
+    __ge__ = _set_reader("__ge__")
+    __gt__ = _set_reader("__gt__")
+    __le__ = _set_reader("__le__")
+    __lt__ = _set_reader("__lt__")
+    copy = _set_reader("copy")
+    difference = _set_reader("difference")
+    intersection = _set_reader("intersection")
+    isdisjoint = _set_reader("isdisjoint")
+    issubset = _set_reader("issubset")
+    issuperset = _set_reader("issuperset")
+    symmetric_difference = _set_reader("symmetric_difference")
+    union = _set_reader("union")
+    __iand__ = _set_writer("__iand__")
+    __ior__ = _set_writer("__ior__")
+    __isub__ = _set_writer("__isub__")
+    __ixor__ = _set_writer("__ixor__")
+    difference_update = _set_writer("difference_update")
+    intersection_update = _set_writer("intersection_update")
+    symmetric_difference_update = _set_writer("symmetric_difference_update")
+    update = _set_writer("update")
 
 
 #
