@@ -1252,6 +1252,46 @@ def _event(flag):
     return e
 
 
+class SharedRLock(SharedLock):
+    """A manager RLock (the server's is a threading.RLock, owned by the
+    server thread of the caller's connection, i.e. by the calling thread):
+    the owner word of a directory segment names the holding process, the
+    header its thread and the recursion count."""
+
+    __slots__ = ()
+
+    def acquire(self, blocking=True, timeout=-1):
+        if timeout is None or timeout != -1:
+            # threading.RLock's own checks and messages (a fresh lock:
+            # valid arguments return at once).
+            probe = threading.RLock()
+            probe.acquire(blocking, timeout)
+            if timeout is None:
+                timeout = -1
+        return self._log.rlock_acquire(blocking, timeout)
+
+    def release(self):
+        self._log.rlock_release()
+
+    def __enter__(self):
+        return self._log.rlock_acquire(True, -1)
+
+    def __exit__(self, *args):
+        self._log.rlock_release()
+
+    def __repr__(self):
+        held, count, _mine = self._log.rlock_state()
+        return "<%s _thread.RLock object owner=%d count=%d at %#x>" % (
+            "locked" if held else "unlocked",
+            0,
+            count,
+            id(self),
+        )
+
+    def __reduce__(self):
+        raise TypeError("cannot pickle '_thread.RLock' object")
+
+
 class SharedSemaphore(SharedLock):
     """A manager Semaphore or BoundedSemaphore (the server's are
     threading's): a value word in a directory segment.  As threading's,
@@ -1307,6 +1347,7 @@ REPLICATED = {
     "set": SharedSet,
     "Array": SharedArray,
     "Event": SharedEvent,
+    "RLock": SharedRLock,
     "Semaphore": SharedSemaphore,
     "BoundedSemaphore": SharedSemaphore,
 }
@@ -1333,6 +1374,7 @@ def replicated(address, typeid, registration):
         "set": (set, managers.SetProxy),
         "Array": (managers.Array, managers.ArrayProxy),
         "Event": (threading.Event, managers.EventProxy),
+        "RLock": (threading.RLock, managers.AcquirerProxy),
         "Semaphore": (threading.Semaphore, managers.AcquirerProxy),
         "BoundedSemaphore": (
             threading.BoundedSemaphore,
@@ -1369,11 +1411,8 @@ def server_create(server, typeid, args, kwds):
         op = (SNAP, (arr.typecode, arr.tobytes()), b"")
     elif typeid == "set":
         op = (SNAP, list(set(*args, **kwds)), b"")
-    elif typeid in ("Lock", "Event"):
-        # (their argument errors)
-        (threading.Lock if typeid == "Lock" else threading.Event)(
-            *args, **kwds
-        )
+    elif typeid in ("Lock", "RLock", "Event"):
+        getattr(threading, typeid)(*args, **kwds)  # (its argument errors)
         op = None
     elif typeid in ("Semaphore", "BoundedSemaphore"):
         sem = getattr(threading, typeid)(*args, **kwds)

@@ -21,7 +21,13 @@
  *               took is lost with it, as with threading's semaphore).
  *   limit (4)   a BoundedSemaphore's bound: written by the server before
  *               the name is handed out, read-only afterwards.
- *   spare (32)
+ *   tid (8)     an RLock container: `owner` is the lock (its holder's
+ *               process), `tid` the holding thread and `word` the
+ *               recursion count, both written only by the holder (under
+ *               its GIL: its process's other threads see them settled).
+ *               A holder that dies is taken over: the new holder rewrites
+ *               both.
+ *   spare (24)
  *
  * The log (resized by the holder of `owner` only; every process maps it
  * again when the generation says it grew):
@@ -59,9 +65,11 @@ typedef struct {
     uint64_t magic;
     uint64_t owner;
     uint64_t state;
-    uint32_t word;  /* an Event's flag or a Semaphore's value */
+    uint32_t word;  /* an Event's flag, a Semaphore's value, an RLock's
+                       count */
     uint32_t limit; /* a BoundedSemaphore's bound (0: none) */
-    uint64_t spare[4];
+    uint64_t tid;   /* an RLock holder's thread */
+    uint64_t spare[3];
 } oplog_dir;
 
 _Static_assert(sizeof(oplog_dir) == OPLOG_DIR_BYTES, "directory size");
@@ -464,6 +472,102 @@ oplog_sem_release(PyObject *op, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* rlock_acquire(blocking, timeout): an RLock container (timeout < 0:
+ * forever).  True acquired (again, by its holder: the count goes up). */
+static PyObject *
+oplog_rlock_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    oplog_dir *h = oplog_header((OpLogObject *)op);
+    uint64_t *w = &h->owner;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "rlock_acquire(blocking, timeout)");
+        return NULL;
+    }
+    int blocking = PyObject_IsTrue(args[0]);
+    if (blocking < 0) {
+        return NULL;
+    }
+    double timeout = PyFloat_AsDouble(args[1]);
+    if (timeout == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    uint64_t tid = (uint64_t)PyThread_get_thread_ident();
+    uint64_t v = __atomic_load_n(w, __ATOMIC_ACQUIRE);
+    if ((v & ~(uint64_t)FASTMP_OWNER_WAITERS) == fastmp_owner_self()
+        && h->tid == tid && h->word > 0) {
+        if (h->word == UINT32_MAX) {
+            PyErr_SetString(PyExc_OverflowError,
+                            "Internal lock count overflowed");
+            return NULL;
+        }
+        h->word++;
+        Py_RETURN_TRUE;
+    }
+    if (!fastmp_owner_try(w)) {
+        if (!blocking) {
+            Py_RETURN_FALSE;
+        }
+        fastmp_deadline d = {1, {0, 0}};
+        if (timeout >= 0) {
+            fastmp_deadline_from_seconds(timeout, &d);
+        }
+        int r = fastmp_owner_lock(w, &d, FASTMP_OWNER_INTERRUPTIBLE);
+        if (r < 0) {
+            return NULL;
+        }
+        if (r == 2) {
+            Py_RETURN_FALSE;
+        }
+        if (r == 1) {
+            fastmp_state *st = fastmp_get_state();
+            PyObject *cat = st->semlock.AbandonedLockWarning;
+            if (PyErr_WarnEx(cat != NULL ? cat : PyExc_RuntimeWarning,
+                             "lock was held by a process that died; the "
+                             "state it protects may be inconsistent",
+                             1)
+                < 0) {
+                fastmp_owner_unlock(w);
+                return NULL;
+            }
+        }
+    }
+    h->tid = tid;
+    h->word = 1;
+    Py_RETURN_TRUE;
+}
+
+/* rlock_release(): RuntimeError unless the calling thread holds it. */
+static PyObject *
+oplog_rlock_release(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    oplog_dir *h = oplog_header((OpLogObject *)op);
+    uint64_t *w = &h->owner;
+    uint64_t v = __atomic_load_n(w, __ATOMIC_ACQUIRE);
+    if ((v & ~(uint64_t)FASTMP_OWNER_WAITERS) != fastmp_owner_self()
+        || h->tid != (uint64_t)PyThread_get_thread_ident() || h->word == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot release un-acquired lock");
+        return NULL;
+    }
+    if (--h->word == 0) {
+        h->tid = 0;
+        fastmp_owner_unlock(w);
+    }
+    Py_RETURN_NONE;
+}
+
+/* rlock_state(): (held, count, is the calling thread the holder). */
+static PyObject *
+oplog_rlock_state(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    oplog_dir *h = oplog_header((OpLogObject *)op);
+    uint64_t v = __atomic_load_n(&h->owner, __ATOMIC_ACQUIRE);
+    int mine = (v & ~(uint64_t)FASTMP_OWNER_WAITERS) == fastmp_owner_self()
+               && h->tid == (uint64_t)PyThread_get_thread_ident();
+    return Py_BuildValue("(OkO)", v != 0 ? Py_True : Py_False,
+                         (unsigned long)(v != 0 ? h->word : 0),
+                         mine ? Py_True : Py_False);
+}
+
 static PyObject *
 oplog_sem_bound(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
@@ -685,6 +789,15 @@ static PyMethodDef oplog_methods[] = {
      "container's acquire (timeout None: forever)."},
     {"sem_release", oplog_sem_release, METH_NOARGS,
      "sem_release($self, /)\n--\n\nA Semaphore container's release()."},
+    {"rlock_acquire", (PyCFunction)(void (*)(void))oplog_rlock_acquire,
+     METH_FASTCALL,
+     "rlock_acquire($self, blocking, timeout, /)\n--\n\nAn RLock "
+     "container's acquire (timeout < 0: forever)."},
+    {"rlock_release", oplog_rlock_release, METH_NOARGS,
+     "rlock_release($self, /)\n--\n\nAn RLock container's release()."},
+    {"rlock_state", oplog_rlock_state, METH_NOARGS,
+     "rlock_state($self, /)\n--\n\n(held, count, held by the calling "
+     "thread)."},
     {"sem_bound", oplog_sem_bound, METH_NOARGS,
      "sem_bound($self, /)\n--\n\nA BoundedSemaphore container's bound "
      "(0: a Semaphore)."},

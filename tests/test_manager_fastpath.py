@@ -823,3 +823,56 @@ def test_event_parity_and_across_processes(manager):
     assert ev.wait(60)
     p.join(60)
     assert p.exitcode == 0
+
+
+# ------------------------------------------------------------ RLock
+
+
+def _rlock_script(lk):
+    import threading
+
+    out = [_outcome(lk.release)]
+    out.append(_outcome(lambda: lk.acquire(False, 1)))
+    out.append((lk.acquire(), lk.acquire(), lk.acquire(False)))
+    got = []
+    t = threading.Thread(
+        target=lambda: got.append(
+            (lk.acquire(False), lk.acquire(True, 0.05), _outcome(lk.release))
+        )
+    )
+    t.start()
+    t.join()
+    out.append(got)
+    out.append((_outcome(lk.release), _outcome(lk.release)))
+    out.append(_outcome(lk.release))
+    with lk:
+        out.append(lk.acquire(False))
+        lk.release()
+    out.append(_outcome(lk.release))
+    return out
+
+
+def _rlock_other_process(lk, out):
+    out.put((lk.acquire(False), _outcome(lk.release)))
+
+
+def test_rlock_parity(manager):
+    import threading
+
+    lk = manager.RLock()
+    if manager._test_impl == "fastmp":
+        assert lk._r is not None
+    assert _rlock_script(lk) == _rlock_script(threading.RLock())
+    # Another process: neither holder nor able to release.
+    lk.acquire()
+    q = manager._test_ctx.Queue()
+    p = manager._test_ctx.Process(target=_rlock_other_process, args=(lk, q))
+    p.start()
+    assert q.get(timeout=60) == (
+        False,
+        ("raise", "RuntimeError", ("cannot release un-acquired lock",)),
+    )
+    p.join(60)
+    lk.release()
+    assert lk.acquire(False)
+    lk.release()
