@@ -43,6 +43,7 @@ PEER_LABELS = {
     "loky": "loky",
     "ray": "Ray Pool",
     "dask": "raw Dask futures",
+    "UltraDict": "UltraDict",
 }
 # "No slower" goals are judged with this tolerance: two equal
 # implementations differ by a few percent run to run on a shared machine.

@@ -307,6 +307,9 @@ class Server:
         # Objects referred to only by proxies that live in this server
         # (a managed list holding a managed dict).
         self.id_to_local_proxy_obj = {}
+        # ident -> replica of a container served without a round trip
+        # (fastmp._manager_fast); its segments go with the object.
+        self.id_to_replica = {}
         self.mutex = threading.Lock()
 
     # Seconds a connecting peer has to complete the HMAC handshake before
@@ -327,11 +330,32 @@ class Server:
             except (KeyboardInterrupt, SystemExit):
                 pass
         finally:
+            self._release_replicas()
             if sys.stdout != sys.__stdout__:
                 util.debug("resetting stdout, stderr")
                 sys.stdout = sys.__stdout__
                 sys.stderr = sys.__stderr__
             sys.exit(0)
+
+    def _release_replicas(self):
+        from . import _manager_fast
+
+        while self.id_to_replica:
+            _ident, r = self.id_to_replica.popitem()
+            _manager_fast.server_release(r)
+
+    def _create_replicated(self, typeid, args, kwds):
+        """The referent of a container served without a round trip, or
+        None for a type served the ordinary way."""
+        from . import _manager_fast
+
+        if not _manager_fast.replicated(
+            self.address, typeid, self.registry[typeid]
+        ):
+            return None
+        obj, r = _manager_fast.server_create(self, typeid, args, kwds)
+        self.id_to_replica["%x" % id(obj)] = r
+        return obj
 
     def accepter(self):
         while True:
@@ -538,7 +562,10 @@ class Server:
             callable, exposed, method_to_typeid, _proxytype = self.registry[
                 typeid
             ]
-            if callable is None:
+            obj = self._create_replicated(typeid, args, kwds)
+            if obj is not None:
+                pass
+            elif callable is None:
                 if kwds or (len(args) != 1):
                     raise ValueError(
                         "Without callable, must have one non-keyword argument"
@@ -610,6 +637,13 @@ class Server:
             util.debug("disposing of obj with id %r", ident)
             with self.mutex:
                 del self.id_to_obj[ident]
+                r = None
+                if ident not in self.id_to_local_proxy_obj:
+                    r = self.id_to_replica.pop(ident, None)
+            if r is not None:
+                from . import _manager_fast
+
+                _manager_fast.server_release(r)
 
 
 #

@@ -44,7 +44,7 @@ from multiprocessing import process, util
 from multiprocessing.context import ProcessError, get_spawning_popen
 from os import getpid
 
-from . import connection, synchronize
+from . import _fastmp, _manager_fast, connection, synchronize
 from ._manager_server import (  # noqa: F401  (the stdlib module's names)
     RemoteError,
     RemoteTraceback,
@@ -57,6 +57,8 @@ from ._manager_server import (  # noqa: F401  (the stdlib module's names)
     listener_client,
     public_methods,
 )
+
+_loads = _fastmp._loads
 
 __all__ = [
     "BaseManager",
@@ -358,6 +360,12 @@ class ProcessLocalSet(set):
 class BaseProxy:
     """A base for proxies of shared objects"""
 
+    # The replica (fastmp._manager_fast) serving this proxy's calls in
+    # this process, or None: calls go to the server.
+    _r = None
+    # Does this proxy type serve calls from a replica when it can?
+    _fastmp_replicated = False
+
     # server address -> (per-thread connections, ids this process holds)
     _address_to_local = {}
     _mutex = util.ForkAwareThreadLock()
@@ -398,6 +406,8 @@ class BaseProxy:
         if incref:
             self._incref()
         util.register_after_fork(self, BaseProxy._after_fork)
+        if self._fastmp_replicated:
+            self._r = _manager_fast.attach(token)
 
     def _connect(self):
         util.debug("making connection to manager")
@@ -519,6 +529,8 @@ class BaseProxy:
             util.info("incref failed: %s" % e)
 
     def __reduce__(self):
+        # (a replica sends a value holding a proxy through the server)
+        _manager_fast.proxies_pickled[0] += 1
         kwds = {}
         if get_spawning_popen() is not None:
             kwds["authkey"] = self._authkey
@@ -736,18 +748,32 @@ class IteratorProxy(BaseProxy):
 
 class AcquirerProxy(BaseProxy):
     _exposed_ = ("acquire", "release")
+    # (a Lock's; the other types' go through the server)
+    _fastmp_replicated = True
 
     def acquire(self, blocking=True, timeout=None):
         args = (blocking,) if timeout is None else (blocking, timeout)
+        r = self._r
+        if r is not None:
+            return r.acquire(*args)
         return self._callmethod("acquire", args)
 
     def release(self):
+        r = self._r
+        if r is not None:
+            return r.release()
         return self._callmethod("release")
 
     def __enter__(self):
+        r = self._r
+        if r is not None:
+            return r.__enter__()
         return self._callmethod("acquire")
 
     def __exit__(self, exc_type, exc_val, exc_tb):
+        r = self._r
+        if r is not None:
+            return r.__exit__()
         return self._callmethod("release")
 
 
@@ -769,17 +795,30 @@ class ConditionProxy(AcquirerProxy):
 
 class EventProxy(BaseProxy):
     _exposed_ = ("is_set", "set", "clear", "wait")
+    _fastmp_replicated = True
 
     def is_set(self):
+        r = self._r
+        if r is not None:
+            return r.is_set()
         return self._callmethod("is_set")
 
     def set(self):
+        r = self._r
+        if r is not None:
+            return r.set()
         return self._callmethod("set")
 
     def clear(self):
+        r = self._r
+        if r is not None:
+            return r.clear()
         return self._callmethod("clear")
 
     def wait(self, timeout=None):
+        r = self._r
+        if r is not None:
+            return r.wait(timeout)
         return self._callmethod("wait", (timeout,))
 
 
@@ -810,33 +849,65 @@ class BarrierProxy(BaseProxy):
 
 class NamespaceProxy(BaseProxy):
     _exposed_ = ("__getattribute__", "__setattr__", "__delattr__")
+    _fastmp_replicated = True
 
     def __getattr__(self, key):
         if key[0] == "_":
             return object.__getattribute__(self, key)
+        r = object.__getattribute__(self, "_r")
+        if r is not None:
+            return r.getattr(key)
         callmethod = object.__getattribute__(self, "_callmethod")
         return callmethod("__getattribute__", (key,))
+
+    def __getattribute__(self, key):
+        # A public name is the referent's: look it up there first (a
+        # miss on the proxy, then __getattr__, costs an exception).
+        if key[0] != "_":
+            r = object.__getattribute__(self, "_r")
+            if r is not None:
+                return r.getattr(key)
+        return object.__getattribute__(self, key)
 
     def __setattr__(self, key, value):
         if key[0] == "_":
             return object.__setattr__(self, key, value)
+        r = object.__getattribute__(self, "_r")
+        if r is not None:
+            try:
+                return r.setattr(key, value)
+            except _manager_fast.ViaServer:
+                pass
         callmethod = object.__getattribute__(self, "_callmethod")
         return callmethod("__setattr__", (key, value))
 
     def __delattr__(self, key):
         if key[0] == "_":
             return object.__delattr__(self, key)
+        r = object.__getattribute__(self, "_r")
+        if r is not None:
+            return r.delattr(key)
         callmethod = object.__getattribute__(self, "_callmethod")
         return callmethod("__delattr__", (key,))
 
 
 class ValueProxy(BaseProxy):
     _exposed_ = ("get", "set")
+    _fastmp_replicated = True
 
     def get(self):
-        return self._callmethod("get")
+        r = self._r
+        if r is None:
+            return self._callmethod("get")
+        return r.get()
 
     def set(self, value):
+        r = self._r
+        if r is not None:
+            try:
+                return r.set(value)
+            except _manager_fast.ViaServer:
+                pass
         return self._callmethod("set", (value,))
 
     value = property(get, set)
@@ -866,9 +937,96 @@ def _inplace(method):
     return op
 
 
+def _replicated(*names):
+    """Methods served by the proxy's replica when it has one (see
+    fastmp._manager_fast), else by the server."""
+    ns = {}
+    for name in names:
+
+        def method(self, /, *args, _name=name, **kwds):
+            r = self._r
+            if r is not None:
+                try:
+                    return getattr(r, _name)(*args, **kwds)
+                except _manager_fast.ViaServer:
+                    pass
+            return self._callmethod(_name, args, kwds)
+
+        method.__name__ = method.__qualname__ = name
+        ns[name] = method
+    return ns
+
+
+def _replicated_inplace(name):
+    # x op= y: the replica's (or the server's) method, then the proxy.
+    def op(self, value):
+        r = self._r
+        if r is not None:
+            try:
+                getattr(r, name)(value)
+                return self
+            except _manager_fast.ViaServer:
+                pass
+        self._callmethod("extend" if name == "__iadd__" else name, (value,))
+        return self
+
+    op.__name__ = op.__qualname__ = name
+    return op
+
+
+def _replicated_iter(name):
+    # A replica iterates over a copy (the server's iterator is a proxy).
+    def it(self):
+        r = self._r
+        if r is not None:
+            return getattr(r, name)()
+        return self._callmethod(name)
+
+    it.__name__ = it.__qualname__ = name
+    return it
+
+
 class ListProxy(BaseListProxy):
-    __iadd__ = _inplace("extend")
-    __imul__ = _inplace("__imul__")
+    _fastmp_replicated = True
+    locals().update(
+        _replicated(
+            "__add__",
+            "__contains__",
+            "__delitem__",
+            "__len__",
+            "__mul__",
+            "__rmul__",
+            "__setitem__",
+            "clear",
+            "copy",
+            "count",
+            "extend",
+            "index",
+            "insert",
+            "pop",
+            "remove",
+            "reverse",
+            "sort",
+        )
+    )
+    __iadd__ = _replicated_inplace("__iadd__")
+    __imul__ = _replicated_inplace("__imul__")
+    __reversed__ = _replicated_iter("__reversed__")
+
+    def __getitem__(self, index):
+        r = self._r
+        if r is None:
+            return self._callmethod("__getitem__", (index,))
+        return r.__getitem__(index)
+
+    def append(self, item):
+        r = self._r
+        if r is not None:
+            try:
+                return r.append(item)
+            except _manager_fast.ViaServer:
+                pass
+        return self._callmethod("append", (item,))
 
     __class_getitem__ = classmethod(types.GenericAlias)
 
@@ -890,7 +1048,53 @@ _BaseDictProxy._method_to_typeid_ = {
 
 
 class DictProxy(_BaseDictProxy):
-    __ior__ = _inplace("__ior__")
+    _fastmp_replicated = True
+    locals().update(
+        _replicated(
+            "__contains__",
+            "__delitem__",
+            "__len__",
+            "__or__",
+            "__ror__",
+            "clear",
+            "copy",
+            "fromkeys",
+            "items",
+            "keys",
+            "pop",
+            "popitem",
+            "setdefault",
+            "update",
+            "values",
+        )
+    )
+    __ior__ = _replicated_inplace("__ior__")
+    __iter__ = _replicated_iter("__iter__")
+    __reversed__ = _replicated_iter("__reversed__")
+
+    def __getitem__(self, key):
+        r = self._r
+        if r is None:
+            return self._callmethod("__getitem__", (key,))
+        # (SharedDict.__getitem__, inline: the hottest read)
+        if r._log.state() != r._state:
+            r._fresh()
+        return _loads(r._data[key])
+
+    def __setitem__(self, key, value):
+        r = self._r
+        if r is not None:
+            try:
+                return r.__setitem__(key, value)
+            except _manager_fast.ViaServer:
+                pass
+        return self._callmethod("__setitem__", (key, value))
+
+    def get(self, *args):
+        r = self._r
+        if r is None:
+            return self._callmethod("get", args)
+        return r.get(*args)
 
     __class_getitem__ = classmethod(types.GenericAlias)
 
@@ -912,19 +1116,39 @@ _BaseSetProxy._method_to_typeid_ = {"__iter__": "Iterator"}
 
 
 class SetProxy(_BaseSetProxy):
-    __ior__ = _inplace("__ior__")
-    __iand__ = _inplace("__iand__")
-    __ixor__ = _inplace("__ixor__")
-    __isub__ = _inplace("__isub__")
+    _fastmp_replicated = True
+    locals().update(
+        _replicated(
+            *(
+                "__and__ __contains__ __len__ __or__ __rand__ __ror__ "
+                "__rsub__ __rxor__ __sub__ __xor__ __ge__ __gt__ __le__ "
+                "__lt__ add clear copy difference difference_update "
+                "discard intersection intersection_update isdisjoint "
+                "issubset issuperset pop remove symmetric_difference "
+                "symmetric_difference_update union update"
+            ).split()
+        )
+    )
+    __ior__ = _replicated_inplace("__ior__")
+    __iand__ = _replicated_inplace("__iand__")
+    __ixor__ = _replicated_inplace("__ixor__")
+    __isub__ = _replicated_inplace("__isub__")
+    __iter__ = _replicated_iter("__iter__")
 
     __class_getitem__ = classmethod(types.GenericAlias)
 
 
 collections.abc.MutableSet.register(_BaseSetProxy)
 
-ArrayProxy = MakeProxyType(
-    "ArrayProxy", ("__len__", "__getitem__", "__setitem__")
+_BaseArrayProxy = MakeProxyType(
+    "_BaseArrayProxy", ("__len__", "__getitem__", "__setitem__")
 )
+
+
+class ArrayProxy(_BaseArrayProxy):
+    _fastmp_replicated = True
+    locals().update(_replicated("__len__", "__getitem__", "__setitem__"))
+
 
 BasePoolProxy = MakeProxyType(
     "PoolProxy",

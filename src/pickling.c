@@ -290,6 +290,10 @@ pickler_dump(fastmp_pickling_state *ps, PyObject *pickler, PyObject *out,
  * the interface (fastmp.h, "pickling")
  * ------------------------------------------------------------------- */
 
+/* A dump larger than this retires the reusable pickler (its memo table
+ * keeps the size the dump grew it to). */
+#define PICKLER_RETIRE_BYTES 8192
+
 PyObject *
 fastmp_dumps(PyObject *obj)
 {
@@ -317,9 +321,16 @@ fastmp_dumps(PyObject *obj)
     pickler = Py_NewRef(ps->pickler);
     out = Py_NewRef(ps->out);
     res = pickler_dump(ps, pickler, out, obj);
-    if (res == NULL && ps->pickler == pickler) {
-        /* A failed dump leaves its memo and partial output behind: start
-         * over with a fresh pickler next time. */
+    if (ps->pickler == pickler
+        && (res == NULL
+            || (PyBytes_Check(res)
+                && PyBytes_GET_SIZE(res) > PICKLER_RETIRE_BYTES))) {
+        /* A failed dump leaves its memo and partial output behind; a
+         * large one leaves a memo table grown to its object count, which
+         * clear_memo() then sweeps after every later dump (a 1-byte
+         * pickle costing hundreds of microseconds after a 50,000-item
+         * list).  Either way: start over with a fresh pickler next
+         * time. */
         Py_CLEAR(ps->pickler);
         Py_CLEAR(ps->out);
     }

@@ -436,6 +436,14 @@ fastmp_shm_exec(PyObject *m, fastmp_state *st)
     if (st->shm.ListCoreType == NULL) {
         return -1;
     }
+    PyObject *oplog = PyType_FromModuleAndSpec(m, &fastmp_oplog_spec, NULL);
+    if (oplog == NULL) {
+        return -1;
+    }
+    if (PyModule_AddObject(m, "_OpLog", oplog) < 0) {
+        Py_DECREF(oplog);
+        return -1;
+    }
     structmod = PyImport_ImportModule("struct");
     if (structmod == NULL) {
         return -1;

@@ -24,4 +24,7 @@ int fastmp_shm_mapping_ensure(MappingObject *self);
 /* shareable_list.c: the _ShareableListCore type. */
 extern PyType_Spec fastmp_listcore_spec;
 
+/* oplog.c: the _OpLog type (manager containers, fastmp/_manager_fast.py). */
+extern PyType_Spec fastmp_oplog_spec;
+
 #endif /* FASTMP_SHM_INTERNAL_H */

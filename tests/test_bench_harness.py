@@ -82,6 +82,11 @@ def test_list_names_every_documented_case():
         "executor_submit_program",
         "executor_map_program",
         "manager_dict",
+        "manager_list",
+        "manager_namespace",
+        "manager_lock",
+        "manager_queue",
+        "manager_remote_dict",
     ):
         assert name in names
 

@@ -806,11 +806,13 @@ def test_authenticated_garbage_is_an_error_not_a_crash(manager):
     # A client that got through the handshake sends a frame that is no
     # pickle: it gets a traceback back, and the server keeps serving.
     d = manager.dict(a=1)
-    assert d["a"] == 1  # (this thread's connection is now open)
+    # (a call through the server: this thread's connection is now open)
+    assert d._callmethod("__getitem__", ("a",)) == 1
     conn = d._tls.connection
     conn.send_bytes(b"not a pickle")
     kind, result = conn.recv()
     assert kind == "#TRACEBACK" and isinstance(result, str)
+    assert d._callmethod("__getitem__", ("a",)) == 1
     assert d["a"] == 1
 
 
@@ -853,6 +855,15 @@ def _server_fds(m):
     return len(os.listdir("/proc/%d/fd" % m._process.pid))
 
 
+def _shm_names(m):
+    # The manager's own segments (fastmp's containers: fmpm_<address>_).
+    import hashlib
+
+    digest = hashlib.sha1(repr(m.address).encode()).hexdigest()[:16]
+    prefix = "fmpm_%s_" % digest
+    return {n for n in os.listdir("/dev/shm") if n.startswith(prefix)}
+
+
 def _server_rss_kib(m):
     with open("/proc/%d/status" % m._process.pid) as f:
         for line in f:
@@ -880,8 +891,10 @@ def test_no_leak_creating_and_dropping_proxies(mp):
         churn(n // 10)  # warm up: the server's threads, allocator pools
         fds0, sfds0 = _fds(), _server_fds(m)
         rss0 = _server_rss_kib(m)
+        shm0 = _shm_names(m)
         churn(n)
         assert m._number_of_objects() == 1  # d only
+        assert _shm_names(m) == shm0
         assert _server_rss_kib(m) - rss0 < 8 * 1024
         assert _fds() <= fds0
         # Server-side connection threads end as their clients hang up.

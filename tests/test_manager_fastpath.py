@@ -1,0 +1,878 @@
+"""Manager containers served without a round trip (fastmp._manager_fast):
+the same operations give the same results, exceptions and reprs as the
+stdlib's round trips, under every start method and across hash seeds;
+concurrent writers lose nothing; a writer killed mid-update leaves the
+container consistent; no shared memory is left behind by any exit path;
+what cannot use the fast path (TCP managers, custom types) goes through
+the server.
+"""
+
+import gc
+import os
+import pickle
+import signal
+import sys
+import time
+
+import pytest
+from support import IMPLS, METHODS
+
+
+def _load(impl):
+    import importlib
+
+    return importlib.import_module(impl)
+
+
+@pytest.fixture(
+    scope="module",
+    params=[(i, m) for i in IMPLS for m in METHODS],
+    ids=lambda p: "%s-%s" % p,
+)
+def manager(request):
+    impl, method = request.param
+    ctx = _load(impl).get_context(method)
+    m = ctx.Manager()
+    m._test_ctx = ctx
+    m._test_impl = impl
+    yield m
+    m.shutdown()
+    m.join()
+
+
+@pytest.fixture(scope="module")
+def fmanager():
+    """One fastmp manager (fork) for the fastmp-only tests."""
+    import fastmp
+
+    m = fastmp.get_context("fork").Manager()
+    yield m
+    m.shutdown()
+    m.join()
+
+
+def _segments(address=None):
+    names = [n for n in os.listdir("/dev/shm") if n.startswith("fmpm_")]
+    if address is None:
+        return set(names)
+    from fastmp._manager_fast import segment_names
+
+    prefix = segment_names(address, "x")[0][1:].rsplit("_", 2)[0]
+    return {n for n in names if n.startswith(prefix)}
+
+
+def _outcome(fn):
+    """(result or None, exception type name and args or None)."""
+    try:
+        return ("ok", fn())
+    except Exception as e:  # noqa: BLE001
+        return ("raise", type(e).__name__, e.args)
+
+
+# ------------------------------------------------------------ parity
+
+
+def _dict_script(d):
+    out = []
+    r = out.append
+    d[1] = "int"
+    d[1.0] = "float"
+    d[True] = "bool"
+    r(_outcome(lambda: d.copy()))
+    r(_outcome(lambda: (d[1], d[1.0], d[True], len(d))))
+    d["s"] = [1, 2]
+    d[(1, "t")] = {"x": None}
+    d[b"b"] = 2.5
+    r(_outcome(lambda: list(d.keys())))
+    r(_outcome(lambda: list(d.values())))
+    r(_outcome(lambda: list(d.items())))
+    r(_outcome(lambda: list(d)))
+    r(_outcome(lambda: str(d)))
+    r(_outcome(lambda: d["missing"]))
+    r(_outcome(lambda: d.__delitem__("missing")))
+    r(_outcome(lambda: d.pop("missing")))
+    r(_outcome(lambda: d.pop("missing", 7)))
+    r(_outcome(lambda: d.pop("s")))
+    r(_outcome(lambda: d.setdefault("n", [])))
+    r(_outcome(lambda: d.setdefault("n", [5])))
+    r(_outcome(lambda: d.get("n")))
+    r(_outcome(lambda: d.get("zz", "dflt")))
+    r(_outcome(lambda: d.update([("u", 1)], v=2)))
+    r(_outcome(lambda: d.update(1)))
+    r(_outcome(lambda: d.update([(1, 2, 3)])))
+    r(_outcome(lambda: d.__setitem__([], 1)))
+    r(_outcome(lambda: d[[]]))
+    r(_outcome(lambda: d.popitem()))
+    r(_outcome(lambda: 1 in d))
+    r(_outcome(lambda: [] in d))
+    r(_outcome(lambda: d == d.copy()))
+    r(_outcome(lambda: d.copy() == dict(d.items())))
+    r(_outcome(lambda: d.clear()))
+    r(_outcome(lambda: d.popitem()))
+    r(_outcome(lambda: (len(d), str(d))))
+    return out
+
+
+def test_dict_parity(manager):
+    got = _dict_script(manager.dict())
+    if manager._test_impl == "fastmp":
+        assert manager.dict()._r is not None  # (the fast path ran)
+    std = _dict_script(
+        _Plain(dict())
+    )  # the stdlib's manager gives exactly what a plain dict gives
+    assert got == std
+
+
+class _Plain:
+    """A plain container behind the proxy API the scripts use (what the
+    stdlib's server does with each call: a copy in, a copy out)."""
+
+    def __init__(self, obj):
+        self._obj = obj
+
+    def __getattr__(self, name):
+        meth = getattr(self._obj, name)
+
+        def call(*args, **kwds):
+            args, kwds = pickle.loads(pickle.dumps((args, kwds)))
+            res = meth(*args, **kwds)
+            if type(res).__name__.startswith("dict_"):
+                res = list(res)
+            return pickle.loads(pickle.dumps(res))
+
+        return call
+
+    def __getitem__(self, k):
+        return self.__getattr__("__getitem__")(k)
+
+    def __setitem__(self, k, v):
+        return self.__getattr__("__setitem__")(k, v)
+
+    def __delitem__(self, k):
+        return self.__getattr__("__delitem__")(k)
+
+    def __contains__(self, k):
+        return self.__getattr__("__contains__")(k)
+
+    def __len__(self):
+        return self.__getattr__("__len__")()
+
+    def __iter__(self):
+        return iter(list(self._obj))
+
+    def __str__(self):
+        return str(self._obj)
+
+    def __eq__(self, other):
+        return self is other
+
+
+def _list_script(a):
+    out = []
+    r = out.append
+    a.append(1)
+    a.append([2])
+    a.extend(["three", 4.0])
+    r(_outcome(lambda: a[:]))
+    r(_outcome(lambda: (a[0], a[-1], a[1:3], len(a))))
+    r(_outcome(lambda: a[10]))
+    r(_outcome(lambda: a["x"]))
+    r(_outcome(lambda: a.__setitem__(-1, "neg")))
+    r(_outcome(lambda: a.__setitem__(9, 0)))
+    r(_outcome(lambda: a.__setitem__(slice(0, 1), ["s0", "s1"])))
+    r(_outcome(lambda: a.__delitem__(-2)))
+    r(_outcome(lambda: a.__delitem__(99)))
+    r(_outcome(lambda: a.pop()))
+    r(_outcome(lambda: a.pop(0)))
+    r(_outcome(lambda: a.pop(50)))
+    r(_outcome(lambda: a.insert(1, "ins")))
+    r(_outcome(lambda: a.remove("nope")))
+    r(_outcome(lambda: a.index("nope")))
+    r(_outcome(lambda: a.count("ins")))
+    r(_outcome(lambda: a.sort()))
+    r(_outcome(lambda: a[:]))
+    r(_outcome(lambda: a.append(3)))
+    r(_outcome(lambda: a.sort(key=str, reverse=True)))
+    r(_outcome(lambda: a.reverse()))
+    r(_outcome(lambda: (a + [9], a * 2, 2 * a, "ins" in a, str(a))))
+    r(_outcome(lambda: a.__add__(3)))
+    r(_outcome(lambda: list(iter(a))))
+    r(_outcome(lambda: a.__imul__(2)))
+    r(_outcome(lambda: a[:]))
+    r(_outcome(lambda: a.__delitem__(slice(None))))
+    r(_outcome(lambda: (a.pop(), len(a))))
+    return out
+
+
+def test_list_parity(manager):
+    a = manager.list()
+    if manager._test_impl == "fastmp":
+        assert a._r is not None
+    got = _list_script(a)
+    std = _list_script(_PlainList([]))
+    # (the in-place operators return the proxy itself there)
+    got = [g for i, g in enumerate(got) if i != 24]
+    std = [s for i, s in enumerate(std) if i != 24]
+    assert got == std
+
+
+class _PlainList(_Plain):
+    def __add__(self, o):
+        return self.__getattr__("__add__")(o)
+
+    def __mul__(self, o):
+        return self.__getattr__("__mul__")(o)
+
+    def __rmul__(self, o):
+        return self.__getattr__("__rmul__")(o)
+
+    def __getitem__(self, k):
+        res = self._obj[k]
+        return pickle.loads(pickle.dumps(res))
+
+
+def test_namespace_value_parity(manager):
+    ns = manager.Namespace(a=1, _hidden=2)
+    ns.b = [1]
+    ns.c = "x"
+    del ns.c
+    assert (ns.a, ns.b) == (1, [1])
+    assert str(ns) == "Namespace(a=1, b=[1])"
+    with pytest.raises(AttributeError) as e:
+        assert ns.c
+    assert "'c'" in str(e.value)
+    with pytest.raises(AttributeError):
+        del ns.nope
+    b = ns.b
+    b.append(2)
+    assert ns.b == [1]  # a copy
+    v = manager.Value("d", 1.5)
+    assert v.value == 1.5 and v.get() == 1.5
+    v.value = {"k": "v"}
+    assert v.get() == {"k": "v"}
+    assert str(v) == "Value('d', {'k': 'v'})"
+    got = v._getvalue()
+    assert (type(got).__name__, got.value) == ("Value", {"k": "v"})
+    assert ns._getvalue().a == 1
+    if manager._test_impl == "fastmp":
+        assert ns._r is not None and v._r is not None
+
+
+# ------------------------------------------------------------ processes
+
+
+def _child_uses(d, ns, lst, v, out):
+    # (under spawn this interpreter has its own str hash seed)
+    out.put(
+        (
+            sys.flags.hash_randomization,
+            hash("key-a"),
+            d["key-a"],
+            sorted(map(str, d.keys())),
+            d[1.0],
+            ns.x,
+            lst[:],
+            v.value,
+        )
+    )
+    d["key-child"] = "from child"
+    d[True] = "child bool"
+    del d["key-b"]
+    ns.y = "child"
+    lst.append("child")
+    v.value = -1
+
+
+def test_children_share_across_hash_seeds(manager):
+    d = manager.dict({"key-a": 1, "key-b": 2, 1: "one"})
+    ns = manager.Namespace(x=1)
+    lst = manager.list([1])
+    v = manager.Value("i", 5)
+    ctx = manager._test_ctx
+    out = ctx.Queue()
+    seeds = set()
+    for _ in range(2):
+        p = ctx.Process(target=_child_uses, args=(d, ns, lst, v, out))
+        p.start()
+        got = out.get(timeout=60)
+        p.join(60)
+        assert p.exitcode == 0
+        seeds.add(got[1])
+        assert got[2] == 1 and got[4] in ("one", "child bool")
+        assert got[5] == 1
+        d["key-b"] = 2
+    assert d.copy() == {
+        "key-a": 1,
+        "key-b": 2,
+        1: "child bool",
+        "key-child": "from child",
+    }
+    assert list(d.keys()) == ["key-a", 1, "key-child", "key-b"]
+    assert ns.y == "child" and lst[:] == [1, "child", "child"]
+    assert v.value == -1
+    if ctx.get_start_method() == "spawn":
+        assert len(seeds | {hash("key-a")}) > 1  # (really other seeds)
+
+
+def _increment(d, lock, n):
+    for _ in range(n):
+        with lock:
+            d["n"] = d["n"] + 1
+        d["own-%d" % os.getpid()] = d.get("own-%d" % os.getpid(), 0) + 1
+
+
+def test_concurrent_writers_lose_nothing(manager):
+    d = manager.dict(n=0)
+    lock = manager.Lock()
+    ctx = manager._test_ctx
+    n = 200
+    ps = [ctx.Process(target=_increment, args=(d, lock, n)) for _ in range(4)]
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join(120)
+        assert p.exitcode == 0
+    assert d["n"] == 4 * n
+    own = [v for k, v in d.items() if k.startswith("own-")]
+    assert own == [n] * 4
+
+
+# ------------------------------------------------------------ crashes
+
+
+def _stall_holding(d):
+    from fastmp import _fastmp
+
+    # The next owner-lock acquisition in this process stops it (SIGSTOP)
+    # while it holds the container's log lock, mid-update.
+    _fastmp._owner_stall(-1)
+    d["half"] = "never seen"
+
+
+def test_writer_killed_holding_the_log_lock(fmanager):
+    import fastmp
+
+    d = fmanager.dict(a=1)
+    ctx = fastmp.get_context("fork")
+    p = ctx.Process(target=_stall_holding, args=(d,))
+    p.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with open("/proc/%d/stat" % p.pid) as f:
+            if f.read().split(")")[-1].split()[0] == "T":
+                break
+        time.sleep(0.01)
+    else:
+        pytest.fail("the writer never stopped")
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(30)
+    # The dead holder's lock is taken over; its update never happened.
+    d["b"] = 2
+    assert d.copy() == {"a": 1, "b": 2}
+    assert d._callmethod("copy") == {"a": 1, "b": 2}
+
+
+def _hammer(d, ready):
+    ready.set()
+    i = 0
+    while True:
+        d["k"] = i
+        d["big"] = list(range(i % 500))
+        d.update(x=i, y=-i)
+        i += 1
+
+
+def test_writer_sigkilled_mid_update_many_times(fmanager):
+    import fastmp
+
+    ctx = fastmp.get_context("fork")
+    d = fmanager.dict(k=0)
+    for _ in range(5):
+        ready = ctx.Event()
+        p = ctx.Process(target=_hammer, args=(d, ready))
+        p.start()
+        assert ready.wait(30)
+        time.sleep(0.05)
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(30)
+        v = d.copy()
+        assert v["big"] == list(range(len(v["big"])))
+        assert v.get("x", 0) == -v.get("y", 0)
+        d["k"] = "after"
+        assert d._callmethod("__getitem__", ("k",)) == "after"
+
+
+def test_corrupt_log_is_an_error_not_a_hang(fmanager):
+    from fastmp import _fastmp
+    from fastmp._manager_fast import segment_names
+
+    d = fmanager.dict(a=1)
+    names = segment_names(d._token.address, d._token.id)
+    dmap = _fastmp._shm_open(names[0], False, 0, 0o600)
+    mv = memoryview(dmap)
+    try:
+        st = int.from_bytes(mv[16:24], sys.byteorder)
+        # A commit word whose tail lies past the log's end.
+        mv[16:24] = ((st >> 40 << 40) | ((1 << 40) - 8)).to_bytes(
+            8, sys.byteorder
+        )
+        with pytest.raises(ValueError, match="corrupt"):
+            d["a"]
+        # Entries with lengths pointing out of the log.
+        mv[16:24] = st.to_bytes(8, sys.byteorder)
+    finally:
+        mv.release()
+    assert d["a"] == 1
+
+
+# ------------------------------------------------------------ cleanup
+
+
+def _exit_kind(d, how):
+    d["from child"] = how
+    if how == "os._exit":
+        os._exit(0)
+    if how == "SIGKILL":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_no_shared_memory_left_behind(method):
+    import fastmp
+
+    ctx = fastmp.get_context(method)
+    m = ctx.Manager()
+    d = m.dict(a=1)
+    lst = m.list()
+    ns = m.Namespace()
+    v = m.Value("i", 0)
+    address = m.address
+    assert len(_segments(address)) == 4 * 3
+    lst.append(1)
+    del lst
+    gc.collect()
+    assert len(_segments(address)) == 3 * 3  # (the list's went with it)
+    # (A fork child that dies without running finalizers keeps its
+    # references in the server, as the stdlib's does, until shutdown.)
+    for how in ("return", "os._exit", "SIGKILL"):
+        p = ctx.Process(target=_exit_kind, args=(d, how))
+        p.start()
+        p.join(60)
+        assert d["from child"] == how
+    ns.x = 1
+    v.value = 1
+    m.shutdown()
+    m.join()
+    assert _segments(address) == set()
+    del d, ns, v
+
+
+def test_no_shared_memory_left_by_a_killed_server():
+    import fastmp
+
+    m = fastmp.get_context("fork").Manager()
+    d = m.dict(a=1)
+    address = m.address
+    assert len(_segments(address)) == 3
+    os.kill(m._process.pid, signal.SIGKILL)
+    m._process.join(30)
+    # The server's shared-memory tracker unlinks what it created.
+    deadline = time.monotonic() + 30
+    while _segments(address) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _segments(address) == set()
+    assert d["a"] == 1  # (this process's mapping still works)
+    m.shutdown()
+
+
+def test_many_live_containers_hold_no_fds(fmanager):
+    fds = len(os.listdir("/proc/self/fd"))
+    live = [fmanager.dict(i=i) for i in range(300)]
+    assert all(d._r is not None for d in live)
+    assert len(os.listdir("/proc/self/fd")) < fds + 20
+    server_fds = len(os.listdir("/proc/%d/fd" % fmanager._process.pid))
+    assert server_fds < 300
+    del live
+
+
+def test_many_proxies_leave_nothing(fmanager):
+    before = _segments(fmanager.address)
+    for i in range(300):
+        d = fmanager.dict(i=i)
+        d["x"] = i
+        del d
+    gc.collect()
+    assert _segments(fmanager.address) == before
+    assert fmanager._number_of_objects() == len(before) // 3
+
+
+# ------------------------------------------------------------ via server
+
+
+def test_proxy_values_go_through_the_server(fmanager):
+    inner = fmanager.dict(water=1)
+    outer = fmanager.dict()
+    outer["inner"] = inner
+    lst = fmanager.list()
+    lst.append(inner)
+    del inner
+    gc.collect()
+    assert outer["inner"]["water"] == 1
+    outer["inner"]["more"] = 2
+    assert lst[0]["more"] == 2
+
+
+def test_tcp_manager_goes_through_the_server():
+    import fastmp.managers
+
+    m = fastmp.managers.SyncManager(address=("127.0.0.1", 0), authkey=b"k")
+    m.start()
+    try:
+        c = fastmp.managers.SyncManager(address=m.address, authkey=b"k")
+        c.connect()
+        d = c.dict(a=1)
+        assert d._r is None
+        d[1] = 2
+        d[True] = 3
+        assert d.copy() == {"a": 1, 1: 3}
+        ns = c.Namespace(x=1)
+        assert ns._r is None and ns.x == 1
+    finally:
+        m.shutdown()
+        m.join()
+
+
+def test_custom_registration_goes_through_the_server():
+    import collections
+
+    import fastmp.managers
+
+    class M(fastmp.managers.BaseManager):
+        pass
+
+    M.register("dict", collections.OrderedDict, fastmp.managers.DictProxy)
+    with M() as m:
+        d = m.dict()
+        assert d._r is None
+        d["a"] = 1
+        assert d.copy() == {"a": 1}
+
+
+class _ReentrantKey:
+    target = None
+
+    def __hash__(self):
+        return 1
+
+    def __eq__(self, other):
+        _ReentrantKey.target["inner"] = 1  # (mid-operation here)
+        return True
+
+
+def test_reentrant_use_from_a_key_is_an_error(fmanager):
+    d = fmanager.dict()
+    _ReentrantKey.target = d
+    d[_ReentrantKey()] = 1
+    with pytest.raises(RuntimeError, match="inside one of its own"):
+        d[_ReentrantKey()] = 2
+    d["after"] = 3
+    assert len(d) == 2
+
+
+# ------------------------------------------------------------ Lock
+
+
+def _release_other(lock):
+    lock.release()  # (a manager Lock: any process may release it)
+
+
+def _outcomes_lock(lock):
+    out = [str(lock).split(" object")[0]]
+    out.append(_outcome(lock.release))
+    out.append(_outcome(lambda: lock.acquire(False, 1)))
+    out.append(_outcome(lambda: lock.acquire(True, -2)))
+    out.append(_outcome(lambda: lock.acquire(True, "x")))
+    out.append(lock.acquire())
+    out.append(str(lock).split(" object")[0])
+    out.append((lock.acquire(False), lock.acquire(True, 0.05)))
+    return out
+
+
+def test_lock_parity(manager):
+    lock = manager.Lock()
+    got = _outcomes_lock(lock)
+    ctx = manager._test_ctx
+    p = ctx.Process(target=_release_other, args=(lock,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    got.append(lock.acquire(True, 10))
+    lock.release()
+    with lock:
+        got.append(lock.acquire(False))
+    got.append(lock.acquire(False))
+    lock.release()
+    import threading
+
+    ref = _outcomes_lock(threading.Lock())
+    assert got == ref + [True, False, True]
+    if manager._test_impl == "fastmp":
+        assert lock._r is not None
+
+
+def _die_holding(lock):
+    lock.acquire()
+    os._exit(0)
+
+
+def test_lock_dead_holder_taken_over(fmanager):
+    import fastmp
+
+    lock = fmanager.Lock()
+    p = fastmp.get_context("fork").Process(target=_die_holding, args=(lock,))
+    p.start()
+    p.join(30)
+    with pytest.warns(fastmp.AbandonedLockWarning):
+        assert lock.acquire(True, 30)
+    lock.release()
+
+
+# ------------------------------------------------------------ set
+
+
+def _set_script(s):
+    out = []
+    r = out.append
+    s.add(1)
+    s.add(1.0)
+    s.add(True)
+    s.add("str")
+    s.update({"u", (1, 2)}, ["v"])
+    r(_outcome(lambda: (len(s), 1 in s, "u" in s, [] in s)))
+    r(_outcome(lambda: s.remove("nope")))
+    r(_outcome(lambda: s.discard("nope")))
+    r(_outcome(lambda: s.add([])))
+    r(_outcome(lambda: sorted(map(repr, s.copy()))))
+    r(_outcome(lambda: sorted(map(repr, s | {9}))))
+    r(_outcome(lambda: sorted(map(repr, s & {1, "u"}))))
+    r(_outcome(lambda: sorted(map(repr, s - {1}))))
+    r(_outcome(lambda: sorted(map(repr, s ^ {1, 7}))))
+    r(_outcome(lambda: (s <= {1}, s >= {1}, s < s.copy(), s > {1})))
+    r(_outcome(lambda: s.issubset([1]) or s.issuperset([1])))
+    r(_outcome(lambda: s.intersection_update({1, "u", "v", "w"})))
+    r(_outcome(lambda: sorted(map(repr, s.copy()))))
+    r(_outcome(lambda: s.difference_update(["v"])))
+    r(_outcome(lambda: s.symmetric_difference_update(["z", 1])))
+    r(_outcome(lambda: sorted(map(repr, s.copy()))))
+    r(_outcome(lambda: s.update(5)))
+    r(_outcome(lambda: sorted(map(repr, [s.pop(), s.pop()]))))
+    r(_outcome(lambda: s.pop()))
+    r(_outcome(lambda: (s.clear(), len(s))))
+    return out
+
+
+def test_set_parity(manager):
+    if not hasattr(manager, "set"):
+        pytest.skip("the stdlib's managers have set from 3.14")
+    s = manager.set()
+    if manager._test_impl == "fastmp":
+        assert s._r is not None
+    assert _set_script(s) == _set_script(_PlainSet(set()))
+
+
+class _PlainSet(_Plain):
+    def __or__(self, o):
+        return self.__getattr__("__or__")(o)
+
+    def __and__(self, o):
+        return self.__getattr__("__and__")(o)
+
+    def __sub__(self, o):
+        return self.__getattr__("__sub__")(o)
+
+    def __xor__(self, o):
+        return self.__getattr__("__xor__")(o)
+
+    def __le__(self, o):
+        return self.__getattr__("__le__")(o)
+
+    def __ge__(self, o):
+        return self.__getattr__("__ge__")(o)
+
+    def __lt__(self, o):
+        return self.__getattr__("__lt__")(o)
+
+    def __gt__(self, o):
+        return self.__getattr__("__gt__")(o)
+
+
+def _child_set(s):
+    s.discard("a")
+    s.add("child-%d" % hash("x"))
+
+
+def test_set_across_hash_seeds(manager):
+    if not hasattr(manager, "set"):
+        pytest.skip("the stdlib's managers have set from 3.14")
+    s = manager.set(["a", "b", "c"])
+    p = manager._test_ctx.Process(target=_child_set, args=(s,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    assert len(s) == 3 and "a" not in s and "b" in s and "c" in s
+    (child,) = [e for e in s if e.startswith("child-")]
+    if manager._test_ctx.get_start_method() == "spawn":
+        assert child != "child-%d" % hash("x")  # (another seed there)
+
+
+# ------------------------------------------------------------ Array
+
+
+def _array_script(a):
+    out = []
+    r = out.append
+    r(_outcome(lambda: (len(a), a[0], a[-1], list(a[:]), list(a[1:]))))
+    r(_outcome(lambda: a[10]))
+    r(_outcome(lambda: a.__setitem__(0, 7)))
+    r(_outcome(lambda: a.__setitem__(-1, 9)))
+    r(_outcome(lambda: a.__setitem__(5, 1)))
+    r(_outcome(lambda: a.__setitem__(0, "x")))
+    r(_outcome(lambda: a.__setitem__(0, 2**40)))
+    r(_outcome(lambda: a.__setitem__(slice(0, 2), [1, 2])))
+    import array
+
+    r(_outcome(lambda: a.__setitem__(slice(0, 2), array.array("i", [4, 5]))))
+    r(_outcome(lambda: (list(a[:]), str(a))))
+    return out
+
+
+def test_array_parity(manager):
+    import array
+
+    a = manager.Array("i", [1, 2, 3])
+    if manager._test_impl == "fastmp":
+        assert a._r is not None
+    got = _array_script(a)
+    ref = _array_script(array.array("i", [1, 2, 3]))
+    assert got == ref
+    assert list(a._getvalue()) == [4, 5, 9]
+
+
+# ------------------------------------------------------------ Event, Semaphore
+
+
+def _sem_script(sem):
+    out = []
+    r = out.append
+    r(_outcome(lambda: sem.acquire(False, 1)))
+    r(_outcome(lambda: sem.acquire()))
+    r(_outcome(lambda: sem.acquire(True, 0.05)))
+    r(_outcome(lambda: sem.acquire(False)))
+    r(_outcome(sem.release))
+    r(_outcome(sem.release))
+    r(_outcome(sem.release))
+    r(_outcome(lambda: (sem.acquire(False), sem.acquire(False))))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["Semaphore", "BoundedSemaphore"])
+def test_semaphore_parity(manager, kind):
+    import threading
+
+    sem = getattr(manager, kind)(1)
+    if manager._test_impl == "fastmp":
+        assert sem._r is not None
+    assert _sem_script(sem) == _sem_script(getattr(threading, kind)(1))
+    # (a creation error comes back as the server's traceback)
+    mod = _load(manager._test_impl + ".managers")
+    with pytest.raises(mod.RemoteError, match="initial value must be >= 0"):
+        getattr(manager, kind)(-1)
+
+
+def _event_script(ev):
+    return [
+        ev.is_set(),
+        ev.wait(0.05),
+        ev.set(),
+        ev.is_set(),
+        ev.wait(),
+        ev.wait(0),
+        ev.clear(),
+        ev.wait(0.01),
+        ev.is_set(),
+    ]
+
+
+def _set_later(ev, sem):
+    time.sleep(0.1)
+    sem.release()
+    ev.set()
+
+
+def test_event_parity_and_across_processes(manager):
+    import threading
+
+    ev = manager.Event()
+    if manager._test_impl == "fastmp":
+        assert ev._r is not None
+    assert _event_script(ev) == _event_script(threading.Event())
+    sem = manager.Semaphore(0)
+    p = manager._test_ctx.Process(target=_set_later, args=(ev, sem))
+    p.start()
+    assert sem.acquire(True, 60)
+    assert ev.wait(60)
+    p.join(60)
+    assert p.exitcode == 0
+
+
+# ------------------------------------------------------------ RLock
+
+
+def _rlock_script(lk):
+    import threading
+
+    out = [_outcome(lk.release)]
+    out.append(_outcome(lambda: lk.acquire(False, 1)))
+    out.append((lk.acquire(), lk.acquire(), lk.acquire(False)))
+    got = []
+    t = threading.Thread(
+        target=lambda: got.append(
+            (lk.acquire(False), lk.acquire(True, 0.05), _outcome(lk.release))
+        )
+    )
+    t.start()
+    t.join()
+    out.append(got)
+    out.append((_outcome(lk.release), _outcome(lk.release)))
+    out.append(_outcome(lk.release))
+    with lk:
+        out.append(lk.acquire(False))
+        lk.release()
+    out.append(_outcome(lk.release))
+    return out
+
+
+def _rlock_other_process(lk, out):
+    out.put((lk.acquire(False), _outcome(lk.release)))
+
+
+def test_rlock_parity(manager):
+    import threading
+
+    lk = manager.RLock()
+    if manager._test_impl == "fastmp":
+        assert lk._r is not None
+    assert _rlock_script(lk) == _rlock_script(threading.RLock())
+    # Another process: neither holder nor able to release.
+    lk.acquire()
+    q = manager._test_ctx.Queue()
+    p = manager._test_ctx.Process(target=_rlock_other_process, args=(lk, q))
+    p.start()
+    assert q.get(timeout=60) == (
+        False,
+        ("raise", "RuntimeError", ("cannot release un-acquired lock",)),
+    )
+    p.join(60)
+    lk.release()
+    assert lk.acquire(False)
+    lk.release()
