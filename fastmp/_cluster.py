@@ -51,6 +51,7 @@ from ._pool_core import (
     PoolTerminatedError,
     WorkerLostError,
     _chunks,
+    fail_pending,
 )
 
 INSTALL_HINT = "pip install 'fastmp[cluster]'"
@@ -653,26 +654,7 @@ class _Core:
             except Exception:  # noqa: BLE001 (client gone at exit)
                 pass
         self.unregister()
-        err = PoolTerminatedError(
-            "the pool was terminated before this task's result came back"
-        )
-        with self.dlock:
-            pending = list(self.cache.values())
-        for r in pending:
-            with self.dlock:
-                if r._job not in self.cache:
-                    continue
-                if hasattr(r, "_set_length"):  # an imap iterator
-                    if r._feeder is not None:
-                        r._feeder.done = True
-                    r._unsorted.clear()
-                    r._items.append((False, err))
-                    r._set_length(r._index)
-                    continue
-                r._pool = None
-                r._success, r._value = False, err
-                r._ready = True
-                self.cache.pop(r._job, None)
+        fail_pending(self.dlock, self.cache)
         self.feeders.clear()
         with self.cv:
             self.cv.notify_all()
@@ -799,26 +781,12 @@ def make_pool_class():
             callback=None,
             error_callback=None,
         ):
-            self._check_running()
-            if not hasattr(iterable, "__len__"):
-                iterable = list(iterable)
-            n = len(iterable)
-            if chunksize is None:
-                chunksize, extra = divmod(n, self._processes * 4)
-                if extra:
-                    chunksize += 1
-            if n == 0:
-                chunksize = 0
-            result = _pool.MapResult(
-                self, chunksize, n, callback, error_callback
+            result, func, iterable, chunksize = self._map_result(
+                func, iterable, kind, chunksize, callback, error_callback
             )
-            result._what = func
-            if self._progress is not None:
-                self._progress.track(result, n, kind, func)
             if chunksize <= 0:
                 return result
-            if self._insight is not None:
-                func = self._insight.wrap(func)
+            n = len(iterable)
             try:
                 items = list(enumerate(_chunks(iterable, chunksize)))
             except Exception as e:  # noqa: BLE001 (the input raised)

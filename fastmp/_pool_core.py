@@ -819,32 +819,38 @@ class _Core:
                 w.join()
         if t is not None:
             t.join(5.0)
-        with self.dlock:
-            pending = list(self.cache.values())
-        err = PoolTerminatedError(
-            "the pool was terminated before this task's result came back"
-        )
-        for r in pending:
-            with self.dlock:
-                if r._job not in self.cache:
-                    continue
-                if hasattr(r, "_set_length"):  # an imap iterator
-                    if r._feeder is not None:
-                        r._feeder.done = True
-                    # What came back stays; then the error, then the end.
-                    r._unsorted.clear()
-                    r._items.append((False, err))
-                    r._set_length(r._index)
-                    continue
-                r._pool = None
-                r._success, r._value = False, err
-                r._ready = True
-                self.cache.pop(r._job, None)
+        fail_pending(self.dlock, self.cache)
         self.feeders.clear()
         self.outstanding.clear()
         if self.cv_waiting:
             with self.cv:
                 self.cv.notify_all()
+
+
+def fail_pending(dlock, cache):
+    """Fail every result still pending in `cache` (a pool terminated) with
+    PoolTerminatedError: an imap iterator keeps what came back, then gives
+    the error, then ends."""
+    err = PoolTerminatedError(
+        "the pool was terminated before this task's result came back"
+    )
+    with dlock:
+        pending = list(cache.values())
+    for r in pending:
+        with dlock:
+            if r._job not in cache:
+                continue
+            if hasattr(r, "_set_length"):  # an imap iterator
+                if r._feeder is not None:
+                    r._feeder.done = True
+                r._unsorted.clear()
+                r._items.append((False, err))
+                r._set_length(r._index)
+                continue
+            r._pool = None
+            r._success, r._value = False, err
+            r._ready = True
+            cache.pop(r._job, None)
 
 
 def _terminate_pool(core):

@@ -454,6 +454,31 @@ class Pool:
             func, iterable, _STARMAP, chunksize, callback, error_callback
         )
 
+    def _map_result(
+        self, func, iterable, kind, chunksize, callback, error_callback
+    ):
+        """What every map starts with: the checks, the input as a sequence,
+        the stdlib's default chunksize (4 chunks per worker), the
+        MapResult (0 items: ready at once), progress and insight.  Returns
+        (result, func to send, input, chunksize)."""
+        self._check_running()
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)
+        n = len(iterable)
+        if chunksize is None:
+            chunksize, extra = divmod(n, self._processes * 4)
+            if extra:
+                chunksize += 1
+        if n == 0:
+            chunksize = 0
+        result = MapResult(self, chunksize, n, callback, error_callback)
+        result._what = func
+        if self._progress is not None:
+            self._progress.track(result, n, kind, func)
+        if chunksize > 0 and self._insight is not None:
+            func = self._insight.wrap(func)
+        return result, func, iterable, chunksize
+
     def _map_async(
         self,
         func,
@@ -463,25 +488,11 @@ class Pool:
         callback=None,
         error_callback=None,
     ):
-        self._check_running()
-        if not hasattr(iterable, "__len__"):
-            iterable = list(iterable)
-        if chunksize is None:
-            chunksize, extra = divmod(len(iterable), len(self._pool) * 4)
-            if extra:
-                chunksize += 1
-        if len(iterable) == 0:
-            chunksize = 0
-        result = MapResult(
-            self, chunksize, len(iterable), callback, error_callback
+        result, func, iterable, chunksize = self._map_result(
+            func, iterable, kind, chunksize, callback, error_callback
         )
-        result._what = func
-        if self._progress is not None:
-            self._progress.track(result, len(iterable), kind, func)
         if chunksize <= 0:
             return result
-        if self._insight is not None:
-            func = self._insight.wrap(func)
         core = self._core
         job = result._job
         failed = []  # (index, exception): set once the put lock is free

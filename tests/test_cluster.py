@@ -44,6 +44,16 @@ def pool():
     p.terminate()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _cluster_goes_with_the_module():
+    # The local cluster's scheduler and worker processes are kept for the
+    # run otherwise: later tests must see none of them.
+    yield
+    from fastmp import _cluster
+
+    _cluster.close_clients()
+
+
 def square(x):
     return x * x
 
