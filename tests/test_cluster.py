@@ -46,12 +46,21 @@ def pool():
 
 @pytest.fixture(scope="module", autouse=True)
 def _cluster_goes_with_the_module():
-    # The local cluster's scheduler and worker processes are kept for the
-    # run otherwise: later tests must see none of them.
+    # What cluster mode leaves in this process goes with this module, so
+    # that later tests see none of it: the local cluster's scheduler and
+    # worker processes (kept for the run otherwise), and the reducers
+    # importing Dask's distributed registers in copyreg (tblib's, for every
+    # exception class: pickles of exceptions would then name tblib, which
+    # a peer interpreter without it cannot load).
+    import copyreg
+
+    reducers = dict(copyreg.dispatch_table)
     yield
     from fastmp import _cluster
 
     _cluster.close_clients()
+    copyreg.dispatch_table.clear()
+    copyreg.dispatch_table.update(reducers)
 
 
 def square(x):
