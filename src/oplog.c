@@ -255,32 +255,35 @@ oplog_publish(PyObject *op, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-/* acquire(blocking, timeout): a manager Lock on the directory's owner
- * word (the lock of a Lock container: it has no log).  timeout < 0:
- * forever.  True acquired (AbandonedLockWarning first when taken over
- * from a dead holder), False not. */
-static PyObject *
-oplog_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+/* The (blocking, timeout) arguments of a Lock or RLock container's
+ * acquire: 0, or -1 with TypeError set. */
+static int
+lock_args(PyObject *const *args, Py_ssize_t nargs, const char *name,
+          int *blocking, double *timeout)
 {
-    OpLogObject *self = (OpLogObject *)op;
     if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "acquire(blocking, timeout)");
-        return NULL;
+        PyErr_Format(PyExc_TypeError, "%s(blocking, timeout)", name);
+        return -1;
     }
-    int blocking = PyObject_IsTrue(args[0]);
-    if (blocking < 0) {
-        return NULL;
+    *blocking = PyObject_IsTrue(args[0]);
+    if (*blocking < 0) {
+        return -1;
     }
-    double timeout = PyFloat_AsDouble(args[1]);
-    if (timeout == -1.0 && PyErr_Occurred()) {
-        return NULL;
-    }
-    uint64_t *w = &oplog_header(self)->owner;
+    *timeout = PyFloat_AsDouble(args[1]);
+    return *timeout == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* Take owner word w for a Lock or RLock container (timeout < 0:
+ * forever): 1 taken (AbandonedLockWarning first when taken over from a
+ * dead holder), 0 not, -1 with an exception set. */
+static int
+owner_take(uint64_t *w, int blocking, double timeout)
+{
     if (fastmp_owner_try(w)) {
-        Py_RETURN_TRUE;
+        return 1;
     }
     if (!blocking) {
-        Py_RETURN_FALSE;
+        return 0;
     }
     fastmp_deadline d = {1, {0, 0}};
     if (timeout >= 0) {
@@ -288,10 +291,10 @@ oplog_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     }
     int r = fastmp_owner_lock(w, &d, FASTMP_OWNER_INTERRUPTIBLE);
     if (r < 0) {
-        return NULL;
+        return -1;
     }
     if (r == 2) {
-        Py_RETURN_FALSE;
+        return 0;
     }
     if (r == 1) {
         fastmp_state *st = fastmp_get_state();
@@ -302,10 +305,27 @@ oplog_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
                          1)
             < 0) {
             fastmp_owner_unlock(w);
-            return NULL;
+            return -1;
         }
     }
-    Py_RETURN_TRUE;
+    return 1;
+}
+
+/* acquire(blocking, timeout): a manager Lock on the directory's owner
+ * word (the lock of a Lock container: it has no log).  timeout < 0:
+ * forever.  True acquired (AbandonedLockWarning first when taken over
+ * from a dead holder), False not. */
+static PyObject *
+oplog_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    OpLogObject *self = (OpLogObject *)op;
+    int blocking;
+    double timeout;
+    if (lock_args(args, nargs, "acquire", &blocking, &timeout) < 0) {
+        return NULL;
+    }
+    int r = owner_take(&oplog_header(self)->owner, blocking, timeout);
+    return r < 0 ? NULL : PyBool_FromLong(r);
 }
 
 /* release_any(): free the Lock whoever holds it (a manager Lock is a
@@ -479,16 +499,9 @@ oplog_rlock_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     oplog_dir *h = oplog_header((OpLogObject *)op);
     uint64_t *w = &h->owner;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "rlock_acquire(blocking, timeout)");
-        return NULL;
-    }
-    int blocking = PyObject_IsTrue(args[0]);
-    if (blocking < 0) {
-        return NULL;
-    }
-    double timeout = PyFloat_AsDouble(args[1]);
-    if (timeout == -1.0 && PyErr_Occurred()) {
+    int blocking;
+    double timeout;
+    if (lock_args(args, nargs, "rlock_acquire", &blocking, &timeout) < 0) {
         return NULL;
     }
     uint64_t tid = (uint64_t)PyThread_get_thread_ident();
@@ -503,33 +516,12 @@ oplog_rlock_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         h->word++;
         Py_RETURN_TRUE;
     }
-    if (!fastmp_owner_try(w)) {
-        if (!blocking) {
-            Py_RETURN_FALSE;
-        }
-        fastmp_deadline d = {1, {0, 0}};
-        if (timeout >= 0) {
-            fastmp_deadline_from_seconds(timeout, &d);
-        }
-        int r = fastmp_owner_lock(w, &d, FASTMP_OWNER_INTERRUPTIBLE);
-        if (r < 0) {
-            return NULL;
-        }
-        if (r == 2) {
-            Py_RETURN_FALSE;
-        }
-        if (r == 1) {
-            fastmp_state *st = fastmp_get_state();
-            PyObject *cat = st->semlock.AbandonedLockWarning;
-            if (PyErr_WarnEx(cat != NULL ? cat : PyExc_RuntimeWarning,
-                             "lock was held by a process that died; the "
-                             "state it protects may be inconsistent",
-                             1)
-                < 0) {
-                fastmp_owner_unlock(w);
-                return NULL;
-            }
-        }
+    int r = owner_take(w, blocking, timeout);
+    if (r < 0) {
+        return NULL;
+    }
+    if (r == 0) {
+        Py_RETURN_FALSE;
     }
     h->tid = tid;
     h->word = 1;
