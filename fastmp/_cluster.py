@@ -52,6 +52,7 @@ from ._pool_core import (
     WorkerLostError,
     _chunks,
     fail_pending,
+    run_after,
 )
 
 INSTALL_HINT = "pip install 'fastmp[cluster]'"
@@ -375,13 +376,7 @@ class _Core:
                     self.cv.wait(min(left, _TICK))
 
     def after(self, fn):
-        if fn is not None:
-            try:
-                fn()
-            except Exception:  # noqa: BLE001
-                import traceback
-
-                traceback.print_exc()
+        run_after(fn)
         with self.cv:
             self.cv.notify_all()
 

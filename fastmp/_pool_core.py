@@ -582,12 +582,7 @@ class _Core:
                 self.cv.notify_all()
 
     def after(self, fn):
-        if fn is not None:
-            try:
-                fn()
-            except Exception:  # noqa: BLE001
-                # A callback that raised: as a thread would report it.
-                traceback.print_exc()
+        run_after(fn)
         if self.cv_waiting:
             with self.cv:
                 self.cv.notify_all()
@@ -825,6 +820,17 @@ class _Core:
         if self.cv_waiting:
             with self.cv:
                 self.cv.notify_all()
+
+
+def run_after(fn):
+    """Run what a result's _set() returned (its callbacks, then its
+    readiness), if anything: a callback that raised is reported as a
+    thread would report it."""
+    if fn is not None:
+        try:
+            fn()
+        except Exception:  # noqa: BLE001
+            traceback.print_exc()
 
 
 def fail_pending(dlock, cache):
