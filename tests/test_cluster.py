@@ -18,7 +18,7 @@ import textwrap
 import time
 
 import pytest
-from support import ROOT, SHARED, child_env
+from support import ROOT, SHARED, child_env, python_m_fastmp
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("distributed") is None,
@@ -360,12 +360,8 @@ def test_without_dask_the_message_says_what_to_install():
 
 
 def _fastmp(args, timeout=180, **env):
-    return subprocess.run(
-        [sys.executable, "-m", "fastmp"] + args,
-        env=child_env(PYTHONUNBUFFERED="1", **env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+    return python_m_fastmp(
+        *args, env=dict(PYTHONUNBUFFERED="1", **env), timeout=timeout
     )
 
 

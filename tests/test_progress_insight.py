@@ -16,7 +16,7 @@ import termios
 import textwrap
 
 import pytest
-from support import child_env
+from support import child_env, python_m_fastmp
 
 HAVE_TQDM = importlib.util.find_spec("tqdm") is not None
 HAVE_DASK = importlib.util.find_spec("distributed") is not None
@@ -52,13 +52,7 @@ def script(tmp_path):
 
 
 def _run(args, **env):
-    return subprocess.run(
-        [sys.executable, "-m", "fastmp"] + args,
-        env=child_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return python_m_fastmp(*args, env=env, timeout=180)
 
 
 def _run_pty(args, **env):
