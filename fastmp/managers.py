@@ -206,6 +206,11 @@ class BaseManager:
         # Ctrl-C in the terminal is for the program, not for its manager
         # (bpo-36368): the manager ends when the program shuts it down.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # The segments this server creates are unlinked when it ends,
+        # however it ends -- not when a fork parent's tracker does.
+        from . import shared_memory
+
+        shared_memory._own_tracker()
         if initializer is not None:
             initializer(*initargs)
         server = cls._Server(registry, address, authkey, serializer)

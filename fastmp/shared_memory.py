@@ -106,6 +106,18 @@ def _start_tracker():
     return w
 
 
+def _own_tracker():
+    """From now on this process's segments go to a tracker of its own:
+    a fork child (a manager's server) whose segments must be unlinked when
+    it ends, not when its parent's tracker does."""
+    global _tracker_fd
+    if _tracker_fd >= 0:
+        # (The parent and its other children keep their tracker.)
+        os.close(_tracker_fd)
+        _tracker_fd = -1
+    _tracked.clear()
+
+
 def _tracker_send(op, name):
     if _tracker_fd < 0:
         return

@@ -469,7 +469,11 @@ def test_no_shared_memory_left_behind(method):
 
 def test_no_shared_memory_left_by_a_killed_server():
     import fastmp
+    from fastmp import shared_memory
 
+    # This process has a tracker of its own (it created a segment): the
+    # fork server's segments must not wait for it.
+    own = shared_memory.SharedMemory(create=True, size=16)
     m = fastmp.get_context("fork").Manager()
     d = m.dict(a=1)
     address = m.address
@@ -483,6 +487,8 @@ def test_no_shared_memory_left_by_a_killed_server():
     assert _segments(address) == set()
     assert d["a"] == 1  # (this process's mapping still works)
     m.shutdown()
+    own.close()
+    own.unlink()
 
 
 def test_many_live_containers_hold_no_fds(fmanager):
