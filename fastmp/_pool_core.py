@@ -62,6 +62,7 @@ _loads = _fastmp._loads
 # and their results, most often) in a compact form, anything else pickled.
 _dumps_list = _fastmp._dumps_list
 _loads_list = _fastmp._loads_list
+_map_list = _fastmp._map_list
 
 # How often the parent looks at its workers (and the longest a waiting
 # thread sleeps before it looks around again): a dead worker's task fails
@@ -228,6 +229,7 @@ def worker(
     put = outq.put
     dumps = _dumps_list
     loads = _loads_list
+    map_list = _map_list
     load_func = _load_func
     # The parent (or, under forkserver, the forkserver, which leaves with
     # the parent): once it has gone, this process is someone else's child.
@@ -255,7 +257,7 @@ def worker(
             if kind == _ONE:
                 result = func(loads(payload))
             elif kind == _MAP:
-                result = list(map(func, loads(payload)))
+                result = map_list(func, payload)
             elif kind == _STARMAP:
                 chunk = loads(payload)
                 result = list(itertools.starmap(func, chunk))
@@ -310,7 +312,8 @@ class _Feeder:
 
 
 def _chunks(iterable, size):
-    if isinstance(iterable, (list, tuple, range)):
+    # (Exact types: a subclass's own __iter__ is what the stdlib uses.)
+    if type(iterable) in (list, tuple, range):
         for j in range(0, len(iterable), size):
             yield iterable[j : j + size]
         return

@@ -510,13 +510,25 @@ class Pool:
                 outstanding = core.outstanding
                 put = core.inq.put
                 seq = core.nput
+                # A list's chunks are written from the list itself (no
+                # slice made): there, a chunk is its start.
+                whole = iterable if type(iterable) is list else None
+                if whole is not None:
+                    chunks = range(0, len(whole), chunksize)
+                else:
+                    chunks = _chunks(iterable, chunksize)
                 try:
-                    for chunk in _chunks(iterable, chunksize):
+                    for chunk in chunks:
                         key = (job, i)
                         try:
                             if fdata is None:
                                 raise fail
-                            data = _dumps_list(chunk)
+                            if whole is not None:
+                                data = _dumps_list(
+                                    whole, chunk, chunk + chunksize
+                                )
+                            else:
+                                data = _dumps_list(chunk)
                             outstanding[key] = seq
                             put((job, i, kind, fdata, data))
                             seq += 1

@@ -370,12 +370,12 @@ fastmp_loads(PyObject *data)
 #define LIST_FLOATS 'f'
 #define LIST_HEAD 2
 
-/* The compact form of list `obj`, or NULL without an exception when it
- * has none (an item of another type, an int beyond int64). */
+/* The compact form of items [start, start + n) of list `obj` (the caller
+ * checked the range), or NULL without an exception when they have none
+ * (an item of another type, an int beyond int64). */
 static PyObject *
-list_compact(PyObject *obj)
+list_compact(PyObject *obj, Py_ssize_t start, Py_ssize_t n)
 {
-    Py_ssize_t n = PyList_GET_SIZE(obj);
     PyObject *first;
     char kind, *p;
     PyObject *out;
@@ -383,7 +383,7 @@ list_compact(PyObject *obj)
     if (n == 0 || n > (PY_SSIZE_T_MAX - LIST_HEAD) / 8) {
         return NULL;
     }
-    first = PyList_GET_ITEM(obj, 0);
+    first = PyList_GET_ITEM(obj, start);
     if (PyLong_CheckExact(first)) {
         kind = LIST_INTS;
     }
@@ -404,7 +404,7 @@ list_compact(PyObject *obj)
     p += LIST_HEAD;
     /* No Python code runs below (exact types only), so the list cannot
      * change under the loop. */
-    for (Py_ssize_t i = 0; i < n; i++, p += 8) {
+    for (Py_ssize_t i = start; i < start + n; i++, p += 8) {
         PyObject *item = PyList_GET_ITEM(obj, i);
         if (kind == LIST_INTS) {
             int overflow;
@@ -472,17 +472,152 @@ list_expand(const char *p, Py_ssize_t size)
     return list;
 }
 
+/* _dumps_list(obj) or _dumps_list(list, start, stop): the second form is
+ * _dumps_list(list[start:stop]) without making the slice (a map's chunk
+ * of its input). */
 static PyObject *
-pickling_py_dumps_list(PyObject *module, PyObject *obj)
+pickling_py_dumps_list(PyObject *module, PyObject *const *args,
+                       Py_ssize_t nargs)
 {
+    PyObject *obj, *out;
+    Py_ssize_t start = 0, stop;
+
     FASTMP_UNUSED(module);
+    if (nargs != 1 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_dumps_list(obj) or _dumps_list(list, start, stop)");
+        return NULL;
+    }
+    obj = args[0];
+    if (nargs == 1) {
+        if (PyList_CheckExact(obj)) {
+            out = list_compact(obj, 0, PyList_GET_SIZE(obj));
+            if (out != NULL) {
+                return out;
+            }
+        }
+        return fastmp_dumps(obj);
+    }
+    if (!PyList_Check(obj)) {
+        PyErr_SetString(PyExc_TypeError, "_dumps_list: a list with a range");
+        return NULL;
+    }
+    /* __index__ may run Python code: read the bounds first, then clamp
+     * them to the list's size as it is now, as a slice does. */
+    start = PyNumber_AsSsize_t(args[1], PyExc_OverflowError);
+    if (start == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    stop = PyNumber_AsSsize_t(args[2], PyExc_OverflowError);
+    if (stop == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (start < 0 || stop < start) {
+        PyErr_SetString(PyExc_ValueError, "_dumps_list: bad range");
+        return NULL;
+    }
+    if (stop > PyList_GET_SIZE(obj)) {
+        stop = PyList_GET_SIZE(obj);
+    }
+    if (start > stop) {
+        start = stop;
+    }
     if (PyList_CheckExact(obj)) {
-        PyObject *out = list_compact(obj);
+        out = list_compact(obj, start, stop - start);
         if (out != NULL) {
             return out;
         }
     }
-    return fastmp_dumps(obj);
+    PyObject *chunk = PyList_GetSlice(obj, start, stop);
+    if (chunk == NULL) {
+        return NULL;
+    }
+    out = fastmp_dumps(chunk);
+    Py_DECREF(chunk);
+    return out;
+}
+
+/* _map_list(func, data) == list(map(func, _loads_list(data))), without
+ * the list of arguments: each argument is made just before its call and
+ * freed after it (a map's chunk, in a Pool's worker).  The first
+ * exception stops the loop, as list(map(...)) does. */
+static PyObject *
+pickling_py_map_list(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *func, *seq = NULL, *res = NULL;
+    Py_buffer view;
+    Py_ssize_t n;
+
+    FASTMP_UNUSED(module);
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_map_list(func, data)");
+        return NULL;
+    }
+    func = args[0];
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (view.len >= LIST_HEAD && ((const char *)view.buf)[0] == LIST_TAG) {
+        /* The compact form: the buffer's exporter (bytes, in a worker)
+         * stays as it is while we hold the view, whatever func does. */
+        const char *p = view.buf;
+        char kind = p[1];
+        if ((view.len - LIST_HEAD) % 8 != 0
+            || (kind != LIST_INTS && kind != LIST_FLOATS)) {
+            PyErr_SetString(PyExc_ValueError,
+                            "corrupt compact list (bad kind or length)");
+            goto done;
+        }
+        n = (view.len - LIST_HEAD) / 8;
+        res = PyList_New(n);
+        if (res == NULL) {
+            goto done;
+        }
+        p += LIST_HEAD;
+        for (Py_ssize_t i = 0; i < n; i++, p += 8) {
+            PyObject *arg, *item;
+            if (kind == LIST_INTS) {
+                long long v;
+                memcpy(&v, p, 8);
+                arg = PyLong_FromLongLong(v);
+            }
+            else {
+                double v;
+                memcpy(&v, p, 8);
+                arg = PyFloat_FromDouble(v);
+            }
+            if (arg == NULL) {
+                Py_CLEAR(res);
+                goto done;
+            }
+            item = PyObject_CallOneArg(func, arg);
+            Py_DECREF(arg);
+            if (item == NULL) {
+                Py_CLEAR(res);
+                goto done;
+            }
+            /* res is ours alone: func cannot reach it. */
+            PyList_SET_ITEM(res, i, item);
+        }
+        goto done;
+    }
+    PyBuffer_Release(&view);
+    seq = fastmp_loads(args[1]);
+    if (seq == NULL) {
+        return NULL;
+    }
+    PyObject *it =
+        PyObject_CallFunctionObjArgs((PyObject *)&PyMap_Type, func, seq, NULL);
+    Py_DECREF(seq);
+    if (it == NULL) {
+        return NULL;
+    }
+    res = PySequence_List(it);
+    Py_DECREF(it);
+    return res;
+done:
+    PyBuffer_Release(&view);
+    return res;
 }
 
 static PyObject *
@@ -530,11 +665,18 @@ static PyMethodDef pickling_functions[] = {
     {"_loads", pickling_py_loads, METH_O,
      "_loads($module, data, /)\n--\n\n"
      "ForkingPickler.loads(data): unpickle a bytes-like object."},
-    {"_dumps_list", pickling_py_dumps_list, METH_O,
-     "_dumps_list($module, obj, /)\n--\n\n"
+    {"_dumps_list", (PyCFunction)(void (*)(void))pickling_py_dumps_list,
+     METH_FASTCALL,
+     "_dumps_list($module, obj, start=None, stop=None, /)\n--\n\n"
      "_dumps(obj), or, for a list of exact ints within int64 or of exact "
      "floats, a compact form of it (for this machine only); returns "
-     "bytes."},
+     "bytes.  With start and stop, obj is a list and the result is that "
+     "of _dumps_list(obj[start:stop])."},
+    {"_map_list", (PyCFunction)(void (*)(void))pickling_py_map_list,
+     METH_FASTCALL,
+     "_map_list($module, func, data, /)\n--\n\n"
+     "list(map(func, _loads_list(data))), each argument made only for "
+     "its call."},
     {"_loads_list", pickling_py_loads_list, METH_O,
      "_loads_list($module, data, /)\n--\n\n"
      "The object _dumps_list(obj) was made from."},

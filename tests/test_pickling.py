@@ -381,3 +381,86 @@ def test_list_form_compact_only_for_plain_numbers():
 def test_list_form_corrupt_input_is_an_error(data):
     with pytest.raises((ValueError, pickle.UnpicklingError, EOFError)):
         _fastmp._loads_list(data)
+
+
+@pytest.mark.parametrize(
+    "obj", [list(range(10)), [0.5] * 10, [1, "a", 2.0] * 4, [True] * 10]
+)
+@pytest.mark.parametrize("start, stop", [(0, 10), (3, 7), (8, 100), (5, 5)])
+def test_list_form_of_a_range(obj, start, stop):
+    # The form of a list's chunk is the form of the slice.
+    data = _fastmp._dumps_list(obj, start, stop)
+    assert data == _fastmp._dumps_list(obj[start:stop])
+    back = _fastmp._loads_list(data)
+    assert back == obj[start:stop]
+    assert [type(x) for x in back] == [type(x) for x in obj[start:stop]]
+
+
+def test_list_form_of_a_range_bad_arguments():
+    with pytest.raises(TypeError):
+        _fastmp._dumps_list((1, 2), 0, 1)
+    with pytest.raises(TypeError):
+        _fastmp._dumps_list([1], 0)
+    with pytest.raises(TypeError):
+        _fastmp._dumps_list([1], "0", 1)
+    with pytest.raises(ValueError):
+        _fastmp._dumps_list([1, 2], 2, 1)
+    with pytest.raises(ValueError):
+        _fastmp._dumps_list([1, 2], -1, 1)
+
+
+def test_list_form_of_a_range_whose_bounds_shrink_the_list():
+    # __index__ runs Python code before the items are read: the range is
+    # clamped to the list as it is then.
+    items = list(range(10))
+
+    class Shrinker:
+        def __index__(self):
+            del items[2:]
+            return 8
+
+    back = _fastmp._loads_list(_fastmp._dumps_list(items, 1, Shrinker()))
+    assert back == [1]
+
+
+def _twice(x):
+    return 2 * x
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [list(range(-5, 5)), [0.5, -1.5], ["a", "b"], [(1, 2)], []],
+    ids=repr,
+)
+def test_map_list_is_list_map_loads(obj):
+    data = _fastmp._dumps_list(obj)
+    assert _fastmp._map_list(_twice, data) == list(map(_twice, obj))
+
+
+def test_map_list_stops_at_the_first_exception():
+    seen = []
+
+    def f(x):
+        seen.append(x)
+        if x == 3:
+            raise KeyError(x)
+        return x
+
+    for data in (
+        _fastmp._dumps_list(list(range(10))),
+        _fastmp._dumps([0, 1, 2, 3, 4]),
+    ):
+        seen.clear()
+        with pytest.raises(KeyError):
+            _fastmp._map_list(f, data)
+        assert seen == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "data", [b"\x00i" + b"1" * 7, b"\x00z" + b"1" * 8, b"garbage"], ids=repr
+)
+def test_map_list_corrupt_input_is_an_error(data):
+    with pytest.raises((ValueError, pickle.UnpicklingError, EOFError)):
+        _fastmp._map_list(_twice, data)
+    with pytest.raises(TypeError):
+        _fastmp._map_list(_twice)
