@@ -798,8 +798,10 @@ class _Core:
         self.state = TERMINATE
         # No wake-up through the result queue: terminate() takes no
         # process-shared lock (a stopped worker could hold one).  The
-        # helper looks at the state at least every tick.
+        # thread reading it (the helper, or a waiter) is woken by a flag
+        # of this process's queue object instead, which takes none.
         self.kick.set()
+        self.outq._interrupt_get()
         t = self.thread
         if t is threading.current_thread():
             t = None
@@ -820,6 +822,9 @@ class _Core:
         fail_pending(self.dlock, self.cache)
         self.feeders.clear()
         self.outstanding.clear()
+        # (A waiter that read the queue again meanwhile: its result is
+        # failed now.)
+        self.outq._interrupt_get()
         if self.cv_waiting:
             with self.cv:
                 self.cv.notify_all()

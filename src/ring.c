@@ -425,6 +425,20 @@ error:
 
 /* ---- get --------------------------------------------------------- */
 
+/* Whether this process called _interrupt_get() since its last get that
+ * returned Empty (and if so, that is this one). */
+static int
+ring_take_interrupt(RingObject *q)
+{
+    pid_t me;
+    if (__atomic_load_n(&q->interrupted, __ATOMIC_SEQ_CST) == 0) {
+        return 0;
+    }
+    me = getpid();
+    return __atomic_compare_exchange_n(&q->interrupted, &me, 0, 0,
+                                       __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
+
 /* Take the oldest record out as bytes.  Returns a new reference, or NULL
  * with an exception set (queue.Empty when there is none and the wait, if
  * any, is over). */
@@ -501,7 +515,7 @@ ring_get_bytes(RingObject *q, int block, PyObject *timeout)
             }
             return b;
         }
-        if (!block || last) {
+        if (!block || last || ring_take_interrupt(q)) {
             ring_unlock(h);
             ring_raise(&rs->Empty, "Empty");
             return NULL;
@@ -820,6 +834,20 @@ ring_lock_owner(RingObject *q, PyObject *Py_UNUSED(ignored))
     return PyLong_FromUnsignedLong(fastmp_owner_pid(v));
 }
 
+/* A get of this process waiting for an item (or the next one to wait)
+ * returns Empty now: the flag is this process's own, and the bump of
+ * put_seq only wakes the sleepers, which look again (a sleeper in another
+ * process finds nothing and sleeps on).  No lock is taken: a stopped
+ * process may hold it (a Pool's terminate() wakes its helper thread). */
+static PyObject *
+ring_interrupt_get(RingObject *q, PyObject *Py_UNUSED(ignored))
+{
+    __atomic_store_n(&q->interrupted, getpid(), __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&q->h->put_seq, 1, __ATOMIC_SEQ_CST);
+    (void)fastmp_platform_futex_wake(&q->h->put_seq, INT_MAX);
+    Py_RETURN_NONE;
+}
+
 /* ---- pickling support -------------------------------------------- */
 
 static PyObject *
@@ -893,6 +921,9 @@ static PyMethodDef ring_methods[] = {
     {"_finish_close", (PyCFunction)ring_finish_close, METH_NOARGS,
      "_finish_close($self, /)\n--\n\nQueue.join_thread: a closed queue "
      "this process used has no reading side any more."},
+    {"_interrupt_get", (PyCFunction)ring_interrupt_get, METH_NOARGS,
+     "_interrupt_get($self, /)\n--\n\nA get waiting in this process (or "
+     "the next to wait) raises queue.Empty now; takes no lock."},
     {"_fileno", (PyCFunction)ring_fileno, METH_NOARGS,
      "_fileno($self, /)\n--\n\nThe queue's shared-memory file, for "
      "pickling (the fd is passed to the child)."},

@@ -86,6 +86,9 @@ typedef struct {
     int used;             /* this process has put: join_thread() ends
                              reads */
     int reader_closed;    /* empty() raises OSError, as the stdlib's */
+    pid_t interrupted;    /* the pid that called _interrupt_get(), until
+                             a get of that process returned Empty (a fork
+                             child's copy is not its own: ignored) */
     fastmp_spin get_spin; /* how long this process's waits lasted: */
     fastmp_spin put_spin; /* for an item, for room, for task_done */
     fastmp_spin join_spin;

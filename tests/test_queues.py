@@ -513,3 +513,60 @@ def test_put_obj_keyword(ctx):
         s.put(1, 2)
     q.close()
     s.close()
+
+
+def _get_with_interrupt(q, out, interrupt):
+    # This process's blocked get returns Empty once interrupted; the
+    # parent's interrupt (another process) leaves it waiting.
+    import threading
+
+    if interrupt:
+        threading.Timer(0.3, q._interrupt_get).start()
+    try:
+        out.put(("item", q.get(timeout=120)))
+    except queue.Empty:
+        out.put(("empty", None))
+
+
+def test_interrupt_get_wakes_this_process_only(fctx):
+    # What a Pool's terminate() uses to wake its helper thread without
+    # taking the queue's lock.
+    import threading
+
+    q, out = fctx.Queue(), fctx.Queue()
+    t0 = time.monotonic()
+    threading.Timer(0.2, q._interrupt_get).start()
+    with pytest.raises(queue.Empty):
+        q.get(timeout=120)
+    assert time.monotonic() - t0 < 60  # (woken, not timed out)
+    # Consumed by that get: the next one waits for an item as usual.
+    q.put(1)
+    assert q.get(timeout=30) == 1
+    # Interrupted before the get: it returns Empty at once.
+    q._interrupt_get()
+    with pytest.raises(queue.Empty):
+        q.get()
+    # An item waiting is delivered, not hidden by the flag.
+    q._interrupt_get()
+    q.put(2)
+    assert q.get(timeout=30) == 2
+    with pytest.raises(queue.Empty):
+        q.get(timeout=30)
+    # A child's get is not interrupted by this process's flag, set before
+    # the child started (a fork child has a copy of it) or while it waits.
+    q._interrupt_get()
+    p = fctx.Process(target=_get_with_interrupt, args=(q, out, False))
+    p.start()
+    time.sleep(0.3)
+    q._interrupt_get()
+    time.sleep(0.3)
+    q.put("late")
+    assert out.get(timeout=30) == ("item", "late")
+    p.join(30)
+    with pytest.raises(queue.Empty):
+        q.get(timeout=30)  # (this process's flag)
+    # ... but by its own.
+    p = fctx.Process(target=_get_with_interrupt, args=(q, out, True))
+    p.start()
+    assert out.get(timeout=60) == ("empty", None)
+    p.join(30)
