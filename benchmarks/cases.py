@@ -1034,16 +1034,26 @@ def _pool_imap_unordered(mp, impl):
     return Bench(run, pool.close)
 
 
-def _pool_create_case(method):
+def _pool_close(ctx):
+    pool = ctx.Pool(POOL_WORKERS)
+    pool.close()
+    pool.join()
+
+
+def _pool_with_map(ctx):
+    # The common idiom: the with block's exit is terminate().
+    with ctx.Pool(POOL_WORKERS) as pool:
+        pool.map(_trivial, range(8))
+
+
+def _pool_create_case(method, life=_pool_close):
     def fn(mp, impl):
         if method not in mp.get_all_start_methods():
             raise NotAvailable(f"{method} not available")
         ctx = mp.get_context(method)
 
         def once():
-            pool = ctx.Pool(POOL_WORKERS)
-            pool.close()
-            pool.join()
+            life(ctx)
 
         once()  # starts the forkserver, imports in the parent
 
@@ -1065,6 +1075,14 @@ for _m in ("fork", "spawn", "forkserver"):
         f"`Pool(2)` created, then `close()` + `join()` ({_m})",
         max_n=200,
     )(_pool_create_case(_m))
+
+case(
+    "pool_with_map_fork",
+    "pool",
+    "`with Pool(2) as p: p.map(f, range(8))`, the block's exit terminating "
+    "the pool (fork)",
+    max_n=200,
+)(_pool_create_case("fork", _pool_with_map))
 
 
 # A CPU-bound task of a few milliseconds: how close the pool comes to
