@@ -433,17 +433,42 @@ none:
     return NULL;
 }
 
+/* The number of items of the compact form at p (size >= LIST_HEAD
+ * bytes), or -1 with ValueError when it is not one. */
+static Py_ssize_t
+list_count(const char *p, Py_ssize_t size)
+{
+    if ((size - LIST_HEAD) % 8 != 0
+        || (p[1] != LIST_INTS && p[1] != LIST_FLOATS)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "corrupt compact list (bad kind or length)");
+        return -1;
+    }
+    return (size - LIST_HEAD) / 8;
+}
+
+/* The object of the compact item at p: a new reference, or NULL. */
+static PyObject *
+list_item(char kind, const char *p)
+{
+    if (kind == LIST_INTS) {
+        long long v;
+        memcpy(&v, p, 8);
+        return PyLong_FromLongLong(v);
+    }
+    double v;
+    memcpy(&v, p, 8);
+    return PyFloat_FromDouble(v);
+}
+
 static PyObject *
 list_expand(const char *p, Py_ssize_t size)
 {
-    Py_ssize_t n = (size - LIST_HEAD) / 8;
+    Py_ssize_t n = list_count(p, size);
     char kind = p[1];
     PyObject *list;
 
-    if ((size - LIST_HEAD) % 8 != 0
-        || (kind != LIST_INTS && kind != LIST_FLOATS)) {
-        PyErr_SetString(PyExc_ValueError,
-                        "corrupt compact list (bad kind or length)");
+    if (n < 0) {
         return NULL;
     }
     list = PyList_New(n);
@@ -452,17 +477,7 @@ list_expand(const char *p, Py_ssize_t size)
     }
     p += LIST_HEAD;
     for (Py_ssize_t i = 0; i < n; i++, p += 8) {
-        PyObject *item;
-        if (kind == LIST_INTS) {
-            long long v;
-            memcpy(&v, p, 8);
-            item = PyLong_FromLongLong(v);
-        }
-        else {
-            double v;
-            memcpy(&v, p, 8);
-            item = PyFloat_FromDouble(v);
-        }
+        PyObject *item = list_item(kind, p);
         if (item == NULL) {
             Py_DECREF(list);
             return NULL;
@@ -472,9 +487,6 @@ list_expand(const char *p, Py_ssize_t size)
     return list;
 }
 
-/* _dumps_list(obj) or _dumps_list(list, start, stop): the second form is
- * _dumps_list(list[start:stop]) without making the slice (a map's chunk
- * of its input). */
 static PyObject *
 pickling_py_dumps_list(PyObject *module, PyObject *const *args,
                        Py_ssize_t nargs)
@@ -562,30 +574,20 @@ pickling_py_map_list(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
          * stays as it is while we hold the view, whatever func does. */
         const char *p = view.buf;
         char kind = p[1];
-        if ((view.len - LIST_HEAD) % 8 != 0
-            || (kind != LIST_INTS && kind != LIST_FLOATS)) {
-            PyErr_SetString(PyExc_ValueError,
-                            "corrupt compact list (bad kind or length)");
+        n = list_count(p, view.len);
+        if (n < 0) {
             goto done;
         }
-        n = (view.len - LIST_HEAD) / 8;
         res = PyList_New(n);
         if (res == NULL) {
             goto done;
         }
+        /* Its empty slots must never be seen: func runs Python code,
+         * which could find a tracked list through the gc module. */
+        PyObject_GC_UnTrack(res);
         p += LIST_HEAD;
         for (Py_ssize_t i = 0; i < n; i++, p += 8) {
-            PyObject *arg, *item;
-            if (kind == LIST_INTS) {
-                long long v;
-                memcpy(&v, p, 8);
-                arg = PyLong_FromLongLong(v);
-            }
-            else {
-                double v;
-                memcpy(&v, p, 8);
-                arg = PyFloat_FromDouble(v);
-            }
+            PyObject *arg = list_item(kind, p), *item;
             if (arg == NULL) {
                 Py_CLEAR(res);
                 goto done;
@@ -596,9 +598,9 @@ pickling_py_map_list(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 Py_CLEAR(res);
                 goto done;
             }
-            /* res is ours alone: func cannot reach it. */
             PyList_SET_ITEM(res, i, item);
         }
+        PyObject_GC_Track(res);
         goto done;
     }
     PyBuffer_Release(&view);

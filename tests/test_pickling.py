@@ -464,3 +464,18 @@ def test_map_list_corrupt_input_is_an_error(data):
         _fastmp._map_list(_twice, data)
     with pytest.raises(TypeError):
         _fastmp._map_list(_twice)
+
+
+def test_map_list_result_is_never_seen_half_made():
+    # func runs Python code mid-map: the list being filled must not be
+    # reachable through the gc module (its empty slots would crash).
+    import gc
+
+    def peek(x):
+        for o in gc.get_objects():
+            if type(o) is list and len(o) == 50:
+                list(o)  # every slot read
+        return x
+
+    data = _fastmp._dumps_list(list(range(50)))
+    assert _fastmp._map_list(peek, data) == list(range(50))
