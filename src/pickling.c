@@ -501,7 +501,7 @@ pickling_py_dumps_list(PyObject *module, PyObject *const *args,
         return NULL;
     }
     obj = args[0];
-    if (nargs == 1) {
+    if (nargs == 1 || (args[1] == Py_None && args[2] == Py_None)) {
         if (PyList_CheckExact(obj)) {
             out = list_compact(obj, 0, PyList_GET_SIZE(obj));
             if (out != NULL) {

@@ -396,6 +396,13 @@ def test_list_form_of_a_range(obj, start, stop):
     assert [type(x) for x in back] == [type(x) for x in obj[start:stop]]
 
 
+def test_list_form_without_a_range():
+    assert _fastmp._dumps_list([1, 2], None, None) == _fastmp._dumps_list(
+        [1, 2]
+    )
+    assert _fastmp._dumps_list("x", None, None) == _fastmp._dumps("x")
+
+
 def test_list_form_of_a_range_bad_arguments():
     with pytest.raises(TypeError):
         _fastmp._dumps_list((1, 2), 0, 1)
