@@ -483,6 +483,7 @@ def replicated_types():
     """The typeid -> replica class table."""
     if not _REPLICATED:
         from . import _manager_containers as c
+        from . import _manager_sync
 
         _REPLICATED.update(
             {
@@ -497,6 +498,7 @@ def replicated_types():
                 "Event": SharedEvent,
                 "Semaphore": SharedSemaphore,
                 "BoundedSemaphore": SharedSemaphore,
+                "Barrier": _manager_sync.SharedBarrier,
             }
         )
     return _REPLICATED
@@ -529,6 +531,7 @@ def replicated(address, typeid, registration):
             threading.BoundedSemaphore,
             managers.AcquirerProxy,
         ),
+        "Barrier": (threading.Barrier, managers.BarrierProxy),
     }.get(typeid)
     if expected is None:
         return False
@@ -537,12 +540,28 @@ def replicated(address, typeid, registration):
 
 
 def server_create(server, typeid, args, kwds):
-    """The server's referent for a replicated typeid: (object, replica).
-    The object's id names its segments."""
+    """The server's referent for a replicated typeid: (object, replica),
+    or (object, None) for one that the server serves (a Barrier with an
+    action).  The object's id names its segments."""
     cls = replicated_types()[typeid]
     r = cls.__new__(cls)
     obj = r
-    if typeid == "dict":
+    if typeid == "Barrier":
+        from ._manager_sync import plain_barrier_args
+
+        barrier = threading.Barrier(*args, **kwds)
+        init = plain_barrier_args(barrier)
+        if init is None:
+            # (no name of this id may stay from a killed server: a proxy
+            # would attach to it)
+            ident = "%x" % id(barrier)
+            try:
+                _shm_unlink(segment_names(server.address, ident)[0])
+            except OSError:
+                pass
+            return barrier, None
+        op = None
+    elif typeid == "dict":
         initial = [(k, _dumps(v)) for k, v in dict(*args, **kwds).items()]
         op = (UPDATE, initial, b"")
     elif typeid == "list":
@@ -595,6 +614,8 @@ def server_create(server, typeid, args, kwds):
             if isinstance(r, SharedSemaphore):
                 r._bound = bound
                 r._log.sem_init(sem._value, bound)
+            elif typeid == "Barrier":
+                r._init(*init)
         _track(names)
     except BaseException:
         r._unlink()

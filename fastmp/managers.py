@@ -829,26 +829,46 @@ class EventProxy(BaseProxy):
 
 class BarrierProxy(BaseProxy):
     _exposed_ = ("__getattribute__", "wait", "abort", "reset")
+    # (one without an action; one with goes through the server)
+    _fastmp_replicated = True
 
     def wait(self, timeout=None):
+        r = self._r
+        if r is not None:
+            return r.wait(timeout)
         return self._callmethod("wait", (timeout,))
 
     def abort(self):
+        r = self._r
+        if r is not None:
+            return r.abort()
         return self._callmethod("abort")
 
     def reset(self):
+        r = self._r
+        if r is not None:
+            return r.reset()
         return self._callmethod("reset")
 
     @property
     def parties(self):
+        r = self._r
+        if r is not None:
+            return r.parties
         return self._callmethod("__getattribute__", ("parties",))
 
     @property
     def n_waiting(self):
+        r = self._r
+        if r is not None:
+            return r.n_waiting
         return self._callmethod("__getattribute__", ("n_waiting",))
 
     @property
     def broken(self):
+        r = self._r
+        if r is not None:
+            return r.broken
         return self._callmethod("__getattribute__", ("broken",))
 
 

@@ -882,3 +882,177 @@ def test_rlock_parity(manager):
     lk.release()
     assert lk.acquire(False)
     lk.release()
+
+
+# ------------------------------------------------------------ Barrier
+
+
+def _until(fn, limit=30):
+    end = time.monotonic() + limit
+    while not fn():
+        assert time.monotonic() < end
+        time.sleep(0.005)
+
+
+def _barrier_repr(b):
+    import re
+
+    return re.sub(r"0x[0-9a-f]+", "ID", str(b))
+
+
+def _barrier_script(b):
+    import threading
+
+    out = [b.parties, b.n_waiting, b.broken, _barrier_repr(b)]
+    got = []
+    t = threading.Thread(target=lambda: got.append(b.wait(60)))
+    t.start()
+    _until(lambda: b.n_waiting == 1)
+    out.append((b.n_waiting, _barrier_repr(b)))
+    out.append(b.wait(60))
+    t.join()
+    out.append(got)
+    out.append(_outcome(lambda: b.wait(0.05)))
+    out.append((b.broken, b.n_waiting, _barrier_repr(b)))
+    out.append(_outcome(b.wait))
+    b.reset()
+    out.append(b.broken)
+    b.abort()
+    out.append((b.broken, _outcome(lambda: b.wait(0))))
+    b.reset()
+    out.append(_outcome(lambda: b.wait("x")))
+    out.append((b.broken, b.n_waiting))
+    out.append(_outcome(lambda: b.wait(-1)))
+    b.reset()
+    # A reset while a thread waits breaks its wait.
+    got = []
+    t = threading.Thread(target=lambda: got.append(_outcome(b.wait)))
+    t.start()
+    _until(lambda: b.n_waiting == 1)
+    b.reset()
+    t.join()
+    out.append((got, b.broken, b.n_waiting))
+    return out
+
+
+def _barrier_child(b, out):
+    out.put(b.wait(60))
+
+
+def _barrier_action():
+    pass
+
+
+def test_barrier_parity(manager):
+    import threading
+
+    b = manager.Barrier(2)
+    ref = _barrier_script(threading.Barrier(2))
+    assert _barrier_script(b) == ref
+    if manager._test_impl == "fastmp":
+        assert b._r is not None
+        # The same object through the server gives the same answers.
+        via = manager.Barrier(2)
+        via._r = None
+        assert _barrier_script(via) == ref
+    # A default timeout.
+    bt = manager.Barrier(2, timeout=0.05)
+    assert _outcome(bt.wait) == ("raise", "BrokenBarrierError", ())
+    assert bt.broken
+    # Another process.
+    q = manager._test_ctx.Queue()
+    p = manager._test_ctx.Process(target=_barrier_child, args=(b, q))
+    p.start()
+    assert sorted([b.wait(60), q.get(timeout=60)]) == [0, 1]
+    p.join(60)
+    assert p.exitcode == 0
+    # An action runs in the server: that Barrier goes through it.
+    ba = manager.Barrier(1, action=_barrier_action)
+    assert (ba.wait(), ba.parties) == (0, 1)
+    if manager._test_impl == "fastmp":
+        assert ba._r is None
+    mod = _load(manager._test_impl + ".managers")
+    with pytest.raises(mod.RemoteError, match="cannot pickle"):
+        b._getvalue()
+
+
+def test_barrier_without_the_server(fmanager):
+    import threading
+
+    b = fmanager.Barrier(3)
+    assert b._r is not None
+    os.kill(fmanager._process.pid, signal.SIGSTOP)
+    try:
+        got = []
+        ts = [
+            threading.Thread(target=lambda: got.append(b.wait(30)))
+            for _ in range(3)
+        ]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(30)
+        b.abort()
+        assert b.broken
+        b.reset()
+    finally:
+        os.kill(fmanager._process.pid, signal.SIGCONT)
+    assert sorted(got) == [0, 1, 2]
+
+
+def _barrier_wait_forever(b):
+    print("READY", flush=True)
+    b.wait()
+
+
+def test_barrier_sigkilled_waiter(fmanager):
+    import threading
+
+    import fastmp
+
+    ctx = fastmp.get_context("fork")
+    b = fmanager.Barrier(3)
+    p = ctx.Process(target=_barrier_wait_forever, args=(b,))
+    p.start()
+    _until(lambda: b.n_waiting == 1)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(30)
+    # As with the stdlib's server thread, the dead waiter still counts.
+    assert b.n_waiting == 1
+    got = []
+    t = threading.Thread(target=lambda: got.append(b.wait(30)))
+    t.start()
+    got.append(b.wait(30))
+    t.join(30)
+    assert sorted(got) == [1, 2]
+    # Its slot does not keep the barrier draining: the next round runs.
+    got = []
+    ts = [
+        threading.Thread(target=lambda: got.append(b.wait(30)))
+        for _ in range(3)
+    ]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    assert sorted(got) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_barrier_segments(method):
+    import fastmp
+
+    m = fastmp.get_context(method).Manager()
+    address = m.address
+    b = m.Barrier(2)
+    ba = m.Barrier(1, action=_barrier_action)
+    assert len(_segments(address)) == 1
+    del b
+    gc.collect()
+    assert _segments(address) == set()
+    b = m.Barrier(2)
+    assert len(_segments(address)) == 1
+    m.shutdown()
+    m.join()
+    assert _segments(address) == set()
+    del b, ba
