@@ -499,6 +499,7 @@ def replicated_types():
                 "Semaphore": SharedSemaphore,
                 "BoundedSemaphore": SharedSemaphore,
                 "Barrier": _manager_sync.SharedBarrier,
+                "Condition": _manager_sync.SharedCondition,
             }
         )
     return _REPLICATED
@@ -532,6 +533,7 @@ def replicated(address, typeid, registration):
             managers.AcquirerProxy,
         ),
         "Barrier": (threading.Barrier, managers.BarrierProxy),
+        "Condition": (threading.Condition, managers.ConditionProxy),
     }.get(typeid)
     if expected is None:
         return False
@@ -546,20 +548,23 @@ def server_create(server, typeid, args, kwds):
     cls = replicated_types()[typeid]
     r = cls.__new__(cls)
     obj = r
-    if typeid == "Barrier":
-        from ._manager_sync import plain_barrier_args
+    if typeid in ("Barrier", "Condition"):
+        from . import _manager_sync
 
-        barrier = threading.Barrier(*args, **kwds)
-        init = plain_barrier_args(barrier)
+        plain = getattr(threading, typeid)(*args, **kwds)
+        if typeid == "Barrier":
+            init = _manager_sync.plain_barrier_args(plain)
+        else:
+            init = _manager_sync.condition_lock(server, plain)
         if init is None:
             # (no name of this id may stay from a killed server: a proxy
             # would attach to it)
-            ident = "%x" % id(barrier)
+            ident = "%x" % id(plain)
             try:
                 _shm_unlink(segment_names(server.address, ident)[0])
             except OSError:
                 pass
-            return barrier, None
+            return plain, None
         op = None
     elif typeid == "dict":
         initial = [(k, _dumps(v)) for k, v in dict(*args, **kwds).items()]
@@ -614,7 +619,7 @@ def server_create(server, typeid, args, kwds):
             if isinstance(r, SharedSemaphore):
                 r._bound = bound
                 r._log.sem_init(sem._value, bound)
-            elif typeid == "Barrier":
+            elif typeid in ("Barrier", "Condition"):
                 r._init(*init)
         _track(names)
     except BaseException:

@@ -1,4 +1,5 @@
-"""Manager Barrier served without a round trip (see _manager_fast).
+"""Manager Barrier and Condition served without a round trip (see
+_manager_fast).
 
 A SyncManager ``Barrier`` made by a fastmp server on a Unix socket, with
 no ``action`` (the stdlib runs it in the server), is one directory
@@ -37,7 +38,13 @@ import threading
 import time
 
 from . import _fastmp
-from ._manager_fast import _DIR_BYTES, _open, _shm_unlink
+from ._manager_fast import (
+    _DIR_BYTES,
+    SharedLock,
+    SharedRLock,
+    _open,
+    _shm_unlink,
+)
 
 __all__ = []
 
@@ -82,11 +89,12 @@ class _Directory:
     """A directory segment of a manager object with no log."""
 
     __slots__ = ("_log", "_names", "_owner", "__weakref__")
+    _bytes = _DIR_BYTES
 
     def _setup(self, names, create):
         self._names = names[:1]
         self._owner = create
-        self._log = _OpLog(_open(names[0], create, _DIR_BYTES), create)
+        self._log = _OpLog(_open(names[0], create, self._bytes), create)
 
     def _fresh(self):
         pass
@@ -321,3 +329,263 @@ class SharedBarrier(_Directory):
 
     def __reduce__(self):
         raise TypeError("cannot pickle '_thread.lock' object")
+
+
+#
+# Condition
+#
+# Its directory (64 KiB, sparse) holds, in its header, the Condition's
+# own RLock when it was made without a lock (the RLock container's words,
+# src/oplog.c), and in its cells:
+#
+#   cell 0   LOCK_KIND: 0 its own RLock, 1 a manager Lock, 2 a manager
+#            RLock, whose object id is
+#   cell 1   LOCK_ID.  Both written by the server before the name is
+#            handed out; the lock's segments stay while the Condition
+#            does (the server keeps the lock's proxy, as the stdlib's
+#            threading.Condition does).
+#   cell 2   TICKETS: the last waiter's ticket (an atomic add): waiters
+#            are notified in the order they came, as threading's.
+#   cell 3   HIGH: the slots ever used (bumped by CAS), what notify scans.
+#   cell 4.. three per slot: STATE (FREE, WAITING, NOTIFIED; the futex
+#            word its waiter sleeps on), its TICKET and OWNER (the owner
+#            value of the waiter's process; 0: the slot is free).  A
+#            waiter takes a free slot by a CAS of OWNER, writes TICKET,
+#            then STATE; a notifier moves STATE from WAITING to NOTIFIED
+#            by CAS and wakes it; a waiter whose time is up moves it
+#            back to FREE by CAS (failing: it was notified), then frees
+#            OWNER.  A notifier skips, and frees, the slot of a waiter
+#            whose process died: it never takes a notification away
+#            from a live one.
+
+LOCK_KIND = 0
+LOCK_ID = 1
+TICKETS = 2
+HIGH = 3
+SLOT0 = 4
+_COND_BYTES = 1 << 16
+_FREE, _WAITING, _NOTIFIED = 0, 1, 2
+_LOCK_TYPES = {1: SharedLock, 2: SharedRLock}
+
+
+def condition_lock(server, cond):
+    """(lock kind, lock id, lock proxy) of the new threading.Condition
+    `cond` made by server from a manager's arguments, when a
+    SharedCondition can serve it, else None: its lock is its own RLock,
+    or a Lock or RLock proxy of this server served without a round
+    trip."""
+    from .managers import AcquirerProxy
+
+    lock = cond._lock
+    if type(lock) is type(threading.RLock()):
+        return 0, 0, None
+    if not isinstance(lock, AcquirerProxy):
+        return None
+    r = lock._r
+    token = lock._token
+    if token.address != server.address or type(r) not in (
+        SharedLock,
+        SharedRLock,
+    ):
+        return None
+    return (1 if type(r) is SharedLock else 2), int(token.id, 16), lock
+
+
+class SharedCondition(_Directory):
+    """A manager Condition (the server's is a threading.Condition over
+    its own RLock, or over a manager Lock or RLock): threading's
+    Condition with its waiters in the slots of a directory segment,
+    whichever process runs it."""
+
+    __slots__ = ("_lock", "_lockproxy", "_kind", "_nslots")
+    _bytes = _COND_BYTES
+
+    def _setup(self, names, create):
+        _Directory._setup(self, names, create)
+        self._nslots = (self._bytes - 64) // 8 // 3 - 2
+        self._lockproxy = None
+        if not create:
+            log = self._log
+            self._bind(log.cell(LOCK_KIND), log.cell(LOCK_ID), None)
+
+    def _init(self, kind, ident, proxy):
+        # The server, before the name is handed out.
+        self._log.cell_set(LOCK_KIND, kind)
+        self._log.cell_set(LOCK_ID, ident)
+        self._bind(kind, ident, proxy)
+
+    def _bind(self, kind, ident, proxy):
+        self._kind = kind
+        if kind == 0:
+            lock = SharedRLock.__new__(SharedRLock)
+            lock._log = self._log
+            lock._names = self._names
+            lock._owner = False
+        elif proxy is not None:
+            # The server: the lock proxy's own replica, which the proxy
+            # (kept here) keeps alive.
+            self._lockproxy = proxy
+            lock = proxy._r
+        elif kind in _LOCK_TYPES:
+            digest = self._names[0].split("_")[1]
+            cls = _LOCK_TYPES[kind]
+            lock = cls.__new__(cls)
+            lock._setup(("/fmpm_%s_%x_d" % (digest, ident),), False)
+        else:
+            raise ValueError("not a fastmp manager Condition")
+        self._lock = lock
+
+    # -- the lock -----------------------------------------------------
+
+    def acquire(self, *args):
+        return self._lock.acquire(*args)
+
+    def release(self):
+        return self._lock.release()
+
+    def __enter__(self):
+        return self._lock.__enter__()
+
+    def __exit__(self, *args):
+        return self._lock.__exit__(*args)
+
+    # A Condition over a manager Lock or RLock holds the lock's proxy in
+    # the stdlib's server, which has no _is_owned, _release_save or
+    # _acquire_restore: threading.Condition's generic ones serve it (so
+    # one over a manager RLock held by the caller is not "owned": its
+    # acquire(False) succeeds, as the stdlib's does).
+
+    def _is_owned(self):
+        if self._kind == 0:
+            return self._lock._log.rlock_state()[2]
+        if self._lock.acquire(False):
+            self._lock.release()
+            return False
+        return True
+
+    def _release_save(self):
+        if self._kind != 0:
+            self._lock.release()
+            return 1
+        log = self._log
+        count = log.rlock_state()[1]
+        for _ in range(count):
+            log.rlock_release()
+        return count
+
+    def _acquire_restore(self, count):
+        lock = self._lock
+        for _ in range(count):
+            lock.acquire()
+
+    # -- the waiters --------------------------------------------------
+
+    def _claim(self):
+        # A slot for the calling thread, WAITING with the next ticket.
+        log = self._log
+        me = log.owner_self()
+        while True:
+            high = log.cell(HIGH)
+            for i in range(high):
+                owner = SLOT0 + 3 * i + 2
+                if log.cell(owner) == 0 and log.cell_cas(owner, 0, me):
+                    break
+            else:
+                if high >= self._nslots:
+                    raise RuntimeError(
+                        "too many waiters on a manager Condition"
+                    )
+                log.cell_cas(HIGH, high, high + 1)
+                continue
+            base = SLOT0 + 3 * i
+            log.cell_set(base + 1, log.cell_add(TICKETS, 1))
+            log.cell_set(base, _WAITING)
+            return base
+
+    def _leave(self, base):
+        # Free the slot; was its waiter notified?
+        log = self._log
+        got = not log.cell_cas(base, _WAITING, _FREE)
+        log.cell_set(base, _FREE)
+        log.cell_set(base + 2, 0)
+        return got
+
+    def _sleep(self, base, timeout):
+        log = self._log
+        end = None if timeout is None else time.monotonic() + timeout
+        remaining = None
+        while log.cell(base) == _WAITING:
+            if end is not None:
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    return
+            if not log.cell_wait(base, _WAITING, remaining):
+                return
+
+    def _waiting(self):
+        log = self._log
+        out = []
+        for i in range(log.cell(HIGH)):
+            base = SLOT0 + 3 * i
+            if log.cell(base) == _WAITING:
+                out.append((log.cell(base + 1), base))
+        return out
+
+    # -- threading.Condition ------------------------------------------
+
+    def wait(self, timeout=None):
+        if not self._is_owned():
+            raise RuntimeError("cannot wait on un-acquired lock")
+        base = self._claim()
+        # (as threading's: a failing release leaves the waiter in place)
+        saved = self._release_save()
+        try:
+            if timeout is None:
+                self._sleep(base, None)
+            elif timeout > 0:
+                self._sleep(base, timeout)
+        finally:
+            gotit = self._leave(base)
+            self._acquire_restore(saved)
+        return gotit
+
+    def wait_for(self, predicate, timeout=None):
+        from .synchronize import wait_for
+
+        return wait_for(self, predicate, timeout)
+
+    def notify(self, n=1):
+        if not self._is_owned():
+            raise RuntimeError("cannot notify on un-acquired lock")
+        log = self._log
+        me = log.owner_self()
+        waiters = sorted(self._waiting())
+        i = 0
+        while i < len(waiters) and n > 0:
+            base = waiters[i][1]
+            i += 1
+            owner = log.cell(base + 2)
+            if owner != me and log.owner_dead(owner):
+                # Its process died waiting: the slot goes, the
+                # notification goes to the next waiter.
+                if log.cell_cas(base, _WAITING, _FREE):
+                    log.cell_set(base + 2, 0)
+                continue
+            if log.cell_cas(base, _WAITING, _NOTIFIED):
+                log.cell_wake(base, -1)
+                n -= 1
+
+    def notify_all(self):
+        self.notify(len(self._waiting()))
+
+    def __repr__(self):
+        # (a lock proxy's str() is its referent's repr)
+        return "<Condition(%r, %d)>" % (self._lock, len(self._waiting()))
+
+    def __reduce__(self):
+        # What '#GETVALUE' sends: threading.Condition's pickle, which has
+        # its lock (a proxy pickles; threading's RLock does not) and no
+        # waiter.
+        if self._lockproxy is None:
+            raise TypeError("cannot pickle '_thread.RLock' object")
+        return threading.Condition, (self._lockproxy,)

@@ -753,7 +753,6 @@ class IteratorProxy(BaseProxy):
 
 class AcquirerProxy(BaseProxy):
     _exposed_ = ("acquire", "release")
-    # (a Lock's; the other types' go through the server)
     _fastmp_replicated = True
 
     def acquire(self, blocking=True, timeout=None):
@@ -786,12 +785,21 @@ class ConditionProxy(AcquirerProxy):
     _exposed_ = ("acquire", "release", "wait", "notify", "notify_all")
 
     def wait(self, timeout=None):
+        r = self._r
+        if r is not None:
+            return r.wait(timeout)
         return self._callmethod("wait", (timeout,))
 
     def notify(self, n=1):
+        r = self._r
+        if r is not None:
+            return r.notify(n)
         return self._callmethod("notify", (n,))
 
     def notify_all(self):
+        r = self._r
+        if r is not None:
+            return r.notify_all()
         return self._callmethod("notify_all")
 
     def wait_for(self, predicate, timeout=None):

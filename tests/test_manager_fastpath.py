@@ -1056,3 +1056,220 @@ def test_barrier_segments(method):
     m.join()
     assert _segments(address) == set()
     del b, ba
+
+
+# ------------------------------------------------------------ Condition
+
+
+def _cond_repr(c):
+    import re
+
+    return re.sub(
+        r"owner=\d+", "owner=N", re.sub(r"0x[0-9a-f]+", "ID", str(c))
+    )
+
+
+def _cond_waiting(c):
+    return int(str(c).rsplit(", ", 1)[1][:-2])
+
+
+def _cond_script(c):
+    import threading
+
+    out = [_cond_repr(c)]
+    out.append(_outcome(lambda: c.wait(0)))
+    out.append(_outcome(c.notify))
+    out.append(_outcome(c.notify_all))
+    with c:
+        out.append(_outcome(lambda: c.wait(0.05)))
+        out.append(_outcome(lambda: c.wait(0)))
+        out.append(_outcome(lambda: c.wait(-1)))
+        out.append(_outcome(lambda: c.wait("x")))
+        out.append(_outcome(lambda: c.notify(-1)))
+        out.append(_outcome(lambda: c.notify("x")))
+        out.append(_outcome(lambda: c.wait_for(lambda: 3, 1)))
+        out.append(_outcome(lambda: c.wait_for(lambda: 0, 0.05)))
+        out.append(_cond_repr(c))
+    # Waiters are notified in the order they came.
+    got = []
+
+    def waiter(k):
+        with c:
+            got.append((k, c.wait(60)))
+
+    ts = []
+    for k in range(3):
+        ts.append(threading.Thread(target=waiter, args=(k,)))
+        ts[-1].start()
+        _until(lambda k=k: _cond_waiting(c) == k + 1)
+    with c:
+        out.append(_cond_repr(c))
+        c.notify()
+    _until(lambda: len(got) == 1)
+    with c:
+        c.notify_all()
+    for t in ts:
+        t.join(60)
+    out.append((got[0], sorted(got)))
+    out.append(_cond_repr(c))
+    return out
+
+
+def _cond_child(c, q):
+    with c:
+        q.put("in")
+        q.put(c.wait(60))
+
+
+@pytest.mark.parametrize("lock", ["none", "Lock", "RLock"])
+def test_condition_parity(manager, lock):
+    import threading
+
+    if lock == "none":
+        c = manager.Condition()
+        ref = threading.Condition()
+    elif lock == "Lock":
+        c = manager.Condition(manager.Lock())
+        ref = threading.Condition(threading.Lock())
+    else:
+        c = manager.Condition(manager.RLock())
+        ref = None
+    if manager._test_impl == "fastmp":
+        assert c._r is not None
+    if ref is None:
+        # The server's Condition holds the RLock's proxy, which has no
+        # _is_owned: its acquire(False) by the holder succeeds, so the
+        # lock never looks owned (the stdlib's behaviour, kept).
+        with c:
+            assert _outcome(lambda: c.wait(0)) == (
+                "raise",
+                "RuntimeError",
+                ("cannot wait on un-acquired lock",),
+            )
+            assert _outcome(c.notify) == (
+                "raise",
+                "RuntimeError",
+                ("cannot notify on un-acquired lock",),
+            )
+        return
+    expected = _cond_script(ref)
+    assert _cond_script(c) == expected
+    mod = _load(manager._test_impl + ".managers")
+    if lock == "none":
+        with pytest.raises(mod.RemoteError, match="cannot pickle"):
+            c._getvalue()
+    else:
+        assert isinstance(c._getvalue(), threading.Condition)
+    if manager._test_impl == "fastmp":
+        via = manager.Condition(*([] if lock == "none" else [manager.Lock()]))
+        via._r = None
+        assert _cond_script(via) == expected
+    q = manager._test_ctx.Queue()
+    p = manager._test_ctx.Process(target=_cond_child, args=(c, q))
+    p.start()
+    assert q.get(timeout=60) == "in"
+    with c:
+        c.notify()
+    assert q.get(timeout=60) is True
+    p.join(60)
+    assert p.exitcode == 0
+
+
+def test_condition_over_another_lock_goes_through_the_server(fmanager):
+    c = fmanager.Condition(fmanager.Semaphore(1))
+    assert c._r is None
+    with c:
+        assert c.wait(0.01) is False
+
+
+def test_condition_without_the_server(fmanager):
+    import threading
+
+    conds = [fmanager.Condition(), fmanager.Condition(fmanager.Lock())]
+    assert all(c._r is not None for c in conds)
+    os.kill(fmanager._process.pid, signal.SIGSTOP)
+    try:
+        for c in conds:
+            flag = []
+            got = []
+
+            def waiter(c=c, flag=flag, got=got):
+                with c:
+                    got.append(c.wait_for(lambda: flag, 30))
+
+            t = threading.Thread(target=waiter)
+            t.start()
+            _until(lambda c=c: c._r._waiting())
+            with c:
+                flag.append("go")
+                c.notify()
+            t.join(30)
+            assert got == [["go"]]
+    finally:
+        os.kill(fmanager._process.pid, signal.SIGCONT)
+
+
+def _cond_wait_forever(c):
+    with c:
+        c.wait()
+
+
+def _cond_die_holding(c):
+    c.acquire()
+    os._exit(0)
+
+
+def test_condition_sigkilled_waiter_and_holder(fmanager):
+    import threading
+
+    import fastmp
+
+    ctx = fastmp.get_context("fork")
+    c = fmanager.Condition()
+    p = ctx.Process(target=_cond_wait_forever, args=(c,))
+    p.start()
+    _until(lambda: _cond_waiting(c) == 1)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(30)
+    # The notification goes to a live waiter, not to the dead one.
+    got = []
+
+    def waiter():
+        with c:
+            got.append(c.wait(30))
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    _until(lambda: _cond_waiting(c) == 2)
+    with c:
+        c.notify()
+    t.join(30)
+    assert got == [True]
+    assert _cond_waiting(c) == 0
+    # A holder that died is taken over.
+    p = ctx.Process(target=_cond_die_holding, args=(c,))
+    p.start()
+    p.join(30)
+    with pytest.warns(fastmp.AbandonedLockWarning):
+        assert c.acquire(True, 30)
+    c.release()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_condition_segments(method):
+    import fastmp
+
+    m = fastmp.get_context(method).Manager()
+    address = m.address
+    c = m.Condition()
+    assert len(_segments(address)) == 1
+    del c
+    gc.collect()
+    assert _segments(address) == set()
+    lock = m.Lock()
+    c = m.Condition(lock)
+    assert len(_segments(address)) == 2
+    m.shutdown()
+    m.join()
+    assert _segments(address) == set()
+    del c, lock
