@@ -34,6 +34,7 @@ another machine, a stdlib server) goes through the server as before.
 
 import hashlib
 import os
+import queue
 import threading
 import weakref
 from os import getpid
@@ -483,7 +484,7 @@ def replicated_types():
     """The typeid -> replica class table."""
     if not _REPLICATED:
         from . import _manager_containers as c
-        from . import _manager_sync
+        from . import _manager_queue, _manager_sync
 
         _REPLICATED.update(
             {
@@ -500,6 +501,8 @@ def replicated_types():
                 "BoundedSemaphore": SharedSemaphore,
                 "Barrier": _manager_sync.SharedBarrier,
                 "Condition": _manager_sync.SharedCondition,
+                "Queue": _manager_queue.SharedQueue,
+                "JoinableQueue": _manager_queue.SharedQueue,
             }
         )
     return _REPLICATED
@@ -534,6 +537,8 @@ def replicated(address, typeid, registration):
         ),
         "Barrier": (threading.Barrier, managers.BarrierProxy),
         "Condition": (threading.Condition, managers.ConditionProxy),
+        "Queue": (queue.Queue, managers.AutoProxy),
+        "JoinableQueue": (queue.Queue, managers.AutoProxy),
     }.get(typeid)
     if expected is None:
         return False
@@ -548,14 +553,18 @@ def server_create(server, typeid, args, kwds):
     cls = replicated_types()[typeid]
     r = cls.__new__(cls)
     obj = r
-    if typeid in ("Barrier", "Condition"):
-        from . import _manager_sync
+    if typeid in ("Barrier", "Condition", "Queue", "JoinableQueue"):
+        from . import _manager_queue, _manager_sync
 
-        plain = getattr(threading, typeid)(*args, **kwds)
         if typeid == "Barrier":
+            plain = threading.Barrier(*args, **kwds)
             init = _manager_sync.plain_barrier_args(plain)
-        else:
+        elif typeid == "Condition":
+            plain = threading.Condition(*args, **kwds)
             init = _manager_sync.condition_lock(server, plain)
+        else:
+            plain = queue.Queue(*args, **kwds)
+            init = _manager_queue.plain_queue_args(plain)
         if init is None:
             # (no name of this id may stay from a killed server: a proxy
             # would attach to it)
@@ -619,7 +628,7 @@ def server_create(server, typeid, args, kwds):
             if isinstance(r, SharedSemaphore):
                 r._bound = bound
                 r._log.sem_init(sem._value, bound)
-            elif typeid in ("Barrier", "Condition"):
+            elif typeid in ("Barrier", "Condition", "Queue", "JoinableQueue"):
                 r._init(*init)
         _track(names)
     except BaseException:

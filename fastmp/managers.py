@@ -643,6 +643,25 @@ def MakeProxyType(name, exposed, _cache=_proxy_types):
     return ProxyType
 
 
+# The auto-proxied SyncManager types that a replica may serve (see
+# fastmp._manager_fast): their proxy's methods try it first.
+_AUTO_REPLICATED = ("Queue", "JoinableQueue")
+_replicated_auto_types = {}
+
+
+def _replicated_auto_type(name, exposed):
+    exposed = tuple(exposed)
+    try:
+        return _replicated_auto_types[(name, exposed)]
+    except KeyError:
+        pass
+    ProxyType = type(name, (BaseProxy,), _replicated(*exposed))
+    ProxyType._exposed_ = exposed
+    ProxyType._fastmp_replicated = True
+    _replicated_auto_types[(name, exposed)] = ProxyType
+    return ProxyType
+
+
 def AutoProxy(
     token,
     serializer,
@@ -664,7 +683,12 @@ def AutoProxy(
         authkey = manager._authkey
     if authkey is None:
         authkey = process.current_process().authkey
-    ProxyType = MakeProxyType("AutoProxy[%s]" % token.typeid, exposed)
+    if token.typeid in _AUTO_REPLICATED:
+        ProxyType = _replicated_auto_type(
+            "AutoProxy[%s]" % token.typeid, exposed
+        )
+    else:
+        ProxyType = MakeProxyType("AutoProxy[%s]" % token.typeid, exposed)
     proxy = ProxyType(
         token,
         serializer,

@@ -1273,3 +1273,210 @@ def test_condition_segments(method):
     m.join()
     assert _segments(address) == set()
     del c, lock
+
+
+# ------------------------------------------------------------ Queue
+
+
+def _queue_script(q):
+    o = _outcome
+    return [
+        o(lambda: q.put(1)),
+        o(lambda: q.put_nowait([2])),
+        o(lambda: q.put(3, timeout=0.05)),
+        o(lambda: q.put(3, False)),
+        o(lambda: q.put(3, True, -1)),
+        o(lambda: q.put(3, True, "x")),
+        o(q.qsize),
+        o(q.full),
+        o(q.empty),
+        o(q.get),
+        o(q.get_nowait),
+        o(q.get_nowait),
+        o(lambda: q.get(True, 0.05)),
+        o(lambda: q.get(True, -1)),
+        o(lambda: q.get(False, -1)),
+        o(lambda: q.get(True, "x")),
+        o(lambda: q.get(timeout=None, block=False)),
+        o(q.task_done),
+        o(q.task_done),
+        o(q.task_done),
+        o(q.join),
+        o(q.qsize),
+    ]
+
+
+def _unbounded_script(q):
+    o = _outcome
+    return [
+        o(lambda: q.put(1, True, -1)),
+        o(lambda: q.put(2, True, "x")),
+        o(lambda: q.put(b"x" * 300000)),
+        o(q.full),
+        o(q.qsize),
+        [q.get() for _ in range(3)][2] == b"x" * 300000,
+        o(q.empty),
+    ]
+
+
+def _queue_child(q, out):
+    out.put(("child", q.get(timeout=60)))
+    q.task_done()
+
+
+@pytest.mark.parametrize("kind", ["Queue", "JoinableQueue"])
+def test_queue_parity(manager, kind):
+    import queue
+
+    q = getattr(manager, kind)(2)
+    if manager._test_impl == "fastmp":
+        assert q._r is not None
+    assert str(q).startswith("<queue.Queue object at ")
+    assert sorted(q._exposed_) == sorted(
+        [
+            "empty",
+            "full",
+            "get",
+            "get_nowait",
+            "join",
+            "put",
+            "put_nowait",
+            "qsize",
+            "task_done",
+        ]
+    )
+    assert _queue_script(q) == _queue_script(queue.Queue(2))
+    # An item that cannot be pickled fails in the caller.
+    assert _outcome(lambda: q.put(lambda: 1))[:2] == (
+        "raise",
+        "AttributeError",
+    )
+    assert q.qsize() == 0
+    u = getattr(manager, kind)()
+    assert _unbounded_script(u) == _unbounded_script(queue.Queue())
+    mod = _load(manager._test_impl + ".managers")
+    with pytest.raises(mod.RemoteError, match="cannot pickle"):
+        q._getvalue()
+    # Another process gets what this one put; join() waits for its
+    # task_done().
+    q.put({"a": 1})
+    out = manager.Queue()
+    p = manager._test_ctx.Process(target=_queue_child, args=(q, out))
+    p.start()
+    q.join()
+    assert out.get(timeout=60) == ("child", {"a": 1})
+    p.join(60)
+    assert p.exitcode == 0
+
+
+def _queue_put_from(q):
+    q.put("from child")
+
+
+def test_queue_outlives_its_proxies(manager):
+    import gc
+
+    q = manager.Queue()
+    d = manager.dict(a=1)
+    # A proxy in an item keeps its referent alive while queued.
+    q.put(d)
+    del d
+    gc.collect()
+    assert q.get(timeout=60)["a"] == 1
+    ns = manager.Namespace()
+    ns.q = q
+    q.put(5)
+    p = manager._test_ctx.Process(target=_queue_put_from, args=(q,))
+    p.start()
+    p.join(60)
+    del q
+    gc.collect()
+    q2 = ns.q
+    assert (q2.get(timeout=60), q2.get(timeout=60), q2.qsize()) == (
+        5,
+        "from child",
+        0,
+    )
+    if manager._test_impl == "fastmp":
+        assert q2._r is not None
+
+
+def test_queue_without_the_server(fmanager):
+    import threading
+
+    q = fmanager.JoinableQueue(1)
+    assert q._r is not None
+    os.kill(fmanager._process.pid, signal.SIGSTOP)
+    try:
+        got = []
+
+        def consumer():
+            for _ in range(100):
+                got.append(q.get(timeout=30))
+                q.task_done()
+
+        t = threading.Thread(target=consumer)
+        t.start()
+        for i in range(100):
+            q.put(i, timeout=30)
+        q.join()
+        t.join(30)
+        assert got == list(range(100))
+        assert q.empty()
+    finally:
+        os.kill(fmanager._process.pid, signal.SIGCONT)
+
+
+def _queue_get_forever(q):
+    print("READY", flush=True)
+    q.get()
+
+
+def _queue_die_holding_the_lock(q):
+    q._r._ring._debug_hold_lock()
+    os._exit(0)
+
+
+def test_queue_sigkilled_getter_and_lock_holder(fmanager):
+    import fastmp
+
+    ctx = fastmp.get_context("fork")
+    q = fmanager.Queue()
+    p = ctx.Process(target=_queue_get_forever, args=(q,))
+    p.start()
+    time.sleep(0.2)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(30)
+    q.put(1)
+    assert q.get(timeout=30) == 1
+    p = ctx.Process(target=_queue_die_holding_the_lock, args=(q,))
+    p.start()
+    p.join(30)
+    q.put(2, timeout=30)
+    assert (q.get(timeout=30), q.qsize()) == (2, 0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_queue_segments(method):
+    import fastmp
+
+    m = fastmp.get_context(method).Manager()
+    address = m.address
+    q = m.Queue()
+    jq = m.JoinableQueue()
+    q.put(b"x" * 300000)
+    assert len(_segments(address)) == 2
+    del q
+    gc.collect()
+    assert len(_segments(address)) == 1
+    m.shutdown()
+    m.join()
+    assert _segments(address) == set()
+    del jq
+
+
+def test_queue_with_odd_maxsize_goes_through_the_server(fmanager):
+    q = fmanager.Queue(2.5)
+    assert q._r is None
+    q.put(1)
+    assert (q.full(), q.get()) == (False, 1)
