@@ -1480,3 +1480,24 @@ def test_queue_with_odd_maxsize_goes_through_the_server(fmanager):
     assert q._r is None
     q.put(1)
     assert (q.full(), q.get()) == (False, 1)
+
+
+def test_many_queues_leave_nothing(fmanager):
+    before = _segments(fmanager.address)
+    for i in range(50):  # (warm up)
+        q = fmanager.Queue()
+        q.put(i)
+        del q
+    gc.collect()
+    fds = len(os.listdir("/proc/self/fd"))
+    server_fds = len(os.listdir("/proc/%d/fd" % fmanager._process.pid))
+    for i in range(300):
+        q = fmanager.JoinableQueue()
+        q.put(b"x" * (i * 1000))
+        assert len(q.get()) == i * 1000
+        del q
+    gc.collect()
+    assert _segments(fmanager.address) == before
+    assert len(os.listdir("/proc/self/fd")) <= fds + 2
+    pid = fmanager._process.pid
+    assert len(os.listdir("/proc/%d/fd" % pid)) <= server_fds + 2
