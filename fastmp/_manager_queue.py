@@ -122,3 +122,18 @@ class SharedQueue:
 
     def __reduce__(self):
         raise TypeError("cannot pickle '_thread.lock' object")
+
+
+# Argument errors name queue.Queue's methods, as the server's do.
+for _name in (
+    "put",
+    "get",
+    "put_nowait",
+    "get_nowait",
+    "qsize",
+    "empty",
+    "full",
+    "task_done",
+    "join",
+):
+    getattr(SharedQueue, _name).__qualname__ = "Queue." + _name

@@ -589,3 +589,10 @@ class SharedCondition(_Directory):
         if self._lockproxy is None:
             raise TypeError("cannot pickle '_thread.RLock' object")
         return threading.Condition, (self._lockproxy,)
+
+
+# Argument errors name threading's methods, as the server's do.
+for _name in ("wait", "reset", "abort"):
+    getattr(SharedBarrier, _name).__qualname__ = "Barrier." + _name
+for _name in ("wait", "wait_for", "notify", "notify_all"):
+    getattr(SharedCondition, _name).__qualname__ = "Condition." + _name
