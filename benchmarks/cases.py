@@ -1261,7 +1261,7 @@ case(
 # ---------------------------------------------------------------------------
 # Manager: containers served without a round trip (a manager started by
 # this process, on a Unix socket), UltraDict as the peer for the dict; the
-# queue and the TCP-connected dict still go through the server.
+# TCP-connected dict still goes through the server.
 
 
 def _ultradict():
@@ -1360,7 +1360,7 @@ def _manager_lock(mp, impl):
 @case(
     "manager_queue",
     "manager",
-    "Manager `Queue` put+get (through the server)",
+    "Manager `Queue` put+get",
 )
 def _manager_queue(mp, impl):
     def op_of(q):

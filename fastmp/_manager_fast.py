@@ -34,6 +34,7 @@ another machine, a stdlib server) goes through the server as before.
 
 import hashlib
 import os
+import queue
 import threading
 import weakref
 from os import getpid
@@ -483,6 +484,7 @@ def replicated_types():
     """The typeid -> replica class table."""
     if not _REPLICATED:
         from . import _manager_containers as c
+        from . import _manager_queue, _manager_sync
 
         _REPLICATED.update(
             {
@@ -497,6 +499,10 @@ def replicated_types():
                 "Event": SharedEvent,
                 "Semaphore": SharedSemaphore,
                 "BoundedSemaphore": SharedSemaphore,
+                "Barrier": _manager_sync.SharedBarrier,
+                "Condition": _manager_sync.SharedCondition,
+                "Queue": _manager_queue.SharedQueue,
+                "JoinableQueue": _manager_queue.SharedQueue,
             }
         )
     return _REPLICATED
@@ -529,6 +535,10 @@ def replicated(address, typeid, registration):
             threading.BoundedSemaphore,
             managers.AcquirerProxy,
         ),
+        "Barrier": (threading.Barrier, managers.BarrierProxy),
+        "Condition": (threading.Condition, managers.ConditionProxy),
+        "Queue": (queue.Queue, managers.AutoProxy),
+        "JoinableQueue": (queue.Queue, managers.AutoProxy),
     }.get(typeid)
     if expected is None:
         return False
@@ -537,12 +547,35 @@ def replicated(address, typeid, registration):
 
 
 def server_create(server, typeid, args, kwds):
-    """The server's referent for a replicated typeid: (object, replica).
-    The object's id names its segments."""
+    """The server's referent for a replicated typeid: (object, replica),
+    or (object, None) for one that the server serves (a Barrier with an
+    action).  The object's id names its segments."""
     cls = replicated_types()[typeid]
     r = cls.__new__(cls)
     obj = r
-    if typeid == "dict":
+    if typeid in ("Barrier", "Condition", "Queue", "JoinableQueue"):
+        from . import _manager_queue, _manager_sync
+
+        if typeid == "Barrier":
+            plain = threading.Barrier(*args, **kwds)
+            init = _manager_sync.plain_barrier_args(plain)
+        elif typeid == "Condition":
+            plain = threading.Condition(*args, **kwds)
+            init = _manager_sync.condition_lock(server, plain)
+        else:
+            plain = queue.Queue(*args, **kwds)
+            init = _manager_queue.plain_queue_args(plain)
+        if init is None:
+            # (no name of this id may stay from a killed server: a proxy
+            # would attach to it)
+            ident = "%x" % id(plain)
+            try:
+                _shm_unlink(segment_names(server.address, ident)[0])
+            except OSError:
+                pass
+            return plain, None
+        op = None
+    elif typeid == "dict":
         initial = [(k, _dumps(v)) for k, v in dict(*args, **kwds).items()]
         op = (UPDATE, initial, b"")
     elif typeid == "list":
@@ -595,6 +628,8 @@ def server_create(server, typeid, args, kwds):
             if isinstance(r, SharedSemaphore):
                 r._bound = bound
                 r._log.sem_init(sem._value, bound)
+            elif typeid in ("Barrier", "Condition", "Queue", "JoinableQueue"):
+                r._init(*init)
         _track(names)
     except BaseException:
         r._unlink()

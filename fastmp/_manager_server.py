@@ -354,7 +354,8 @@ class Server:
         ):
             return None
         obj, r = _manager_fast.server_create(self, typeid, args, kwds)
-        self.id_to_replica["%x" % id(obj)] = r
+        if r is not None:
+            self.id_to_replica["%x" % id(obj)] = r
         return obj
 
     def accepter(self):

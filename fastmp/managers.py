@@ -643,6 +643,25 @@ def MakeProxyType(name, exposed, _cache=_proxy_types):
     return ProxyType
 
 
+# The auto-proxied SyncManager types that a replica may serve (see
+# fastmp._manager_fast): their proxy's methods try it first.
+_AUTO_REPLICATED = ("Queue", "JoinableQueue")
+_replicated_auto_types = {}
+
+
+def _replicated_auto_type(name, exposed):
+    exposed = tuple(exposed)
+    try:
+        return _replicated_auto_types[(name, exposed)]
+    except KeyError:
+        pass
+    ProxyType = type(name, (BaseProxy,), _replicated(*exposed))
+    ProxyType._exposed_ = exposed
+    ProxyType._fastmp_replicated = True
+    _replicated_auto_types[(name, exposed)] = ProxyType
+    return ProxyType
+
+
 def AutoProxy(
     token,
     serializer,
@@ -664,7 +683,12 @@ def AutoProxy(
         authkey = manager._authkey
     if authkey is None:
         authkey = process.current_process().authkey
-    ProxyType = MakeProxyType("AutoProxy[%s]" % token.typeid, exposed)
+    if token.typeid in _AUTO_REPLICATED:
+        ProxyType = _replicated_auto_type(
+            "AutoProxy[%s]" % token.typeid, exposed
+        )
+    else:
+        ProxyType = MakeProxyType("AutoProxy[%s]" % token.typeid, exposed)
     proxy = ProxyType(
         token,
         serializer,
@@ -753,7 +777,6 @@ class IteratorProxy(BaseProxy):
 
 class AcquirerProxy(BaseProxy):
     _exposed_ = ("acquire", "release")
-    # (a Lock's; the other types' go through the server)
     _fastmp_replicated = True
 
     def acquire(self, blocking=True, timeout=None):
@@ -786,12 +809,21 @@ class ConditionProxy(AcquirerProxy):
     _exposed_ = ("acquire", "release", "wait", "notify", "notify_all")
 
     def wait(self, timeout=None):
+        r = self._r
+        if r is not None:
+            return r.wait(timeout)
         return self._callmethod("wait", (timeout,))
 
     def notify(self, n=1):
+        r = self._r
+        if r is not None:
+            return r.notify(n)
         return self._callmethod("notify", (n,))
 
     def notify_all(self):
+        r = self._r
+        if r is not None:
+            return r.notify_all()
         return self._callmethod("notify_all")
 
     def wait_for(self, predicate, timeout=None):
@@ -829,26 +861,46 @@ class EventProxy(BaseProxy):
 
 class BarrierProxy(BaseProxy):
     _exposed_ = ("__getattribute__", "wait", "abort", "reset")
+    # (one without an action; one with goes through the server)
+    _fastmp_replicated = True
 
     def wait(self, timeout=None):
+        r = self._r
+        if r is not None:
+            return r.wait(timeout)
         return self._callmethod("wait", (timeout,))
 
     def abort(self):
+        r = self._r
+        if r is not None:
+            return r.abort()
         return self._callmethod("abort")
 
     def reset(self):
+        r = self._r
+        if r is not None:
+            return r.reset()
         return self._callmethod("reset")
 
     @property
     def parties(self):
+        r = self._r
+        if r is not None:
+            return r.parties
         return self._callmethod("__getattribute__", ("parties",))
 
     @property
     def n_waiting(self):
+        r = self._r
+        if r is not None:
+            return r.n_waiting
         return self._callmethod("__getattribute__", ("n_waiting",))
 
     @property
     def broken(self):
+        r = self._r
+        if r is not None:
+            return r.broken
         return self._callmethod("__getattribute__", ("broken",))
 
 

@@ -178,6 +178,14 @@ oplog_header(OpLogObject *self)
     return (oplog_dir *)self->dir->addr;
 }
 
+uint64_t *
+fastmp_oplog_cells(PyObject *op, Py_ssize_t *n)
+{
+    MappingObject *dir = ((OpLogObject *)op)->dir;
+    *n = (dir->size - OPLOG_DIR_BYTES) / (Py_ssize_t)sizeof(uint64_t);
+    return (uint64_t *)(dir->addr + OPLOG_DIR_BYTES);
+}
+
 /* set_log(mapping, create): use `mapping` as the log from now on; create:
  * write its header (the server), else check it. */
 static PyObject *
@@ -795,6 +803,31 @@ static PyMethodDef oplog_methods[] = {
      "(0: a Semaphore)."},
     {"sem_value", oplog_sem_value, METH_NOARGS,
      "sem_value($self, /)\n--\n\nA Semaphore container's value."},
+    {"cell", fastmp_oplog_cell, METH_O,
+     "cell($self, i, /)\n--\n\nThe value of cell i (oplog_cells.c)."},
+    {"cell_set", (PyCFunction)(void (*)(void))fastmp_oplog_cell_set,
+     METH_FASTCALL, "cell_set($self, i, value, /)\n--\n\nStore into cell i."},
+    {"cell_cas", (PyCFunction)(void (*)(void))fastmp_oplog_cell_cas,
+     METH_FASTCALL,
+     "cell_cas($self, i, expected, new, /)\n--\n\nCompare and swap cell "
+     "i."},
+    {"cell_add", (PyCFunction)(void (*)(void))fastmp_oplog_cell_add,
+     METH_FASTCALL,
+     "cell_add($self, i, n, /)\n--\n\nAdd n to cell i; the new value."},
+    {"cell_wait", (PyCFunction)(void (*)(void))fastmp_oplog_cell_wait,
+     METH_FASTCALL,
+     "cell_wait($self, i, expected, timeout, /)\n--\n\nSleep one slice "
+     "at most while cell i's futex half equals expected; False when the "
+     "timeout has passed."},
+    {"cell_wake", (PyCFunction)(void (*)(void))fastmp_oplog_cell_wake,
+     METH_FASTCALL,
+     "cell_wake($self, i, n, /)\n--\n\nWake n sleepers of cell i (n < 0: "
+     "all)."},
+    {"owner_self", fastmp_oplog_owner_self, METH_NOARGS,
+     "owner_self($self, /)\n--\n\nThis process's owner value."},
+    {"owner_dead", fastmp_oplog_owner_dead, METH_O,
+     "owner_dead($self, value, /)\n--\n\nIs the process named by an owner "
+     "value dead?"},
     {"unlock", oplog_unlock, METH_NOARGS,
      "unlock($self, /)\n--\n\nFree the writer lock."},
     {"state", oplog_state, METH_NOARGS,

@@ -201,12 +201,13 @@ ring_map_header(RingObject *q)
 static PyObject *
 ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"maxsize", "joinable", "attach", NULL};
+    static char *kwlist[] = {"maxsize", "joinable", "attach", "init", NULL};
     Py_ssize_t maxsize = 0;
     int joinable = 0;
+    int init = 0;
     PyObject *attach = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|npO:_Ring", kwlist,
-                                     &maxsize, &joinable, &attach)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|npOp:_Ring", kwlist,
+                                     &maxsize, &joinable, &attach, &init)) {
         return NULL;
     }
     int fd = -1;
@@ -239,9 +240,20 @@ ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     fastmp_spin_init(&q->get_spin);
     fastmp_spin_init(&q->put_spin);
     fastmp_spin_init(&q->join_spin);
-    if (attach == Py_None) {
-        q->fd =
-            fastmp_platform_shm_anon("fastmp-queue", RING_PAGE + RING_MIN_CAP);
+    if (attach != Py_None && fd >= 0 && init) {
+        /* A new empty file of the caller's (a manager queue's named
+         * segment): sized and set up as an anonymous one. */
+        if (fastmp_platform_shm_resize(fd, RING_PAGE + RING_MIN_CAP) < 0) {
+            fastmp_ring_memory_error(errno, "reserve",
+                                     RING_PAGE + RING_MIN_CAP);
+            goto error;
+        }
+    }
+    if (attach == Py_None || (fd >= 0 && init)) {
+        if (attach == Py_None) {
+            q->fd = fastmp_platform_shm_anon("fastmp-queue",
+                                             RING_PAGE + RING_MIN_CAP);
+        }
         if (q->fd < 0) {
             fastmp_ring_memory_error(errno, "reserve",
                                      RING_PAGE + RING_MIN_CAP);
@@ -331,10 +343,12 @@ ring_check_timeout(PyObject *timeout)
     return 0;
 }
 
+static PyObject *ring_put_pickled(RingObject *q, PyObject *pickled, int block,
+                                  PyObject *timeout);
+
 static PyObject *
 ring_put_impl(RingObject *q, PyObject *obj, int block, PyObject *timeout)
 {
-    fastmp_ring_state *rs = ring_state();
     if (ring_check_open(q) < 0 || ring_check_timeout(timeout) < 0) {
         return NULL;
     }
@@ -343,6 +357,16 @@ ring_put_impl(RingObject *q, PyObject *obj, int block, PyObject *timeout)
     if (pickled == NULL) {
         return NULL;
     }
+    return ring_put_pickled(q, pickled, block, timeout);
+}
+
+/* Put the record `pickled` (a reference the call takes over), blocking
+ * as put() does.  None, or NULL with an exception set (queue.Full). */
+static PyObject *
+ring_put_pickled(RingObject *q, PyObject *pickled, int block,
+                 PyObject *timeout)
+{
+    fastmp_ring_state *rs = ring_state();
     Py_buffer view;
     if (PyObject_GetBuffer(pickled, &view, PyBUF_SIMPLE) < 0) {
         Py_DECREF(pickled);
@@ -655,6 +679,26 @@ ring_get_nowait(RingObject *q, PyObject *Py_UNUSED(ignored))
     return ring_get_impl(q, 0, NULL);
 }
 
+/* _put_pickled(data, block, timeout): put an item pickled by the caller
+ * (bytes), as put() does (a manager queue, fastmp/_manager_sync.py, which
+ * looks at the pickle before it is put). */
+static PyObject *
+ring_put_pickled_method(RingObject *q, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_put_pickled(data: bytes, block, timeout)");
+        return NULL;
+    }
+    int block = PyObject_IsTrue(args[1]);
+    if (block < 0 || ring_check_open(q) < 0
+        || ring_check_timeout(args[2]) < 0) {
+        return NULL;
+    }
+    q->used = 1;
+    return ring_put_pickled(q, Py_NewRef(args[0]), block, args[2]);
+}
+
 /* SimpleQueue: put(obj) / get(), no closed check (the stdlib's SimpleQueue
  * raises OSError from its closed pipe; ours raises the same type). */
 static PyObject *
@@ -891,6 +935,10 @@ static PyMethodDef ring_methods[] = {
     {"put_nowait", (PyCFunction)(void (*)(void))ring_put_nowait,
      METH_FASTCALL | METH_KEYWORDS,
      "put_nowait($self, /, obj)\n--\n\nput(obj, False)."},
+    {"_put_pickled", (PyCFunction)(void (*)(void))ring_put_pickled_method,
+     METH_FASTCALL,
+     "_put_pickled($self, data, block, timeout, /)\n--\n\nPut an item "
+     "already pickled."},
     {"get_nowait", (PyCFunction)ring_get_nowait, METH_NOARGS,
      "get_nowait($self, /)\n--\n\nget(False)."},
     {"qsize", (PyCFunction)ring_qsize, METH_NOARGS,
@@ -950,9 +998,11 @@ static PyType_Slot ring_slots[] = {
     {Py_tp_methods, ring_methods},
     {Py_tp_getset, ring_getset},
     {Py_tp_members, ring_members},
-    {Py_tp_doc, "_Ring(maxsize=0, joinable=False, attach=None)\n--\n\n"
-                "A queue's ring buffer in shared memory (base of "
-                "fastmp.queues.Queue)."},
+    {Py_tp_doc,
+     "_Ring(maxsize=0, joinable=False, attach=None, init=False)\n--\n\n"
+     "A queue's ring buffer in shared memory (base of "
+     "fastmp.queues.Queue).  attach: the fd of an existing ring's file, or "
+     "with init, of a new empty file to set up as one."},
     {0, NULL},
 };
 

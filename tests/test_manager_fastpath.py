@@ -882,3 +882,622 @@ def test_rlock_parity(manager):
     lk.release()
     assert lk.acquire(False)
     lk.release()
+
+
+# ------------------------------------------------------------ Barrier
+
+
+def _until(fn, limit=30):
+    end = time.monotonic() + limit
+    while not fn():
+        assert time.monotonic() < end
+        time.sleep(0.005)
+
+
+def _barrier_repr(b):
+    import re
+
+    return re.sub(r"0x[0-9a-f]+", "ID", str(b))
+
+
+def _barrier_script(b):
+    import threading
+
+    out = [b.parties, b.n_waiting, b.broken, _barrier_repr(b)]
+    got = []
+    t = threading.Thread(target=lambda: got.append(b.wait(60)))
+    t.start()
+    _until(lambda: b.n_waiting == 1)
+    out.append((b.n_waiting, _barrier_repr(b)))
+    out.append(b.wait(60))
+    t.join()
+    out.append(got)
+    out.append(_outcome(lambda: b.wait(0.05)))
+    out.append((b.broken, b.n_waiting, _barrier_repr(b)))
+    out.append(_outcome(b.wait))
+    b.reset()
+    out.append(b.broken)
+    b.abort()
+    out.append((b.broken, _outcome(lambda: b.wait(0))))
+    b.reset()
+    out.append(_outcome(lambda: b.wait("x")))
+    out.append((b.broken, b.n_waiting))
+    out.append(_outcome(lambda: b.wait(-1)))
+    b.reset()
+    # A reset while a thread waits breaks its wait.
+    got = []
+    t = threading.Thread(target=lambda: got.append(_outcome(b.wait)))
+    t.start()
+    _until(lambda: b.n_waiting == 1)
+    b.reset()
+    t.join()
+    out.append((got, b.broken, b.n_waiting))
+    return out
+
+
+def _barrier_child(b, out):
+    out.put(b.wait(60))
+
+
+def _barrier_action():
+    pass
+
+
+def test_barrier_parity(manager):
+    import threading
+
+    b = manager.Barrier(2)
+    ref = _barrier_script(threading.Barrier(2))
+    assert _barrier_script(b) == ref
+    if manager._test_impl == "fastmp":
+        assert b._r is not None
+        # The same object through the server gives the same answers.
+        via = manager.Barrier(2)
+        via._r = None
+        assert _barrier_script(via) == ref
+    # A default timeout.
+    bt = manager.Barrier(2, timeout=0.05)
+    assert _outcome(bt.wait) == ("raise", "BrokenBarrierError", ())
+    assert bt.broken
+    # Another process.
+    q = manager._test_ctx.Queue()
+    p = manager._test_ctx.Process(target=_barrier_child, args=(b, q))
+    p.start()
+    assert sorted([b.wait(60), q.get(timeout=60)]) == [0, 1]
+    p.join(60)
+    assert p.exitcode == 0
+    # An action runs in the server: that Barrier goes through it.
+    ba = manager.Barrier(1, action=_barrier_action)
+    assert (ba.wait(), ba.parties) == (0, 1)
+    if manager._test_impl == "fastmp":
+        assert ba._r is None
+    mod = _load(manager._test_impl + ".managers")
+    with pytest.raises(mod.RemoteError, match="cannot pickle"):
+        b._getvalue()
+
+
+def test_barrier_without_the_server(fmanager):
+    import threading
+
+    b = fmanager.Barrier(3)
+    assert b._r is not None
+    os.kill(fmanager._process.pid, signal.SIGSTOP)
+    try:
+        got = []
+        ts = [
+            threading.Thread(target=lambda: got.append(b.wait(30)))
+            for _ in range(3)
+        ]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(30)
+        b.abort()
+        assert b.broken
+        b.reset()
+    finally:
+        os.kill(fmanager._process.pid, signal.SIGCONT)
+    assert sorted(got) == [0, 1, 2]
+
+
+def _barrier_wait_forever(b):
+    print("READY", flush=True)
+    b.wait()
+
+
+def test_barrier_sigkilled_waiter(fmanager):
+    import threading
+
+    import fastmp
+
+    ctx = fastmp.get_context("fork")
+    b = fmanager.Barrier(3)
+    p = ctx.Process(target=_barrier_wait_forever, args=(b,))
+    p.start()
+    _until(lambda: b.n_waiting == 1)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(30)
+    # As with the stdlib's server thread, the dead waiter still counts.
+    assert b.n_waiting == 1
+    got = []
+    t = threading.Thread(target=lambda: got.append(b.wait(30)))
+    t.start()
+    got.append(b.wait(30))
+    t.join(30)
+    assert sorted(got) == [1, 2]
+    # Its slot does not keep the barrier draining: the next round runs.
+    got = []
+    ts = [
+        threading.Thread(target=lambda: got.append(b.wait(30)))
+        for _ in range(3)
+    ]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    assert sorted(got) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_barrier_segments(method):
+    import fastmp
+
+    m = fastmp.get_context(method).Manager()
+    address = m.address
+    b = m.Barrier(2)
+    ba = m.Barrier(1, action=_barrier_action)
+    assert len(_segments(address)) == 1
+    del b
+    gc.collect()
+    assert _segments(address) == set()
+    b = m.Barrier(2)
+    assert len(_segments(address)) == 1
+    m.shutdown()
+    m.join()
+    assert _segments(address) == set()
+    del b, ba
+
+
+# ------------------------------------------------------------ Condition
+
+
+def _cond_repr(c):
+    import re
+
+    return re.sub(
+        r"owner=\d+", "owner=N", re.sub(r"0x[0-9a-f]+", "ID", str(c))
+    )
+
+
+def _cond_waiting(c):
+    return int(str(c).rsplit(", ", 1)[1][:-2])
+
+
+def _cond_script(c):
+    import threading
+
+    out = [_cond_repr(c)]
+    out.append(_outcome(lambda: c.wait(0)))
+    out.append(_outcome(c.notify))
+    out.append(_outcome(c.notify_all))
+    with c:
+        out.append(_outcome(lambda: c.wait(0.05)))
+        out.append(_outcome(lambda: c.wait(0)))
+        out.append(_outcome(lambda: c.wait(-1)))
+        out.append(_outcome(lambda: c.wait("x")))
+        out.append(_outcome(lambda: c.notify(-1)))
+        out.append(_outcome(lambda: c.notify("x")))
+        out.append(_outcome(lambda: c.wait_for(lambda: 3, 1)))
+        out.append(_outcome(lambda: c.wait_for(lambda: 0, 0.05)))
+        out.append(_cond_repr(c))
+    # Waiters are notified in the order they came.
+    got = []
+
+    def waiter(k):
+        with c:
+            got.append((k, c.wait(60)))
+
+    ts = []
+    for k in range(3):
+        ts.append(threading.Thread(target=waiter, args=(k,)))
+        ts[-1].start()
+        _until(lambda k=k: _cond_waiting(c) == k + 1)
+    with c:
+        out.append(_cond_repr(c))
+        c.notify()
+    _until(lambda: len(got) == 1)
+    with c:
+        c.notify_all()
+    for t in ts:
+        t.join(60)
+    out.append((got[0], sorted(got)))
+    out.append(_cond_repr(c))
+    return out
+
+
+def _cond_child(c, q):
+    with c:
+        q.put("in")
+        q.put(c.wait(60))
+
+
+@pytest.mark.parametrize("lock", ["none", "Lock", "RLock"])
+def test_condition_parity(manager, lock):
+    import threading
+
+    if lock == "none":
+        c = manager.Condition()
+        ref = threading.Condition()
+    elif lock == "Lock":
+        c = manager.Condition(manager.Lock())
+        ref = threading.Condition(threading.Lock())
+    else:
+        c = manager.Condition(manager.RLock())
+        ref = None
+    if manager._test_impl == "fastmp":
+        assert c._r is not None
+    if ref is None:
+        # The server's Condition holds the RLock's proxy, which has no
+        # _is_owned: its acquire(False) by the holder succeeds, so the
+        # lock never looks owned (the stdlib's behaviour, kept).
+        with c:
+            assert _outcome(lambda: c.wait(0)) == (
+                "raise",
+                "RuntimeError",
+                ("cannot wait on un-acquired lock",),
+            )
+            assert _outcome(c.notify) == (
+                "raise",
+                "RuntimeError",
+                ("cannot notify on un-acquired lock",),
+            )
+        return
+    expected = _cond_script(ref)
+    assert _cond_script(c) == expected
+    mod = _load(manager._test_impl + ".managers")
+    if lock == "none":
+        with pytest.raises(mod.RemoteError, match="cannot pickle"):
+            c._getvalue()
+    else:
+        assert isinstance(c._getvalue(), threading.Condition)
+    if manager._test_impl == "fastmp":
+        via = manager.Condition(*([] if lock == "none" else [manager.Lock()]))
+        via._r = None
+        assert _cond_script(via) == expected
+    q = manager._test_ctx.Queue()
+    p = manager._test_ctx.Process(target=_cond_child, args=(c, q))
+    p.start()
+    assert q.get(timeout=60) == "in"
+    with c:
+        c.notify()
+    assert q.get(timeout=60) is True
+    p.join(60)
+    assert p.exitcode == 0
+
+
+def test_condition_over_another_lock_goes_through_the_server(fmanager):
+    c = fmanager.Condition(fmanager.Semaphore(1))
+    assert c._r is None
+    with c:
+        assert c.wait(0.01) is False
+
+
+def test_condition_without_the_server(fmanager):
+    import threading
+
+    conds = [fmanager.Condition(), fmanager.Condition(fmanager.Lock())]
+    assert all(c._r is not None for c in conds)
+    os.kill(fmanager._process.pid, signal.SIGSTOP)
+    try:
+        for c in conds:
+            flag = []
+            got = []
+
+            def waiter(c=c, flag=flag, got=got):
+                with c:
+                    got.append(c.wait_for(lambda: flag, 30))
+
+            t = threading.Thread(target=waiter)
+            t.start()
+            _until(lambda c=c: c._r._waiting())
+            with c:
+                flag.append("go")
+                c.notify()
+            t.join(30)
+            assert got == [["go"]]
+    finally:
+        os.kill(fmanager._process.pid, signal.SIGCONT)
+
+
+def _cond_wait_forever(c):
+    with c:
+        c.wait()
+
+
+def _cond_die_holding(c):
+    c.acquire()
+    os._exit(0)
+
+
+def test_condition_sigkilled_waiter_and_holder(fmanager):
+    import threading
+
+    import fastmp
+
+    ctx = fastmp.get_context("fork")
+    c = fmanager.Condition()
+    p = ctx.Process(target=_cond_wait_forever, args=(c,))
+    p.start()
+    _until(lambda: _cond_waiting(c) == 1)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(30)
+    # The notification goes to a live waiter, not to the dead one.
+    got = []
+
+    def waiter():
+        with c:
+            got.append(c.wait(30))
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    _until(lambda: _cond_waiting(c) == 2)
+    with c:
+        c.notify()
+    t.join(30)
+    assert got == [True]
+    assert _cond_waiting(c) == 0
+    # A holder that died is taken over.
+    p = ctx.Process(target=_cond_die_holding, args=(c,))
+    p.start()
+    p.join(30)
+    with pytest.warns(fastmp.AbandonedLockWarning):
+        assert c.acquire(True, 30)
+    c.release()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_condition_segments(method):
+    import fastmp
+
+    m = fastmp.get_context(method).Manager()
+    address = m.address
+    c = m.Condition()
+    assert len(_segments(address)) == 1
+    del c
+    gc.collect()
+    assert _segments(address) == set()
+    lock = m.Lock()
+    c = m.Condition(lock)
+    assert len(_segments(address)) == 2
+    m.shutdown()
+    m.join()
+    assert _segments(address) == set()
+    del c, lock
+
+
+# ------------------------------------------------------------ Queue
+
+
+def _queue_script(q):
+    o = _outcome
+    return [
+        o(lambda: q.put(1)),
+        o(lambda: q.put_nowait([2])),
+        o(lambda: q.put(3, timeout=0.05)),
+        o(lambda: q.put(3, False)),
+        o(lambda: q.put(3, True, -1)),
+        o(lambda: q.put(3, True, "x")),
+        o(q.qsize),
+        o(q.full),
+        o(q.empty),
+        o(q.get),
+        o(q.get_nowait),
+        o(q.get_nowait),
+        o(lambda: q.get(True, 0.05)),
+        o(lambda: q.get(True, -1)),
+        o(lambda: q.get(False, -1)),
+        o(lambda: q.get(True, "x")),
+        o(lambda: q.get(timeout=None, block=False)),
+        o(q.task_done),
+        o(q.task_done),
+        o(q.task_done),
+        o(q.join),
+        o(q.qsize),
+    ]
+
+
+def _unbounded_script(q):
+    o = _outcome
+    return [
+        o(lambda: q.put(1, True, -1)),
+        o(lambda: q.put(2, True, "x")),
+        o(lambda: q.put(b"x" * 300000)),
+        o(q.full),
+        o(q.qsize),
+        [q.get() for _ in range(3)][2] == b"x" * 300000,
+        o(q.empty),
+    ]
+
+
+def _queue_child(q, out):
+    out.put(("child", q.get(timeout=60)))
+    q.task_done()
+
+
+@pytest.mark.parametrize("kind", ["Queue", "JoinableQueue"])
+def test_queue_parity(manager, kind):
+    import queue
+
+    q = getattr(manager, kind)(2)
+    if manager._test_impl == "fastmp":
+        assert q._r is not None
+    assert str(q).startswith("<queue.Queue object at ")
+    assert sorted(q._exposed_) == sorted(
+        [
+            "empty",
+            "full",
+            "get",
+            "get_nowait",
+            "join",
+            "put",
+            "put_nowait",
+            "qsize",
+            "task_done",
+        ]
+    )
+    assert _queue_script(q) == _queue_script(queue.Queue(2))
+    # An item that cannot be pickled fails in the caller.
+    assert _outcome(lambda: q.put(lambda: 1))[:2] == (
+        "raise",
+        "AttributeError",
+    )
+    assert q.qsize() == 0
+    u = getattr(manager, kind)()
+    assert _unbounded_script(u) == _unbounded_script(queue.Queue())
+    mod = _load(manager._test_impl + ".managers")
+    with pytest.raises(mod.RemoteError, match="cannot pickle"):
+        q._getvalue()
+    # Another process gets what this one put; join() waits for its
+    # task_done().
+    q.put({"a": 1})
+    out = manager.Queue()
+    p = manager._test_ctx.Process(target=_queue_child, args=(q, out))
+    p.start()
+    q.join()
+    assert out.get(timeout=60) == ("child", {"a": 1})
+    p.join(60)
+    assert p.exitcode == 0
+
+
+def _queue_put_from(q):
+    q.put("from child")
+
+
+def test_queue_outlives_its_proxies(manager):
+    import gc
+
+    q = manager.Queue()
+    d = manager.dict(a=1)
+    # A proxy in an item keeps its referent alive while queued.
+    q.put(d)
+    del d
+    gc.collect()
+    assert q.get(timeout=60)["a"] == 1
+    ns = manager.Namespace()
+    ns.q = q
+    q.put(5)
+    p = manager._test_ctx.Process(target=_queue_put_from, args=(q,))
+    p.start()
+    p.join(60)
+    del q
+    gc.collect()
+    q2 = ns.q
+    assert (q2.get(timeout=60), q2.get(timeout=60), q2.qsize()) == (
+        5,
+        "from child",
+        0,
+    )
+    if manager._test_impl == "fastmp":
+        assert q2._r is not None
+
+
+def test_queue_without_the_server(fmanager):
+    import threading
+
+    q = fmanager.JoinableQueue(1)
+    assert q._r is not None
+    os.kill(fmanager._process.pid, signal.SIGSTOP)
+    try:
+        got = []
+
+        def consumer():
+            for _ in range(100):
+                got.append(q.get(timeout=30))
+                q.task_done()
+
+        t = threading.Thread(target=consumer)
+        t.start()
+        for i in range(100):
+            q.put(i, timeout=30)
+        q.join()
+        t.join(30)
+        assert got == list(range(100))
+        assert q.empty()
+    finally:
+        os.kill(fmanager._process.pid, signal.SIGCONT)
+
+
+def _queue_get_forever(q):
+    print("READY", flush=True)
+    q.get()
+
+
+def _queue_die_holding_the_lock(q):
+    q._r._ring._debug_hold_lock()
+    os._exit(0)
+
+
+def test_queue_sigkilled_getter_and_lock_holder(fmanager):
+    import fastmp
+
+    ctx = fastmp.get_context("fork")
+    q = fmanager.Queue()
+    p = ctx.Process(target=_queue_get_forever, args=(q,))
+    p.start()
+    time.sleep(0.2)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(30)
+    q.put(1)
+    assert q.get(timeout=30) == 1
+    p = ctx.Process(target=_queue_die_holding_the_lock, args=(q,))
+    p.start()
+    p.join(30)
+    q.put(2, timeout=30)
+    assert (q.get(timeout=30), q.qsize()) == (2, 0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_queue_segments(method):
+    import fastmp
+
+    m = fastmp.get_context(method).Manager()
+    address = m.address
+    q = m.Queue()
+    jq = m.JoinableQueue()
+    q.put(b"x" * 300000)
+    assert len(_segments(address)) == 2
+    del q
+    gc.collect()
+    assert len(_segments(address)) == 1
+    m.shutdown()
+    m.join()
+    assert _segments(address) == set()
+    del jq
+
+
+def test_queue_with_odd_maxsize_goes_through_the_server(fmanager):
+    q = fmanager.Queue(2.5)
+    assert q._r is None
+    q.put(1)
+    assert (q.full(), q.get()) == (False, 1)
+
+
+def test_many_queues_leave_nothing(fmanager):
+    before = _segments(fmanager.address)
+    for i in range(50):  # (warm up)
+        q = fmanager.Queue()
+        q.put(i)
+        del q
+    gc.collect()
+    fds = len(os.listdir("/proc/self/fd"))
+    server_fds = len(os.listdir("/proc/%d/fd" % fmanager._process.pid))
+    for i in range(300):
+        q = fmanager.JoinableQueue()
+        q.put(b"x" * (i * 1000))
+        assert len(q.get()) == i * 1000
+        del q
+    gc.collect()
+    assert _segments(fmanager.address) == before
+    assert len(os.listdir("/proc/self/fd")) <= fds + 2
+    pid = fmanager._process.pid
+    assert len(os.listdir("/proc/%d/fd" % pid)) <= server_fds + 2
