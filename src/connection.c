@@ -154,6 +154,7 @@ conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->writable = (char)writable;
     self->sock = -1;
     fastmp_spin_init(&self->spin);
+    self->nospin = 0;
     self->weakreflist = NULL;
     return (PyObject *)self;
 }
@@ -722,6 +723,34 @@ conn_get_handle(ConnectionObject *self, void *Py_UNUSED(c))
     return PyLong_FromLong(self->fd);
 }
 
+static PyObject *
+conn_get_spin(ConnectionObject *self, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(!self->nospin);
+}
+
+/* `_spin = False`: a receive that finds no input sleeps in read(2) at
+ * once, without a look for input or a spin first.  For a reader whose
+ * peer answers only after its own work (a manager's server thread waiting
+ * for its client's next request): spinning through that time takes a CPU
+ * the peer needs, and a look costs a system call that finds nothing. */
+static int
+conn_set_spin(ConnectionObject *self, PyObject *v, void *Py_UNUSED(c))
+{
+    int t;
+
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _spin");
+        return -1;
+    }
+    t = PyObject_IsTrue(v);
+    if (t < 0) {
+        return -1;
+    }
+    self->nospin = (char)!t;
+    return 0;
+}
+
 /* `_handle` mirrors the stdlib's attribute: setting it to None forgets
  * the descriptor without closing it; setting an int adopts that fd. */
 static int
@@ -774,6 +803,8 @@ static PyGetSetDef conn_getset[] = {
      "True if the connection is writable", NULL},
     {"_handle", (getter)conn_get_handle, (setter)conn_set_handle,
      "The file descriptor, or None once closed", NULL},
+    {"_spin", (getter)conn_get_spin, (setter)conn_set_spin,
+     "Whether a receive may spin before it sleeps (default True)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -15,6 +15,7 @@ typedef struct {
     char writable;
     signed char sock; /* fd is a socket: 1, not: 0, not known: -1 */
     fastmp_spin spin; /* spinning before a blocking read */
+    char nospin;      /* recv sleeps in read(2) at once: no look, no spin */
     PyObject *weakreflist;
 } ConnectionObject;
 

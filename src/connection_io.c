@@ -232,6 +232,11 @@ conn_spin(ConnectionObject *self, char *buf, size_t n, int64_t *t0, int *spun)
 
     *t0 = 0;
     *spun = 0;
+    if (self->nospin) {
+        /* The caller sleeps in the read itself (Connection._spin = False):
+         * one system call when the message is not there yet. */
+        return 0;
+    }
     if (budget == 0 && self->sock == 0) {
         /* Nothing to gain from a look on a pipe: time the read only. */
         *t0 = fastmp_now_ns();

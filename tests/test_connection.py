@@ -112,12 +112,19 @@ def test_simplex(ctx):
     w.close()
 
 
+@pytest.mark.parametrize("spin", [True, False], ids=["spin", "nospin"])
 @pytest.mark.parametrize("duplex", [True, False])
-def test_frames_arriving_in_pieces(ctx, duplex):
+def test_frames_arriving_in_pieces(ctx, duplex, spin):
     # A reader waiting for a frame gets its header and payload a byte at a
     # time, with pauses between; short and long waits alternate.
     a, b = ctx.Pipe(duplex)
     reader, writer = a, b
+    if not spin:
+        if not is_fastmp(ctx):
+            pytest.skip("fastmp's Connection._spin")
+        assert reader._spin is True
+        reader._spin = False
+        assert reader._spin is False
     frames = [
         struct.pack("!i", len(p)) + p
         for p in (b"hello", b"", b"x" * 300, b"world")
@@ -530,6 +537,9 @@ _BLOCKER = textwrap.dedent("""
         ("reader.poll(None)", True),
         ("reader.poll(100)", False),
         ("fastmp.connection.wait([reader], 100)", True),
+        # No spinning, no look: asleep in read(2) at once.
+        ("reader._spin = False; reader.recv()", True),
+        ("reader._spin = False; reader.recv_bytes()", False),
     ],
 )
 def test_ctrl_c_interrupts_blocking_call(call, duplex):

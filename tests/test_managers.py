@@ -8,7 +8,9 @@ A stdlib peer runs as ``python -I``: it cannot import fastmp at all.
 
 import copy
 import gc
+import importlib
 import os
+import pickle
 import queue
 import signal
 import socket
@@ -814,6 +816,62 @@ def test_authenticated_garbage_is_an_error_not_a_crash(manager):
     assert kind == "#TRACEBACK" and isinstance(result, str)
     assert d._callmethod("__getitem__", ("a",)) == 1
     assert d["a"] == 1
+
+
+def _tcp_manager(mp):
+    managers = importlib.import_module(mp.__name__ + ".managers")
+    m = managers.SyncManager(
+        address=("127.0.0.1", 0),
+        authkey=b"secret",
+        ctx=mp.get_context("fork"),
+    )
+    m.start()
+    return m
+
+
+def test_tcp_requests_in_pieces_and_big_ones(mp):
+    # Over TCP, a request may reach the server a few bytes at a time (its
+    # header split, its body split), a reply may be far larger than one
+    # segment, and requests of every size alternate: each is read whole,
+    # and the stream stays in step.
+    m = _tcp_manager(mp)
+    try:
+        d = m.dict()
+        d["a"] = 1
+        conn = d._tls.connection
+        payload = pickle.dumps((d._id, "__getitem__", ("a",), {}))
+        frame = len(payload).to_bytes(4, "big") + payload
+        for cut in (1, 2, 3, 4, 5, len(frame) - 1):
+            os.write(conn.fileno(), frame[:cut])
+            time.sleep(0.02)
+            os.write(conn.fileno(), frame[cut:])
+            assert conn.recv() == ("#RETURN", 1)
+        big = b"x" * (3 << 20)
+        d["big"] = big
+        assert d["big"] == big
+        for i in range(200):
+            d["v"] = "y" * (i * 97)
+            assert d["v"] == "y" * (i * 97)
+        assert d["a"] == 1
+    finally:
+        m.shutdown()
+
+
+def test_tcp_error_from_the_referent(mp):
+    # The referent's own exception reaches the caller, type and message,
+    # and the connection stays usable.
+    m = _tcp_manager(mp)
+    try:
+        d = m.dict()
+        with pytest.raises(KeyError, match="missing"):
+            d["missing"]
+        lst = m.list([1])
+        with pytest.raises(IndexError):
+            lst[5]
+        d["k"] = 2
+        assert d["k"] == 2
+    finally:
+        m.shutdown()
 
 
 def _hammer(d, ready):
