@@ -22,7 +22,7 @@ import time
 from multiprocessing import ProcessError
 
 import pytest
-from support import IMPLS, METHODS, TESTS, run_fastmp
+from support import IMPLS, METHODS, TESTS, child_env, run_fastmp
 
 PY314 = sys.version_info >= (3, 14)
 
@@ -872,6 +872,50 @@ def test_tcp_error_from_the_referent(mp):
         assert d["k"] == 2
     finally:
         m.shutdown()
+
+
+_BLOCKED_CLIENT = textwrap.dedent("""
+    import importlib, sys, time
+    mp = importlib.import_module(sys.argv[1])
+    managers = importlib.import_module(sys.argv[1] + ".managers")
+    m = managers.SyncManager(
+        address=("127.0.0.1", 0), authkey=b"k", ctx=mp.get_context("fork")
+    )
+    m.start()
+    ev = m.Event()
+    print("READY", flush=True)
+    t = time.monotonic()
+    try:
+        ev.wait()
+    except KeyboardInterrupt:
+        print("KI %.3f" % (time.monotonic() - t), flush=True)
+    m.shutdown()
+    """)
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_interrupts_a_client_waiting_for_its_reply(mp):
+    # A TCP manager's client blocked in a call (the server's Event.wait):
+    # SIGINT raises KeyboardInterrupt in it at once.
+    p = subprocess.Popen(
+        [sys.executable, "-c", _BLOCKED_CLIENT, mp.__name__],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert p.stdout.readline().strip() == "READY"
+        time.sleep(0.5)
+        sent = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        line = p.stdout.readline()
+        assert line.startswith("KI"), line
+        assert time.monotonic() - sent < 1.0  # generous for a loaded machine
+        assert p.wait(30) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 def _hammer(d, ready):
