@@ -170,7 +170,9 @@ def _request_reply(conn):
     # spinning before it.  A server thread waits through its client's own
     # work between requests, a client through the server's, and a reader
     # spinning through that takes the CPU the other side needs: on a busy
-    # machine that made a round trip several times slower.
+    # machine that made a round trip several times slower.  That read
+    # also takes the whole of a small message with its header (reading
+    # ahead: nobody else reads this fd).
     conn._spin = False
     # Messages are small: send each at once instead of waiting for the
     # peer's ACK of the previous one.
