@@ -874,6 +874,35 @@ def test_tcp_error_from_the_referent(mp):
         m.shutdown()
 
 
+@pytest.mark.timeout(120)
+def test_tcp_bad_header_after_the_handshake(mp):
+    # An authenticated client whose next frame header is no length a
+    # sender writes (negative), followed by junk: the server does not
+    # wedge, and serves every other connection as before.
+    m = _tcp_manager(mp)
+    try:
+        d = m.dict()
+        d["a"] = 1  # (this thread's connection is now open)
+        conn = d._tls.connection
+        os.write(conn.fileno(), b"\x80\x00\x00\x01" + os.urandom(64))
+        # (another thread: proxies of one address share a thread's
+        # connection)
+        got = []
+
+        def other():
+            for i in range(20):
+                d2 = m.dict(n=i)
+                got.append(d2["n"])
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(60)
+        assert got == list(range(20))
+        del d
+    finally:
+        m.shutdown()
+
+
 _BLOCKED_CLIENT = textwrap.dedent("""
     import importlib, sys, time
     mp = importlib.import_module(sys.argv[1])
