@@ -185,6 +185,7 @@ class Connection:
     @property
     def writable(self) -> bool: ...
     _handle: int | None
+    _spin: bool
     def __init__(
         self, handle: int, readable: bool = True, writable: bool = True
     ) -> None: ...

@@ -163,9 +163,19 @@ def public_methods(obj):
 #
 
 
-def _tcp_nodelay(conn):
-    # Requests and replies are small and strictly alternate: send each at
-    # once instead of waiting for the peer's ACK of the previous one.
+def _request_reply(conn):
+    """Set up a connection to or from a server, whose requests and
+    replies strictly alternate."""
+    # Each end sleeps in the read until the other's message comes: no
+    # spinning before it.  A server thread waits through its client's own
+    # work between requests, a client through the server's, and a reader
+    # spinning through that takes the CPU the other side needs: on a busy
+    # machine that made a round trip several times slower.  That read
+    # also takes the whole of a small message with its header (reading
+    # ahead: nobody else reads this fd).
+    conn._spin = False
+    # Messages are small: send each at once instead of waiting for the
+    # peer's ACK of the previous one.
     try:
         s = socket.socket(fileno=conn.fileno())
     except OSError:
@@ -182,7 +192,7 @@ def _tcp_nodelay(conn):
 def _client(address, authkey):
     """A pickle connection to the server at address, authenticated."""
     c = connection.SocketClient(address)
-    _tcp_nodelay(c)
+    _request_reply(c)
     if authkey is not None:
         try:
             connection.answer_challenge(c, authkey)
@@ -199,7 +209,7 @@ class _Listener(connection.Listener):
 
     def accept(self):
         c = connection.Listener.accept(self)
-        _tcp_nodelay(c)
+        _request_reply(c)
         return c
 
 
@@ -425,18 +435,11 @@ class Server:
         )
         recv = conn.recv
         send = conn.send
-        # Sleep until a request comes, then read it: no spinning before
-        # the read (a Connection's default).  The time between a client's
-        # requests is its own work, and a server thread spinning through
-        # it takes the CPU that client, or the next, needs: on a busy
-        # machine that made a round trip several times slower.
-        wait = conn.poll
         id_to_obj = self.id_to_obj
         is_set = self.stop_event.is_set
         while not is_set():
             methodname = obj = ident = None
             try:
-                wait(None)
                 request = recv()
                 ident, methodname, args, kwds = request
                 try:

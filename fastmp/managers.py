@@ -441,8 +441,6 @@ class BaseProxy:
             )
             conn = self._connect()
         conn.send((self._id, methodname, args, kwds))
-        # Sleep until the reply comes (see Server.serve_client).
-        conn.poll(None)
         kind, result = conn.recv()
         if kind == "#RETURN":
             return result

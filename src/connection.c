@@ -6,7 +6,12 @@
  * followed by the payload; when n > 0x7fffffff the 4-byte length is -1 and
  * an 8-byte big-endian unsigned length follows.  Reads never consume more
  * than the current message, so the fd can be shared with a stdlib end,
- * handed to another process, or polled between messages.
+ * handed to another process, or polled between messages -- except on a
+ * Connection whose `_spin` is False (a manager's: requests and replies
+ * alternate, and nobody else reads the fd), which reads ahead: up to
+ * FASTMP_CONN_AHEAD bytes with the header, so a small message costs one
+ * read(2); what it read past the message is the next recv()'s, and its
+ * poll() sees it (an fd-level wait() or a copy of the fd would not).
  *
  * Blocking I/O releases the GIL.  A blocked read(2)/write(2) returns EINTR
  * when a signal arrives (Python installs its handlers without SA_RESTART);
@@ -102,6 +107,7 @@ conn_check_writable(ConnectionObject *self)
 static void
 conn_close_fd(ConnectionObject *self)
 {
+    fastmp_conn_drop_ahead(self);
     if (self->fd >= 0) {
         int fd = self->fd;
         self->fd = -1;
@@ -154,6 +160,9 @@ conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->writable = (char)writable;
     self->sock = -1;
     fastmp_spin_init(&self->spin);
+    self->nospin = 0;
+    self->ahead = NULL;
+    self->ahead_pos = self->ahead_len = 0;
     self->weakreflist = NULL;
     return (PyObject *)self;
 }
@@ -184,6 +193,7 @@ conn_dealloc(ConnectionObject *self)
         PyObject_ClearWeakRefs((PyObject *)self);
     }
     conn_close_fd(self);
+    PyMem_Free(self->ahead);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -443,7 +453,7 @@ conn_recv_bytes(ConnectionObject *self, PyObject *const *args,
             return conn_bad_message_length(self);
         }
     }
-    return fastmp_conn_recv_payload(self->fd, size);
+    return fastmp_conn_recv_payload(self, size);
 }
 
 /* recv_bytes_into's ending when the stdlib only fails after reading the
@@ -461,7 +471,7 @@ conn_recv_into_unusable(ConnectionObject *self, Py_ssize_t buflen,
     if (fastmp_conn_recv_header(self, &size) < 0) {
         return NULL;
     }
-    msg = fastmp_conn_recv_payload(self->fd, size);
+    msg = fastmp_conn_recv_payload(self, size);
     if (msg == NULL) {
         return NULL;
     }
@@ -570,7 +580,7 @@ conn_recv_bytes_into(ConnectionObject *self, PyObject *args, PyObject *kwds)
     if (size <= (uint64_t)(view.len - offset)) {
         /* Fits: read straight into the caller's buffer, which the view
          * keeps alive and pinned while the GIL is released. */
-        if (fastmp_conn_read_exact(self->fd, (char *)view.buf + offset,
+        if (fastmp_conn_read_exact(self, (char *)view.buf + offset,
                                    (size_t)size, 0)
             == 0) {
             res = PyLong_FromUnsignedLongLong((unsigned long long)size);
@@ -578,7 +588,7 @@ conn_recv_bytes_into(ConnectionObject *self, PyObject *args, PyObject *kwds)
         goto done;
     }
     PyBuffer_Release(&view);
-    msg = fastmp_conn_recv_payload(self->fd, size);
+    msg = fastmp_conn_recv_payload(self, size);
     if (msg == NULL) {
         return NULL;
     }
@@ -609,7 +619,7 @@ conn_recv(ConnectionObject *self, PyObject *Py_UNUSED(ignored))
     if (fastmp_conn_recv_header(self, &size) < 0) {
         return NULL;
     }
-    b = fastmp_conn_recv_payload(self->fd, size);
+    b = fastmp_conn_recv_payload(self, size);
     if (b == NULL) {
         return NULL;
     }
@@ -638,6 +648,9 @@ conn_poll(ConnectionObject *self, PyObject *const *args, Py_ssize_t nargs,
     }
     if (conn_check_readable(self) < 0) {
         return NULL;
+    }
+    if (fastmp_conn_ahead(self) > 0) {
+        Py_RETURN_TRUE; /* read ahead, not consumed yet */
     }
     if (timeout == NULL) {
         fastmp_deadline_from_seconds(0.0, &d);
@@ -670,6 +683,7 @@ PyDoc_STRVAR(conn_close_doc, "close($self, /)\n--\n\n"
 static PyObject *
 conn_close(ConnectionObject *self, PyObject *Py_UNUSED(ignored))
 {
+    fastmp_conn_drop_ahead(self);
     if (self->fd >= 0) {
         int fd = self->fd;
         self->fd = -1;
@@ -722,6 +736,35 @@ conn_get_handle(ConnectionObject *self, void *Py_UNUSED(c))
     return PyLong_FromLong(self->fd);
 }
 
+static PyObject *
+conn_get_spin(ConnectionObject *self, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(!self->nospin);
+}
+
+/* `_spin = False`: a receive that finds no input sleeps in read(2) at
+ * once, without a look for input or a spin first, and reads ahead (see
+ * the top of this file).  For a reader whose peer answers only after its
+ * own work (a manager's server thread waiting for its client's next
+ * request): spinning through that time takes a CPU the peer needs, and a
+ * look costs a system call that finds nothing. */
+static int
+conn_set_spin(ConnectionObject *self, PyObject *v, void *Py_UNUSED(c))
+{
+    int t;
+
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _spin");
+        return -1;
+    }
+    t = PyObject_IsTrue(v);
+    if (t < 0) {
+        return -1;
+    }
+    self->nospin = (char)!t;
+    return 0;
+}
+
 /* `_handle` mirrors the stdlib's attribute: setting it to None forgets
  * the descriptor without closing it; setting an int adopts that fd. */
 static int
@@ -729,6 +772,7 @@ conn_set_handle(ConnectionObject *self, PyObject *v, void *Py_UNUSED(c))
 {
     long fd;
 
+    fastmp_conn_drop_ahead(self);
     if (v == NULL || v == Py_None) {
         self->fd = -1;
         return 0;
@@ -774,6 +818,10 @@ static PyGetSetDef conn_getset[] = {
      "True if the connection is writable", NULL},
     {"_handle", (getter)conn_get_handle, (setter)conn_set_handle,
      "The file descriptor, or None once closed", NULL},
+    {"_spin", (getter)conn_get_spin, (setter)conn_set_spin,
+     "Whether a receive may spin before it sleeps (default True); False "
+     "also reads ahead of the current message",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

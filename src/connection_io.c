@@ -25,10 +25,23 @@
  * it closed part way (as the stdlib's _recv: one field per call), OSError
  * from errno, KeyboardInterrupt (or whatever a signal handler raised). */
 int
-fastmp_conn_read_exact(int fd, char *buf, size_t n, int inside)
+fastmp_conn_read_exact(ConnectionObject *self, char *buf, size_t n, int inside)
 {
-    size_t done = 0;
+    int fd = self->fd;
+    size_t done = fastmp_conn_ahead(self);
 
+    if (done > 0) {
+        /* Read ahead before: take those first. */
+        if (done > n) {
+            done = n;
+        }
+        memcpy(buf, self->ahead + self->ahead_pos, done);
+        self->ahead_pos += (uint32_t)done;
+        if (self->ahead_pos == self->ahead_len) {
+            fastmp_conn_drop_ahead(self);
+        }
+        inside = 1;
+    }
     while (done < n) {
         ssize_t r;
         int err = 0;
@@ -232,6 +245,11 @@ conn_spin(ConnectionObject *self, char *buf, size_t n, int64_t *t0, int *spun)
 
     *t0 = 0;
     *spun = 0;
+    if (self->nospin) {
+        /* The caller sleeps in the read itself (Connection._spin = False):
+         * one system call when the message is not there yet. */
+        return 0;
+    }
     if (budget == 0 && self->sock == 0) {
         /* Nothing to gain from a look on a pipe: time the read only. */
         *t0 = fastmp_now_ns();
@@ -250,22 +268,76 @@ conn_spin(ConnectionObject *self, char *buf, size_t n, int64_t *t0, int *spun)
     return la.got;
 }
 
+/* A nospin Connection's wait for a message: one blocking read of as much
+ * as is there, up to FASTMP_CONN_AHEAD bytes, into self->ahead (empty
+ * before).  A message that fits arrives with its header, so header and
+ * payload cost one system call; bytes past it stay for the next read.
+ * Returns 0 (at least one byte read), or -1 with an exception: EOFError
+ * when the peer closed, OSError, KeyboardInterrupt. */
+static int
+conn_read_ahead(ConnectionObject *self)
+{
+    ssize_t r;
+    int err;
+
+    if (self->ahead == NULL) {
+        self->ahead = PyMem_Malloc(FASTMP_CONN_AHEAD);
+        if (self->ahead == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        r = fastmp_platform_read(self->fd, self->ahead, FASTMP_CONN_AHEAD);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (r > 0) {
+            self->ahead_pos = 0;
+            self->ahead_len = (uint32_t)r;
+            return 0;
+        }
+        if (r == 0) {
+            PyErr_SetNone(PyExc_EOFError);
+            return -1;
+        }
+        if (err == EINTR) {
+            if (PyErr_CheckSignals() < 0) {
+                return -1;
+            }
+            continue;
+        }
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+}
+
 /* Read a frame header.  Returns 0 and the payload size, or -1. */
 int
 fastmp_conn_recv_header(ConnectionObject *self, uint64_t *size)
 {
     unsigned char h[8];
     int32_t n;
-    int fd = self->fd;
-    int64_t t0;
-    int spun;
-    int got = conn_spin(self, (char *)h, 4, &t0, &spun);
+    int64_t t0 = 0;
+    int spun = 0;
+    int got = 0;
 
+    if (fastmp_conn_ahead(self) == 0) {
+        if (self->nospin) {
+            if (conn_read_ahead(self) < 0) {
+                return -1;
+            }
+        }
+        else {
+            got = conn_spin(self, (char *)h, 4, &t0, &spun);
+        }
+    }
     if (got < 4) {
         if (t0 != 0 && PyErr_CheckSignals() < 0) {
             return -1;
         }
-        if (fastmp_conn_read_exact(fd, (char *)h + got, (size_t)(4 - got),
+        if (fastmp_conn_read_exact(self, (char *)h + got, (size_t)(4 - got),
                                    got > 0)
             < 0) {
             return -1;
@@ -279,7 +351,7 @@ fastmp_conn_recv_header(ConnectionObject *self, uint64_t *size)
     if (n == -1) {
         uint64_t v = 0;
         int i;
-        if (fastmp_conn_read_exact(fd, (char *)h, 8, 0) < 0) {
+        if (fastmp_conn_read_exact(self, (char *)h, 8, 0) < 0) {
             return -1;
         }
         for (i = 0; i < 8; i++) {
@@ -299,7 +371,7 @@ fastmp_conn_recv_header(ConnectionObject *self, uint64_t *size)
 
 /* Read a whole message's payload into a new bytes object. */
 PyObject *
-fastmp_conn_recv_payload(int fd, uint64_t size)
+fastmp_conn_recv_payload(ConnectionObject *self, uint64_t size)
 {
     PyObject *b;
 
@@ -311,7 +383,7 @@ fastmp_conn_recv_payload(int fd, uint64_t size)
     if (b == NULL) {
         return NULL;
     }
-    if (fastmp_conn_read_exact(fd, PyBytes_AS_STRING(b), (size_t)size, 0)
+    if (fastmp_conn_read_exact(self, PyBytes_AS_STRING(b), (size_t)size, 0)
         < 0) {
         Py_DECREF(b);
         return NULL;

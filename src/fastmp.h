@@ -411,6 +411,14 @@ PyObject *fastmp_dumps(PyObject *obj);
  * reference, or NULL with an exception set. */
 PyObject *fastmp_loads(PyObject *data);
 
+/* pickling_small.c: the pickle of a small object made of None, bools,
+ * 32-bit ints, floats, str, bytes, tuples and empty dicts, written or
+ * read without a Pickler (the same bytes as fastmp_dumps; the same object
+ * as fastmp_loads).  Each returns a new reference; NULL without an
+ * exception: not handled here (pickle as usual); NULL with one: error. */
+PyObject *fastmp_small_dumps(PyObject *obj);
+PyObject *fastmp_small_loads(const char *data, Py_ssize_t n);
+
 /* end area: pickling */
 
 /* ---------------------------------------------------------------------

@@ -300,6 +300,12 @@ fastmp_dumps(PyObject *obj)
     fastmp_pickling_state *ps = pickling_state();
     PyObject *pickler, *out, *res;
 
+    /* The builtin types the C pickler handles itself, small: written
+     * directly (pickling_small.c), the same bytes. */
+    res = fastmp_small_dumps(obj);
+    if (res != NULL || PyErr_Occurred()) {
+        return res;
+    }
     if (pickling_ready(ps) < 0) {
         return NULL;
     }
@@ -345,6 +351,13 @@ fastmp_loads(PyObject *data)
 {
     fastmp_pickling_state *ps = pickling_state();
 
+    if (PyBytes_CheckExact(data)) {
+        PyObject *res = fastmp_small_loads(PyBytes_AS_STRING(data),
+                                           PyBytes_GET_SIZE(data));
+        if (res != NULL || PyErr_Occurred()) {
+            return res;
+        }
+    }
     if (pickling_ready(ps) < 0) {
         return NULL;
     }

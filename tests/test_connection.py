@@ -112,12 +112,19 @@ def test_simplex(ctx):
     w.close()
 
 
+@pytest.mark.parametrize("spin", [True, False], ids=["spin", "nospin"])
 @pytest.mark.parametrize("duplex", [True, False])
-def test_frames_arriving_in_pieces(ctx, duplex):
+def test_frames_arriving_in_pieces(ctx, duplex, spin):
     # A reader waiting for a frame gets its header and payload a byte at a
     # time, with pauses between; short and long waits alternate.
     a, b = ctx.Pipe(duplex)
     reader, writer = a, b
+    if not spin:
+        if not is_fastmp(ctx):
+            pytest.skip("fastmp's Connection._spin")
+        assert reader._spin is True
+        reader._spin = False
+        assert reader._spin is False
     frames = [
         struct.pack("!i", len(p)) + p
         for p in (b"hello", b"", b"x" * 300, b"world")
@@ -530,6 +537,9 @@ _BLOCKER = textwrap.dedent("""
         ("reader.poll(None)", True),
         ("reader.poll(100)", False),
         ("fastmp.connection.wait([reader], 100)", True),
+        # No spinning, no look: asleep in read(2) at once.
+        ("reader._spin = False; reader.recv()", True),
+        ("reader._spin = False; reader.recv_bytes()", False),
     ],
 )
 def test_ctrl_c_interrupts_blocking_call(call, duplex):
@@ -821,3 +831,74 @@ def test_recv_bytes_into_unusable_after_the_read(mp, duplex):
     assert _next_message(a) == b"five"
     a.close()
     b.close()
+
+
+# --- a Connection that reads ahead (fastmp: `_spin = False`) ------------
+
+
+@pytest.mark.parametrize("duplex", [True, False], ids=["socket", "pipe"])
+def test_read_ahead_keeps_messages_in_order(duplex):
+    # Several frames in one write: the first read takes more than the
+    # first message; every later read, poll() and recv_bytes_into() takes
+    # from what was read ahead first, then from the fd.
+    a, b = fastmp.Pipe(duplex)
+    a._spin = False
+    big = b"B" * (1 << 20)
+    frames = [b"one", b"", b"three" * 300, big, b"last"]
+    wire = b"".join(struct.pack("!i", len(f)) + f for f in frames)
+    assert os.write(b.fileno(), wire[:5000]) == 5000
+    try:
+        assert a.recv_bytes() == b"one"
+        assert a.poll()  # already read ahead
+        assert a.recv_bytes() == b""
+        buf = bytearray(2000)
+        assert a.recv_bytes_into(buf, 10) == 1500
+        assert bytes(buf[10:1510]) == frames[2]
+        t = threading.Thread(target=os.write, args=(b.fileno(), wire[5000:]))
+        t.start()
+        assert a.recv_bytes() == big
+        t.join()
+        assert a.recv_bytes() == b"last"
+        assert not a.poll()
+        b.send_bytes(b"x")
+        assert a.recv_bytes() == b"x"
+        b.send((1, "two", None))
+        assert a.recv() == (1, "two", None)
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("cut", list(CUTS))
+@pytest.mark.parametrize("duplex", [True, False], ids=["socket", "pipe"])
+def test_read_ahead_frame_cut_short(duplex, cut):
+    # The stdlib's errors for a frame cut short, with the reader's first
+    # read taking everything the peer sent.
+    raw, expected = CUTS[cut]
+    for call in RECV_CALLS.values():
+        a, b = fastmp.Pipe(duplex)
+        a._spin = False
+        try:
+            if raw:
+                assert os.write(b.fileno(), raw) == len(raw)
+            b.close()
+            with pytest.raises((EOFError, OSError)) as ei:
+                call(a)
+            _assert_cut_error(ei, expected)
+        finally:
+            a.close()
+            b.close()
+
+
+def test_read_ahead_bad_length():
+    # A header no sender writes (negative, not -1): OSError, as without
+    # reading ahead.
+    a, b = fastmp.Pipe()
+    a._spin = False
+    try:
+        os.write(b.fileno(), b"\x80\x00\x00\x01garbage")
+        with pytest.raises(OSError, match="bad message length"):
+            a.recv_bytes()
+    finally:
+        a.close()
+        b.close()

@@ -8,7 +8,9 @@ A stdlib peer runs as ``python -I``: it cannot import fastmp at all.
 
 import copy
 import gc
+import importlib
 import os
+import pickle
 import queue
 import signal
 import socket
@@ -20,7 +22,7 @@ import time
 from multiprocessing import ProcessError
 
 import pytest
-from support import IMPLS, METHODS, TESTS, run_fastmp
+from support import IMPLS, METHODS, TESTS, child_env, run_fastmp
 
 PY314 = sys.version_info >= (3, 14)
 
@@ -814,6 +816,135 @@ def test_authenticated_garbage_is_an_error_not_a_crash(manager):
     assert kind == "#TRACEBACK" and isinstance(result, str)
     assert d._callmethod("__getitem__", ("a",)) == 1
     assert d["a"] == 1
+
+
+def _tcp_manager(mp):
+    managers = importlib.import_module(mp.__name__ + ".managers")
+    m = managers.SyncManager(
+        address=("127.0.0.1", 0),
+        authkey=b"secret",
+        ctx=mp.get_context("fork"),
+    )
+    m.start()
+    return m
+
+
+def test_tcp_requests_in_pieces_and_big_ones(mp):
+    # Over TCP, a request may reach the server a few bytes at a time (its
+    # header split, its body split), a reply may be far larger than one
+    # segment, and requests of every size alternate: each is read whole,
+    # and the stream stays in step.
+    m = _tcp_manager(mp)
+    try:
+        d = m.dict()
+        d["a"] = 1
+        conn = d._tls.connection
+        payload = pickle.dumps((d._id, "__getitem__", ("a",), {}))
+        frame = len(payload).to_bytes(4, "big") + payload
+        for cut in (1, 2, 3, 4, 5, len(frame) - 1):
+            os.write(conn.fileno(), frame[:cut])
+            time.sleep(0.02)
+            os.write(conn.fileno(), frame[cut:])
+            assert conn.recv() == ("#RETURN", 1)
+        big = b"x" * (3 << 20)
+        d["big"] = big
+        assert d["big"] == big
+        for i in range(200):
+            d["v"] = "y" * (i * 97)
+            assert d["v"] == "y" * (i * 97)
+        assert d["a"] == 1
+    finally:
+        m.shutdown()
+
+
+def test_tcp_error_from_the_referent(mp):
+    # The referent's own exception reaches the caller, type and message,
+    # and the connection stays usable.
+    m = _tcp_manager(mp)
+    try:
+        d = m.dict()
+        with pytest.raises(KeyError, match="missing"):
+            d["missing"]
+        lst = m.list([1])
+        with pytest.raises(IndexError):
+            lst[5]
+        d["k"] = 2
+        assert d["k"] == 2
+    finally:
+        m.shutdown()
+
+
+@pytest.mark.timeout(120)
+def test_tcp_bad_header_after_the_handshake(mp):
+    # An authenticated client whose next frame header is no length a
+    # sender writes (negative), followed by junk: the server does not
+    # wedge, and serves every other connection as before.
+    m = _tcp_manager(mp)
+    try:
+        d = m.dict()
+        d["a"] = 1  # (this thread's connection is now open)
+        conn = d._tls.connection
+        os.write(conn.fileno(), b"\x80\x00\x00\x01" + os.urandom(64))
+        # (another thread: proxies of one address share a thread's
+        # connection)
+        got = []
+
+        def other():
+            for i in range(20):
+                d2 = m.dict(n=i)
+                got.append(d2["n"])
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(60)
+        assert got == list(range(20))
+        del d
+    finally:
+        m.shutdown()
+
+
+_BLOCKED_CLIENT = textwrap.dedent("""
+    import importlib, sys, time
+    mp = importlib.import_module(sys.argv[1])
+    managers = importlib.import_module(sys.argv[1] + ".managers")
+    m = managers.SyncManager(
+        address=("127.0.0.1", 0), authkey=b"k", ctx=mp.get_context("fork")
+    )
+    m.start()
+    ev = m.Event()
+    print("READY", flush=True)
+    t = time.monotonic()
+    try:
+        ev.wait()
+    except KeyboardInterrupt:
+        print("KI %.3f" % (time.monotonic() - t), flush=True)
+    m.shutdown()
+    """)
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_interrupts_a_client_waiting_for_its_reply(mp):
+    # A TCP manager's client blocked in a call (the server's Event.wait):
+    # SIGINT raises KeyboardInterrupt in it at once.
+    p = subprocess.Popen(
+        [sys.executable, "-c", _BLOCKED_CLIENT, mp.__name__],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert p.stdout.readline().strip() == "READY"
+        time.sleep(0.5)
+        sent = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        line = p.stdout.readline()
+        assert line.startswith("KI"), line
+        assert time.monotonic() - sent < 1.0  # generous for a loaded machine
+        assert p.wait(30) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 def _hammer(d, ready):
