@@ -63,6 +63,10 @@ _loads = _fastmp._loads
 _dumps_list = _fastmp._dumps_list
 _loads_list = _fastmp._loads_list
 _map_list = _fastmp._map_list
+_loads_list_into = _fastmp._loads_list_into
+
+# A map's result chunk already put in place by the dispatcher.
+PLACED = object()
 
 # How often the parent looks at its workers (and the longest a waiting
 # thread sleeps before it looks around again): a dead worker's task fails
@@ -560,7 +564,15 @@ class _Core:
             return
         k, job, i, ok, data = item
         try:
-            res = (ok, _loads_list(data))
+            # A map's chunk of plain numbers goes straight into the
+            # result's list (the result, looked up without the lock, may
+            # have failed or gone meanwhile: then that list is dropped).
+            into = getattr(self.cache.get(job), "_into", None) if ok else None
+            into = into and into(i)
+            if into and _loads_list_into(data, *into):
+                res = (True, PLACED)
+            else:
+                res = (ok, _loads_list(data))
             bad = None
         except Exception as e:  # noqa: BLE001 (gh-79492)
             bad = e

@@ -40,6 +40,7 @@ from ._pool_core import (  # noqa: F401  (the stdlib's names, re-exported)
     _STARMAP,
     CLOSE,
     INIT,
+    PLACED,
     RUN,
     TERMINATE,
     ExceptionWithTraceback,
@@ -150,10 +151,17 @@ class MapResult(ApplyResult):
         else:
             self._number_left = length // chunksize + bool(length % chunksize)
 
+    def _into(self, i):
+        # Where chunk i's items go while the map is a success: (list,
+        # start), for the dispatcher (see _Core.dispatch).
+        if self._success:
+            return self._value, i * self._chunksize
+        return None
+
     def _set(self, i, success_result):
         self._number_left -= 1
         success, result = success_result
-        if success and self._success:
+        if success and self._success and result is not PLACED:
             cs = self._chunksize
             self._value[i * cs : (i + 1) * cs] = result
         elif not success and self._success:

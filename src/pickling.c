@@ -562,6 +562,72 @@ pickling_py_dumps_list(PyObject *module, PyObject *const *args,
     return out;
 }
 
+/* _loads_list_into(data, target, start): when data is the compact form
+ * and target an exact list with room for its items from `start` on, put
+ * them there (target[start:start + n] = _loads_list(data), without the
+ * list in between) and return True; else False, changing nothing (the
+ * caller unpickles as usual).  A map's result chunk, into the result. */
+static PyObject *
+pickling_py_loads_list_into(PyObject *module, PyObject *const *args,
+                            Py_ssize_t nargs)
+{
+    Py_buffer view;
+    PyObject *target, *res = NULL;
+    Py_ssize_t start, n;
+
+    FASTMP_UNUSED(module);
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_loads_list_into(data, target, start)");
+        return NULL;
+    }
+    target = args[1];
+    start = PyNumber_AsSsize_t(args[2], PyExc_OverflowError);
+    if (start == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (!PyList_CheckExact(target) || start < 0 || view.len < LIST_HEAD
+        || ((const char *)view.buf)[0] != LIST_TAG) {
+        res = Py_NewRef(Py_False);
+        goto done;
+    }
+    const char *p = view.buf;
+    char kind = p[1];
+    n = list_count(p, view.len);
+    if (n < 0) {
+        goto done;
+    }
+    if (n > PyList_GET_SIZE(target) - start) {
+        res = Py_NewRef(Py_False);
+        goto done;
+    }
+    p += LIST_HEAD;
+    for (Py_ssize_t i = 0; i < n; i++, p += 8) {
+        PyObject *item = list_item(kind, p), *old;
+        if (item == NULL) {
+            goto done;
+        }
+        /* The old item's release may run Python code (a __del__) that
+         * changes the list: look at its size again each time. */
+        if (start + i >= PyList_GET_SIZE(target)) {
+            Py_DECREF(item);
+            PyErr_SetString(PyExc_RuntimeError,
+                            "the list changed size while being filled");
+            goto done;
+        }
+        old = PyList_GET_ITEM(target, start + i);
+        PyList_SET_ITEM(target, start + i, item);
+        Py_XDECREF(old);
+    }
+    res = Py_NewRef(Py_True);
+done:
+    PyBuffer_Release(&view);
+    return res;
+}
+
 /* _map_list(func, data) == list(map(func, _loads_list(data))), without
  * the list of arguments: each argument is made just before its call and
  * freed after it (a map's chunk, in a Pool's worker).  The first
@@ -687,6 +753,12 @@ static PyMethodDef pickling_functions[] = {
      "floats, a compact form of it (for this machine only); returns "
      "bytes.  With start and stop, obj is a list and the result is that "
      "of _dumps_list(obj[start:stop])."},
+    {"_loads_list_into",
+     (PyCFunction)(void (*)(void))pickling_py_loads_list_into, METH_FASTCALL,
+     "_loads_list_into($module, data, target, start, /)\n--\n\n"
+     "When data is the compact form and the list target has room from "
+     "start on, target[start:start + n] = _loads_list(data) and True; "
+     "else False, nothing changed."},
     {"_map_list", (PyCFunction)(void (*)(void))pickling_py_map_list,
      METH_FASTCALL,
      "_map_list($module, func, data, /)\n--\n\n"

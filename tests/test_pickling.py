@@ -601,3 +601,49 @@ def test_small_corrupt_input_same_outcome():
             data = data[: rng.randrange(len(data))]
         data = bytes(data)
         assert outcome(_fastmp._loads, data) == outcome(pickle.loads, data)
+
+
+def test_loads_list_into_places_the_items():
+    target = [None] * 10
+    data = _fastmp._dumps_list([5, 6, 7])
+    assert _fastmp._loads_list_into(data, target, 4) is True
+    assert target == [None] * 4 + [5, 6, 7] + [None] * 3
+    floats = _fastmp._dumps_list([0.5, -0.0])
+    assert _fastmp._loads_list_into(floats, target, 8) is True
+    assert target[8:] == [0.5, -0.0]
+    assert [type(x) for x in target[8:]] == [float, float]
+
+
+@pytest.mark.parametrize(
+    "data, target, start",
+    [
+        (_fastmp._dumps([1, 2]), [None] * 4, 0),  # a pickle
+        (_fastmp._dumps_list([1, 2]), [None] * 4, 3),  # no room
+        (_fastmp._dumps_list([1, 2]), [None] * 4, -1),
+        (_fastmp._dumps_list([1, 2]), (None,) * 4, 0),  # not a list
+    ],
+    ids=["pickle", "no room", "negative start", "tuple"],
+)
+def test_loads_list_into_declines_and_changes_nothing(data, target, start):
+    before = list(target)
+    assert _fastmp._loads_list_into(data, target, start) is False
+    assert list(target) == before
+
+
+def test_loads_list_into_corrupt_input_is_an_error():
+    with pytest.raises(ValueError):
+        _fastmp._loads_list_into(b"\x00i" + b"1" * 7, [None] * 9, 0)
+
+
+def test_loads_list_into_a_list_shrunk_by_a_del():
+    # Releasing an old item may run Python code that changes the list.
+    target = []
+
+    class Shrinks:
+        def __del__(self):
+            del target[1:]
+
+    target.extend([Shrinks(), None, None])
+    with pytest.raises(RuntimeError):
+        _fastmp._loads_list_into(_fastmp._dumps_list([1, 2, 3]), target, 0)
+    assert target == [1]
