@@ -83,6 +83,16 @@ def _open(name, create, size=0):
     return _shm_open(name, create, size, _MODE)
 
 
+def unlink_segments(names):
+    """Remove these segments' names, those already gone or never made
+    included (the server, when an object's last reference goes)."""
+    for name in names:
+        try:
+            _shm_unlink(name)
+        except OSError:
+            pass
+
+
 def _resize(name, size):
     import _posixshmem
 
@@ -136,11 +146,7 @@ class _Replica:
                     _OpLog(dmap, False).set_log(m, True)
                 log.set_log(_open(names[1], False), False)
             except BaseException:
-                for name in names:
-                    try:
-                        _shm_unlink(name)
-                    except OSError:
-                        pass
+                unlink_segments(names)
                 raise
             self._log = log
             log.publish(_START)
@@ -274,11 +280,7 @@ class _Replica:
     def _unlink(self):
         """The server: remove the segments' names (mappings stay valid in
         the processes that have them)."""
-        for name in self._names:
-            try:
-                _shm_unlink(name)
-            except OSError:
-                pass
+        unlink_segments(self._names)
 
     def __reduce__(self):
         # What the server sends for '#GETVALUE' and friends: a copy of
@@ -334,10 +336,7 @@ class SharedLock:
         self._log.release_any()
 
     def _unlink(self):
-        try:
-            _shm_unlink(self._names[0])
-        except OSError:
-            pass
+        unlink_segments(self._names[:1])
 
     def __repr__(self):
         return "<%s %s object at %#x>" % (
@@ -569,10 +568,7 @@ def server_create(server, typeid, args, kwds):
             # (no name of this id may stay from a killed server: a proxy
             # would attach to it)
             ident = "%x" % id(plain)
-            try:
-                _shm_unlink(segment_names(server.address, ident)[0])
-            except OSError:
-                pass
+            unlink_segments(segment_names(server.address, ident)[:1])
             return plain, None
         op = None
     elif typeid == "dict":
@@ -611,13 +607,9 @@ def server_create(server, typeid, args, kwds):
         op = (SNAP, v._typecode, _dumps(v._value))
     ident = "%x" % id(obj)
     names = segment_names(server.address, ident)
-    for name in names:
-        # Left by a server killed before it could unlink (same address
-        # and id): not ours to keep.
-        try:
-            _shm_unlink(name)
-        except OSError:
-            pass
+    # Left by a server killed before it could unlink (same address and
+    # id): not ours to keep.
+    unlink_segments(names)
     r._setup(names, True)
     _all.add(r)
     try:

@@ -25,7 +25,7 @@ import _posixshmem
 import os
 
 from . import _fastmp
-from ._manager_fast import _MODE, ViaServer, _shm_unlink, proxies_pickled
+from ._manager_fast import _MODE, ViaServer, proxies_pickled, unlink_segments
 
 __all__ = []
 
@@ -69,10 +69,7 @@ class SharedQueue:
         pass
 
     def _unlink(self):
-        try:
-            _shm_unlink(self._names[0])
-        except OSError:
-            pass
+        unlink_segments(self._names)
 
     # -- queue.Queue ----------------------------------------------------
 

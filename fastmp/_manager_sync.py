@@ -43,7 +43,7 @@ from ._manager_fast import (
     SharedLock,
     SharedRLock,
     _open,
-    _shm_unlink,
+    unlink_segments,
 )
 
 __all__ = []
@@ -100,10 +100,7 @@ class _Directory:
         pass
 
     def _unlink(self):
-        try:
-            _shm_unlink(self._names[0])
-        except OSError:
-            pass
+        unlink_segments(self._names)
 
 
 class SharedBarrier(_Directory):
