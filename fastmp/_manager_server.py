@@ -193,6 +193,12 @@ def _client(address, authkey):
     """A pickle connection to the server at address, authenticated."""
     c = connection.SocketClient(address)
     _request_reply(c)
+    # A client, though, waits only for the server's reply, which usually
+    # comes within microseconds: it watches for it first (within the
+    # connection's learned spin budget: none on one CPU, little when
+    # replies take long) and spares the sleep and wake-up that dominate
+    # a round trip on an idle machine.
+    c._spin = True
     if authkey is not None:
         try:
             connection.answer_challenge(c, authkey)
