@@ -166,13 +166,13 @@ def public_methods(obj):
 def _request_reply(conn):
     """Set up a connection to or from a server, whose requests and
     replies strictly alternate."""
-    # Each end sleeps in the read until the other's message comes: no
+    # The reader sleeps in the read until the other's message comes: no
     # spinning before it.  A server thread waits through its client's own
-    # work between requests, a client through the server's, and a reader
-    # spinning through that takes the CPU the other side needs: on a busy
-    # machine that made a round trip several times slower.  That read
-    # also takes the whole of a small message with its header (reading
-    # ahead: nobody else reads this fd).
+    # work between requests, and spinning through that takes the CPU the
+    # client needs: on a busy machine that made a round trip several
+    # times slower.  That read also takes the whole of a small message
+    # with its header (reading ahead: nobody else reads this fd).  (A
+    # client turns the watch back on: see _client.)
     conn._spin = False
     # Messages are small: send each at once instead of waiting for the
     # peer's ACK of the previous one.
