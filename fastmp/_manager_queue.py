@@ -40,6 +40,10 @@ def plain_queue_args(q):
     maxsize = q.maxsize
     if type(maxsize) is not int or maxsize >= 1 << 62:
         return None
+    if hasattr(q, "shutdown"):
+        # queue.Queue.shutdown() (Python 3.13+) has no counterpart in the
+        # ring: there the server serves the queue, shutdown() and all.
+        return None
     return (max(maxsize, 0),)
 
 

@@ -316,6 +316,9 @@ class SharedBarrier(_Directory):
         return self._state() == _BROKEN
 
     def __repr__(self):
+        if "__repr__" not in threading.Barrier.__dict__:
+            # (Python 3.9 and 3.10: object's repr)
+            return "<threading.Barrier object at %#x>" % id(self)
         if self.broken:
             return "<threading.Barrier at %#x: broken>" % id(self)
         return "<threading.Barrier at %#x: waiters=%d/%d>" % (
