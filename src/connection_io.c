@@ -18,6 +18,20 @@
  * raw I/O helpers (called with the GIL; release it around syscalls)
  * ------------------------------------------------------------------- */
 
+/* After a read failed with errno `err`: 0 when a signal interrupted it and
+ * its handlers ran (read again), -1 with an exception (OSError from err,
+ * or whatever a handler raised: KeyboardInterrupt). */
+static int
+read_failed(int err)
+{
+    if (err == EINTR) {
+        return PyErr_CheckSignals() < 0 ? -1 : 0;
+    }
+    errno = err;
+    PyErr_SetFromErrno(PyExc_OSError);
+    return -1;
+}
+
 /* Read exactly n bytes into buf.  `inside` says that bytes of the same
  * field were read before (the header's first bytes, by a spin look).
  * Returns 0, or -1 with an exception: EOFError when the peer closed before
@@ -75,15 +89,9 @@ fastmp_conn_read_exact(ConnectionObject *self, char *buf, size_t n, int inside)
             }
             return -1;
         }
-        if (err == EINTR) {
-            if (PyErr_CheckSignals() < 0) {
-                return -1;
-            }
-            continue;
+        if (read_failed(err) < 0) {
+            return -1;
         }
-        errno = err;
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
     }
     return 0;
 }
@@ -301,15 +309,9 @@ conn_read_ahead(ConnectionObject *self)
             PyErr_SetNone(PyExc_EOFError);
             return -1;
         }
-        if (err == EINTR) {
-            if (PyErr_CheckSignals() < 0) {
-                return -1;
-            }
-            continue;
+        if (read_failed(err) < 0) {
+            return -1;
         }
-        errno = err;
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
     }
 }
 
