@@ -365,6 +365,18 @@ class _Core:
 
     def wait_for(self, pred, timeout=None):
         deadline = None if timeout is None else time.monotonic() + timeout
+        if threading.current_thread() is self.thread:
+            # A callback waiting for another result: this thread is the
+            # one that sends calls and delivers results, so it goes on
+            # doing that while it waits.
+            while not pred():
+                left = _TICK
+                if deadline is not None:
+                    left = min(left, deadline - time.monotonic())
+                    if left <= 0:
+                        return
+                self.step(left)
+            return
         with self.cv:
             while not pred():
                 if deadline is None:
@@ -605,7 +617,6 @@ class _Core:
                 time.sleep(_TICK)
 
     def loop(self):
-        get = self.inbox.get
         while self.state != TERMINATE:
             for f in list(self.feeders):
                 self.feed(f, 64)
@@ -613,27 +624,33 @@ class _Core:
                 with self.dlock:
                     if not self.cache and not self.feeders:
                         return
+            self.step(_TICK)
+
+    def step(self, timeout):
+        """Take what arrived within `timeout` (calls to send, finished
+        tasks): send the calls, deliver the results."""
+        get = self.inbox.get
+        try:
+            items = [get(True, timeout)]
+        except queue.Empty:
+            return
+        while True:
             try:
-                items = [get(True, _TICK)]
+                items.append(get(False))
             except queue.Empty:
-                continue
-            while True:
-                try:
-                    items.append(get(False))
-                except queue.Empty:
-                    break
-            if self.state == TERMINATE:
-                return
-            calls = [c for x in items if type(x) is list for c in x]
-            if calls:
-                try:
-                    self.send(calls)
-                except Exception as e:  # noqa: BLE001 (client closed ...)
-                    for r, i, _ in calls:
-                        self.local_set(r, i, (False, e))
-            done = [x for x in items if x is not None and type(x) is not list]
-            if done:
-                self.deliver(done)
+                break
+        if self.state == TERMINATE:
+            return
+        calls = [c for x in items if type(x) is list for c in x]
+        if calls:
+            try:
+                self.send(calls)
+            except Exception as e:  # noqa: BLE001 (client closed ...)
+                for r, i, _ in calls:
+                    self.local_set(r, i, (False, e))
+        done = [x for x in items if x is not None and type(x) is not list]
+        if done:
+            self.deliver(done)
 
     def terminate(self):
         self.state = TERMINATE
