@@ -6,8 +6,11 @@
 # what type checkers see instead: no __getattr__, so a misspelt name is
 # an error.  The submodules imported here are the ones the stdlib's stubs
 # load with the package, so ``multiprocessing.queues.Queue`` in an
-# annotation resolves the same way with either package.
+# annotation resolves the same way with either package.  One name has
+# more: ``Pool`` takes fastmp's ``cluster=`` (docs/cluster.md) and returns
+# the stdlib's Pool type, so what follows types as it does there.
 
+from collections.abc import Callable, Iterable
 from multiprocessing import Array as Array
 from multiprocessing import AuthenticationError as AuthenticationError
 from multiprocessing import Barrier as Barrier
@@ -19,7 +22,6 @@ from multiprocessing import JoinableQueue as JoinableQueue
 from multiprocessing import Lock as Lock
 from multiprocessing import Manager as Manager
 from multiprocessing import Pipe as Pipe
-from multiprocessing import Pool as Pool
 from multiprocessing import Process as Process
 from multiprocessing import ProcessError as ProcessError
 from multiprocessing import Queue as Queue
@@ -43,10 +45,12 @@ from multiprocessing import get_logger as get_logger
 from multiprocessing import get_start_method as get_start_method
 from multiprocessing import log_to_stderr as log_to_stderr
 from multiprocessing import parent_process as parent_process
+from multiprocessing import pool as _std_pool
 from multiprocessing import reducer as reducer
 from multiprocessing import set_executable as set_executable
 from multiprocessing import set_forkserver_preload as set_forkserver_preload
 from multiprocessing import set_start_method as set_start_method
+from typing import Any
 
 from fastmp import connection as connection
 from fastmp import context as context
@@ -67,6 +71,15 @@ from fastmp import util as util
 from fastmp._fastmp import AbandonedLockWarning as AbandonedLockWarning
 
 __version__: str
+
+def Pool(
+    processes: int | None = None,
+    initializer: Callable[..., object] | None = None,
+    initargs: Iterable[Any] = (),
+    maxtasksperchild: int | None = None,
+    *,
+    cluster: str | None = None,
+) -> _std_pool.Pool: ...
 
 __all__ = [
     "Array",

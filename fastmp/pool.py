@@ -651,5 +651,10 @@ class Pool:
         self.terminate()
 
 
-# inspect.signature(Pool) reads __new__ first: show __init__'s parameters.
-Pool.__new__.__signature__ = inspect.signature(Pool.__init__)
+# inspect.signature(Pool) reads __new__ first: show __init__'s parameters
+# (after cls, as a __new__ takes them).
+_init_params = list(inspect.signature(Pool.__init__).parameters.values())
+Pool.__new__.__signature__ = inspect.Signature(
+    [_init_params[0].replace(name="cls"), *_init_params[1:]]
+)
+del _init_params
