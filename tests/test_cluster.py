@@ -6,7 +6,9 @@ cluster and against a scheduler and workers started separately.
 The in-process tests share one LocalCluster of two workers (one client per
 address per process: every ``Pool(cluster="local:2")`` here reuses it)."""
 
+import contextlib
 import importlib.util
+import json
 import multiprocessing
 import os
 import re
@@ -527,27 +529,28 @@ def _dask(module, *args):
     )
 
 
-def test_separate_scheduler_tcp(tmp_path):
+@contextlib.contextmanager
+def _separate_cluster(tmp_path):
+    """A Dask scheduler and two one-thread workers started as their own
+    processes (as on other machines); yields the scheduler's address and
+    its process."""
     sfile = tmp_path / "scheduler.json"
-    procs = [
-        _dask(
-            "distributed.cli.dask_scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--dashboard-address",
-            ":0",
-            "--scheduler-file",
-            str(sfile),
-        )
-    ]
+    scheduler = _dask(
+        "distributed.cli.dask_scheduler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--dashboard-address",
+        ":0",
+        "--scheduler-file",
+        str(sfile),
+    )
+    procs = [scheduler]
     try:
         deadline = time.monotonic() + 60
         while not sfile.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        import json
-
         time.sleep(0.2)
         address = json.loads(sfile.read_text())["address"]
         procs.append(
@@ -562,6 +565,23 @@ def test_separate_scheduler_tcp(tmp_path):
                 "127.0.0.1",
             )
         )
+        yield address, scheduler
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def test_separate_scheduler_tcp(tmp_path):
+    with _separate_cluster(tmp_path) as (address, _):
         plain = _fastmp([PRIMES, "200000"])
         cl = _fastmp(["--cluster", address, PRIMES, "200000"])
         assert cl.returncode == 0, cl.stderr
@@ -569,15 +589,63 @@ def test_separate_scheduler_tcp(tmp_path):
         # FASTMP_CLUSTER does the same.
         env = _fastmp([PRIMES, "200000"], FASTMP_CLUSTER=address)
         assert env.stdout == plain.stdout
-    finally:
-        for p in procs:
-            os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
+        if os.path.exists(LECTURE):
+            plain = _fastmp([LECTURE])
+            cl = _fastmp(["--cluster", address, LECTURE])
+            assert cl.returncode == 0, cl.stderr
+            # The result line; what the tasks print goes to the workers'
+            # own output, as on other machines (docs/cluster.md).
+            assert (
+                _lecture_lines(cl.stdout)[0] == _lecture_lines(plain.stdout)[0]
+            )
+
+
+SCHEDULER_DIES = textwrap.dedent(
+    """
+    import sys, time
+    from multiprocessing import Pool
+
+    def slow(x):
+        time.sleep(0.5)
+        return x
+
+    if __name__ == "__main__":
+        with Pool() as p:
+            print("first", p.map(abs, [-1, -2]), flush=True)
             try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+                p.map(slow, range(40), 1)
+            except Exception as e:
+                print("error", type(e).__name__, flush=True)
+    """
+)
+
+
+def test_scheduler_killed_mid_job(tmp_path):
+    # The scheduler SIGKILLed while a map runs: the map fails (Dask's
+    # client gives up reconnecting after its timeout) and the program
+    # ends; nothing hangs.
+    script = tmp_path / "dies.py"
+    script.write_text(SCHEDULER_DIES)
+    with _separate_cluster(tmp_path) as (address, scheduler):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fastmp", "--cluster", address]
+            + [str(script)],
+            env=child_env(PYTHONUNBUFFERED="1"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stdout.readline() == "first [1, 2]\n"
+            time.sleep(1)
+            os.killpg(scheduler.pid, signal.SIGKILL)
+            out, err = proc.communicate(timeout=90)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert out == "error WorkerLostError\n", err
+    assert proc.returncode == 0, err
 
 
 def test_worker_lost_error_type():
