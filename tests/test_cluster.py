@@ -648,5 +648,51 @@ def test_scheduler_killed_mid_job(tmp_path):
     assert proc.returncode == 0, err
 
 
+CTRL_C = textwrap.dedent(
+    """
+    import time
+    from multiprocessing import Pool
+
+    def nap(x):
+        time.sleep(60)
+        return x
+
+    if __name__ == "__main__":
+        with Pool(2) as p:
+            p.apply(abs, (-1,))
+            print("READY", flush=True)
+            p.map(nap, range(4))
+    """
+)
+
+
+def test_ctrl_c_ends_a_waiting_map(tmp_path):
+    # Ctrl-C in the program while a map's tasks run on the cluster: one
+    # KeyboardInterrupt traceback and the program ends (its local cluster
+    # closed at exit, the tasks still running there ended with it).
+    script = tmp_path / "ctrlc.py"
+    script.write_text(CTRL_C)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastmp", "--cluster", ADDRESS, str(script)],
+        env=child_env(PYTHONUNBUFFERED="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout.readline() == "READY\n"
+        time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == -signal.SIGINT, err
+    assert err.count("Traceback (most recent call last)") == 1, err
+    assert err.rstrip().endswith("KeyboardInterrupt"), err
+
+
 def test_worker_lost_error_type():
     assert issubclass(WorkerLostError, multiprocessing.ProcessError)
