@@ -148,20 +148,8 @@ class ClusterContext(type(fastmp.get_context())):
 
     __module__ = "fastmp.context"
 
-    def Pool(
-        self,
-        processes=None,
-        initializer=None,
-        initargs=(),
-        maxtasksperchild=None,
-    ):
-        return fastmp.Pool(
-            processes,
-            initializer,
-            initargs,
-            maxtasksperchild,
-            cluster=ADDRESS,
-        )
+    def Pool(self, *args, **kwds):
+        return fastmp.Pool(*args, cluster=ADDRESS, **kwds)
 
 
 def _restart_busy_workers():
@@ -600,6 +588,30 @@ def test_separate_scheduler_tcp(tmp_path):
             )
 
 
+def _signalled(args, ready, act):
+    """Run ``python -m fastmp ARGS``; once it printed the line `ready`,
+    wait half a second, call act(proc), and let it end (within 90 s);
+    (the rest of stdout, stderr, exit code)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastmp"] + args,
+        env=child_env(PYTHONUNBUFFERED="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout.readline() == ready
+        time.sleep(0.5)
+        act(proc)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return out, err, proc.returncode
+
+
 SCHEDULER_DIES = textwrap.dedent(
     """
     import sys, time
@@ -621,31 +633,19 @@ SCHEDULER_DIES = textwrap.dedent(
 
 
 def test_scheduler_killed_mid_job(tmp_path):
-    # The scheduler SIGKILLed while a map runs: the map fails (Dask's
-    # client gives up reconnecting after its timeout) and the program
-    # ends; nothing hangs.
+    # The scheduler SIGKILLed while a map runs: the map fails with
+    # WorkerLostError once the client sees its scheduler gone, and the
+    # program ends; nothing hangs.
     script = tmp_path / "dies.py"
     script.write_text(SCHEDULER_DIES)
     with _separate_cluster(tmp_path) as (address, scheduler):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fastmp", "--cluster", address]
-            + [str(script)],
-            env=child_env(PYTHONUNBUFFERED="1"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        out, err, code = _signalled(
+            ["--cluster", address, str(script)],
+            "first [1, 2]\n",
+            lambda proc: os.killpg(scheduler.pid, signal.SIGKILL),
         )
-        try:
-            assert proc.stdout.readline() == "first [1, 2]\n"
-            time.sleep(1)
-            os.killpg(scheduler.pid, signal.SIGKILL)
-            out, err = proc.communicate(timeout=90)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
     assert out == "error WorkerLostError\n", err
-    assert proc.returncode == 0, err
+    assert code == 0, err
 
 
 CTRL_C = textwrap.dedent(
@@ -672,24 +672,12 @@ def test_ctrl_c_ends_a_waiting_map(tmp_path):
     # closed at exit, the tasks still running there ended with it).
     script = tmp_path / "ctrlc.py"
     script.write_text(CTRL_C)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fastmp", "--cluster", ADDRESS, str(script)],
-        env=child_env(PYTHONUNBUFFERED="1"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    _, err, code = _signalled(
+        ["--cluster", ADDRESS, str(script)],
+        "READY\n",
+        lambda proc: os.kill(proc.pid, signal.SIGINT),
     )
-    try:
-        assert proc.stdout.readline() == "READY\n"
-        time.sleep(0.5)
-        os.kill(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == -signal.SIGINT, err
+    assert code == -signal.SIGINT, err
     assert err.count("Traceback (most recent call last)") == 1, err
     assert err.rstrip().endswith("KeyboardInterrupt"), err
 
