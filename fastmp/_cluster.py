@@ -414,27 +414,9 @@ class _Core:
                 # not results are taken, so that join() returns.
                 bound = READ_AHEAD_PER_WORKER * self.nworkers
                 if self.state != RUN:
-                    bound = float("inf")
+                    bound = None
             r = f.result
-            n = 0
-            items = []
-            while n < limit and self.state != TERMINATE:
-                if f.index - f.consumed >= bound:
-                    break
-                i = f.index
-                try:
-                    x = next(f.it)
-                except StopIteration:
-                    f.done = True
-                    break
-                except Exception as e:  # noqa: BLE001
-                    f.index += 1
-                    f.done = True
-                    self.local_set(r, i, (False, e))
-                    break
-                f.index += 1
-                n += 1
-                items.append((i, x))
+            items = list(f.read(self, limit, bound))
             if items:
                 self.submit(r, f.kind, f.func, items)
             if f.done:

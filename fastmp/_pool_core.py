@@ -314,6 +314,32 @@ class _Feeder:
         self.lock = threading.Lock()
         self.done = False
 
+    def read(self, core, limit, bound):
+        """Yield up to `limit` more (index, item) pairs of the input, as
+        they are read, while at most `bound` tasks (None: no bound) are
+        read beyond those consumed and `core`'s pool is not terminated.
+        The input's own exception is its item's result, in its place,
+        and ends the input; so does its end (``done``).  Called with
+        ``lock`` held."""
+        n = 0
+        while n < limit and core.state != TERMINATE:
+            if bound is not None and self.index - self.consumed >= bound:
+                return
+            i = self.index
+            try:
+                x = next(self.it)
+            except StopIteration:
+                self.done = True
+                return
+            except Exception as e:  # noqa: BLE001
+                self.index += 1
+                self.done = True
+                core.local_set(self.result, i, (False, e))
+                return
+            self.index += 1
+            n += 1
+            yield i, x
+
 
 def _chunks(iterable, size):
     # (Exact types: a subclass's own __iter__ is what the stdlib uses.)
@@ -675,28 +701,8 @@ class _Core:
         if f.done or not f.lock.acquire(False):
             return
         try:
-            n = 0
             r = f.result
-            while n < limit and self.state != TERMINATE:
-                if (
-                    f.buffersize is not None
-                    and f.index - f.consumed >= f.buffersize
-                ):
-                    break
-                i = f.index
-                try:
-                    x = next(f.it)
-                except StopIteration:
-                    f.done = True
-                    break
-                except Exception as e:  # noqa: BLE001
-                    # The input's own exception, in its place in order.
-                    f.index += 1
-                    f.done = True
-                    self.local_set(r, i, (False, e))
-                    break
-                f.index += 1
-                n += 1
+            for i, x in f.read(self, limit, f.buffersize):
                 try:
                     fdata = _dump_func(f.func)
                     self.put_task(r._job, i, f.kind, fdata, _dumps_list(x))
