@@ -255,6 +255,24 @@ def dumps(obj):
     return buf.getvalue()
 
 
+# Function pickles are kept for reuse (client side: function -> pickle;
+# worker side: pickle -> function), at most 256 of each, and only small
+# ones: a closure or partial over large data is pickled (and unpickled)
+# per batch instead of staying in memory for the rest of the program.
+FUNC_CACHE_ITEMS = 256
+FUNC_CACHE_BYTES = 64 * 1024
+
+
+def _cache(cache, key, value, size):
+    if size <= FUNC_CACHE_BYTES:
+        try:
+            if len(cache) >= FUNC_CACHE_ITEMS:
+                cache.clear()
+            cache[key] = value
+        except TypeError:  # (an unhashable function)
+            pass
+
+
 _func_pickles: dict = {}
 
 
@@ -265,12 +283,7 @@ def _dump_func(func):
     except (KeyError, TypeError):
         pass
     data = dumps(func)
-    try:
-        if len(_func_pickles) >= 256:
-            _func_pickles.clear()
-        _func_pickles[func] = data
-    except TypeError:
-        pass
+    _cache(_func_pickles, func, data, len(data))
     return data
 
 
@@ -283,9 +296,7 @@ def _load_func(data):
     func = _worker_funcs.get(data)
     if func is None:
         func = pickle.loads(data)
-        if len(_worker_funcs) >= 256:
-            _worker_funcs.clear()
-        _worker_funcs[data] = func
+        _cache(_worker_funcs, data, func, len(data))
     return func
 
 
@@ -356,7 +367,8 @@ class _Core:
         self.inbox = queue.SimpleQueue()  # calls to send, finished futures
         # Dask future -> ([(result, index) of its calls], function pickle)
         self.futures = {}
-        # function pickle -> its time per call, in seconds (see ngroups)
+        # hash of a function pickle -> its time per call, in seconds (see
+        # ngroups; the hash, so that a large pickle is not kept for it)
         self.cost = {}
         self.thread = None
         self.plugin = None
@@ -466,7 +478,7 @@ class _Core:
         total = 0.0
         cost = self.cost
         for c in calls:
-            t = cost.get(c[2][0])
+            t = cost.get(hash(c[2][0]))
             if t is None:
                 return most
             total += t
@@ -526,8 +538,9 @@ class _Core:
                 # The function's time per call, for the next batches'
                 # grouping (20 x TASK_COST per group: see ngroups).
                 per = elapsed / max(1, len(targets))
-                old = self.cost.get(fdata)
-                self.cost[fdata] = per if old is None else (old + per) / 2
+                key = hash(fdata)
+                old = self.cost.get(key)
+                self.cost[key] = per if old is None else (old + per) / 2
                 if len(self.cost) > 256:
                     self.cost.clear()
                 for (r, i), data in zip(targets, out):

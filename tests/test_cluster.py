@@ -313,6 +313,52 @@ def test_get_timeout(pool):
     assert r.get(60) == 2
 
 
+class Blob:
+    def __init__(self, size):
+        self.data = os.urandom(size)
+
+
+def blob_size(blob, x):
+    return len(blob.data) + x
+
+
+def _largest_worker_cache():
+    from fastmp import _cluster
+
+    return max(map(len, _cluster._worker_funcs), default=0)
+
+
+def test_large_closures_are_not_kept(pool):
+    # A partial (or closure) over large data is a new function per call:
+    # neither the client nor the workers keep it, or its pickle, after
+    # its call (they keep small ones, for reuse).
+    import functools
+    import gc
+    import weakref
+
+    from fastmp import _cluster
+
+    refs = []
+    for i in range(4):
+        blob = Blob(1 << 20)
+        refs.append(weakref.ref(blob))
+        f = functools.partial(blob_size, blob)
+        assert pool.apply(f, (i,)) == (1 << 20) + i
+        del blob, f
+    gc.collect()
+    assert [r() for r in refs] == [None] * 4
+    assert all(
+        len(v) <= _cluster.FUNC_CACHE_BYTES
+        for v in _cluster._func_pickles.values()
+    )
+    client = _cluster.get_client(ADDRESS)
+    sizes = client.run(_largest_worker_cache).values()
+    assert max(sizes) <= _cluster.FUNC_CACHE_BYTES
+    # Small functions are kept and reused.
+    assert pool.map(square, range(3)) == [0, 1, 4]
+    assert square in _cluster._func_pickles
+
+
 def test_local_lock_is_refused(pool):
     lock = fastmp.Lock()
     with pytest.raises(RuntimeError, match="cluster worker") as info:
