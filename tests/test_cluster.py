@@ -658,6 +658,55 @@ def _signalled(args, ready, act):
     return out, err, proc.returncode
 
 
+MANAGER_QUEUE = textwrap.dedent(
+    """
+    import multiprocessing, sys
+    from multiprocessing import Pool
+    from multiprocessing.managers import SyncManager
+
+    KEY = b"shared secret"
+
+    def init(key):
+        multiprocessing.current_process().authkey = key
+
+    def work(q, i):
+        q.put(i * i)
+        return i
+
+    if __name__ == "__main__":
+        init_args = (init, (KEY,)) if sys.argv[1] == "share" else ()
+        with SyncManager(address=("127.0.0.1", 0), authkey=KEY) as m:
+            q = m.Queue()
+            with Pool(2, *init_args) as p:
+                try:
+                    print(sorted(p.starmap(work, [(q, i) for i in range(5)])))
+                except Exception as e:
+                    print("error", type(e).__name__)
+            print(sorted(q.get() for _ in range(q.qsize())))
+    """
+)
+
+
+def test_manager_across_machines(tmp_path):
+    # A manager started with a TCP address is reachable from a separate
+    # cluster's workers once they hold its authkey (set here by the
+    # pool's initializer); without it, AuthenticationError (docs/
+    # cluster.md).
+    script = tmp_path / "mq.py"
+    script.write_text(MANAGER_QUEUE)
+    with _separate_cluster(tmp_path) as (address, _):
+        # (In this order: what an initializer sets stays in the workers.)
+        alone = _fastmp(["--cluster", address, str(script), "alone"])
+        shared = _fastmp(["--cluster", address, str(script), "share"])
+    assert shared.returncode == 0, shared.stderr
+    assert shared.stdout.splitlines() == [
+        "[0, 1, 2, 3, 4]",
+        "[0, 1, 4, 9, 16]",
+    ]
+    assert alone.returncode == 0, alone.stderr
+    assert alone.stdout.splitlines() == ["error AuthenticationError", "[]"]
+
+
 SCHEDULER_DIES = textwrap.dedent(
     """
     import sys, time
