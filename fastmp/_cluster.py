@@ -102,8 +102,12 @@ def check_installed():
 def parse_address(address):
     """("local", N or None) or ("remote", address); ValueError if it is
     neither."""
-    if not isinstance(address, str) or not address:
-        raise ValueError("cluster address must be a non-empty string")
+    if not isinstance(address, str):
+        raise TypeError(
+            "cluster address must be a str, not %s" % type(address).__name__
+        )
+    if not address:
+        raise ValueError("cluster address must not be empty")
     if address == "local":
         return "local", None
     if address.startswith("local:"):
@@ -705,7 +709,7 @@ def make_pool_class():
         ):
             self._pool = []
             self._state = "INIT"
-            if cluster is None:
+            if not _pool._is_address(cluster):
                 cluster = os.environ.get("FASTMP_CLUSTER")
             if processes is not None and processes < 1:
                 raise ValueError("Number of processes must be at least 1")

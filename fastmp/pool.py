@@ -276,6 +276,12 @@ def _terminate_and_report(core, insight):
     insight.report()
 
 
+def _is_address(cluster):
+    """Whether Pool's cluster= asks for cluster mode: anything but None
+    and an empty string (no address, as an empty FASTMP_CLUSTER)."""
+    return cluster is not None and not (type(cluster) is str and not cluster)
+
+
 class Pool:
     """A pool of worker processes to which jobs can be submitted (the
     stdlib's multiprocessing.pool.Pool, on fastmp's queues; see the
@@ -289,8 +295,13 @@ class Pool:
         # Cluster mode (docs/cluster.md): Pool(cluster=ADDRESS), or every
         # Pool when FASTMP_CLUSTER is set (python -m fastmp --cluster).
         # Any arguments: a subclass's __init__ may take others.
-        cluster = kwds.get("cluster") or (args[5] if len(args) > 5 else None)
-        if cls is Pool and (cluster or os.environ.get("FASTMP_CLUSTER")):
+        if "cluster" in kwds:
+            cluster = kwds["cluster"]
+        else:
+            cluster = args[5] if len(args) > 5 else None
+        if cls is Pool and (
+            _is_address(cluster) or os.environ.get("FASTMP_CLUSTER")
+        ):
             from . import _cluster
 
             cls = _cluster.pool_class()
@@ -311,6 +322,13 @@ class Pool:
     ):
         self._pool = []
         self._state = INIT
+        if _is_address(cluster):
+            # (Pool() itself is a ClusterPool then: a subclass got here.)
+            raise TypeError(
+                "%s runs locally: cluster= is taken by fastmp.pool.Pool "
+                "itself, not by its subclasses (docs/cluster.md)"
+                % type(self).__name__
+            )
         if context is None:
             from .context import _default_context
 

@@ -446,9 +446,23 @@ def test_unreachable_scheduler():
     assert time.monotonic() - t0 < 30
 
 
+class PoolSubclass(fastmp.pool.Pool):
+    pass
+
+
 def test_bad_address():
     with pytest.raises(ValueError):
         fastmp.Pool(cluster="local:0")
+    for bad in (3, b"local:2", ["local"]):
+        with pytest.raises(TypeError, match="must be a str, not"):
+            fastmp.Pool(cluster=bad)
+    # A subclass of Pool runs locally: cluster= is refused, not ignored.
+    with pytest.raises(TypeError, match="PoolSubclass runs locally"):
+        PoolSubclass(1, cluster=ADDRESS)
+    # An empty address is no address, as an empty FASTMP_CLUSTER.
+    with fastmp.Pool(1, cluster="") as p:
+        assert type(p) is fastmp.pool.Pool
+        assert p.apply(abs, (-3,)) == 3
     r = _fastmp(["--cluster", "nowhere", "-c", "pass"])
     assert r.returncode != 0 and "tcp://host:port" in r.stderr
 
