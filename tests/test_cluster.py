@@ -114,7 +114,8 @@ def make_unpicklable(_):
 # worker processes (Pool._pool lists the cluster's worker addresses, the
 # cluster sizes itself), maxtasksperchild (ignored: Dask's workers live as
 # long as the cluster), the dead-worker tests (Dask retries first; see
-# test_killed_worker), Ctrl-C (in-process here; see test_progress_insight).
+# test_killed_worker), Ctrl-C (a program of its own here: see
+# test_ctrl_c_ends_a_waiting_map).
 PARITY = [
     ("test_apply", {}),
     ("test_map_and_starmap", {}),
