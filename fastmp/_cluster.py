@@ -52,6 +52,7 @@ from ._pool_core import (
     WorkerLostError,
     _chunks,
     fail_pending,
+    remember,
     run_after,
 )
 
@@ -260,21 +261,11 @@ def dumps(obj):
 
 
 # Function pickles are kept for reuse (client side: function -> pickle;
-# worker side: pickle -> function), at most 256 of each, and only small
-# ones: a closure or partial over large data is pickled (and unpickled)
-# per batch instead of staying in memory for the rest of the program.
-FUNC_CACHE_ITEMS = 256
+# worker side: pickle -> function), at most 256 of each (remember()), and
+# only small ones: a closure or partial over large data is pickled (and
+# unpickled) per batch instead of staying in memory for the rest of the
+# program.
 FUNC_CACHE_BYTES = 64 * 1024
-
-
-def _cache(cache, key, value, size):
-    if size <= FUNC_CACHE_BYTES:
-        try:
-            if len(cache) >= FUNC_CACHE_ITEMS:
-                cache.clear()
-            cache[key] = value
-        except TypeError:  # (an unhashable function)
-            pass
 
 
 _func_pickles: dict = {}
@@ -287,7 +278,8 @@ def _dump_func(func):
     except (KeyError, TypeError):
         pass
     data = dumps(func)
-    _cache(_func_pickles, func, data, len(data))
+    if len(data) <= FUNC_CACHE_BYTES:
+        remember(_func_pickles, func, data)
     return data
 
 
@@ -300,7 +292,8 @@ def _load_func(data):
     func = _worker_funcs.get(data)
     if func is None:
         func = pickle.loads(data)
-        _cache(_worker_funcs, data, func, len(data))
+        if len(data) <= FUNC_CACHE_BYTES:
+            remember(_worker_funcs, data, func)
     return func
 
 
@@ -544,9 +537,9 @@ class _Core:
                 per = elapsed / max(1, len(targets))
                 key = hash(fdata)
                 old = self.cost.get(key)
-                self.cost[key] = per if old is None else (old + per) / 2
-                if len(self.cost) > 256:
-                    self.cost.clear()
+                remember(
+                    self.cost, key, per if old is None else (old + per) / 2
+                )
                 for (r, i), data in zip(targets, out):
                     try:
                         res = pickle.loads(data)

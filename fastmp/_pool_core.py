@@ -122,6 +122,17 @@ _func_pickles: dict = {}
 _func_objects: dict = {}
 
 
+def remember(cache, key, value, most=256):
+    """cache[key] = value, the cache emptied first when it holds `most`
+    entries (a bound, not an LRU); an unhashable key is not kept."""
+    try:
+        if len(cache) >= most:
+            cache.clear()
+        cache[key] = value
+    except TypeError:
+        pass
+
+
 def _dump_func(func):
     if type(func) in _FUNC_TYPES:
         try:
@@ -129,9 +140,7 @@ def _dump_func(func):
         except (KeyError, TypeError):
             pass
         data = _dumps(func)
-        if len(_func_pickles) >= 256:
-            _func_pickles.clear()
-        _func_pickles[func] = data
+        remember(_func_pickles, func, data)
         return data
     return _dumps(func)
 
@@ -143,9 +152,7 @@ def _load_func(data):
         pass
     func = _loads(data)
     if type(func) in _FUNC_TYPES:
-        if len(_func_objects) >= 256:
-            _func_objects.clear()
-        _func_objects[data] = func
+        remember(_func_objects, data, func)
     return func
 
 
